@@ -1,0 +1,1 @@
+"""HTTP API: gpuscribe's own endpoints and the OpenAI-compatible ones."""

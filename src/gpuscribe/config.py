@@ -1,0 +1,199 @@
+"""Settings: embedded defaults < `gpuscribe.toml` < environment < command-line flags.
+
+The user's design names four variables (`MAX_MEMORY_UTILIZATION`, `CALIBRATION_SAMPLE_SIZE`,
+`MEMORY_CONFIDENCE_FACTOR`, `MAX_TASKS_PER_GPU`); they keep those exact names. Every other
+setting `foo_bar` reads `GPUSCRIBE_FOO_BAR` and the toml key `foo_bar`. A bad value stops
+start-up with `ConfigError` naming the setting, where it came from, and the value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+GIB = 1024**3
+
+DESIGN_ENV_NAMES = {
+    "max_memory_utilization": "MAX_MEMORY_UTILIZATION",
+    "calibration_sample_size": "CALIBRATION_SAMPLE_SIZE",
+    "memory_confidence_factor": "MEMORY_CONFIDENCE_FACTOR",
+    "max_tasks_per_gpu": "MAX_TASKS_PER_GPU",
+}
+
+
+class ConfigError(ValueError):
+    """A setting has a value gpuscribe cannot run with."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    # The user's design.
+    max_memory_utilization: float = 0.9
+    calibration_sample_size: int = 50
+    memory_confidence_factor: float = 1.2
+    max_tasks_per_gpu: int = 5
+    # Service.
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: str = "var"
+    store: str = ""  # empty: sqlite:///<data_dir>/gpuscribe.db
+    node_name: str = field(default_factory=socket.gethostname)
+    simulate_gpus: str = ""  # e.g. "2x24GiB" or "1x80GiB,1x40GiB"
+    # Memory.
+    system_reserve_bytes: int = 1 * GIB
+    memory_warning_fraction: float = 0.85
+    # Models and engines.
+    default_model: str = "tiny.en"
+    default_engine: str = ""  # empty: faster-whisper on the CPU, transformers on GPUs
+    models_dir: str = ""
+    cpu_threads: int = 0  # 0: let the engine choose
+    # Scheduling.
+    scheduler_interval_seconds: float = 0.2
+    aging_seconds: float = 120.0  # a queued task gains one priority level per this many seconds
+    starvation_seconds: float = 300.0  # after this, the oldest blocked task stops backfill
+    # Tasks.
+    task_timeout_seconds: float = 3600.0
+    max_attempts: int = 3
+    lease_seconds: float = 30.0
+    heartbeat_seconds: float = 5.0
+    retry_base_seconds: float = 2.0
+    retry_max_seconds: float = 300.0
+    retention_seconds: float = 7 * 24 * 3600.0
+    # Limits.
+    max_upload_bytes: int = 1 * GIB
+    max_audio_seconds: float = 4 * 3600.0
+    max_queue_length: int = 10_000
+    # Security.
+    api_keys: tuple[str, ...] = ()
+    insecure: bool = False
+
+    @property
+    def store_url(self) -> str:
+        return self.store or f"sqlite:///{Path(self.data_dir) / 'gpuscribe.db'}"
+
+    @property
+    def audio_dir(self) -> Path:
+        return Path(self.data_dir) / "audio"
+
+    def validate(self) -> Settings:
+        for name, check, rule in _RULES:
+            value = getattr(self, name)
+            if not check(value):
+                raise ConfigError(f"invalid setting {name}={value!r}: must be {rule}")
+        return self
+
+
+_RULES: list[tuple[str, Callable[[Any], bool], str]] = [
+    ("max_memory_utilization", lambda v: 0.0 < v <= 1.0, "a fraction in (0, 1]"),
+    ("calibration_sample_size", lambda v: v >= 1, "at least 1"),
+    ("memory_confidence_factor", lambda v: v >= 0.0, "zero or more"),
+    ("max_tasks_per_gpu", lambda v: v >= 1, "at least 1"),
+    ("port", lambda v: 0 <= v <= 65535, "a TCP port (0-65535)"),
+    ("system_reserve_bytes", lambda v: v >= 0, "zero or more"),
+    ("memory_warning_fraction", lambda v: 0.0 < v <= 1.0, "a fraction in (0, 1]"),
+    ("cpu_threads", lambda v: v >= 0, "zero or more"),
+    ("scheduler_interval_seconds", lambda v: v > 0, "more than 0"),
+    ("aging_seconds", lambda v: v > 0, "more than 0"),
+    ("starvation_seconds", lambda v: v > 0, "more than 0"),
+    ("task_timeout_seconds", lambda v: v > 0, "more than 0"),
+    ("max_attempts", lambda v: v >= 1, "at least 1"),
+    ("lease_seconds", lambda v: v > 0, "more than 0"),
+    ("heartbeat_seconds", lambda v: v > 0, "more than 0"),
+    ("retry_base_seconds", lambda v: v >= 0, "zero or more"),
+    ("retry_max_seconds", lambda v: v >= 0, "zero or more"),
+    ("retention_seconds", lambda v: v > 0, "more than 0"),
+    ("max_upload_bytes", lambda v: v > 0, "more than 0"),
+    ("max_audio_seconds", lambda v: v > 0, "more than 0"),
+    ("max_queue_length", lambda v: v >= 1, "at least 1"),
+]
+
+
+def env_name(setting: str) -> str:
+    return DESIGN_ENV_NAMES.get(setting, f"GPUSCRIBE_{setting.upper()}")
+
+
+def _fields() -> dict[str, dataclasses.Field[Any]]:
+    return {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def _convert(name: str, raw: Any, source: str) -> Any:
+    """Turn a raw value (a string from the environment, or a toml value) into the field's type."""
+    default = getattr(Settings(), name)
+    try:
+        if isinstance(default, bool):
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if isinstance(default, tuple):
+            items = raw if isinstance(raw, list) else str(raw).split(",")
+            return tuple(str(i).strip() for i in items if str(i).strip())
+        if isinstance(default, int):
+            if isinstance(raw, float) and not raw.is_integer():
+                raise ValueError(raw)
+            return int(_parse_size(raw) if name.endswith("_bytes") else raw)
+        if isinstance(default, float):
+            return float(raw)
+        return str(raw)
+    except (TypeError, ValueError) as exc:
+        kind = type(default).__name__
+        raise ConfigError(f"invalid setting {name}={raw!r} (from {source}): expected {kind}") from exc
+
+
+def _parse_size(raw: Any) -> int:
+    """`1073741824`, `1GiB`, `512MiB`, `2GB`."""
+    if isinstance(raw, int):
+        return raw
+    text = str(raw).strip()
+    units = {"KIB": 1024, "MIB": 1024**2, "GIB": 1024**3, "TIB": 1024**4, "KB": 1000,
+             "MB": 1000**2, "GB": 1000**3, "TB": 1000**4, "B": 1}
+    upper = text.upper()
+    for unit, scale in units.items():
+        if upper.endswith(unit):
+            return int(float(upper[: -len(unit)].strip()) * scale)
+    return int(text)
+
+
+def load_settings(
+    *,
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_file: str | Path | None = None,
+) -> Settings:
+    """Build validated settings. `flags` holds command-line values (None means not given)."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    path = Path(config_file or env.get("GPUSCRIBE_CONFIG") or "gpuscribe.toml")
+    if path.exists():
+        try:
+            table = tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, OSError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+        table = table.get("gpuscribe", table)
+        for key, raw in table.items():
+            if key not in _fields():
+                raise ConfigError(f"unknown setting {key!r} in {path}")
+            values[key] = _convert(key, raw, str(path))
+    elif config_file is not None:
+        raise ConfigError(f"config file {path} does not exist")
+    for name in _fields():
+        var = env_name(name)
+        if var in env:
+            values[name] = _convert(name, env[var], f"environment variable {var}")
+    for name, raw in (flags or {}).items():
+        if raw is None:
+            continue
+        if name not in _fields():
+            raise ConfigError(f"unknown setting {name!r}")
+        values[name] = _convert(name, raw, f"--{name.replace('_', '-')}")
+    return Settings(**values).validate()

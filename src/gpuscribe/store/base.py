@@ -1,0 +1,127 @@
+"""The store interface. Implementations: in-memory (tests), SQLite, PostgreSQL (later).
+
+Rules every implementation keeps:
+- A method returns only after its change is committed: nothing is acknowledged before that.
+- A running task holds a lease (a random token and an expiry). Every update of a running task
+  names the token; an update with a stale token changes nothing and returns False, so a worker
+  that lost its lease can never overwrite what another attempt wrote.
+- `attempts` is counted at claim.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from gpuscribe.domain import NewTask, Task, TaskEvent, TaskState, Transcript
+from gpuscribe.memory.types import CalibrationSample, ProfileKey
+
+
+class StaleLease(Exception):
+    """Raised where a caller must know that its lease is gone (the task moved on without it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A placement the scheduler commits: task -> device, with the admitted estimate."""
+
+    task_id: str
+    node: str
+    gpu_index: int
+    gpu_uuid: str
+    memory_estimate_bytes: int
+    lease_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class QueueCounts:
+    by_state: dict[str, int] = field(default_factory=dict)
+    by_priority: dict[str, int] = field(default_factory=dict)  # queued tasks only
+
+
+class TaskStore(Protocol):
+    # --- submission and reading -------------------------------------------------------------
+    def add(self, new: NewTask, *, now: float) -> tuple[Task, bool]:
+        """Store a new queued task. With an idempotency key already stored, return that task
+        and False instead; otherwise the new task and True."""
+        ...
+
+    def get(self, task_id: str) -> Task | None: ...
+
+    def list(self, *, state: TaskState | None = None, limit: int = 100) -> list[Task]:
+        """Newest first."""
+        ...
+
+    def queued(self, *, now: float, limit: int) -> list[Task]:
+        """Queued tasks whose `not_before` has passed, oldest first (the scheduler orders them
+        by effective priority itself)."""
+        ...
+
+    def count_queued(self) -> int: ...
+
+    def counts(self) -> QueueCounts: ...
+
+    def history(self, task_id: str) -> list[TaskEvent]: ...
+
+    def result(self, task_id: str) -> Transcript | None: ...
+
+    # --- the scheduler and workers -----------------------------------------------------------
+    def claim(self, claim: Claim, *, now: float) -> Task | None:
+        """Queued -> running under a new lease (BEGIN IMMEDIATE on SQLite). Counts an attempt.
+        Returns None when the task is no longer queued (cancelled, claimed by another node)."""
+        ...
+
+    def renew(self, leases: Sequence[tuple[str, str]], *, lease_seconds: float, now: float) -> set[str]:
+        """Extend the leases given as (task_id, token); return the task ids whose lease is
+        still held (a task whose token no longer matches has moved on)."""
+        ...
+
+    def set_progress(self, task_id: str, token: str, progress: float) -> bool: ...
+
+    def complete(
+        self, task_id: str, token: str, result: Transcript, *, peak_bytes: int | None, now: float
+    ) -> bool:
+        """Running -> completed with its result, in one transaction. False if the lease is stale."""
+        ...
+
+    def fail(self, task_id: str, token: str, error: str, *, retry_at: float | None, now: float) -> bool:
+        """Running -> queued again (when `retry_at` is given and attempts remain; `not_before`
+        = retry_at) or failed (keeping the error and time, with the history of attempts)."""
+        ...
+
+    def cancel(self, task_id: str, *, now: float) -> Task | None:
+        """Queued -> cancelled at once; running -> `cancel_requested` (the node stops it and
+        calls `finish_cancel`). A final task is returned unchanged. None if unknown."""
+        ...
+
+    def finish_cancel(self, task_id: str, token: str, *, now: float) -> bool: ...
+
+    def set_wait_reasons(self, reasons: dict[str, str | None]) -> None:
+        """Why each queued task waits (None clears). Not part of the history."""
+        ...
+
+    def fail_queued(self, task_id: str, error: str, *, now: float) -> bool:
+        """Queued -> failed at once (a task that can never fit anywhere)."""
+        ...
+
+    def recover_expired(self, *, now: float) -> list[str]:
+        """Running tasks whose lease ran out: back to queued, or failed once `max_attempts` is
+        reached. Returns their ids."""
+        ...
+
+    def prune(self, *, finished_before: float) -> list[Task]:
+        """Delete final tasks finished before the time, with their results and history.
+        Returns them so that the caller can delete their audio files."""
+        ...
+
+    # --- calibration --------------------------------------------------------------------------
+    def add_sample(self, sample: CalibrationSample) -> None: ...
+
+    def samples(self, key: ProfileKey, *, limit: int) -> list[CalibrationSample]:
+        """The newest `limit` samples of this key, newest first."""
+        ...
+
+    def all_samples(self, *, per_key_limit: int) -> Iterable[CalibrationSample]: ...
+
+    def close(self) -> None: ...
