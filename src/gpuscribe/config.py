@@ -53,6 +53,9 @@ class Settings:
     default_engine: str = ""  # empty: faster-whisper on the CPU, transformers on GPUs
     models_dir: str = ""
     cpu_threads: int = 0  # 0: let the engine choose
+    benchmark_only: bool = False  # absent weights are built random: outputs are not transcripts
+    allow_downloads: bool = False  # fetch absent models from the hub (never in tests)
+    simulation_speed: float = 200.0  # simulated GPUs: audio seconds transcribed per second
     # Scheduling.
     scheduler_interval_seconds: float = 0.2
     aging_seconds: float = 120.0  # a queued task gains one priority level per this many seconds
@@ -98,6 +101,7 @@ _RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("system_reserve_bytes", lambda v: v >= 0, "zero or more"),
     ("memory_warning_fraction", lambda v: 0.0 < v <= 1.0, "a fraction in (0, 1]"),
     ("cpu_threads", lambda v: v >= 0, "zero or more"),
+    ("simulation_speed", lambda v: v > 0, "more than 0"),
     ("scheduler_interval_seconds", lambda v: v > 0, "more than 0"),
     ("aging_seconds", lambda v: v > 0, "more than 0"),
     ("starvation_seconds", lambda v: v > 0, "more than 0"),
