@@ -53,6 +53,7 @@ class Settings:
     default_engine: str = ""  # empty: faster-whisper on the CPU, transformers on GPUs
     models_dir: str = ""
     cpu_threads: int = 0  # 0: let the engine choose
+    cpu_max_tasks: int = 2  # tasks at once on the CPU device (cores, not memory, limit it)
     benchmark_only: bool = False  # absent weights are built random: outputs are not transcripts
     allow_downloads: bool = False  # fetch absent models from the hub (never in tests)
     simulation_speed: float = 200.0  # simulated GPUs: audio seconds transcribed per second
@@ -101,6 +102,7 @@ _RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("system_reserve_bytes", lambda v: v >= 0, "zero or more"),
     ("memory_warning_fraction", lambda v: 0.0 < v <= 1.0, "a fraction in (0, 1]"),
     ("cpu_threads", lambda v: v >= 0, "zero or more"),
+    ("cpu_max_tasks", lambda v: v >= 1, "at least 1"),
     ("simulation_speed", lambda v: v > 0, "more than 0"),
     ("scheduler_interval_seconds", lambda v: v > 0, "more than 0"),
     ("aging_seconds", lambda v: v > 0, "more than 0"),
@@ -151,7 +153,9 @@ def _convert(name: str, raw: Any, source: str) -> Any:
         return str(raw)
     except (TypeError, ValueError) as exc:
         kind = type(default).__name__
-        raise ConfigError(f"invalid setting {name}={raw!r} (from {source}): expected {kind}") from exc
+        raise ConfigError(
+            f"invalid setting {name}={raw!r} (from {source}): expected {kind}"
+        ) from exc
 
 
 def _parse_size(raw: Any) -> int:
@@ -159,8 +163,17 @@ def _parse_size(raw: Any) -> int:
     if isinstance(raw, int):
         return raw
     text = str(raw).strip()
-    units = {"KIB": 1024, "MIB": 1024**2, "GIB": 1024**3, "TIB": 1024**4, "KB": 1000,
-             "MB": 1000**2, "GB": 1000**3, "TB": 1000**4, "B": 1}
+    units = {
+        "KIB": 1024,
+        "MIB": 1024**2,
+        "GIB": 1024**3,
+        "TIB": 1024**4,
+        "KB": 1000,
+        "MB": 1000**2,
+        "GB": 1000**3,
+        "TB": 1000**4,
+        "B": 1,
+    }
     upper = text.upper()
     for unit, scale in units.items():
         if upper.endswith(unit):

@@ -222,7 +222,12 @@ class Transcript:
                     "end": s.end,
                     "text": s.text,
                     "words": [
-                        {"start": w.start, "end": w.end, "word": w.word, "probability": w.probability}
+                        {
+                            "start": w.start,
+                            "end": w.end,
+                            "word": w.word,
+                            "probability": w.probability,
+                        }
                         for w in s.words
                     ],
                     "avg_logprob": s.avg_logprob,
@@ -244,7 +249,9 @@ class Transcript:
                 end=float(s["end"]),
                 text=str(s["text"]),
                 words=tuple(
-                    Word(float(w["start"]), float(w["end"]), str(w["word"]), float(w["probability"]))
+                    Word(
+                        float(w["start"]), float(w["end"]), str(w["word"]), float(w["probability"])
+                    )
                     for w in s.get("words", [])
                 ),
                 avg_logprob=float(s.get("avg_logprob", 0.0)),

@@ -76,7 +76,10 @@ def parameter_count(arch: WhisperArchitecture) -> int:
     convs = (arch.n_mels * d * 3 + d) + (d * d * 3 + d)
     encoder = convs + arch.max_source_positions * d + arch.encoder_layers * encoder_layer + norm
     decoder = (
-        arch.vocab_size * d + arch.max_target_positions * d + arch.decoder_layers * decoder_layer + norm
+        arch.vocab_size * d
+        + arch.max_target_positions * d
+        + arch.decoder_layers * decoder_layer
+        + norm
     )
     return encoder + decoder
 

@@ -72,7 +72,9 @@ class TaskStore(Protocol):
         Returns None when the task is no longer queued (cancelled, claimed by another node)."""
         ...
 
-    def renew(self, leases: Sequence[tuple[str, str]], *, lease_seconds: float, now: float) -> set[str]:
+    def renew(
+        self, leases: Sequence[tuple[str, str]], *, lease_seconds: float, now: float
+    ) -> set[str]:
         """Extend the leases given as (task_id, token); return the task ids whose lease is
         still held (a task whose token no longer matches has moved on)."""
         ...
@@ -85,7 +87,9 @@ class TaskStore(Protocol):
         """Running -> completed with its result, in one transaction. False if the lease is stale."""
         ...
 
-    def fail(self, task_id: str, token: str, error: str, *, retry_at: float | None, now: float) -> bool:
+    def fail(
+        self, task_id: str, token: str, error: str, *, retry_at: float | None, now: float
+    ) -> bool:
         """Running -> queued again (when `retry_at` is given and attempts remain; `not_before`
         = retry_at) or failed (keeping the error and time, with the history of attempts)."""
         ...

@@ -43,7 +43,9 @@ class RunTask:
     audio_path: str
     audio_seconds: float
     options: TranscriptionOptions
-    admitted_bytes: int  # what the ledger admitted for this worker process in total, this task included
+    admitted_bytes: (
+        int  # what the ledger admitted for this worker process in total, this task included
+    )
     evict: tuple[ModelKey, ...] = ()  # idle models to unload before loading this task's model
 
 
@@ -118,6 +120,12 @@ class TaskFailed:
 
 
 WorkerEvent = (
-    WorkerReady | ModelLoaded | ModelUnloaded | TaskStarted | TaskProgress | TaskCompleted | TaskFailed
+    WorkerReady
+    | ModelLoaded
+    | ModelUnloaded
+    | TaskStarted
+    | TaskProgress
+    | TaskCompleted
+    | TaskFailed
 )
 WorkerCommand = RunTask | CancelTask | UnloadModel | Shutdown

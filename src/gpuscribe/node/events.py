@@ -1,0 +1,210 @@
+"""What a node does with each event its workers send: store the outcome, free the ledger, learn.
+
+Every store update names the lease token; an event for a lease this node no longer holds
+changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from gpuscribe.config import Settings
+from gpuscribe.domain import Transcript
+from gpuscribe.memory.calibration import CalibrationBook
+from gpuscribe.memory.types import CalibrationSample
+from gpuscribe.metrics import Metrics
+from gpuscribe.node.devices import DeviceSlot
+from gpuscribe.node.running import RunningTask, RunningTasks
+from gpuscribe.scheduling.backoff import retry_delay
+from gpuscribe.store.base import TaskStore
+from gpuscribe.workers.messages import (
+    FailureKind,
+    ModelLoaded,
+    ModelUnloaded,
+    TaskCompleted,
+    TaskFailed,
+    TaskProgress,
+    TaskStarted,
+    WorkerEvent,
+    WorkerReady,
+)
+
+log = logging.getLogger(__name__)
+
+OOM_RAISE_FACTOR = 1.5
+
+
+class EventHandler:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: TaskStore,
+        slots: dict[str, DeviceSlot],
+        running: RunningTasks,
+        book: CalibrationBook,
+        metrics: Metrics,
+        oom_floors: dict[str, int],
+        wake: Callable[[], None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._slots = slots
+        self._running = running
+        self._book = book
+        self._metrics = metrics
+        self._oom_floors = oom_floors
+        self._wake = wake
+        self._clock = clock
+        self._rng = random.Random()
+
+    def handle(self, device_uuid: str, event: WorkerEvent) -> None:
+        try:
+            self._dispatch(device_uuid, event)
+        except Exception:
+            log.exception("failed to handle %s from device %s", type(event).__name__, device_uuid)
+
+    def _dispatch(self, device_uuid: str, event: WorkerEvent) -> None:
+        slot = self._slots[device_uuid]
+        if isinstance(event, WorkerReady):
+            self._on_ready(slot, event)
+        elif isinstance(event, ModelLoaded):
+            slot.ledger.set_weights(event.model, event.weights_bytes)
+            slot.resident.add(event.model.model)
+            self._metrics.model_load_seconds.labels(event.model.model, event.model.engine).observe(
+                event.load_seconds
+            )
+        elif isinstance(event, ModelUnloaded):
+            slot.ledger.evict(event.model)
+            slot.resident.discard(event.model.model)
+        elif isinstance(event, TaskStarted):
+            log.debug("task %s started on %s", event.task_id, device_uuid)
+        elif isinstance(event, TaskProgress):
+            self._store.set_progress(event.task_id, event.lease_token, event.progress)
+        elif isinstance(event, TaskCompleted):
+            self._on_completed(slot, event)
+        elif isinstance(event, TaskFailed):
+            self._on_failed(slot, event)
+
+    def _on_ready(self, slot: DeviceSlot, event: WorkerReady) -> None:
+        slot.ledger.reset()
+        slot.resident.clear()
+        slot.ledger.charge_context(event.context_bytes)
+        slot.ready = True
+        log.info(
+            "worker for %s (%s) ready: pid %d, context %.2f GiB",
+            slot.device.name,
+            slot.uuid,
+            event.pid,
+            event.context_bytes / 2**30,
+        )
+        self._wake()
+
+    def _on_completed(self, slot: DeviceSlot, event: TaskCompleted) -> None:
+        task = self._running.pop(event.task_id, event.lease_token)
+        slot.ledger.release(event.task_id)
+        now = self._clock()
+        stored = self._store.complete(
+            event.task_id,
+            event.lease_token,
+            Transcript.from_dict(event.transcript),
+            peak_bytes=event.peak_bytes,
+            now=now,
+        )
+        self._wake()
+        if not stored or task is None:
+            log.warning("task %s completed under a lease it no longer holds", event.task_id)
+            return
+        self._oom_floors.pop(event.task_id, None)
+        self._learn(task, event, now)
+        self._observe_finish(task, "completed", now)
+        self._delete_audio(event.task_id)
+
+    def _learn(self, task: RunningTask, event: TaskCompleted, now: float) -> None:
+        """A task that ran alone gives a clean measurement of its working memory."""
+        if event.working_bytes is None or event.working_bytes <= 0 or not event.ran_alone:
+            return
+        sample = CalibrationSample(
+            key=task.key,
+            working_bytes=event.working_bytes,
+            weights_bytes=None,
+            context_bytes=None,
+            measured_at=now,
+            estimate_bytes=task.estimate.working_bytes,
+        )
+        self._store.add_sample(sample)
+        self._book.add(sample)
+        self._metrics.estimation_error_ratio.labels(task.key.model).observe(
+            task.estimate.working_bytes / event.working_bytes
+        )
+
+    def _on_failed(self, slot: DeviceSlot, event: TaskFailed) -> None:
+        task = self._running.pop(event.task_id, event.lease_token)
+        slot.ledger.release(event.task_id)
+        now = self._clock()
+        self._wake()
+        if task is None:
+            log.warning("task %s failed under a lease it no longer holds", event.task_id)
+            return
+        current = self._store.get(event.task_id)
+        if event.kind is FailureKind.CANCELLED or (
+            current is not None and current.cancel_requested
+        ):
+            self._store.finish_cancel(event.task_id, event.lease_token, now=now)
+            self._observe_finish(task, "cancelled", now)
+            self._delete_audio(event.task_id)
+            return
+        retry_at = self._retry_at(
+            slot, task, event, now, attempts=current.attempts if current else 1
+        )
+        self._store.fail(event.task_id, event.lease_token, event.error, retry_at=retry_at, now=now)
+        final = self._store.get(event.task_id)
+        if final is not None and final.state.is_final:
+            self._observe_finish(task, "failed", now)
+            self._delete_audio(event.task_id)
+        else:
+            self._metrics.retries.labels(event.kind.value).inc()
+            log.info("task %s will retry (%s): %s", event.task_id, event.kind.value, event.error)
+
+    def _retry_at(
+        self, slot: DeviceSlot, task: RunningTask, event: TaskFailed, now: float, *, attempts: int
+    ) -> float | None:
+        if event.kind is FailureKind.BAD_INPUT:
+            return None
+        if event.kind is FailureKind.OUT_OF_MEMORY:
+            self._metrics.out_of_memory.labels(str(slot.device.index), slot.uuid).inc()
+            floor = int(task.estimate.working_bytes * OOM_RAISE_FACTOR)
+            self._oom_floors[event.task_id] = max(floor, self._oom_floors.get(event.task_id, 0))
+            log.warning(
+                "task %s ran out of memory on %s; retrying with %.2f GiB working memory",
+                event.task_id,
+                slot.uuid,
+                floor / 2**30,
+            )
+            return now
+        delay = retry_delay(
+            attempts,
+            base_seconds=self._settings.retry_base_seconds,
+            max_seconds=self._settings.retry_max_seconds,
+            rng=self._rng,
+        )
+        return now + delay
+
+    def _observe_finish(self, task: RunningTask, outcome: str, now: float) -> None:
+        self._metrics.task_latency_seconds.labels(outcome).observe(max(0.0, now - task.created_at))
+        self._metrics.task_run_seconds.labels(outcome).observe(max(0.0, now - task.started_at))
+
+    def _delete_audio(self, task_id: str) -> None:
+        """A final task's audio is no longer needed; its result stays until retention ends."""
+        task = self._store.get(task_id)
+        if task is None or not task.state.is_final:
+            return
+        try:
+            Path(task.audio_path).unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("could not delete audio of task %s: %s", task_id, exc)

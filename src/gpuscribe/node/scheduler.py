@@ -1,0 +1,150 @@
+"""One scheduling pass with its I/O: read the queue and fresh telemetry, plan, claim, dispatch.
+
+The decisions themselves are `scheduling.planner.plan` (pure); this module only feeds it and
+carries its decisions out.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from gpuscribe.config import Settings
+from gpuscribe.domain import Task
+from gpuscribe.memory.estimator import Estimator
+from gpuscribe.memory.types import MemoryEstimate, ProfileKey
+from gpuscribe.metrics import Metrics
+from gpuscribe.node.devices import DeviceSlot
+from gpuscribe.node.running import RunningTask, RunningTasks
+from gpuscribe.scheduling.planner import DeviceState, Placement, plan
+from gpuscribe.store.base import Claim, TaskStore
+from gpuscribe.telemetry.base import GpuTelemetry
+from gpuscribe.workers.messages import RunTask
+
+log = logging.getLogger(__name__)
+
+
+def profile_key(task: Task, slot_name: str) -> ProfileKey:
+    o = task.options
+    return ProfileKey(slot_name, o.engine, o.model, o.compute_type, o.batch_size, o.beam_size)
+
+
+class SchedulerPass:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: TaskStore,
+        telemetry: GpuTelemetry,
+        slots: dict[str, DeviceSlot],
+        estimator: Estimator,
+        running: RunningTasks,
+        metrics: Metrics,
+        oom_floors: dict[str, int],
+        clock: Callable[[], float],
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._telemetry = telemetry
+        self._slots = slots
+        self._estimator = estimator
+        self._running = running
+        self._metrics = metrics
+        self._oom_floors = oom_floors
+        self._clock = clock
+        self._wait_reasons: dict[str, str | None] = {}
+
+    def run_once(self) -> int:
+        """Place what fits now; return the number of tasks dispatched."""
+        now = self._clock()
+        queue = self._store.queued(now=now, limit=self._settings.max_queue_length)
+        if not queue:
+            return 0
+        states = [self._device_state(slot) for slot in self._slots.values() if slot.ready]
+        if not states:
+            self._record_waiting({t.id: "no device is ready yet (workers starting)" for t in queue})
+            return 0
+        decided = plan(
+            queue,
+            states,
+            self._estimate_for,
+            now=now,
+            aging_seconds=self._settings.aging_seconds,
+            starvation_seconds=self._settings.starvation_seconds,
+        )
+        by_id = {t.id: t for t in queue}
+        dispatched = sum(self._dispatch(by_id[p.task_id], p, now) for p in decided.placements)
+        for task_id, reason in decided.impossible.items():
+            self._metrics.scheduling_attempts.labels("rejected").inc()
+            self._store.fail_queued(task_id, reason, now=now)
+            log.warning("task %s can never fit: %s", task_id, reason)
+        self._metrics.scheduling_attempts.labels("waiting").inc(len(decided.waiting))
+        self._record_waiting(decided.waiting)
+        return dispatched
+
+    def _device_state(self, slot: DeviceSlot) -> DeviceState:
+        slot.reading = self._telemetry.read(slot.uuid)  # fresh: admission never uses a cache
+        return DeviceState(
+            ledger=slot.ledger,
+            name=slot.device.name,
+            kind=slot.kind,
+            foreign_bytes=slot.foreign_bytes(),
+            healthy=slot.reading.healthy and slot.worker.alive(),
+        )
+
+    def _estimate_for(self, task: Task, device: DeviceState) -> MemoryEstimate:
+        return self._estimator.estimate(
+            profile_key(task, device.name),
+            task.audio_seconds,
+            device_kind=device.kind,
+            min_working_bytes=self._oom_floors.get(task.id, 0),
+        )
+
+    def _dispatch(self, task: Task, placement: Placement, now: float) -> int:
+        slot = self._slots[placement.device_uuid]
+        claimed = self._store.claim(
+            Claim(
+                task_id=task.id,
+                node=self._settings.node_name,
+                gpu_index=slot.device.index,
+                gpu_uuid=slot.uuid,
+                memory_estimate_bytes=placement.estimate.total_bytes,
+                lease_seconds=self._settings.lease_seconds,
+            ),
+            now=now,
+        )
+        if claimed is None or claimed.lease_token is None:
+            slot.ledger.release(task.id)  # cancelled or taken by another node meanwhile
+            return 0
+        self._running.add(
+            RunningTask(
+                task_id=task.id,
+                token=claimed.lease_token,
+                device_uuid=slot.uuid,
+                key=profile_key(task, slot.device.name),
+                estimate=placement.estimate,
+                created_at=task.created_at,
+                started_at=now,
+            )
+        )
+        self._wait_reasons.pop(task.id, None)
+        self._metrics.scheduling_attempts.labels("placed").inc()
+        slot.worker.run(
+            RunTask(
+                task_id=task.id,
+                lease_token=claimed.lease_token,
+                audio_path=task.audio_path,
+                audio_seconds=task.audio_seconds,
+                options=task.options,
+                admitted_bytes=slot.ledger.admitted_bytes,
+                evict=tuple(placement.fit.evict),
+            )
+        )
+        return 1
+
+    def _record_waiting(self, waiting: dict[str, str]) -> None:
+        """Write only the reasons that changed: a long queue must not cost a write per pass."""
+        changed = {tid: r for tid, r in waiting.items() if self._wait_reasons.get(tid) != r}
+        if changed:
+            self._store.set_wait_reasons(dict(changed))
+            self._wait_reasons.update(changed)
