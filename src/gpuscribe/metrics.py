@@ -62,7 +62,7 @@ class Metrics:
         )
         self.scheduling_attempts = Counter(
             "gpuscribe_scheduling_total",
-            "Scheduling decisions: placed, waiting (fits nowhere now), rejected (fits nowhere ever).",
+            "Scheduling decisions: placed, waiting (fits nowhere now), rejected (never fits).",
             ["outcome"],
             registry=r,
         )
