@@ -1,0 +1,1 @@
+"""Benchmarks of gpuscribe's own code paths (no GPU needed)."""

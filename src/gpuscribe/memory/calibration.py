@@ -1,0 +1,130 @@
+"""Calibration: windows of the newest measured samples, and the estimate drawn from them.
+
+The estimate of a window is `mean + pstdev x confidence_factor`, never below the largest sample
+(a single sample, or a tight window, must not estimate below what was already seen). Working
+memory is windowed per ProfileKey; weights and the CUDA context per (GPU name, model), from the
+samples that carry them.
+
+One non-reentrant lock guards every window. No method that holds it calls another public
+method (the design's sketch deadlocked that way): the helpers below take plain data.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import threading
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from gpuscribe.memory.types import CalibrationSample, ModelKey, ProfileKey
+
+ModelSlot = tuple[str, ModelKey]  # (GPU name, model)
+
+
+def window_estimate(values: Sequence[int], confidence_factor: float) -> int:
+    """`max(mean + pstdev x k, max)`, rounded up to whole bytes."""
+    mean = statistics.fmean(values)
+    spread = statistics.pstdev(values, mean) if len(values) > 1 else 0.0
+    return max(math.ceil(mean + spread * confidence_factor), max(values))
+
+
+@dataclass(frozen=True, slots=True)
+class CalibrationStats:
+    """One key's window, for `GET /v1/calibration`."""
+
+    key: ProfileKey
+    sample_count: int
+    mean_working_bytes: float
+    max_working_bytes: int
+    working_estimate_bytes: int
+    mean_error_ratio: float | None  # mean estimate_bytes / working_bytes where both are known
+
+
+@dataclass(slots=True)
+class _Window:
+    working: deque[int]
+    ratios: deque[float | None]
+
+
+class CalibrationBook:
+    def __init__(self, sample_size: int, confidence_factor: float) -> None:
+        if sample_size < 1:
+            raise ValueError(f"sample_size must be at least 1, not {sample_size}")
+        self.sample_size = sample_size
+        self.confidence_factor = confidence_factor
+        self._lock = threading.Lock()
+        self._working: dict[ProfileKey, _Window] = {}
+        self._weights: dict[ModelSlot, deque[int]] = {}
+        self._context: dict[ModelSlot, deque[int]] = {}
+
+    def add(self, sample: CalibrationSample) -> None:
+        with self._lock:
+            self._add_locked(sample)
+
+    def load(self, samples: Iterable[CalibrationSample]) -> None:
+        """Add stored samples, oldest first (so the newest stay in each window)."""
+        ordered = sorted(samples, key=lambda s: s.measured_at)
+        with self._lock:
+            for sample in ordered:
+                self._add_locked(sample)
+
+    def _add_locked(self, sample: CalibrationSample) -> None:
+        size = self.sample_size
+        window = self._working.get(sample.key)
+        if window is None:
+            window = self._working[sample.key] = _Window(deque(maxlen=size), deque(maxlen=size))
+        window.working.append(sample.working_bytes)
+        window.ratios.append(_ratio(sample))
+        slot = (sample.key.gpu_name, sample.key.model_key)
+        if sample.weights_bytes is not None:
+            self._weights.setdefault(slot, deque(maxlen=size)).append(sample.weights_bytes)
+        if sample.context_bytes is not None:
+            self._context.setdefault(slot, deque(maxlen=size)).append(sample.context_bytes)
+
+    def working(self, key: ProfileKey) -> tuple[int, int] | None:
+        """(estimated working bytes, sample count), or None before any sample of the key."""
+        with self._lock:
+            window = self._working.get(key)
+            values = list(window.working) if window is not None else []
+        return self._summarise(values)
+
+    def weights(self, gpu_name: str, model: ModelKey) -> tuple[int, int] | None:
+        with self._lock:
+            values = list(self._weights.get((gpu_name, model), ()))
+        return self._summarise(values)
+
+    def context(self, gpu_name: str, model: ModelKey) -> tuple[int, int] | None:
+        with self._lock:
+            values = list(self._context.get((gpu_name, model), ()))
+        return self._summarise(values)
+
+    def _summarise(self, values: list[int]) -> tuple[int, int] | None:
+        if not values:
+            return None
+        return window_estimate(values, self.confidence_factor), len(values)
+
+    def rows(self) -> list[CalibrationStats]:
+        with self._lock:
+            copies = [(k, list(w.working), list(w.ratios)) for k, w in self._working.items()]
+        return [self._stats(key, values, ratios) for key, values, ratios in copies]
+
+    def _stats(
+        self, key: ProfileKey, values: list[int], ratios: list[float | None]
+    ) -> CalibrationStats:
+        known = [r for r in ratios if r is not None]
+        return CalibrationStats(
+            key=key,
+            sample_count=len(values),
+            mean_working_bytes=statistics.fmean(values),
+            max_working_bytes=max(values),
+            working_estimate_bytes=window_estimate(values, self.confidence_factor),
+            mean_error_ratio=statistics.fmean(known) if known else None,
+        )
+
+
+def _ratio(sample: CalibrationSample) -> float | None:
+    if sample.estimate_bytes is None or sample.working_bytes <= 0:
+        return None
+    return sample.estimate_bytes / sample.working_bytes

@@ -1,0 +1,210 @@
+"""Measured memory profiles shipped with the package, and the ground truth of simulated GPUs.
+
+A profile (`memory/profiles/*.json`) holds, for one GPU model and engine, the CUDA context of a
+worker process and, per Whisper model, its weights and its working memory at measured batch
+sizes. It was converted once from `measurements/h200-whisper-transformers-fp16.json` by
+`convert_measurements`; the package never reads the measurement file at run time.
+
+Working memory of a run is PyTorch's peak *reserved* memory minus the weights: reserved is what
+the process holds on the device (NVML adds the context). The beam-search rows of the measurement
+are not used: they ran right after a batch-16 run and their reserved figure still holds that
+run's cache. Beam search of batch b with k beams is modelled as an effective batch of b x k on
+the batch curve, interpolated linearly between measured points and extrapolated linearly past
+the largest one.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from gpuscribe.memory.architectures import ARCHITECTURES, canonical_model_name, parameter_count
+from gpuscribe.memory.types import GIB, EstimateSource, MemoryEstimate, ProfileKey
+
+PROFILE_FORMAT = 1
+_SHIPPED = ("h200-transformers-float16.json",)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelProfile:
+    """One model on one GPU model: weights, and working bytes at measured batch sizes."""
+
+    weights_bytes: int
+    batch_points: tuple[tuple[int, int], ...]  # (batch size, working bytes), ascending batch
+    derived_from: str | None = None  # the measured model this one was scaled from, if any
+
+    def working_bytes(self, batch_size: int, beam_size: int) -> int:
+        """Working bytes at an effective batch of batch_size x beam_size."""
+        effective = max(1, batch_size) * max(1, beam_size)
+        return math.ceil(_interpolate(self.batch_points, effective))
+
+
+def _interpolate(points: tuple[tuple[int, int], ...], x: int) -> float:
+    if len(points) == 1 or x <= points[0][0]:
+        return float(points[0][1])
+    for (x0, y0), (x1, y1) in itertools.pairwise(points):
+        if x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    (x0, y0), (x1, y1) = points[-2], points[-1]
+    return y1 + (y1 - y0) * (x - x1) / (x1 - x0)
+
+
+@dataclass(frozen=True, slots=True)
+class GpuProfile:
+    """Every model measured on one GPU model with one engine."""
+
+    gpu_name_contains: str
+    engine: str
+    compute_types: frozenset[str]
+    context_bytes: int
+    models: Mapping[str, ModelProfile]  # canonical model name -> profile, derived ones included
+
+    def matches(self, key: ProfileKey) -> bool:
+        return (
+            self.gpu_name_contains.upper() in key.gpu_name.upper()
+            and key.engine == self.engine
+            and key.compute_type in self.compute_types
+        )
+
+    def model(self, name: str) -> ModelProfile | None:
+        canonical = canonical_model_name(name)
+        return None if canonical is None else self.models.get(canonical)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> GpuProfile:
+        if data.get("format") != PROFILE_FORMAT:
+            raise ValueError(f"unsupported profile format {data.get('format')!r}")
+        measured = {
+            name: ModelProfile(
+                weights_bytes=int(entry["weights_bytes"]),
+                batch_points=tuple(
+                    sorted((int(p["batch_size"]), int(p["working_bytes"])) for p in entry["points"])
+                ),
+            )
+            for name, entry in data["models"].items()
+        }
+        return cls(
+            gpu_name_contains=str(data["gpu_name_contains"]),
+            engine=str(data["engine"]),
+            compute_types=frozenset(data["compute_types"]),
+            context_bytes=int(data["context_bytes"]),
+            models={**_derive_missing(measured), **measured},
+        )
+
+
+def _shape(name: str) -> tuple[int, int, int]:
+    arch = ARCHITECTURES[name]
+    return arch.d_model, arch.encoder_layers, arch.decoder_layers
+
+
+def _derive_missing(measured: Mapping[str, ModelProfile]) -> dict[str, ModelProfile]:
+    """Profiles for known models that were not measured, from a measured model of the same
+    width and depth (large-v2 from large-v3, tiny.en from tiny): the same working curve, and
+    weights scaled by the ratio of parameter counts (vocabulary and mel bins differ)."""
+    derived: dict[str, ModelProfile] = {}
+    for name in ARCHITECTURES:
+        if name in measured:
+            continue
+        source = next((m for m in sorted(measured) if _shape(m) == _shape(name)), None)
+        if source is None:
+            continue
+        base = measured[source]
+        ratio = parameter_count(ARCHITECTURES[name]) / parameter_count(ARCHITECTURES[source])
+        derived[name] = ModelProfile(round(base.weights_bytes * ratio), base.batch_points, source)
+    return derived
+
+
+def convert_measurements(
+    data: Mapping[str, Any], *, gpu_name_contains: str = "H200"
+) -> dict[str, Any]:
+    """Turn the measurement file (figures in GiB) into a profile (figures in bytes). Only the
+    greedy batch rows are kept (see the module docstring about the beam rows)."""
+    models: dict[str, dict[str, Any]] = {}
+    for row in data["rows"]:
+        if not row.get("ok") or int(row.get("beams", 1)) != 1:
+            continue
+        name = canonical_model_name(str(row["model"]))
+        if name is None:
+            raise ValueError(f"unknown model {row['model']!r} in measurements")
+        weights = round(float(row["weights_gb"]) * GIB)
+        working = round(float(row["peak_reserved_gb"]) * GIB) - weights
+        entry = models.setdefault(name, {"weights_bytes": weights, "points": []})
+        entry["points"].append({"batch_size": int(row["batch"]), "working_bytes": working})
+    for entry in models.values():
+        entry["points"].sort(key=lambda p: p["batch_size"])
+    return {
+        "format": PROFILE_FORMAT,
+        "gpu_name_contains": gpu_name_contains,
+        "engine": "transformers",
+        "compute_types": ["default", "float16"],
+        "context_bytes": round(float(data["ctx_used_gb"]) * GIB),
+        "note": "working_bytes = peak reserved - weights, greedy decoding of one 30 s window "
+        "per batch item; beam search = effective batch of batch x beams",
+        "models": dict(sorted(models.items())),
+    }
+
+
+@functools.cache
+def shipped_profiles() -> tuple[GpuProfile, ...]:
+    """The profiles in the package (read once)."""
+    folder = resources.files("gpuscribe.memory") / "profiles"
+    return tuple(GpuProfile.from_json(json.loads((folder / n).read_text())) for n in _SHIPPED)
+
+
+class ProfileBook:
+    """Looks up the shipped (or given) profiles by ProfileKey. Lookups are memoised: a profile
+    estimate does not depend on the audio, and the scheduler asks for the same keys often."""
+
+    def __init__(self, profiles: Iterable[GpuProfile] | None = None) -> None:
+        self._profiles = tuple(shipped_profiles() if profiles is None else profiles)
+        self._memo: dict[ProfileKey, MemoryEstimate | None] = {}
+
+    def lookup(self, key: ProfileKey) -> MemoryEstimate | None:
+        try:
+            return self._memo[key]
+        except KeyError:
+            found = self._memo[key] = self._find(key)
+            return found
+
+    def _find(self, key: ProfileKey) -> MemoryEstimate | None:
+        for profile in self._profiles:
+            model = profile.model(key.model) if profile.matches(key) else None
+            if model is not None:
+                return MemoryEstimate(
+                    context_bytes=profile.context_bytes,
+                    weights_bytes=model.weights_bytes,
+                    working_bytes=model.working_bytes(key.batch_size, key.beam_size),
+                    source=EstimateSource.PROFILE,
+                )
+        return None
+
+
+# --- ground truth of simulated GPUs -----------------------------------------------------------
+def _reference() -> GpuProfile:
+    return shipped_profiles()[0]
+
+
+REFERENCE_CONTEXT_BYTES: int = _reference().context_bytes
+
+
+def _reference_model(model: str) -> ModelProfile:
+    found = _reference().model(model)
+    if found is None:
+        raise ValueError(f"no measured memory profile for model {model!r}")
+    return found
+
+
+def reference_working_bytes(model: str, batch_size: int, beam_size: int) -> int:
+    """What a task of this model really holds above weights and context (measured, H200)."""
+    return _reference_model(model).working_bytes(batch_size, beam_size)
+
+
+def reference_weights_bytes(model: str) -> int:
+    """What this model's fp16 weights really hold on the device (measured, H200)."""
+    return _reference_model(model).weights_bytes

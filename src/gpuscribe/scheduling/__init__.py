@@ -1,0 +1,1 @@
+"""Pure scheduling cores: priority with aging, placement, one planning pass, retry timing."""

@@ -1,0 +1,221 @@
+"""One scheduling pass over a snapshot of the queue.
+
+Tasks are taken in priority order (with aging). Each is admitted into the ledger of the
+least-admitted healthy device it fits on, so later tasks of the same pass see earlier ones; the
+caller releases a placement whose claim in the store then fails. A task that does not fit now
+waits, and smaller tasks behind it may use the room it cannot (backfill) -- until a blocked task
+has waited longer than `starvation_seconds`: then nothing behind it is placed in this pass, so
+the room it needs frees up for it. A task that could not fit on any healthy device even if that
+device were empty is impossible.
+
+Within a pass the ledgers only gain charges (other threads may release, which only frees room),
+so a task shape that fitted nowhere stays unplaceable for the rest of the pass: such shapes are
+remembered, which keeps a long blocked queue cheap.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gpuscribe.domain import Task
+from gpuscribe.memory.ledger import DeviceLedger, Fit, NotAdmitted, gib_text
+from gpuscribe.memory.types import MemoryEstimate, ModelKey
+from gpuscribe.scheduling.priority import order_queue
+from gpuscribe.telemetry.base import DeviceKind
+
+EstimateFor = Callable[[Task, "DeviceState"], MemoryEstimate]
+
+
+@dataclass(slots=True)
+class DeviceState:
+    ledger: DeviceLedger
+    name: str
+    kind: DeviceKind
+    foreign_bytes: int  # what processes outside gpuscribe hold, read fresh
+    healthy: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    task_id: str
+    device_uuid: str
+    device_index: int
+    estimate: MemoryEstimate
+    fit: Fit
+
+
+@dataclass(slots=True)
+class Plan:
+    placements: list[Placement] = field(default_factory=list)
+    waiting: dict[str, str] = field(default_factory=dict)  # task id -> why it waits
+    impossible: dict[str, str] = field(default_factory=dict)  # task id -> why it never fits
+
+
+@dataclass(frozen=True, slots=True)
+class _Group:
+    """Devices of one GPU model and kind: they share every estimate."""
+
+    name: str
+    kind: DeviceKind
+    slots: tuple[int, ...]
+    largest_limit: int
+
+
+def plan(
+    queue: Sequence[Task],
+    devices: Sequence[DeviceState],
+    estimate_for: EstimateFor,
+    *,
+    now: float,
+    aging_seconds: float,
+    starvation_seconds: float,
+) -> Plan:
+    result = Plan()
+    planner = _Pass(devices, estimate_for)
+    starving: Task | None = None
+    for task in order_queue(queue, now=now, aging_seconds=aging_seconds):
+        if task.not_before > now:
+            result.waiting[task.id] = f"retrying in {task.not_before - now:.0f} s"
+        elif starving is not None:
+            result.waiting[task.id] = (
+                f"waiting behind task {starving.id}, queued for more than "
+                f"{starvation_seconds:g} s, which needs the room first"
+            )
+        else:
+            planner.place(task, result)
+            if task.id in result.waiting and now - task.created_at > starvation_seconds:
+                starving = task
+    return result
+
+
+class _Pass:
+    def __init__(self, devices: Sequence[DeviceState], estimate_for: EstimateFor) -> None:
+        self._devices = list(devices)
+        self._estimate_for = estimate_for
+        self._estimates: dict[tuple[Any, ...], MemoryEstimate] = {}
+        self._blocked: dict[tuple[Any, ...], str] = {}  # task shape -> why it fits nowhere
+        self._closed: dict[int, str] = {}  # slot -> why no task can go there in this pass
+        self._heap: list[tuple[int, int, int]] = []  # (admitted, device index, slot)
+        self._groups = self._group()
+        for slot, device in enumerate(self._devices):
+            if not device.healthy:
+                self._closed[slot] = f"GPU {device.ledger.index}: unavailable"
+            else:
+                heapq.heappush(
+                    self._heap, (device.ledger.admitted_bytes, device.ledger.index, slot)
+                )
+
+    def _group(self) -> list[_Group]:
+        slots: dict[tuple[str, DeviceKind], list[int]] = {}
+        for slot, device in enumerate(self._devices):
+            if device.healthy:
+                slots.setdefault((device.name, device.kind), []).append(slot)
+        return [
+            _Group(name, kind, tuple(s), max(self._devices[i].ledger.limit_bytes for i in s))
+            for (name, kind), s in slots.items()
+        ]
+
+    def place(self, task: Task, result: Plan) -> None:
+        """Place one task, or record why it waits or why it can never run."""
+        if not self._groups:
+            result.waiting[task.id] = "no healthy device"
+            return
+        estimates = tuple(self._estimate(task, group) for group in self._groups)
+        if all(
+            e.total_bytes > g.largest_limit for e, g in zip(estimates, self._groups, strict=True)
+        ):
+            result.impossible[task.id] = self._impossible(estimates)
+            return
+        options = task.options
+        model = ModelKey(options.engine, options.model, options.compute_type)
+        shape = (model, estimates)
+        blocked = self._blocked.get(shape)
+        if blocked is None:
+            by_slot = {
+                slot: e for e, g in zip(estimates, self._groups, strict=True) for slot in g.slots
+            }
+            placement = self._admit(task, model, by_slot)
+            if isinstance(placement, Placement):
+                result.placements.append(placement)
+                return
+            blocked = self._blocked[shape] = placement
+        result.waiting[task.id] = blocked
+
+    def _estimate(self, task: Task, group: _Group) -> MemoryEstimate:
+        """Cached per memory-relevant options, audio length and GPU model. A task tried before
+        may carry a raised estimate (after an out-of-memory), so it is never cached."""
+        if task.attempts:
+            return self._estimate_for(task, self._devices[group.slots[0]])
+        o = task.options
+        key = (
+            o.engine,
+            o.model,
+            o.compute_type,
+            o.batch_size,
+            o.beam_size,
+            task.audio_seconds,
+            group.name,
+            group.kind,
+        )
+        found = self._estimates.get(key)
+        if found is None:
+            found = self._estimates[key] = self._estimate_for(task, self._devices[group.slots[0]])
+        return found
+
+    def _admit(
+        self, task: Task, model: ModelKey, by_slot: dict[int, MemoryEstimate]
+    ) -> Placement | str:
+        """Try devices from the least admitted up; the first that admits the task wins."""
+        heap = self._heap
+        tried: list[tuple[int, int, int]] = []
+        reasons: dict[int, str] = {}
+        placement: Placement | None = None
+        while heap and placement is None:
+            entry = heapq.heappop(heap)
+            slot = entry[2]
+            device = self._devices[slot]
+            ledger = device.ledger
+            try:
+                fit = ledger.admit(
+                    task.id, by_slot[slot], model, foreign_bytes=device.foreign_bytes
+                )
+            except NotAdmitted as refused:
+                self._refused(slot, entry, refused.fit, tried, reasons)
+                continue
+            placement = Placement(task.id, ledger.uuid, ledger.index, by_slot[slot], fit)
+            tried.append((ledger.admitted_bytes, ledger.index, slot))
+        for entry in tried:
+            heapq.heappush(heap, entry)
+        if placement is not None:
+            return placement
+        reasons.update(self._closed)
+        return "; ".join(reasons[slot] for slot in sorted(reasons, key=self._index_of))
+
+    def _refused(
+        self,
+        slot: int,
+        entry: tuple[int, int, int],
+        fit: Fit,
+        tried: list[tuple[int, int, int]],
+        reasons: dict[int, str],
+    ) -> None:
+        ledger = self._devices[slot].ledger
+        if ledger.running_tasks >= ledger.max_tasks:
+            self._closed[slot] = fit.reason  # full for the rest of the pass
+        else:
+            reasons[slot] = fit.reason
+            tried.append(entry)
+
+    def _index_of(self, slot: int) -> int:
+        return self._devices[slot].ledger.index
+
+    def _impossible(self, estimates: tuple[MemoryEstimate, ...]) -> str:
+        need = min(e.total_bytes for e in estimates)
+        largest = max(g.largest_limit for g in self._groups)
+        return (
+            f"needs {gib_text(need)} (context + weights + working), more than the largest GPU "
+            f"cap of {gib_text(largest)} even with nothing else running"
+        )
