@@ -1,0 +1,79 @@
+-- The SQLite schema of gpuscribe's store. Applied at every open: each statement is idempotent.
+
+CREATE TABLE IF NOT EXISTS schema_version (
+    version INTEGER NOT NULL PRIMARY KEY,
+    applied_at REAL NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS tasks (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    state TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    options TEXT NOT NULL,
+    audio_path TEXT NOT NULL,
+    audio_seconds REAL NOT NULL,
+    audio_format TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    original_filename TEXT,
+    idempotency_key TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL,
+    progress REAL NOT NULL DEFAULT 0,
+    gpu_index INTEGER,
+    gpu_uuid TEXT,
+    node TEXT,
+    memory_estimate_bytes INTEGER,
+    memory_peak_bytes INTEGER,
+    error TEXT,
+    wait_reason TEXT,
+    started_at REAL,
+    finished_at REAL,
+    not_before REAL NOT NULL DEFAULT 0,
+    lease_token TEXT,
+    lease_expires_at REAL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0
+);
+
+CREATE UNIQUE INDEX IF NOT EXISTS tasks_idempotency_key ON tasks (idempotency_key);
+-- The queue scan (and lists by state) read this index in order, oldest first, checking
+-- not_before on each row: `queued(limit)` stops after `limit` ready rows, with no sort.
+CREATE INDEX IF NOT EXISTS tasks_queue ON tasks (state, created_at);
+CREATE INDEX IF NOT EXISTS tasks_created ON tasks (created_at);
+CREATE INDEX IF NOT EXISTS tasks_lease ON tasks (state, lease_expires_at);
+CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (state, finished_at);
+
+CREATE TABLE IF NOT EXISTS task_events (
+    seq INTEGER PRIMARY KEY,
+    task_id TEXT NOT NULL REFERENCES tasks (id) ON DELETE CASCADE,
+    at REAL NOT NULL,
+    state TEXT NOT NULL,
+    detail TEXT
+);
+
+CREATE INDEX IF NOT EXISTS task_events_task ON task_events (task_id, seq);
+
+CREATE TABLE IF NOT EXISTS results (
+    task_id TEXT NOT NULL PRIMARY KEY REFERENCES tasks (id) ON DELETE CASCADE,
+    transcript TEXT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS calibration_samples (
+    seq INTEGER PRIMARY KEY,
+    gpu_name TEXT NOT NULL,
+    engine TEXT NOT NULL,
+    model TEXT NOT NULL,
+    compute_type TEXT NOT NULL,
+    batch_size INTEGER NOT NULL,
+    beam_size INTEGER NOT NULL,
+    working_bytes INTEGER NOT NULL,
+    weights_bytes INTEGER,
+    context_bytes INTEGER,
+    measured_at REAL NOT NULL,
+    estimate_bytes INTEGER
+);
+
+CREATE INDEX IF NOT EXISTS calibration_samples_key ON calibration_samples
+    (gpu_name, engine, model, compute_type, batch_size, beam_size, measured_at);
+
+INSERT OR IGNORE INTO schema_version (version, applied_at) VALUES (1, CAST(strftime('%s', 'now') AS REAL));

@@ -1,0 +1,277 @@
+"""The logic of the SQL stores, written once over named queries.
+
+A subclass provides sessions: `_write()` runs one transaction (BEGIN IMMEDIATE on SQLite) and
+commits before it returns; `_read()` runs reads. The queries of both SQL dialects have the same
+names and parameters, so every method below means the same on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import abc
+import builtins
+import secrets
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+from gpuscribe.domain import NewTask, Priority, Task, TaskEvent, TaskState, Transcript
+from gpuscribe.memory.types import CalibrationSample, ProfileKey
+from gpuscribe.store import rows
+from gpuscribe.store.base import Claim, QueueCounts
+
+Params = Mapping[str, Any] | None
+
+
+class Cursor(Protocol):
+    """What sqlite3 and psycopg cursors both offer (rows come back as dicts)."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def execute(self, sql: str, params: Any = ..., /) -> Any: ...
+
+    def executemany(self, sql: str, params: Any, /) -> Any: ...
+
+    def fetchall(self) -> Sequence[Any]: ...
+
+
+class Session:
+    """Named queries run on one cursor."""
+
+    def __init__(self, cursor: Cursor, queries: Mapping[str, str]) -> None:
+        self._cursor = cursor
+        self._queries = queries
+
+    def rows(self, name: str, params: Params = None) -> list[dict[str, Any]]:
+        self._cursor.execute(self._queries[name], params or {})
+        return list(self._cursor.fetchall())
+
+    def one(self, name: str, params: Params = None) -> dict[str, Any] | None:
+        found = self.rows(name, params)
+        return found[0] if found else None
+
+    def run(self, name: str, params: Params = None) -> int:
+        """Execute; return the number of rows changed."""
+        self._cursor.execute(self._queries[name], params or {})
+        return int(self._cursor.rowcount)
+
+    def many(self, name: str, params: Iterable[Mapping[str, Any]]) -> None:
+        batch = list(params)
+        if batch:
+            self._cursor.executemany(self._queries[name], batch)
+
+    def event(self, task_id: str, at: float, state: TaskState, detail: str | None) -> None:
+        self.run("insert_event", _event(task_id, at, state, detail))
+
+
+def _event(task_id: str, at: float, state: TaskState, detail: str | None) -> dict[str, Any]:
+    return {"task_id": task_id, "at": at, "state": state.value, "detail": detail}
+
+
+class SqlTaskStore(abc.ABC):
+    """`TaskStore` over a SQL database; subclasses own connections and transactions."""
+
+    @abc.abstractmethod
+    def _write(self) -> AbstractContextManager[Session]:
+        """One write transaction, committed when the block ends without an exception."""
+
+    @abc.abstractmethod
+    def _read(self) -> AbstractContextManager[Session]:
+        """A session for reads."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    # --- submission and reading -------------------------------------------------------------
+    def add(self, new: NewTask, *, now: float) -> tuple[Task, bool]:
+        if new.idempotency_key is not None:
+            existing = self._by_key(new.idempotency_key)
+            if existing is not None:
+                return existing, False
+        task_id = rows.new_task_id()
+        with self._write() as s:
+            row = s.one("insert_task", rows.new_task_params(task_id, new, now))
+            if row is not None:
+                s.event(task_id, now, TaskState.QUEUED, rows.SUBMITTED)
+        if row is not None:
+            return rows.task_from_row(row), True
+        # Another add with this key committed first: ours did nothing (ON CONFLICT DO NOTHING).
+        existing = self._by_key(new.idempotency_key or "")
+        if existing is None:
+            raise RuntimeError(f"idempotency key {new.idempotency_key!r} conflicts but is absent")
+        return existing, False
+
+    def _by_key(self, key: str) -> Task | None:
+        with self._read() as s:
+            row = s.one("task_by_key", {"key": key})
+        return None if row is None else rows.task_from_row(row)
+
+    def get(self, task_id: str) -> Task | None:
+        with self._read() as s:
+            row = s.one("task_by_id", {"id": task_id})
+        return None if row is None else rows.task_from_row(row)
+
+    def list(self, *, state: TaskState | None = None, limit: int = 100) -> builtins.list[Task]:
+        with self._read() as s:
+            if state is None:
+                found = s.rows("list_all", {"limit": limit})
+            else:
+                found = s.rows("list_by_state", {"state": state.value, "limit": limit})
+        return [rows.task_from_row(r) for r in found]
+
+    def queued(self, *, now: float, limit: int) -> builtins.list[Task]:
+        with self._read() as s:
+            found = s.rows("queued_ready", {"now": now, "limit": limit})
+        return [rows.task_from_row(r) for r in found]
+
+    def count_queued(self) -> int:
+        with self._read() as s:
+            row = s.one("count_queued")
+        return int(row["n"]) if row else 0
+
+    def counts(self) -> QueueCounts:
+        with self._read() as s:
+            states = s.rows("counts_by_state")
+            priorities = s.rows("queued_by_priority")
+        by_state = {state.value: 0 for state in TaskState}
+        by_state.update({r["state"]: int(r["n"]) for r in states})
+        by_priority = {p.label: 0 for p in Priority}
+        by_priority.update({Priority(r["priority"]).label: int(r["n"]) for r in priorities})
+        return QueueCounts(by_state=by_state, by_priority=by_priority)
+
+    def history(self, task_id: str) -> builtins.list[TaskEvent]:
+        with self._read() as s:
+            found = s.rows("events_of", {"id": task_id})
+        return [rows.event_from_row(r) for r in found]
+
+    def result(self, task_id: str) -> Transcript | None:
+        with self._read() as s:
+            row = s.one("result_of", {"id": task_id})
+        return None if row is None else rows.transcript_from_json(row["transcript"])
+
+    # --- the scheduler and workers -----------------------------------------------------------
+    def claim(self, claim: Claim, *, now: float) -> Task | None:
+        params = {
+            "id": claim.task_id,
+            "node": claim.node,
+            "gpu_index": claim.gpu_index,
+            "gpu_uuid": claim.gpu_uuid,
+            "memory_estimate_bytes": claim.memory_estimate_bytes,
+            "now": now,
+            "token": secrets.token_hex(16),
+            "expires": now + claim.lease_seconds,
+        }
+        with self._write() as s:
+            row = s.one("claim", params)
+            if row is None:
+                return None
+            detail = rows.claimed_detail(claim.node, claim.gpu_index, int(row["attempts"]))
+            s.event(claim.task_id, now, TaskState.RUNNING, detail)
+        return rows.task_from_row(row)
+
+    def renew(
+        self, leases: Sequence[tuple[str, str]], *, lease_seconds: float, now: float
+    ) -> set[str]:
+        held: set[str] = set()
+        if not leases:
+            return held
+        with self._write() as s:
+            for task_id, token in leases:
+                params = {"id": task_id, "token": token, "expires": now + lease_seconds}
+                if s.run("renew", params) == 1:
+                    held.add(task_id)
+        return held
+
+    def set_progress(self, task_id: str, token: str, progress: float) -> bool:
+        params = {"id": task_id, "token": token, "progress": progress}
+        with self._write() as s:
+            return s.run("set_progress", params) == 1
+
+    def complete(
+        self, task_id: str, token: str, result: Transcript, *, peak_bytes: int | None, now: float
+    ) -> bool:
+        params = {"id": task_id, "token": token, "peak": peak_bytes, "now": now}
+        with self._write() as s:
+            if s.run("complete", params) != 1:
+                return False
+            s.run("insert_result", {"id": task_id, "transcript": rows.transcript_json(result)})
+            s.event(task_id, now, TaskState.COMPLETED, None)
+        return True
+
+    def fail(
+        self, task_id: str, token: str, error: str, *, retry_at: float | None, now: float
+    ) -> bool:
+        params = {"id": task_id, "token": token, "error": error, "now": now}
+        with self._write() as s:
+            if retry_at is not None and s.run("retry", {**params, "retry_at": retry_at}) == 1:
+                s.event(task_id, now, TaskState.QUEUED, rows.retry_detail(error))
+                return True
+            if s.run("fail_running", params) != 1:
+                return False
+            s.event(task_id, now, TaskState.FAILED, error)
+        return True
+
+    def cancel(self, task_id: str, *, now: float) -> Task | None:
+        params = {"id": task_id, "now": now}
+        with self._write() as s:
+            if s.run("cancel_queued", params) == 1:
+                s.event(task_id, now, TaskState.CANCELLED, rows.CANCELLED_QUEUED)
+            elif s.run("request_cancel", params) == 1:
+                s.event(task_id, now, TaskState.RUNNING, rows.CANCEL_REQUESTED)
+            row = s.one("task_by_id", params)
+        return None if row is None else rows.task_from_row(row)
+
+    def finish_cancel(self, task_id: str, token: str, *, now: float) -> bool:
+        with self._write() as s:
+            if s.run("finish_cancel", {"id": task_id, "token": token, "now": now}) != 1:
+                return False
+            s.event(task_id, now, TaskState.CANCELLED, rows.CANCELLED_RUNNING)
+        return True
+
+    def set_wait_reasons(self, reasons: dict[str, str | None]) -> None:
+        if not reasons:
+            return
+        with self._write() as s:
+            s.many("set_wait_reason", ({"id": k, "reason": v} for k, v in reasons.items()))
+
+    def fail_queued(self, task_id: str, error: str, *, now: float) -> bool:
+        with self._write() as s:
+            if s.run("fail_queued", {"id": task_id, "error": error, "now": now}) != 1:
+                return False
+            s.event(task_id, now, TaskState.FAILED, error)
+        return True
+
+    def recover_expired(self, *, now: float) -> builtins.list[str]:
+        params = {"now": now}
+        events: builtins.list[dict[str, Any]] = []
+        with self._write() as s:
+            for row in s.rows("expire_cancelled", params):
+                events.append(
+                    _event(row["id"], now, TaskState.CANCELLED, rows.LEASE_EXPIRED_CANCELLED)
+                )
+            for row in s.rows("expire_exhausted", params):
+                events.append(_event(row["id"], now, TaskState.FAILED, row["error"]))
+            for row in s.rows("expire_requeue", params):
+                events.append(_event(row["id"], now, TaskState.QUEUED, rows.LEASE_EXPIRED))
+            s.many("insert_event", events)
+        return [e["task_id"] for e in events]
+
+    def prune(self, *, finished_before: float) -> builtins.list[Task]:
+        with self._write() as s:
+            found = s.rows("prune", {"before": finished_before})
+        return [rows.task_from_row(r) for r in found]
+
+    # --- calibration --------------------------------------------------------------------------
+    def add_sample(self, sample: CalibrationSample) -> None:
+        with self._write() as s:
+            s.run("insert_sample", rows.sample_params(sample))
+
+    def samples(self, key: ProfileKey, *, limit: int) -> builtins.list[CalibrationSample]:
+        with self._read() as s:
+            found = s.rows("samples_of", {**rows.key_params(key), "limit": limit})
+        return [rows.sample_from_row(r) for r in found]
+
+    def all_samples(self, *, per_key_limit: int) -> Iterator[CalibrationSample]:
+        with self._read() as s:
+            found = s.rows("all_samples", {"limit": per_key_limit})
+        return iter([rows.sample_from_row(r) for r in found])

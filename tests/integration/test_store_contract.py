@@ -1,0 +1,481 @@
+"""One contract, three stores: in-memory, SQLite and PostgreSQL must mean the same."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from gpuscribe.domain import (
+    NewTask,
+    Priority,
+    Segment,
+    TaskKind,
+    TaskState,
+    Transcript,
+    TranscriptionOptions,
+)
+from gpuscribe.memory.types import CalibrationSample, ProfileKey
+from gpuscribe.store.base import Claim, TaskStore
+from gpuscribe.store.memory import InMemoryStore
+from gpuscribe.store.sqlite import SqliteStore
+
+PG_BASE = "postgresql://postgres@127.0.0.1:5432/test"
+
+StoreFactory = Callable[[], TaskStore]
+
+
+def postgres_available() -> bool:
+    try:
+        import psycopg
+
+        psycopg.connect(PG_BASE, connect_timeout=2).close()
+    except Exception:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def pg_ok() -> bool:
+    return postgres_available()
+
+
+@pytest.fixture
+def pg_url(pg_ok: bool) -> Iterator[str]:
+    """A PostgreSQL URL whose search_path is a fresh schema, dropped after the test."""
+    if not pg_ok:
+        pytest.skip("no PostgreSQL server at 127.0.0.1:5432")
+    import psycopg
+
+    schema = f"t_{uuid.uuid4().hex}"
+    with psycopg.connect(PG_BASE, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield f"{PG_BASE}?options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(PG_BASE, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    """Opens stores on one database: two calls act like two processes (memory: one store)."""
+    opened: list[TaskStore] = []
+    if request.param == "memory":
+        shared = InMemoryStore()
+
+        def make() -> TaskStore:
+            return shared
+    elif request.param == "sqlite":
+
+        def make() -> TaskStore:
+            opened.append(SqliteStore(str(tmp_path / "store.db")))
+            return opened[-1]
+    else:
+        from gpuscribe.store.postgres import PostgresStore
+
+        url = request.getfixturevalue("pg_url")
+
+        def make() -> TaskStore:
+            opened.append(PostgresStore(url))
+            return opened[-1]
+
+    yield make
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(factory: StoreFactory) -> TaskStore:
+    return factory()
+
+
+def new_task(
+    key: str | None = None, *, priority: Priority = Priority.NORMAL, max_attempts: int = 3
+) -> NewTask:
+    return NewTask(
+        priority=priority,
+        options=TranscriptionOptions(model="base", language="de", task=TaskKind.TRANSLATE),
+        audio_path="/data/audio/a.flac",
+        audio_seconds=12.5,
+        audio_format="flac",
+        original_filename="meeting.flac",
+        idempotency_key=key,
+        max_attempts=max_attempts,
+    )
+
+
+def claim_of(task_id: str, gpu: int = 0, lease: float = 30.0) -> Claim:
+    return Claim(task_id, "node-a", gpu, f"GPU-{gpu}", 2_000_000_000, lease)
+
+
+TRANSCRIPT = Transcript(
+    text="hallo welt",
+    language="de",
+    duration=12.5,
+    segments=(Segment(id=0, start=0.0, end=2.0, text="hallo welt", tokens=(1, 2)),),
+)
+
+
+def running(store: TaskStore, now: float = 100.0, **kw: object) -> tuple[str, str]:
+    task, _ = store.add(new_task(**kw), now=now)  # type: ignore[arg-type]
+    claimed = store.claim(claim_of(task.id), now=now)
+    assert claimed is not None and claimed.lease_token is not None
+    return task.id, claimed.lease_token
+
+
+# --- submission and reading ---------------------------------------------------------------
+def test_add_stores_every_field_and_a_history_line(store: TaskStore) -> None:
+    task, created = store.add(new_task("k1", priority=Priority.HIGH), now=50.0)
+    assert created
+    assert uuid.UUID(task.id)
+    got = store.get(task.id)
+    assert got == task
+    assert got.state == TaskState.QUEUED and got.priority == Priority.HIGH
+    assert got.options == new_task().options
+    assert (got.audio_path, got.audio_seconds, got.audio_format) == (
+        "/data/audio/a.flac",
+        12.5,
+        "flac",
+    )
+    assert (got.original_filename, got.idempotency_key) == ("meeting.flac", "k1")
+    assert (got.created_at, got.attempts, got.max_attempts, got.not_before) == (50.0, 0, 3, 0.0)
+    assert got.lease_token is None and not got.cancel_requested
+    assert [(e.state, e.at) for e in store.history(task.id)] == [(TaskState.QUEUED, 50.0)]
+    assert store.get("no-such-task") is None
+
+
+def test_repeated_idempotency_key_returns_the_first_task(store: TaskStore) -> None:
+    first, created = store.add(new_task("same"), now=1.0)
+    again, created_again = store.add(new_task("same"), now=2.0)
+    assert created and not created_again
+    assert again == first
+    other, created_other = store.add(new_task("other"), now=3.0)
+    assert created_other and other.id != first.id
+    no_key_1, _ = store.add(new_task(None), now=4.0)
+    no_key_2, created_no_key = store.add(new_task(None), now=4.0)
+    assert created_no_key and no_key_1.id != no_key_2.id
+
+
+def test_concurrent_adds_of_one_key_make_one_task(factory: StoreFactory) -> None:
+    stores = [factory(), factory()]
+    barrier = threading.Barrier(8)
+
+    def add(i: int) -> tuple[str, bool]:
+        barrier.wait()
+        task, created = stores[i % 2].add(new_task("race"), now=float(i))
+        return task.id, created
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(add, range(8)))
+    assert len({task_id for task_id, _ in outcomes}) == 1
+    assert sum(created for _, created in outcomes) == 1
+    assert stores[0].count_queued() == 1
+
+
+def test_queued_is_oldest_first_and_ready_only(store: TaskStore) -> None:
+    ids = [store.add(new_task(), now=float(t))[0].id for t in (3, 1, 2)]
+    later_id, token = running(store, now=0.5)
+    store.fail(later_id, token, "boom", retry_at=60.0, now=0.6)
+    assert [t.id for t in store.queued(now=10.0, limit=10)] == [ids[1], ids[2], ids[0]]
+    assert [t.id for t in store.queued(now=10.0, limit=2)] == [ids[1], ids[2]]
+    assert store.queued(now=60.0, limit=10)[0].id == later_id
+    assert store.count_queued() == 4
+
+
+def test_list_is_newest_first_by_state(store: TaskStore) -> None:
+    ids = [store.add(new_task(), now=float(t))[0].id for t in range(4)]
+    store.cancel(ids[0], now=9.0)
+    assert [t.id for t in store.list()] == ids[::-1]
+    assert [t.id for t in store.list(limit=2)] == ids[:1:-1]
+    assert [t.id for t in store.list(state=TaskState.QUEUED)] == ids[:0:-1]
+    assert [t.id for t in store.list(state=TaskState.CANCELLED)] == [ids[0]]
+
+
+def test_counts_by_state_and_queued_priority(store: TaskStore) -> None:
+    store.add(new_task(priority=Priority.URGENT), now=1.0)
+    store.add(new_task(priority=Priority.LOW), now=1.0)
+    task_id, _ = running(store, priority=Priority.LOW)
+    counts = store.counts()
+    assert counts.by_state == {
+        "queued": 2, "running": 1, "completed": 0, "failed": 0, "cancelled": 0
+    }  # fmt: skip
+    assert counts.by_priority == {"urgent": 1, "high": 0, "normal": 0, "low": 1}
+    assert store.get(task_id) is not None
+
+
+# --- claims and leases ----------------------------------------------------------------------
+def test_claim_takes_a_queued_task_once(store: TaskStore) -> None:
+    task, _ = store.add(new_task(), now=1.0)
+    store.set_wait_reasons({task.id: "no GPU has 5 GiB free"})
+    claimed = store.claim(claim_of(task.id, gpu=1, lease=20.0), now=5.0)
+    assert claimed is not None
+    assert claimed.state == TaskState.RUNNING and claimed.attempts == 1
+    assert (claimed.node, claimed.gpu_index, claimed.gpu_uuid) == ("node-a", 1, "GPU-1")
+    assert claimed.memory_estimate_bytes == 2_000_000_000
+    assert claimed.started_at == 5.0 and claimed.lease_expires_at == 25.0
+    assert claimed.lease_token and len(claimed.lease_token) >= 32
+    assert claimed.wait_reason is None
+    assert store.get(task.id) == claimed
+    assert store.claim(claim_of(task.id), now=6.0) is None
+    assert store.claim(claim_of("no-such-task"), now=6.0) is None
+    assert [e.state for e in store.history(task.id)] == [TaskState.QUEUED, TaskState.RUNNING]
+
+
+def test_claim_respects_not_before_and_state(store: TaskStore) -> None:
+    task_id, token = running(store)
+    assert store.fail(task_id, token, "oom", retry_at=200.0, now=101.0)
+    assert store.claim(claim_of(task_id), now=150.0) is None
+    again = store.claim(claim_of(task_id), now=200.0)
+    assert again is not None and again.attempts == 2 and again.lease_token != token
+    cancelled, _ = store.add(new_task(), now=1.0)
+    store.cancel(cancelled.id, now=2.0)
+    assert store.claim(claim_of(cancelled.id), now=3.0) is None
+
+
+def test_racing_claims_from_two_stores_claim_each_task_once(factory: StoreFactory) -> None:
+    stores = [factory(), factory()]
+    ids = [stores[0].add(new_task(), now=1.0)[0].id for _ in range(40)]
+    barrier = threading.Barrier(4)
+
+    def claim_all(worker: int) -> list[str]:
+        barrier.wait()
+        store = stores[worker % 2]
+        return [i for i in ids if store.claim(claim_of(i, gpu=worker), now=2.0) is not None]
+
+    with ThreadPoolExecutor(4) as pool:
+        won = [i for claimed in pool.map(claim_all, range(4)) for i in claimed]
+    assert sorted(won) == sorted(ids)
+    assert all(stores[1].get(i).attempts == 1 for i in ids)  # type: ignore[union-attr]
+
+
+def test_renew_extends_only_held_leases(store: TaskStore) -> None:
+    a, token_a = running(store)
+    b, token_b = running(store)
+    store.complete(b, token_b, TRANSCRIPT, peak_bytes=None, now=101.0)
+    held = store.renew([(a, token_a), (b, token_b), (a, "wrong")], lease_seconds=30.0, now=110.0)
+    assert held == {a}
+    assert store.get(a).lease_expires_at == 140.0  # type: ignore[union-attr]
+    assert store.renew([], lease_seconds=30.0, now=110.0) == set()
+
+
+def test_stale_token_changes_nothing(store: TaskStore) -> None:
+    task_id, _ = running(store)
+    before = store.get(task_id)
+    assert not store.set_progress(task_id, "stale", 0.5)
+    assert not store.complete(task_id, "stale", TRANSCRIPT, peak_bytes=1, now=101.0)
+    assert not store.fail(task_id, "stale", "x", retry_at=None, now=101.0)
+    assert not store.finish_cancel(task_id, "stale", now=101.0)
+    assert store.get(task_id) == before
+    assert store.result(task_id) is None
+    assert not store.set_progress("no-such-task", "stale", 0.5)
+
+
+def test_progress_and_complete(store: TaskStore) -> None:
+    task_id, token = running(store)
+    assert store.set_progress(task_id, token, 0.25)
+    assert store.get(task_id).progress == 0.25  # type: ignore[union-attr]
+    assert store.complete(task_id, token, TRANSCRIPT, peak_bytes=3_000_000_000, now=120.0)
+    done = store.get(task_id)
+    assert done is not None and done.state == TaskState.COMPLETED
+    assert (done.progress, done.memory_peak_bytes, done.finished_at) == (1.0, 3_000_000_000, 120.0)
+    assert done.lease_token is None and done.lease_expires_at is None
+    assert store.result(task_id) == TRANSCRIPT
+    assert store.history(task_id)[-1].state == TaskState.COMPLETED
+    assert not store.complete(task_id, token, TRANSCRIPT, peak_bytes=None, now=121.0)
+    assert not store.set_progress(task_id, token, 0.5)
+
+
+def test_fail_retries_then_fails_keeping_the_history(store: TaskStore) -> None:
+    task_id, token = running(store, max_attempts=2)
+    assert store.fail(task_id, token, "CUDA out of memory", retry_at=105.0, now=101.0)
+    retried = store.get(task_id)
+    assert retried is not None and retried.state == TaskState.QUEUED
+    assert retried.not_before == 105.0 and retried.lease_token is None
+    assert retried.gpu_index is None
+    second = store.claim(claim_of(task_id), now=106.0)
+    assert second is not None and second.lease_token is not None and second.attempts == 2
+    assert store.fail(task_id, second.lease_token, "decoder crashed", retry_at=110.0, now=107.0)
+    failed = store.get(task_id)
+    assert failed is not None and failed.state == TaskState.FAILED
+    assert (failed.error, failed.finished_at, failed.lease_token) == (
+        "decoder crashed",
+        107.0,
+        None,
+    )
+    assert [(e.state, e.detail) for e in store.history(task_id)][1:] == [
+        (TaskState.RUNNING, "attempt 1 on node-a gpu 0"),
+        (TaskState.QUEUED, "retry: CUDA out of memory"),
+        (TaskState.RUNNING, "attempt 2 on node-a gpu 0"),
+        (TaskState.FAILED, "decoder crashed"),
+    ]
+
+
+def test_fail_without_retry_is_final(store: TaskStore) -> None:
+    task_id, token = running(store)
+    assert store.fail(task_id, token, "bad audio", retry_at=None, now=101.0)
+    failed = store.get(task_id)
+    assert failed is not None and failed.state == TaskState.FAILED and failed.attempts == 1
+
+
+# --- cancellation and waiting ---------------------------------------------------------------
+def test_cancel_in_each_state(store: TaskStore) -> None:
+    queued, _ = store.add(new_task(), now=1.0)
+    cancelled = store.cancel(queued.id, now=2.0)
+    assert cancelled is not None and cancelled.state == TaskState.CANCELLED
+    assert cancelled.finished_at == 2.0
+    task_id, token = running(store)
+    asked = store.cancel(task_id, now=101.0)
+    assert asked is not None and asked.state == TaskState.RUNNING and asked.cancel_requested
+    assert store.cancel(task_id, now=101.5) == asked
+    assert store.finish_cancel(task_id, token, now=102.0)
+    final = store.get(task_id)
+    assert final is not None and final.state == TaskState.CANCELLED and final.lease_token is None
+    assert store.cancel(task_id, now=103.0) == final
+    assert store.cancel("no-such-task", now=103.0) is None
+    details = [e.detail for e in store.history(task_id)]
+    assert details.count("cancel requested") == 1
+
+
+def test_a_task_asked_to_cancel_is_not_retried(store: TaskStore) -> None:
+    task_id, token = running(store)
+    store.cancel(task_id, now=101.0)
+    assert store.fail(task_id, token, "killed", retry_at=102.0, now=101.5)
+    assert store.get(task_id).state == TaskState.FAILED  # type: ignore[union-attr]
+
+
+def test_wait_reasons_touch_only_queued_tasks(store: TaskStore) -> None:
+    queued, _ = store.add(new_task(), now=1.0)
+    task_id, _ = running(store)
+    store.set_wait_reasons({queued.id: "waiting for memory", task_id: "x", "no-such-task": "y"})
+    assert store.get(queued.id).wait_reason == "waiting for memory"  # type: ignore[union-attr]
+    assert store.get(task_id).wait_reason is None  # type: ignore[union-attr]
+    store.set_wait_reasons({queued.id: None})
+    assert store.get(queued.id).wait_reason is None  # type: ignore[union-attr]
+    assert len(store.history(queued.id)) == 1
+
+
+def test_fail_queued(store: TaskStore) -> None:
+    queued, _ = store.add(new_task(), now=1.0)
+    assert store.fail_queued(queued.id, "needs 90 GiB; the largest GPU has 80", now=2.0)
+    failed = store.get(queued.id)
+    assert failed is not None and failed.state == TaskState.FAILED and failed.finished_at == 2.0
+    assert not store.fail_queued(queued.id, "again", now=3.0)
+    assert store.history(queued.id)[-1].detail == "needs 90 GiB; the largest GPU has 80"
+
+
+# --- recovery and pruning -------------------------------------------------------------------
+def test_recover_expired_requeues_or_fails(store: TaskStore) -> None:
+    requeue, _ = running(store, now=100.0)
+    exhausted, _ = running(store, now=100.0, max_attempts=1)
+    fresh, _ = running(store, now=125.0)
+    asked, _ = running(store, now=100.0)
+    store.cancel(asked, now=101.0)
+    recovered = store.recover_expired(now=131.0)
+    assert sorted(recovered) == sorted([requeue, exhausted, asked])
+    back = store.get(requeue)
+    assert back is not None and back.state == TaskState.QUEUED and back.lease_token is None
+    assert store.history(requeue)[-1].detail == "lease expired"
+    dead = store.get(exhausted)
+    assert dead is not None and dead.state == TaskState.FAILED and dead.finished_at == 131.0
+    assert dead.error == "lease expired on attempt 1 of 1: no attempts left"
+    assert store.get(asked).state == TaskState.CANCELLED  # type: ignore[union-attr]
+    assert store.get(fresh).state == TaskState.RUNNING  # type: ignore[union-attr]
+    assert store.recover_expired(now=131.0) == []
+
+
+def test_recovery_never_touches_a_finished_task(store: TaskStore) -> None:
+    """River's rescuer bug: a job that completed after its lease ran out was rescued anyway."""
+    task_id, token = running(store, now=100.0)
+    assert store.complete(task_id, token, TRANSCRIPT, peak_bytes=5, now=200.0)
+    assert store.recover_expired(now=300.0) == []
+    done = store.get(task_id)
+    assert done is not None and done.state == TaskState.COMPLETED and done.attempts == 1
+    assert store.result(task_id) == TRANSCRIPT
+
+
+def test_stale_lease_after_recovery_changes_nothing(store: TaskStore) -> None:
+    task_id, old_token = running(store, now=100.0)
+    assert store.recover_expired(now=200.0) == [task_id]
+    new = store.claim(claim_of(task_id, gpu=3), now=201.0)
+    assert new is not None and new.lease_token is not None
+    assert not store.complete(task_id, old_token, TRANSCRIPT, peak_bytes=1, now=202.0)
+    assert not store.fail(task_id, old_token, "late", retry_at=None, now=202.0)
+    assert store.renew([(task_id, old_token)], lease_seconds=30.0, now=202.0) == set()
+    assert store.get(task_id) == new
+    assert store.complete(task_id, new.lease_token, TRANSCRIPT, peak_bytes=1, now=203.0)
+
+
+def test_recovery_racing_completion_keeps_one_outcome(factory: StoreFactory) -> None:
+    stores = [factory(), factory()]
+    leases = [running(stores[0], now=100.0) for _ in range(20)]
+    barrier = threading.Barrier(2)
+
+    def complete_all() -> set[str]:
+        barrier.wait()
+        return {
+            task_id
+            for task_id, token in leases
+            if stores[0].complete(task_id, token, TRANSCRIPT, peak_bytes=1, now=150.0)
+        }
+
+    def recover() -> set[str]:
+        barrier.wait()
+        return {i for _ in range(5) for i in stores[1].recover_expired(now=150.0)}
+
+    with ThreadPoolExecutor(2) as pool:
+        completed_f, recovered_f = pool.submit(complete_all), pool.submit(recover)
+        completed, recovered = completed_f.result(), recovered_f.result()
+    assert completed | recovered == {task_id for task_id, _ in leases}
+    assert not completed & recovered
+    for task_id in completed:
+        assert stores[1].get(task_id).state == TaskState.COMPLETED  # type: ignore[union-attr]
+    for task_id in recovered:
+        assert stores[1].get(task_id).state == TaskState.QUEUED  # type: ignore[union-attr]
+        assert stores[1].result(task_id) is None
+
+
+def test_prune_deletes_old_final_tasks_with_their_rows(store: TaskStore) -> None:
+    old_done, token = running(store, now=100.0)
+    store.complete(old_done, token, TRANSCRIPT, peak_bytes=None, now=110.0)
+    old_cancelled, _ = store.add(new_task("key-1"), now=100.0)
+    store.cancel(old_cancelled.id, now=111.0)
+    recent_done, token = running(store, now=100.0)
+    store.complete(recent_done, token, TRANSCRIPT, peak_bytes=None, now=500.0)
+    still_running, _ = running(store, now=100.0)
+    still_queued, _ = store.add(new_task(), now=100.0)
+    pruned = store.prune(finished_before=200.0)
+    assert sorted(t.id for t in pruned) == sorted([old_done, old_cancelled.id])
+    assert all(store.get(t.id) is None for t in pruned)
+    assert store.result(old_done) is None and store.history(old_done) == []
+    assert store.result(recent_done) == TRANSCRIPT
+    assert {t.id for t in store.list()} == {recent_done, still_running, still_queued.id}
+    again, created = store.add(new_task("key-1"), now=600.0)
+    assert created and again.id != old_cancelled.id
+
+
+# --- calibration --------------------------------------------------------------------------
+def profile_key(model: str) -> ProfileKey:
+    return ProfileKey("NVIDIA H100 80GB HBM3", "faster-whisper", model, "float16", 1, 5)
+
+
+def sample(model: str, at: float, working: int) -> CalibrationSample:
+    return CalibrationSample(profile_key(model), working, 1_500_000, None, at, estimate_bytes=9)
+
+
+def test_samples_newest_first_per_key(store: TaskStore) -> None:
+    for i, at in enumerate([5.0, 1.0, 9.0, 3.0]):
+        store.add_sample(sample("small", at, 100 + i))
+    store.add_sample(sample("tiny", 2.0, 50))
+    newest = store.samples(profile_key("small"), limit=3)
+    assert [s.measured_at for s in newest] == [9.0, 5.0, 3.0]
+    assert newest[0] == sample("small", 9.0, 102)
+    assert store.samples(profile_key("large-v3"), limit=3) == []
+    every = list(store.all_samples(per_key_limit=2))
+    assert sorted((s.key.model, s.measured_at) for s in every) == [
+        ("small", 5.0), ("small", 9.0), ("tiny", 2.0)
+    ]  # fmt: skip
