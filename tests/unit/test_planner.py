@@ -213,3 +213,17 @@ def test_choice_equals_choose_device_over_all_fits(
         assert p.placements == [] and "new" in p.waiting
     else:
         assert placed(p) == {"new": expected.index}
+
+
+def test_wait_reason_names_at_most_eight_devices() -> None:
+    devices = [device(i, 1) for i in range(10)]
+    p = run(
+        [task(f"half{i}", 0.5, created_at=i) for i in range(10)]
+        + [task("big", 0.8, created_at=99)],
+        devices,
+    )
+    assert len(p.placements) == 10
+    reason = p.waiting["big"]
+    assert reason.startswith("GPU 0: needs 0.8 GiB, 0.5 GiB available")
+    assert "GPU 7:" in reason and "GPU 8:" not in reason
+    assert reason.endswith("; and 2 more GPUs")

@@ -26,6 +26,7 @@ from gpuscribe.memory.types import MemoryEstimate, ModelKey
 from gpuscribe.scheduling.priority import order_queue
 from gpuscribe.telemetry.base import DeviceKind
 
+MAX_REASONS_SHOWN = 8  # a wait reason names this many devices at most (64-GPU nodes exist)
 EstimateFor = Callable[[Task, "DeviceState"], MemoryEstimate]
 
 
@@ -100,6 +101,10 @@ class _Pass:
         self._closed: dict[int, str] = {}  # slot -> why no task can go there in this pass
         self._heap: list[tuple[int, int, int]] = []  # (admitted, device index, slot)
         self._groups = self._group()
+        self._group_of = [0] * len(self._devices)  # slot -> position in self._groups
+        for position, group in enumerate(self._groups):
+            for slot in group.slots:
+                self._group_of[slot] = position
         for slot, device in enumerate(self._devices):
             if not device.healthy:
                 self._closed[slot] = f"GPU {device.ledger.index}: unavailable"
@@ -134,10 +139,7 @@ class _Pass:
         shape = (model, estimates)
         blocked = self._blocked.get(shape)
         if blocked is None:
-            by_slot = {
-                slot: e for e, g in zip(estimates, self._groups, strict=True) for slot in g.slots
-            }
-            placement = self._admit(task, model, by_slot)
+            placement = self._admit(task, model, estimates)
             if isinstance(placement, Placement):
                 result.placements.append(placement)
                 return
@@ -166,10 +168,10 @@ class _Pass:
         return found
 
     def _admit(
-        self, task: Task, model: ModelKey, by_slot: dict[int, MemoryEstimate]
+        self, task: Task, model: ModelKey, estimates: tuple[MemoryEstimate, ...]
     ) -> Placement | str:
         """Try devices from the least admitted up; the first that admits the task wins."""
-        heap = self._heap
+        heap, group_of = self._heap, self._group_of
         tried: list[tuple[int, int, int]] = []
         reasons: dict[int, str] = {}
         placement: Placement | None = None
@@ -180,19 +182,25 @@ class _Pass:
             ledger = device.ledger
             try:
                 fit = ledger.admit(
-                    task.id, by_slot[slot], model, foreign_bytes=device.foreign_bytes
+                    task.id, estimates[group_of[slot]], model, foreign_bytes=device.foreign_bytes
                 )
             except NotAdmitted as refused:
                 self._refused(slot, entry, refused.fit, tried, reasons)
                 continue
-            placement = Placement(task.id, ledger.uuid, ledger.index, by_slot[slot], fit)
+            placement = Placement(
+                task.id, ledger.uuid, ledger.index, estimates[group_of[slot]], fit
+            )
             tried.append((ledger.admitted_bytes, ledger.index, slot))
         for entry in tried:
             heapq.heappush(heap, entry)
         if placement is not None:
             return placement
         reasons.update(self._closed)
-        return "; ".join(reasons[slot] for slot in sorted(reasons, key=self._index_of))
+        ordered = [reasons[slot] for slot in sorted(reasons, key=self._index_of)]
+        text = "; ".join(ordered[:MAX_REASONS_SHOWN])
+        if len(ordered) > MAX_REASONS_SHOWN:
+            text += f"; and {len(ordered) - MAX_REASONS_SHOWN} more GPUs"
+        return text
 
     def _refused(
         self,
