@@ -1,0 +1,88 @@
+"""`gpuscribe bench`: clips, the report, and the command with the service part skipped."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from gpuscribe.bench import throughput
+from gpuscribe.bench.placement import PlacementBench
+from gpuscribe.bench.throughput import (
+    BenchReport,
+    BenchSkipped,
+    Rate,
+    ServiceBench,
+    report_text,
+    synthesize_clips,
+    wav_seconds,
+)
+from gpuscribe.cli.main import main
+
+PLACEMENT = PlacementBench(placements_per_second=40_000.0, placements=10_000, seconds=0.25)
+
+
+def test_rate_and_ratio() -> None:
+    bench = ServiceBench(4, 20.0, Rate(2.0, 20.0), Rate(2.5, 20.0))
+    assert bench.direct.audio_seconds_per_second == 10.0
+    assert bench.ratio == pytest.approx(0.8)
+
+
+def test_report_against_baseline_and_targets() -> None:
+    bench = ServiceBench(4, 20.0, Rate(2.0, 20.0), Rate(2.0, 20.0))
+    report = BenchReport(bench, None, PLACEMENT)
+    data = report.to_dict()
+    assert data["service"]["ratio"] == 1.0
+    assert data["service"]["meets_target"] is True
+    assert data["placement"]["ratio_to_target"] == 2.0
+    assert report.meets_targets
+    text = report_text(report)
+    assert "1.00x (baseline)" in text
+    assert "1.00x baseline" in text
+    assert "2.00x target" in text
+
+
+def test_missed_target_is_reported() -> None:
+    slow = PlacementBench(placements_per_second=1000.0, placements=10_000, seconds=10.0)
+    report = BenchReport(None, "espeak-ng is not installed", slow)
+    assert not report.meets_targets
+    assert report.to_dict()["service"] == {"skipped": "espeak-ng is not installed"}
+    text = report_text(report)
+    assert "skipped: espeak-ng is not installed" in text
+    assert "MISSED" in text
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+def test_clips_are_speech_of_a_few_seconds(tmp_path: Path) -> None:
+    clips = synthesize_clips(tmp_path, 2)
+    assert [c.name for c in clips] == ["clip-000.wav", "clip-001.wav"]
+    assert all(2.0 < wav_seconds(c) < 15.0 for c in clips)
+
+
+def test_missing_espeak_skips(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(BenchSkipped, match="espeak-ng is not installed"):
+        synthesize_clips(tmp_path, 1)
+
+
+def test_bench_command_json(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(throughput, "placement_throughput", lambda **kw: PLACEMENT)
+    assert main(["bench", "--skip-service", "--json"]) == 0
+    captured = capsys.readouterr()
+    data = json.loads(captured.out)
+    assert data["service"] == {"skipped": "skipped by --skip-service"}
+    assert data["placement"]["placements_per_second"] == 40_000.0
+    assert "bench: scheduler placement" in captured.err
+
+
+def test_bench_check_fails_on_a_missed_target(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    slow = PlacementBench(placements_per_second=10.0, placements=10, seconds=1.0)
+    monkeypatch.setattr(throughput, "placement_throughput", lambda **kw: slow)
+    assert main(["bench", "--skip-service", "--check"]) == 1
+    assert "MISSED" in capsys.readouterr().out

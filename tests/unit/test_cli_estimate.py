@@ -1,0 +1,112 @@
+"""`gpuscribe estimate`: computed locally from settings, store samples, profiles, the prior."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gpuscribe.cli.main import main
+from gpuscribe.memory.types import GIB, CalibrationSample, ProfileKey
+from gpuscribe.store.open import open_store
+
+FIELDS = {
+    "weights_bytes",
+    "working_bytes",
+    "context_bytes",
+    "total_bytes",
+    "source",
+    "model",
+    "gpu_name",
+    "sample_count",
+}
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    for var in (
+        "MEMORY_CONFIDENCE_FACTOR",
+        "CALIBRATION_SAMPLE_SIZE",
+        "GPUSCRIBE_STORE",
+        "GPUSCRIBE_DATA_DIR",
+        "GPUSCRIBE_SIMULATE_GPUS",
+        "GPUSCRIBE_DEFAULT_ENGINE",
+    ):
+        monkeypatch.delenv(var, raising=False)
+
+
+def run_json(argv: list[str], capsys: pytest.CaptureFixture[str]) -> dict[str, object]:
+    assert main(["estimate", "--json", *argv]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert isinstance(data, dict)
+    return data
+
+
+def test_json_fields_and_total(capsys: pytest.CaptureFixture[str]) -> None:
+    data = run_json(["--model", "large-v3", "--gpu-name", "NVIDIA H100 80GB HBM3"], capsys)
+    assert set(data) >= FIELDS
+    parts = [data["weights_bytes"], data["working_bytes"], data["context_bytes"]]
+    assert all(isinstance(p, int) and p > 0 for p in parts)
+    assert data["total_bytes"] == sum(parts)  # type: ignore[arg-type]
+    assert data["source"] == "prior"
+    assert (data["model"], data["engine"]) == ("large-v3", "transformers")
+
+
+def test_shipped_profile_is_used(capsys: pytest.CaptureFixture[str]) -> None:
+    data = run_json(
+        ["--model", "turbo", "--gpu-name", "NVIDIA H200", "--compute-type", "float16"], capsys
+    )
+    assert data["source"] == "profile"
+    assert data["model"] == "large-v3-turbo"
+
+
+def test_cpu_has_no_cuda_context(capsys: pytest.CaptureFixture[str]) -> None:
+    data = run_json(["--gpu-name", "CPU (test)"], capsys)
+    assert data["context_bytes"] == 0
+    assert data["engine"] == "faster-whisper"
+    assert data["model"] == "tiny.en"
+
+
+def test_calibration_samples_come_from_the_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = ProfileKey("NVIDIA L4", "transformers", "small", "float16", 1, 5)
+    store = open_store(f"sqlite:///{tmp_path / 'data' / 'gpuscribe.db'}")
+    for i in range(3):
+        store.add_sample(CalibrationSample(key, GIB + i, None, None, measured_at=float(i)))
+    store.close()
+    argv = [
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--model",
+        "small",
+        "--gpu-name",
+        "NVIDIA L4",
+        "--compute-type",
+        "float16",
+        "--engine",
+        "transformers",
+    ]
+    data = run_json(argv, capsys)
+    assert data["source"] == "calibrated"
+    assert data["sample_count"] == 3
+    assert data["working_bytes"] >= GIB + 2  # type: ignore[operator]
+
+
+def test_absent_store_is_not_created(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_json(["--data-dir", str(tmp_path / "none"), "--gpu-name", "NVIDIA L4"], capsys)
+    assert not (tmp_path / "none").exists()
+
+
+def test_simulated_device_is_the_default(capsys: pytest.CaptureFixture[str]) -> None:
+    data = run_json(["--simulate-gpus", "1x24GiB"], capsys)
+    assert data["gpu_name"] == "Simulated GPU 24GiB"
+
+
+def test_human_output_names_components_and_source(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["estimate", "--gpu-name", "NVIDIA H200", "--model", "base"]) == 0
+    out = capsys.readouterr().out
+    for word in ("weights", "working", "context", "total", "GiB", "source: profile"):
+        assert word in out

@@ -1,0 +1,113 @@
+"""The command line's tables and values."""
+
+from __future__ import annotations
+
+from gpuscribe.cli.tables import (
+    GIB,
+    dict_rows_table,
+    gib,
+    gpus_table,
+    render_table,
+    seconds,
+    task_details,
+    tasks_table,
+)
+
+GPU = {
+    "index": 0,
+    "uuid": "GPU-1",
+    "name": "NVIDIA H100 80GB HBM3",
+    "memory_total_bytes": 80 * GIB,
+    "memory_used_bytes": 12 * GIB,
+    "memory_reserved_bytes": 10 * GIB,
+    "memory_cap_bytes": 72 * GIB,
+    "tasks_running": 2,
+    "max_tasks": 5,
+    "utilization_percent": 37.0,
+    "temperature_c": 45.0,
+    "power_watts": 210.4,
+    "resident_models": ["large-v3"],
+}
+
+TASK = {
+    "id": "t-1",
+    "state": "failed",
+    "priority": "high",
+    "model": "tiny.en",
+    "engine": "faster-whisper",
+    "gpu": 1,
+    "progress": 0.5,
+    "audio_seconds": 125.0,
+    "memory_estimate_bytes": 2 * GIB,
+    "memory_peak_bytes": None,
+    "attempts": 3,
+    "error": "CUDA out of memory",
+    "created_at": 0.0,
+    "started_at": None,
+    "finished_at": None,
+}
+
+
+def test_render_table_aligns_columns() -> None:
+    text = render_table(["A", "NUM"], [["x", "1"], ["long", "123"]], right=(1,))
+    assert text.splitlines() == ["A     NUM", "x       1", "long  123"]
+
+
+def test_gib_and_seconds() -> None:
+    assert gib(3 * GIB // 2) == "1.5"
+    assert gib(None) == "-"
+    assert seconds(42.04) == "42.0s"
+    assert seconds(185) == "3m05s"
+    assert seconds(3720) == "1h02m"
+
+
+def test_gpus_table_shows_used_reserved_cap_and_tasks() -> None:
+    lines = gpus_table([GPU]).splitlines()
+    assert lines[0].split()[:2] == ["GPU", "NAME"]
+    row = lines[1]
+    for part in (
+        "[0]",
+        "NVIDIA H100 80GB HBM3",
+        "12.0 / 10.0 / 72.0 GiB",
+        "80.0",
+        "37%",
+        "45°C",
+        "210 W",
+        "2/5",
+        "large-v3",
+    ):
+        assert part in row
+
+
+def test_gpus_table_without_figures() -> None:
+    row = gpus_table([{"index": 0, "name": "CPU (x)"}]).splitlines()[1]
+    assert "- / - / - GiB" in row
+    assert "-/-" in row
+
+
+def test_gpus_table_empty() -> None:
+    assert gpus_table([]) == "no devices"
+
+
+def test_tasks_table_row() -> None:
+    lines = tasks_table([TASK]).splitlines()
+    assert lines[0].startswith("ID")
+    for part in ("t-1", "failed", "high", "tiny.en", "50%", "2m05s", "CUDA out of memory"):
+        assert part in lines[1]
+    assert tasks_table([]) == "no tasks"
+
+
+def test_task_details_lists_memory_and_error() -> None:
+    text = task_details(TASK)
+    assert "memory estimate  2.00 GiB" in text
+    assert "memory peak      - GiB" in text
+    assert "error            CUDA out of memory" in text
+    assert "tiny.en (faster-whisper)" in text
+
+
+def test_dict_rows_table_formats_bytes() -> None:
+    text = dict_rows_table([{"model": "tiny", "peak_bytes": GIB}, {"model": "base", "x": 0.12345}])
+    header, first, second = text.splitlines()
+    assert header.split() == ["MODEL", "PEAK_BYTES", "X"]
+    assert "1.00 GiB" in first
+    assert "0.123" in second
