@@ -1,0 +1,1 @@
+"""Helpers shared by the test suites: synthetic audio, a real service process, word error rate."""
