@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -153,7 +154,7 @@ class Node:
         ]
         self._spawn("scheduler", self._schedule_forever)
         for name, fn, every in loops:
-            self._spawn(name, lambda fn=fn, every=every: self._every(fn, every))
+            self._spawn(name, functools.partial(self._every, fn, every))
 
     def stop(self) -> None:
         self._stopping.set()
@@ -242,7 +243,7 @@ class Node:
                     reading=reading,
                     memory_reserved_bytes=snap.admitted_bytes,
                     memory_cap_bytes=snap.cap_bytes,
-                    tasks_running=snap.running_tasks,
+                    tasks_running=snap.tasks_running,
                     max_tasks=slot.ledger.max_tasks,
                     resident_models=tuple(sorted(slot.resident)),
                     draining=not reading.healthy,

@@ -10,6 +10,8 @@ Rules every implementation keeps:
 
 from __future__ import annotations
 
+import builtins
+
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -49,11 +51,11 @@ class TaskStore(Protocol):
 
     def get(self, task_id: str) -> Task | None: ...
 
-    def list(self, *, state: TaskState | None = None, limit: int = 100) -> list[Task]:
+    def list(self, *, state: TaskState | None = None, limit: int = 100) -> builtins.list[Task]:
         """Newest first."""
         ...
 
-    def queued(self, *, now: float, limit: int) -> list[Task]:
+    def queued(self, *, now: float, limit: int) -> builtins.list[Task]:
         """Queued tasks whose `not_before` has passed, oldest first (the scheduler orders them
         by effective priority itself)."""
         ...
@@ -62,7 +64,7 @@ class TaskStore(Protocol):
 
     def counts(self) -> QueueCounts: ...
 
-    def history(self, task_id: str) -> list[TaskEvent]: ...
+    def history(self, task_id: str) -> builtins.list[TaskEvent]: ...
 
     def result(self, task_id: str) -> Transcript | None: ...
 
@@ -109,12 +111,12 @@ class TaskStore(Protocol):
         """Queued -> failed at once (a task that can never fit anywhere)."""
         ...
 
-    def recover_expired(self, *, now: float) -> list[str]:
+    def recover_expired(self, *, now: float) -> builtins.list[str]:
         """Running tasks whose lease ran out: back to queued, or failed once `max_attempts` is
         reached. Returns their ids."""
         ...
 
-    def prune(self, *, finished_before: float) -> list[Task]:
+    def prune(self, *, finished_before: float) -> builtins.list[Task]:
         """Delete final tasks finished before the time, with their results and history.
         Returns them so that the caller can delete their audio files."""
         ...
@@ -122,7 +124,7 @@ class TaskStore(Protocol):
     # --- calibration --------------------------------------------------------------------------
     def add_sample(self, sample: CalibrationSample) -> None: ...
 
-    def samples(self, key: ProfileKey, *, limit: int) -> list[CalibrationSample]:
+    def samples(self, key: ProfileKey, *, limit: int) -> builtins.list[CalibrationSample]:
         """The newest `limit` samples of this key, newest first."""
         ...
 
