@@ -1,0 +1,186 @@
+"""OpenAI-compatible `POST /v1/audio/transcriptions` and `/v1/audio/translations`.
+
+They take OpenAI's form fields, submit a normal-priority task and wait for it (polling the store
+without blocking the event loop, up to `settings.task_timeout_seconds`), then answer in OpenAI's
+shapes, so the official `openai` client works unchanged. `whisper-1` and other names that are not
+gpuscribe models mean the default model. Answers that a retry cannot mend carry
+`x-should-retry: false`, which the OpenAI client obeys (a retry would upload the audio again).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import anyio
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from gpuscribe.api import formats
+from gpuscribe.api.backend import Backend
+from gpuscribe.api.errors import ApiError
+from gpuscribe.api.routes_tasks import BackendDep, error_responses
+from gpuscribe.api.schemas import OpenAIForm, OpenAITranscription, multipart_schema
+from gpuscribe.api.uploads import (
+    Received,
+    Submission,
+    idempotency_key,
+    parse_form,
+    receive,
+    remove_quietly,
+    resolve_model_name,
+    submit_audio,
+)
+from gpuscribe.config import Settings
+from gpuscribe.domain import (
+    InvalidRequest,
+    Priority,
+    Task,
+    TaskKind,
+    TaskState,
+    TranscriptionOptions,
+)
+from gpuscribe.memory.architectures import canonical_model_name
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.05
+DISCONNECT_CHECK_SECONDS = 1.0
+GRANULARITIES = "timestamp_granularities[]"
+NO_RETRY = {"x-should-retry": "false"}
+
+router = APIRouter(tags=["openai"])
+
+_RESPONSES = {
+    200: {
+        "description": "json/verbose_json: JSON; text, srt, vtt: plain text.",
+        "model": OpenAITranscription,
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    },
+    **error_responses(400, 401, 409, 413, 415, 422, 429, 500, 504),
+}
+
+
+@router.post(
+    "/v1/audio/transcriptions",
+    response_class=Response,
+    responses=_RESPONSES,
+    openapi_extra={"requestBody": multipart_schema(OpenAIForm)},
+)
+async def transcriptions(request: Request, backend: BackendDep) -> Response:
+    """Transcribe audio in its language (OpenAI-compatible)."""
+    return await _serve(request, backend, TaskKind.TRANSCRIBE)
+
+
+@router.post(
+    "/v1/audio/translations",
+    response_class=Response,
+    responses=_RESPONSES,
+    openapi_extra={"requestBody": multipart_schema(OpenAIForm)},
+)
+async def translations(request: Request, backend: BackendDep) -> Response:
+    """Translate audio into English text (OpenAI-compatible)."""
+    return await _serve(request, backend, TaskKind.TRANSLATE)
+
+
+async def _serve(request: Request, backend: Backend, kind: TaskKind) -> Response:
+    key = idempotency_key(request)
+    received = await receive(request, backend.settings)
+    try:
+        form, submission = await run_in_threadpool(_submission, received, backend, kind, key)
+    except BaseException:
+        await run_in_threadpool(remove_quietly, received.path)
+        raise
+    task, _ = await run_in_threadpool(submit_audio, backend, received, submission)
+    final = await wait_final(request, backend, task.id)
+    return await run_in_threadpool(_answer, backend, final, form)
+
+
+def _submission(
+    received: Received, backend: Backend, kind: TaskKind, key: str | None
+) -> tuple[OpenAIForm, Submission]:
+    fields = dict(received.fields)
+    if "timestamp_granularities" in fields:
+        fields.setdefault(GRANULARITIES, []).extend(fields.pop("timestamp_granularities"))
+    form = parse_form(fields, OpenAIForm, lists=(GRANULARITIES,))
+    engine = backend.default_engine
+    options = TranscriptionOptions(
+        model=openai_model(form.model, engine, backend.settings),
+        engine=engine,
+        task=kind,
+        language=form.language.lower() if form.language else None,
+        word_timestamps="word" in form.timestamp_granularities,
+        initial_prompt=form.prompt,
+        temperature=form.temperature,
+    )
+    return form, Submission(options, Priority.NORMAL, key)
+
+
+def openai_model(name: str, engine: str, settings: Settings) -> str:
+    """A gpuscribe model name is used as is; `whisper-1` and other OpenAI names mean the
+    default model. A gpuscribe model this server cannot run is a 400, not a silent swap."""
+    try:
+        return resolve_model_name(name, engine, settings)
+    except InvalidRequest:
+        if canonical_model_name(name) is not None:
+            raise
+        return resolve_model_name(settings.default_model, engine, settings)
+
+
+async def wait_final(request: Request, backend: Backend, task_id: str) -> Task:
+    """Poll the store until the task is final. 504 after `task_timeout_seconds` (the task goes
+    on); a client that hangs up has its task cancelled."""
+    timeout = backend.settings.task_timeout_seconds
+    start = time.monotonic()
+    next_check = start + DISCONNECT_CHECK_SECONDS
+    while True:
+        task = await run_in_threadpool(backend.store.get, task_id)
+        if task is None:
+            raise ApiError(500, f"task {task_id} disappeared from the store", headers=NO_RETRY)
+        if task.state.is_final:
+            return task
+        now = time.monotonic()
+        if now - start > timeout:
+            raise _timed_out(task_id, timeout)
+        if now >= next_check:
+            next_check = now + DISCONNECT_CHECK_SECONDS
+            await _cancel_if_gone(request, backend, task_id)
+        await anyio.sleep(POLL_SECONDS)
+
+
+def _timed_out(task_id: str, timeout: float) -> ApiError:
+    message = (
+        f"task {task_id} did not finish within {timeout:g} s; it goes on: "
+        f"GET /v1/tasks/{task_id}/result later"
+    )
+    return ApiError(504, message, code="timeout", headers=NO_RETRY)
+
+
+async def _cancel_if_gone(request: Request, backend: Backend, task_id: str) -> None:
+    if await request.is_disconnected():
+        log.info("client of task %s hung up; cancelling it", task_id)
+        await run_in_threadpool(backend.cancel, task_id)
+        raise ApiError(400, "the client disconnected", code="client_disconnected")
+
+
+def _answer(backend: Backend, task: Task, form: OpenAIForm) -> Response:
+    if task.state is TaskState.FAILED:
+        message = f"transcription failed: {task.error or 'no reason recorded'}"
+        raise ApiError(500, message, code="task_failed", headers=NO_RETRY)
+    if task.state is TaskState.CANCELLED:
+        raise ApiError(
+            409, f"task {task.id} was cancelled", code="task_cancelled", headers=NO_RETRY
+        )
+    transcript = backend.store.result(task.id)
+    if transcript is None:
+        raise ApiError(
+            500, f"task {task.id} is completed but its result is missing", headers=NO_RETRY
+        )
+    fmt = form.response_format
+    if fmt == "json":
+        return JSONResponse(formats.to_json(transcript))
+    if fmt == "verbose_json":
+        wanted = form.timestamp_granularities or ["segment"]
+        return JSONResponse(formats.to_verbose_json(transcript, wanted))
+    return PlainTextResponse(formats.render_text(transcript, fmt))

@@ -1,0 +1,221 @@
+"""The official `openai` client, unchanged, against a real uvicorn server on a free port."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+import httpx
+import openai
+import pytest
+from api_backend import TEST_TEXT, ApiTestBackend, Completer, make_app, serve_in_thread
+from openai.types.audio import TranslationVerbose
+
+from support.audio import AudioSet, missing_tools
+
+pytestmark = pytest.mark.skipif(bool(missing_tools()), reason=f"missing {missing_tools()}")
+
+KEY = "sk-test-key"
+
+
+@pytest.fixture(scope="module")
+def audio(tmp_path_factory: pytest.TempPathFactory) -> AudioSet:
+    return AudioSet(tmp_path_factory.mktemp("audio"))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ApiTestBackend, str]]:
+    data = tmp_path_factory.mktemp("data")
+    backend, app = make_app(str(data), api_keys=(KEY,), task_timeout_seconds=1.0)
+    with serve_in_thread(app) as url:
+        yield backend, url
+
+
+@pytest.fixture(scope="module")
+def backend(server: tuple[ApiTestBackend, str]) -> ApiTestBackend:
+    return server[0]
+
+
+@pytest.fixture
+def completer(backend: ApiTestBackend) -> Iterator[Completer]:
+    with Completer(backend.store) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(server: tuple[ApiTestBackend, str]) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{server[1]}/v1", api_key=KEY) as oai:
+        yield oai
+
+
+def test_json(client: openai.OpenAI, audio: AudioSet, completer: Completer) -> None:
+    with audio.speech(0, "mp3").path.open("rb") as file:
+        result = client.audio.transcriptions.create(model="whisper-1", file=file)
+    assert result.text == TEST_TEXT
+
+
+@pytest.mark.parametrize("fmt", ["text", "srt", "vtt"])
+def test_text_formats(
+    client: openai.OpenAI, audio: AudioSet, completer: Completer, fmt: Literal["text", "srt", "vtt"]
+) -> None:
+    with audio.speech(1, "flac").path.open("rb") as file:
+        result = client.audio.transcriptions.create(
+            model="whisper-1",
+            file=file,
+            response_format=fmt,
+        )
+    assert isinstance(result, str)
+    expected = {
+        "text": TEST_TEXT + "\n",
+        "srt": "1\n00:00:00,000 --> 00:00:01,500\nHello from gpuscribe.\n",
+        "vtt": "WEBVTT\n\n00:00:00.000 --> 00:00:01.500\nHello from gpuscribe.\n",
+    }[fmt]
+    assert result.startswith(expected)
+
+
+def test_verbose_json_with_words(
+    client: openai.OpenAI, backend: ApiTestBackend, audio: AudioSet, completer: Completer
+) -> None:
+    with audio.speech(2, "ogg").path.open("rb") as file:
+        result = client.audio.transcriptions.create(
+            model="tiny.en",
+            file=file,
+            response_format="verbose_json",
+            language="en",
+            prompt="Weather.",
+            temperature=0.2,
+            timestamp_granularities=["word", "segment"],
+        )
+    assert result.text == TEST_TEXT and result.language == "en"
+    assert result.duration > 5.0
+    assert result.segments is not None and result.segments[1].start == 2.0
+    assert result.segments[0].tokens == [1, 2]
+    assert result.words is not None and result.words[0].word == " Hello"
+    options = backend.submitted[-1].options
+    assert options.word_timestamps and options.initial_prompt == "Weather."
+    assert options.temperature == 0.2 and options.language == "en"
+
+
+def test_verbose_json_segments_by_default(
+    client: openai.OpenAI, audio: AudioSet, completer: Completer
+) -> None:
+    with audio.speech(0).path.open("rb") as file:
+        result = client.audio.transcriptions.create(
+            model="whisper-1", file=file, response_format="verbose_json"
+        )
+    assert result.segments is not None and len(result.segments) == 2
+    assert result.words is None
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("fmt", ["json", "verbose_json", "text"])
+def test_translations(
+    client: openai.OpenAI,
+    backend: ApiTestBackend,
+    audio: AudioSet,
+    completer: Completer,
+    fmt: Literal["json", "verbose_json", "text"],
+) -> None:
+    with audio.speech(3).path.open("rb") as file:
+        result = client.audio.translations.create(
+            model="whisper-1",
+            file=file,
+            response_format=fmt,
+        )
+    text = result if isinstance(result, str) else result.text
+    assert text.strip() == TEST_TEXT
+    assert backend.submitted[-1].options.task.value == "translate"
+    if isinstance(result, TranslationVerbose):
+        assert result.to_dict()["task"] == "translate"
+
+
+def test_openai_model_names_map_to_the_default(
+    client: openai.OpenAI, backend: ApiTestBackend, audio: AudioSet, completer: Completer
+) -> None:
+    with audio.speech(0).path.open("rb") as file:
+        client.audio.transcriptions.create(model="gpt-4o-transcribe", file=file)
+    assert backend.submitted[-1].options.model == backend.settings.default_model
+    assert backend.submitted[-1].priority.label == "normal"
+
+
+def test_unavailable_gpuscribe_model_is_400(client: openai.OpenAI, audio: AudioSet) -> None:
+    with audio.speech(0).path.open("rb") as file, pytest.raises(openai.BadRequestError) as err:
+        client.audio.transcriptions.create(model="large-v3", file=file)
+    assert "not available" in str(err.value)
+
+
+def test_bad_audio_is_422(client: openai.OpenAI, audio: AudioSet) -> None:
+    with (
+        audio.text_as_wav().open("rb") as file,
+        pytest.raises(openai.UnprocessableEntityError) as err,
+    ):
+        client.audio.transcriptions.create(model="whisper-1", file=file)
+    assert "not an audio file" in str(err.value)
+
+
+def test_failed_task_is_500_and_not_retried(
+    client: openai.OpenAI, backend: ApiTestBackend, audio: AudioSet
+) -> None:
+    before = len(backend.submitted)
+    with (
+        Completer(backend.store, outcome=lambda task: "decoder exploded"),
+        audio.speech(0).path.open("rb") as file,
+        pytest.raises(openai.InternalServerError) as err,
+    ):
+        client.audio.transcriptions.create(model="whisper-1", file=file)
+    assert "decoder exploded" in str(err.value)
+    assert len(backend.submitted) == before + 1  # x-should-retry: false was obeyed
+
+
+def test_timeout_is_504_naming_the_task(
+    client: openai.OpenAI, backend: ApiTestBackend, audio: AudioSet
+) -> None:
+    before = len(backend.submitted)
+    with audio.speech(0).path.open("rb") as file, pytest.raises(openai.APIStatusError) as err:
+        client.audio.transcriptions.create(model="whisper-1", file=file)
+    assert err.value.status_code == 504
+    assert "GET /v1/tasks/" in str(err.value)
+    assert len(backend.submitted) == before + 1
+    backend.cancel(backend.store.list(limit=1)[0].id)
+
+
+def test_client_hanging_up_cancels_its_task(tmp_path: Path, audio: AudioSet) -> None:
+    backend, app = make_app(str(tmp_path / "data"), task_timeout_seconds=60.0)
+    files = {"file": ("a.wav", audio.speech(0).path.read_bytes())}
+    with serve_in_thread(app) as url:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{url}/v1/audio/transcriptions", files=files, timeout=0.5)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            (task,) = backend.store.list()
+            if task.state.value == "cancelled":
+                break
+            time.sleep(0.05)
+    assert task.state.value == "cancelled"
+
+
+def test_models_list(client: openai.OpenAI) -> None:
+    ids = [model.id for model in client.models.list()]
+    assert "whisper-1" in ids and "tiny.en" in ids
+
+
+def test_wrong_key_is_rejected(server: tuple[ApiTestBackend, str], audio: AudioSet) -> None:
+    with (
+        openai.OpenAI(base_url=f"{server[1]}/v1", api_key="sk-wrong") as bad,
+        audio.speech(0).path.open("rb") as file,
+        pytest.raises(openai.AuthenticationError),
+    ):
+        bad.audio.transcriptions.create(model="whisper-1", file=file)
+
+
+def test_healthz_open_without_key(server: tuple[ApiTestBackend, str]) -> None:
+    assert httpx.get(f"{server[1]}/healthz").status_code == 200
+    assert httpx.get(f"{server[1]}/v1/queue").status_code == 401
+
+
+def test_audio_is_durable_in_the_audio_dir(backend: ApiTestBackend) -> None:
+    paths = [Path(new.audio_path) for new in backend.submitted]
+    assert paths and all(p.parent == backend.settings.audio_dir for p in paths)
+    assert not list(backend.settings.audio_dir.glob(".upload-*"))
