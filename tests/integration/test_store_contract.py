@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -9,6 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gpuscribe.domain import (
     NewTask,
@@ -20,7 +23,7 @@ from gpuscribe.domain import (
     TranscriptionOptions,
 )
 from gpuscribe.memory.types import CalibrationSample, ProfileKey
-from gpuscribe.store.base import Claim, TaskStore
+from gpuscribe.store.base import Claim, QueueCounts, TaskStore
 from gpuscribe.store.memory import InMemoryStore
 from gpuscribe.store.sqlite import SqliteStore
 
@@ -479,3 +482,106 @@ def test_samples_newest_first_per_key(store: TaskStore) -> None:
     assert sorted((s.key.model, s.measured_at) for s in every) == [
         ("small", 5.0), ("small", 9.0), ("tiny", 2.0)
     ]  # fmt: skip
+
+
+# --- differential: random histories mean the same on every store ----------------------------
+OPS = st.lists(
+    st.tuples(
+        st.sampled_from(
+            ["add", "claim", "complete", "fail", "retry", "cancel", "finish_cancel",
+             "fail_queued", "recover", "prune", "progress", "stale"]
+        ),
+        st.integers(min_value=0, max_value=5),
+        st.sampled_from([None, "a", "b"]),
+        st.integers(min_value=1, max_value=3),
+    ),
+    max_size=30,
+)  # fmt: skip
+
+
+class Replay:
+    """Applies one operation to a store, remembering its ids and lease tokens."""
+
+    def __init__(self, store: TaskStore) -> None:
+        self.store = store
+        self.ids: list[str] = []
+        self.tokens: dict[str, str] = {}
+
+    def apply(self, op: str, pick: int, key: str | None, attempts: int, now: float) -> object:
+        s = self.store
+        if op == "add":
+            task, created = s.add(new_task(key, max_attempts=attempts), now=now)
+            if created:
+                self.ids.append(task.id)
+            return (self.ids.index(task.id), created)
+        if op == "recover":
+            return sorted(self.ids.index(i) for i in s.recover_expired(now=now))
+        if op == "prune":
+            return sorted(self.ids.index(t.id) for t in s.prune(finished_before=now - 5))
+        if not self.ids:
+            return None
+        task_id = self.ids[pick % len(self.ids)]
+        token = self.tokens.get(task_id, "none")
+        if op == "claim":
+            claimed = s.claim(claim_of(task_id, lease=float(attempts * 3)), now=now)
+            if claimed is not None and claimed.lease_token is not None:
+                self.tokens[task_id] = claimed.lease_token
+            return claimed is not None
+        return self._token_op(op, task_id, token, now)
+
+    def _token_op(self, op: str, task_id: str, token: str, now: float) -> object:
+        s = self.store
+        if op == "complete":
+            return s.complete(task_id, token, TRANSCRIPT, peak_bytes=7, now=now)
+        if op in ("fail", "retry"):
+            return s.fail(task_id, token, op, retry_at=now + 2 if op == "retry" else None, now=now)
+        if op == "cancel":
+            task = s.cancel(task_id, now=now)
+            return None if task is None else task.state
+        if op == "finish_cancel":
+            return s.finish_cancel(task_id, token, now=now)
+        if op == "fail_queued":
+            return s.fail_queued(task_id, "never fits", now=now)
+        if op == "progress":
+            return s.set_progress(task_id, token, 0.5)
+        return s.complete(task_id, "stale", TRANSCRIPT, peak_bytes=1, now=now)
+
+    def snapshot(self) -> tuple[list[object], QueueCounts, list[str]]:
+        view: list[object] = []
+        for task_id in self.ids:
+            task = self.store.get(task_id)
+            if task is None:
+                view.append(None)
+                continue
+            fields = (task.state, task.attempts, task.error, task.progress, task.not_before,
+                      task.finished_at, task.cancel_requested, task.node, task.lease_expires_at,
+                      task.lease_token is not None, task.memory_peak_bytes)  # fmt: skip
+            events = [(e.at, e.state, e.detail) for e in self.store.history(task_id)]
+            view.append((fields, events, self.store.result(task_id) is not None))
+        queued = [t.id for t in self.store.queued(now=1e9, limit=50)]
+        return view, self.store.counts(), queued
+
+
+def _replay_matches_memory(other: TaskStore, ops: list[tuple[str, int, str | None, int]]) -> None:
+    mine, theirs = Replay(InMemoryStore()), Replay(other)
+    for step, (op, pick, key, attempts) in enumerate(ops):
+        now = 100.0 + step
+        assert mine.apply(op, pick, key, attempts, now) == theirs.apply(
+            op, pick, key, attempts, now
+        )
+        ours, other_view = mine.snapshot(), theirs.snapshot()
+        assert ours[:2] == other_view[:2], f"after step {step}: {op}"
+        assert [mine.ids.index(i) for i in ours[2]] == [theirs.ids.index(i) for i in other_view[2]]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=OPS)
+def test_sqlite_replays_random_histories_like_memory(
+    ops: list[tuple[str, int, str | None, int]],
+) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        store = SqliteStore(f"{directory}/replay.db")
+        try:
+            _replay_matches_memory(store, ops)
+        finally:
+            store.close()

@@ -124,6 +124,12 @@ def test_a_bad_transaction_rolls_back_and_the_store_goes_on(tmp_path: Path) -> N
     store.close()
 
 
+def _context() -> multiprocessing.context.SpawnContext | multiprocessing.context.ForkContext:
+    if sys.platform == "linux":
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
+
+
 def _add_forever(path: str, pipe: multiprocessing.connection.Connection) -> None:
     store = SqliteStore(path)
     for i in range(10_000):
@@ -133,7 +139,7 @@ def _add_forever(path: str, pipe: multiprocessing.connection.Connection) -> None
 
 def test_every_acknowledged_add_survives_sigkill(tmp_path: Path) -> None:
     path = str(tmp_path / "durable.db")
-    ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    ctx = _context()
     receiver, sender = ctx.Pipe(duplex=False)
     child = ctx.Process(target=_add_forever, args=(path, sender))
     child.start()
@@ -158,7 +164,7 @@ def test_two_processes_claim_each_task_once(tmp_path: Path) -> None:
     path = str(tmp_path / "race.db")
     store = SqliteStore(path)
     ids = [store.add(NEW, now=1.0)[0].id for _ in range(60)]
-    ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    ctx = _context()
     out: multiprocessing.Queue[list[str]] = ctx.Queue()
     children = [ctx.Process(target=_claim_all, args=(path, ids, f"n{k}", out)) for k in range(2)]
     for child in children:
