@@ -234,7 +234,10 @@ def test_unknown_route_and_method(client: TestClient) -> None:
     assert error_of(client.get("/v2/nothing"), 404)["type"] == "not_found_error"
     response = client.put("/v1/queue")
     assert error_of(response, 405)["code"] == "method_not_allowed"
-    assert "GET" in response.headers["allow"]
+    assert response.headers["allow"] == "GET"
+    both = client.request("OPTIONS", "/v1/tasks")
+    assert error_of(both, 405)["code"] == "method_not_allowed"
+    assert both.headers["allow"] == "GET, POST"
 
 
 def test_internal_error_is_500_without_internals(

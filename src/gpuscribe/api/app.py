@@ -31,8 +31,10 @@ def create_app(backend: Backend) -> FastAPI:
         redoc_url=None,
     )
     app.state.backend = backend
-    for module in (routes_tasks, routes_openai, routes_system):
-        app.include_router(module.router)
+    routers = (routes_tasks.router, routes_openai.router, routes_system.router)
+    for router in routers:
+        app.include_router(router)
+    app.state.routes = [route for router in routers for route in router.routes]
     install_error_handlers(app)
     keys = backend.settings.api_keys
     if keys:

@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
 
 from gpuscribe.api.backend import QueueFull
 from gpuscribe.domain import InvalidRequest
@@ -132,11 +133,24 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         message = f"no such endpoint: {request.method} {request.url.path}"
     elif status == 405:
         message = f"method {request.method} is not allowed on {request.url.path}"
+        headers = {**(exc.headers or {}), "Allow": ", ".join(allowed_methods(request))}
+        return error_response(ApiError(405, message, headers=headers))
     elif status == 400 and isinstance(exc.detail, str):
         message = f"malformed request body: {exc.detail}"
     else:
         message = str(exc.detail)
     return error_response(ApiError(status, message, headers=exc.headers))
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (Starlette names only the first route's).
+    The routes are those `create_app` lists in `app.state.routes`."""
+    methods: set[str] = set()
+    for route in getattr(request.app.state, "routes", ()):
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE and isinstance(route, Route) and route.methods:
+            methods |= route.methods
+    return sorted(methods)
 
 
 async def _invalid_request(_: Request, exc: Exception) -> JSONResponse:

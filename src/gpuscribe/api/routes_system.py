@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4
 
@@ -81,7 +81,7 @@ def refresh_queue_gauges(backend: Backend) -> None:
 
 @router.get("/v1/models", response_model=ModelList, responses=error_responses(401))
 def list_models(
-    backend: BackendDep, engine: Annotated[str | None, Query(max_length=40)] = None
+    backend: BackendDep, engine: Literal["faster-whisper", "transformers"] | None = None
 ) -> ModelList:
     """Models this server can run (OpenAI's shape); `whisper-1` means the default model."""
     names = model_names(backend, engine or backend.default_engine)
