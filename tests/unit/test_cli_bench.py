@@ -86,3 +86,10 @@ def test_bench_check_fails_on_a_missed_target(
     monkeypatch.setattr(throughput, "placement_throughput", lambda **kw: slow)
     assert main(["bench", "--skip-service", "--check"]) == 1
     assert "MISSED" in capsys.readouterr().out
+
+
+def test_epoch_seconds_reads_the_api_times() -> None:
+    from gpuscribe.bench.throughput import epoch_seconds
+
+    assert epoch_seconds("1970-01-01T00:00:10.500Z") == 10.5
+    assert epoch_seconds(12) == 12.0

@@ -111,3 +111,12 @@ def test_dict_rows_table_formats_bytes() -> None:
     assert header.split() == ["MODEL", "PEAK_BYTES", "X"]
     assert "1.00 GiB" in first
     assert "0.123" in second
+
+
+def test_timestamp_reads_epoch_and_iso() -> None:
+    from gpuscribe.cli.tables import timestamp
+
+    iso = "2026-01-02T03:04:05Z"
+    assert timestamp(iso) == timestamp(1767323045.0)
+    assert timestamp("soon") == "soon"
+    assert timestamp(None) == "-"

@@ -2,7 +2,8 @@
 and the scheduler's placements per second, from one run.
 
 Service throughput: N short clips are synthesised with espeak-ng; a direct loop transcribes them
-one after another with the bundled `tiny.en` (device cpu, compute type default, beam 5), then
+one after another with the bundled `tiny.en` (device cpu, compute type default, beam 5,
+temperature 0 as the service's defaults), then
 `gpuscribe serve` is started as a subprocess (CPU, SQLite, a temporary data dir) and receives
 all clips over HTTP at once. Both sides are warmed with one clip first (model loaded), so each
 figure is steady-state audio seconds per wall second; the service's wall time runs from the
@@ -22,6 +23,7 @@ import time
 import wave
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 
 MODEL = "tiny.en"
 BEAM_SIZE = 5
+TEMPERATURE = 0.0  # the service's default: one decoding temperature, no fallback
 SERVICE_TARGET_RATIO = 0.95
 PLACEMENT_TARGET_PER_SECOND = 20_000.0
 PLACEMENT_TASKS = 10_000
@@ -177,7 +180,7 @@ def direct_loop(clips: Sequence[Path], warmup: Path) -> Rate:
     model = WhisperModel(bundled_model_path(), device="cpu", compute_type="default")
 
     def transcribe(path: Path) -> None:
-        segments, _info = model.transcribe(str(path), beam_size=BEAM_SIZE)
+        segments, _info = model.transcribe(str(path), beam_size=BEAM_SIZE, temperature=TEMPERATURE)
         for _segment in segments:
             pass
 
@@ -280,11 +283,18 @@ def _wait_finished(http: httpx.Client, task_id: str, deadline: float) -> float:
     while time.monotonic() < deadline:
         task = http.get(f"/v1/tasks/{task_id}").raise_for_status().json()
         if task["state"] == "completed":
-            return float(task["finished_at"])
+            return epoch_seconds(task["finished_at"])
         if task["state"] in ("failed", "cancelled"):
             raise BenchError(f"task {task_id} {task['state']}: {task.get('error')}")
         time.sleep(0.25)
     raise BenchError(f"task {task_id} did not finish in {TASK_TIMEOUT_SECONDS:.0f} s")
+
+
+def epoch_seconds(value: float | str) -> float:
+    """A time as the API gives it (ISO 8601, or seconds since the epoch) in epoch seconds."""
+    if isinstance(value, int | float):
+        return float(value)
+    return datetime.fromisoformat(value).timestamp()
 
 
 def _check_cpu(http: httpx.Client) -> None:

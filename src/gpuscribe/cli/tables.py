@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 GIB = 1024**3
@@ -52,12 +53,17 @@ def seconds(value: float | None) -> str:
 
 
 def timestamp(value: float | str | None) -> str:
-    """Seconds since the epoch as local `YYYY-MM-DD HH:MM:SS`; strings pass through."""
+    """Seconds since the epoch or ISO 8601 as local `YYYY-MM-DD HH:MM:SS`; other text as is."""
     if value is None:
         return "-"
     if isinstance(value, str):
-        return value
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+        try:
+            epoch = datetime.fromisoformat(value).timestamp()
+        except ValueError:
+            return value
+    else:
+        epoch = value
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
 
 
 def to_json(data: Any) -> str:
