@@ -239,3 +239,13 @@ def test_nvml_reader_without_a_gpu_answers_none() -> None:
     reader = NvmlProcessReader("GPU-00000000-0000-0000-0000-000000000000", os.getpid())
     assert reader.process_bytes() is None
     assert reader.device_used_bytes() is None
+
+
+def test_throttle_finish_reports_one_exactly_once() -> None:
+    throttle = ProgressThrottle(0.25, Clock())
+    assert throttle.offer(0.5) == 0.5
+    assert throttle.finish() == 1.0
+    assert throttle.finish() is None
+    done = ProgressThrottle(0.25, Clock())
+    assert done.offer(1.0) == 1.0
+    assert done.finish() is None

@@ -196,6 +196,13 @@ class ProgressThrottle:
         self._last_value = value
         return value
 
+    def finish(self) -> float | None:
+        """At completion: 1.0 unless it was already reported, so the last report is always 1."""
+        if self._last_value >= 1.0:
+            return None
+        self._last_value = 1.0
+        return 1.0
+
 
 # --- device memory readers --------------------------------------------------------------------
 def read_status_bytes(field: str, status_path: str = "/proc/self/status") -> int:

@@ -285,16 +285,18 @@ class Worker:
 
     def _execute(self, running: _Running, started: float) -> TaskCompleted | TaskFailed:
         command = running.command
+        throttle = ProgressThrottle()
         decoding = True
         try:
             audio = _decode(command.audio_path)
             decoding = False
-            transcript = self._transcribe(running, audio)
+            transcript = self._transcribe(running, audio, throttle)
         except BaseException as exc:
             peak = self.sampler.end(command.task_id)
             return self._failure(running, exc, decoding, peak.peak_bytes if peak else None)
         peak = self.sampler.end(command.task_id)
-        self.outbox.send(TaskProgress(command.task_id, command.lease_token, 1.0))
+        if throttle.finish() is not None:
+            self.outbox.send(TaskProgress(command.task_id, command.lease_token, 1.0))
         return TaskCompleted(
             task_id=command.task_id,
             lease_token=command.lease_token,
@@ -305,7 +307,9 @@ class Worker:
             seconds=time.monotonic() - started,
         )
 
-    def _transcribe(self, running: _Running, audio: object) -> Transcript:
+    def _transcribe(
+        self, running: _Running, audio: object, throttle: ProgressThrottle
+    ) -> Transcript:
         import numpy as np
 
         command = running.command
@@ -318,7 +322,6 @@ class Worker:
         model = self.models.acquire(key)
         try:
             self.sampler.mark_baseline(command.task_id)
-            throttle = ProgressThrottle()
 
             def on_segment(_segment: Segment, progress: float) -> None:
                 value = throttle.offer(progress)
@@ -338,12 +341,11 @@ class Worker:
         error = describe(exc)
         if kind is FailureKind.CANCELLED and running.shutting_down:
             kind, error = FailureKind.TRANSIENT, "worker shut down while the task ran"
+        elif kind is FailureKind.TRANSIENT:
+            log.error("task %s failed", command.task_id, exc_info=exc)
         if kind is FailureKind.OUT_OF_MEMORY:
             self.memory.release_cached()
-        if kind is FailureKind.TRANSIENT:
-            log.error("task %s failed", command.task_id, exc_info=exc)
-        else:
-            log.info("task %s failed (%s): %s", command.task_id, kind.value, error)
+        log.info("task %s failed (%s): %s", command.task_id, kind.value, error)
         return TaskFailed(command.task_id, command.lease_token, kind, error, peak_bytes=peak)
 
     # models

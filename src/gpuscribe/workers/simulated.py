@@ -213,6 +213,7 @@ class SimulatedWorker:
         return peak, working
 
     def _pretend_to_transcribe(self, task: _SimTask) -> None:
+        """Sleep through the task, reporting progress below 1 (completion reports 1)."""
         command = task.command
         duration = command.audio_seconds / self._settings.simulation_speed
         throttle = ProgressThrottle()
