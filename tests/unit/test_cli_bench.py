@@ -93,3 +93,16 @@ def test_epoch_seconds_reads_the_api_times() -> None:
 
     assert epoch_seconds("1970-01-01T00:00:10.500Z") == 10.5
     assert epoch_seconds(12) == 12.0
+
+
+def test_service_part_is_skipped_where_the_service_would_use_gpus(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gpuscribe.telemetry import detect
+    from gpuscribe.telemetry.simulated import SimulatedGpus
+
+    monkeypatch.setattr(detect, "open_telemetry", lambda settings: SimulatedGpus("1x24GiB"))
+    monkeypatch.setattr(throughput, "placement_throughput", lambda **kw: PLACEMENT)
+    report = throughput.run_benchmark(clips=1, say=lambda message: None)
+    assert report.service is None
+    assert "not the CPU" in str(report.service_skipped)

@@ -326,7 +326,27 @@ def service_run(clips: Sequence[Path], warmup: Path, workdir: Path) -> Rate:
     return Rate(max(1e-9, finished - started), sum(wav_seconds(c) for c in clips))
 
 
+def require_cpu_only() -> None:
+    """Skip early where the service would run on GPUs (NVML sees one), before any work."""
+    from gpuscribe.config import Settings
+    from gpuscribe.telemetry.base import DeviceKind
+    from gpuscribe.telemetry.detect import open_telemetry
+
+    telemetry = open_telemetry(Settings())
+    try:
+        devices = telemetry.discover()
+    finally:
+        telemetry.close()
+    gpus = [d.name for d in devices if d.kind is not DeviceKind.CPU]
+    if gpus:
+        raise BenchSkipped(
+            f"the service would run on {', '.join(gpus)}, not the CPU: the comparison with the "
+            "CPU loop would not be like for like"
+        )
+
+
 def measure_service(clips: int, say: Say) -> ServiceBench:
+    require_cpu_only()
     with tempfile.TemporaryDirectory(prefix="gpuscribe-bench-") as tmp:
         workdir = Path(tmp)
         say(f"synthesising {clips} clips with espeak-ng")
