@@ -45,6 +45,7 @@ class Settings:
     store: str = ""  # empty: sqlite:///<data_dir>/gpuscribe.db
     node_name: str = field(default_factory=socket.gethostname)
     simulate_gpus: str = ""  # e.g. "2x24GiB" or "1x80GiB,1x40GiB"
+    devices: str = ""  # empty: every local GPU (the CPU if none); "cpu"; or GPU indexes/UUIDs
     # Memory.
     system_reserve_bytes: int = 1 * GIB
     memory_warning_fraction: float = 0.85

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from gpuscribe.config import ConfigError
 from gpuscribe.memory.ledger import DeviceLedger
 from gpuscribe.telemetry.base import DeviceKind, DeviceReading
 from gpuscribe.workers.base import WorkerHandle
@@ -32,3 +34,20 @@ class DeviceSlot:
         """What processes outside gpuscribe hold on the device, from the latest fresh reading."""
         ours = self.reading.used_by(self.worker.pids())
         return max(0, self.reading.memory_used_bytes - ours)
+
+
+def select_devices(readings: Sequence[DeviceReading], wanted: str) -> list[DeviceReading]:
+    """The devices named by the `devices` setting: all when empty (or "cpu", which detection
+    already honoured), else those whose index or UUID is listed."""
+    names = [n.strip() for n in wanted.split(",") if n.strip()]
+    if not names or names == ["cpu"]:
+        return list(readings)
+    chosen = [r for r in readings if str(r.index) in names or r.uuid in names]
+    found = {str(r.index) for r in chosen} | {r.uuid for r in chosen}
+    missing = [n for n in names if n not in found]
+    if missing:
+        known = ", ".join(f"{r.index} ({r.uuid})" for r in readings)
+        raise ConfigError(
+            f"invalid setting devices={wanted!r}: no device {missing}; known: {known}"
+        )
+    return chosen

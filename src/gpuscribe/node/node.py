@@ -19,7 +19,7 @@ from gpuscribe.memory.profiles import REFERENCE_CONTEXT_BYTES, ProfileBook
 from gpuscribe.memory.types import MemoryEstimate, ProfileKey
 from gpuscribe.metrics import Metrics
 from gpuscribe.node.calibration_view import calibration_rows
-from gpuscribe.node.devices import DeviceSlot
+from gpuscribe.node.devices import DeviceSlot, select_devices
 from gpuscribe.node.events import EventHandler
 from gpuscribe.node.running import RunningTasks
 from gpuscribe.node.scheduler import SchedulerPass
@@ -106,7 +106,7 @@ class Node:
     # --- construction -----------------------------------------------------------------------
     def _build_slots(self) -> dict[str, DeviceSlot]:
         slots: dict[str, DeviceSlot] = {}
-        for reading in self.telemetry.discover():
+        for reading in select_devices(self.telemetry.discover(), self.settings.devices):
             device = DeviceRef(reading.kind, reading.uuid, reading.index, reading.name)
             max_tasks = self.settings.max_tasks_per_gpu
             if reading.kind is DeviceKind.CPU:

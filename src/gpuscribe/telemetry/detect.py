@@ -36,7 +36,7 @@ def open_telemetry(
             settings.simulate_gpus,
         )
         return gpus
-    telemetry = _try_nvml(nvml)
+    telemetry = None if settings.devices.strip().lower() == "cpu" else _try_nvml(nvml)
     if telemetry is not None:
         return telemetry
     cpu = CpuTelemetry(pids=cpu_pids)
