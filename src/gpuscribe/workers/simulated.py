@@ -114,7 +114,8 @@ class SimulatedWorker:
             failed = TaskFailed(
                 command.task_id, command.lease_token, FailureKind.TRANSIENT, "worker not running"
             )
-            self._emit(failed)
+            # From a thread of our own: the caller may hold locks that the sink takes.
+            threading.Thread(target=self._emit, args=(failed,), daemon=True).start()
             return
         if duplicate:
             log.warning("task %s is already running here; ignoring", command.task_id)
