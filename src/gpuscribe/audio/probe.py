@@ -1,0 +1,190 @@
+"""Check an uploaded file is audio by decoding all of it, and measure it.
+
+The API accepts a task only once its file has been decoded here from end to end: the container
+is sniffed from the content (never the extension), the first audio stream is decoded at its own
+rate without resampling, and its samples are counted. Every way a file can be unusable raises
+`InvalidRequest` with a message a client can act on.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import av
+
+from gpuscribe.domain import InvalidRequest
+
+log = logging.getLogger(__name__)
+
+# A stream that decodes to less than this share of the duration its header declares, and at
+# least this many seconds short, was cut off (an interrupted upload or copy).
+_TRUNCATED_FRACTION = 0.5
+_TRUNCATED_MIN_GAP_SECONDS = 1.0
+# WAV data sizes that mean "unknown" (written by tools that stream to a pipe).
+_WAV_UNKNOWN_SIZES = (0, 0xFFFFFFFF)
+_WAV_MAX_CHUNKS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class AudioInfo:
+    duration_seconds: float
+    container: str
+    codec: str
+    sample_rate: int
+    channels: int
+
+
+def probe(path: str | Path, *, max_seconds: float | None = None) -> AudioInfo:
+    """Decode the whole first audio stream of `path` and describe it.
+
+    `max_seconds`, where given, stops decoding as soon as the audio is longer than that and
+    rejects it (so an over-long file costs no more than the limit to check).
+    """
+    file = Path(path)
+    _check_file(file)
+    try:
+        container = av.open(str(file), mode="r", metadata_errors="ignore")
+    except av.EOFError as exc:
+        raise InvalidRequest(
+            "not an audio file, or one cut off inside its header: the data ends too early",
+            code="not_audio",
+        ) from exc
+    except (av.FFmpegError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"not an audio file: {_reason(exc)}", code="not_audio") from exc
+    with container:
+        info = _probe_container(container, max_seconds)
+        _check_not_truncated(file, container, info)
+    return info
+
+
+def _check_file(file: Path) -> None:
+    if not file.is_file():
+        raise InvalidRequest(f"the file {file.name!r} does not exist", code="file_not_found")
+    if file.stat().st_size == 0:
+        raise InvalidRequest("the file is empty", code="empty_file")
+
+
+def _probe_container(container: Any, max_seconds: float | None) -> AudioInfo:
+    if not container.streams.audio:
+        raise InvalidRequest("the file has no audio stream", code="no_audio_stream")
+    stream = container.streams.audio[0]
+    codec = stream.codec_context.name if stream.codec_context is not None else "unknown"
+    samples, rate, channels = _count_samples(container, stream, max_seconds)
+    if samples == 0 or rate <= 0:
+        raise InvalidRequest(
+            f"the audio has zero duration: no {codec} samples could be decoded",
+            code="zero_duration",
+        )
+    return AudioInfo(
+        duration_seconds=samples / rate,
+        container=str(container.format.name),
+        codec=str(codec),
+        sample_rate=rate,
+        channels=channels,
+    )
+
+
+@dataclass(slots=True)
+class _Count:
+    samples: int = 0
+    rate: int = 0
+    channels: int = 0
+
+    @property
+    def seconds(self) -> float:
+        return self.samples / self.rate if self.rate else 0.0
+
+
+def _count_samples(container: Any, stream: Any, max_seconds: float | None) -> tuple[int, int, int]:
+    """Samples decoded, their rate and channel count (from the first frame)."""
+    count = _Count(rate=int(stream.sample_rate or 0), channels=int(stream.channels or 0))
+    for frame in _decode(container, stream, count):
+        if count.samples == 0:
+            count.rate = int(frame.sample_rate or count.rate)
+            count.channels = int(len(frame.layout.channels) or count.channels)
+        count.samples += int(frame.samples)
+        if max_seconds is not None and count.seconds > max_seconds:
+            raise InvalidRequest(
+                f"the audio is longer than the {max_seconds:g} s this server accepts",
+                code="audio_too_long",
+            )
+    return count.samples, count.rate, count.channels
+
+
+def _decode(container: Any, stream: Any, count: _Count) -> Iterator[Any]:
+    """Every frame of `stream`; a demux or decode error becomes `InvalidRequest`."""
+    try:
+        for packet in container.demux(stream):
+            yield from packet.decode()
+    except (av.FFmpegError, UnicodeDecodeError, OverflowError, MemoryError) as exc:
+        raise InvalidRequest(
+            f"the audio is corrupt or truncated near {count.seconds:.1f} s: {_reason(exc)}",
+            code="corrupt_audio",
+        ) from exc
+
+
+def _check_not_truncated(file: Path, container: Any, info: AudioInfo) -> None:
+    """Reject audio that ends well before its header says it does."""
+    decoded = info.duration_seconds
+    wav_missing = _wav_missing_seconds(file, container) if info.container == "wav" else None
+    if wav_missing is not None:  # a WAV header gives the exact size: any real gap counts
+        truncated = wav_missing >= _TRUNCATED_MIN_GAP_SECONDS
+        declared = decoded + wav_missing
+    else:  # elsewhere the declared duration may be an estimate (bit rate x size)
+        declared = _declared_seconds(container.streams.audio[0]) or 0.0
+        short = declared - decoded
+        truncated = decoded < declared * _TRUNCATED_FRACTION and short >= _TRUNCATED_MIN_GAP_SECONDS
+    if truncated:
+        raise InvalidRequest(
+            f"the audio is corrupt or truncated near {decoded:.1f} s: its header declares "
+            f"{declared:.1f} s but the data ends there",
+            code="corrupt_audio",
+        )
+
+
+def _declared_seconds(stream: Any) -> float | None:
+    if stream.duration is None or stream.time_base is None or stream.duration <= 0:
+        return None
+    return float(stream.duration * stream.time_base)
+
+
+def _wav_missing_seconds(file: Path, container: Any) -> float | None:
+    """Seconds of PCM that the WAV `data` chunk declares beyond the end of the file; None where
+    the header gives no usable size."""
+    missing = _wav_missing_bytes(file)
+    bit_rate = container.streams.audio[0].codec_context.bit_rate
+    if missing is None or not bit_rate:
+        return None
+    return missing * 8 / float(bit_rate)
+
+
+def _wav_missing_bytes(file: Path) -> int | None:
+    size = file.stat().st_size
+    with file.open("rb") as handle:
+        head = handle.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        for _ in range(_WAV_MAX_CHUNKS):
+            chunk = handle.read(8)
+            if len(chunk) < 8:
+                return None
+            chunk_id, chunk_size = chunk[:4], int(struct.unpack("<I", chunk[4:])[0])
+            if chunk_id == b"data":
+                if chunk_size in _WAV_UNKNOWN_SIZES:
+                    return None
+                return max(0, handle.tell() + chunk_size - size)
+            handle.seek(chunk_size + (chunk_size & 1), 1)
+    return None
+
+
+def _reason(exc: BaseException) -> str:
+    """FFmpeg's words without the file's server-side path."""
+    strerror = getattr(exc, "strerror", None)
+    text = str(strerror) if strerror else str(exc)
+    log.debug("audio probe failed: %r", exc)
+    return text[0].lower() + text[1:] if text else type(exc).__name__

@@ -1,0 +1,179 @@
+"""probe(): real speech in several containers, and every hostile input we know of."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+import wave
+from pathlib import Path
+
+import pytest
+
+from gpuscribe.audio.probe import AudioInfo, probe
+from gpuscribe.domain import InvalidRequest
+
+pytestmark = pytest.mark.skipif(
+    not (shutil.which("espeak-ng") and shutil.which("ffmpeg")), reason="needs espeak-ng and ffmpeg"
+)
+SPEECH = "The quick brown fox jumps over the lazy dog. She sells sea shells by the sea shore."
+
+
+def _ffmpeg(*args: str) -> None:
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", *args], check=True)
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("probe")
+    subprocess.run(["espeak-ng", "-w", str(root / "speech.wav"), SPEECH], check=True)
+    for ext in ("flac", "mp3", "ogg"):
+        _ffmpeg("-i", str(root / "speech.wav"), str(root / f"speech.{ext}"))
+    _ffmpeg("-f", "lavfi", "-i", "color=red:s=32x32", "-frames:v", "1", str(root / "image.jpg"))
+    _ffmpeg("-f", "lavfi", "-i", "testsrc=d=1:s=64x64", "-an", str(root / "silent_video.mp4"))
+    return root
+
+
+def _wav_seconds(path: Path) -> float:
+    with wave.open(str(path)) as w:
+        return w.getnframes() / w.getframerate()
+
+
+def _cut(source: Path, target: Path, size: int) -> Path:
+    target.write_bytes(source.read_bytes()[:size])
+    return target
+
+
+def _expect(path: Path, code: str, words: str) -> InvalidRequest:
+    with pytest.raises(InvalidRequest) as caught:
+        probe(path)
+    assert caught.value.code == code
+    assert words in caught.value.message
+    return caught.value
+
+
+@pytest.mark.parametrize("ext", ["wav", "flac", "mp3", "ogg"])
+def test_duration_of_speech_in_each_container(media: Path, ext: str) -> None:
+    info = probe(media / f"speech.{ext}")
+    assert isinstance(info, AudioInfo)
+    assert info.duration_seconds == pytest.approx(_wav_seconds(media / "speech.wav"), abs=0.1)
+    assert info.channels == 1
+    assert info.sample_rate == 22050
+
+
+def test_container_and_codec_are_reported(media: Path) -> None:
+    assert (probe(media / "speech.flac").container, probe(media / "speech.flac").codec) == (
+        "flac",
+        "flac",
+    )
+    assert probe(media / "speech.ogg").codec == "vorbis"
+
+
+def test_extension_is_not_trusted(media: Path, tmp_path: Path) -> None:
+    disguised = tmp_path / "really_mp3.wav"
+    shutil.copy(media / "speech.mp3", disguised)
+    assert probe(disguised).container == "mp3"
+    fake = tmp_path / "text.mp3"
+    fake.write_text("this is not audio at all\n")
+    _expect(fake, "not_audio", "not an audio file")
+
+
+def test_stereo_and_rate_are_read(tmp_path: Path) -> None:
+    path = tmp_path / "tone.ogg"
+    _ffmpeg("-f", "lavfi", "-i", "sine=f=440:r=48000:d=2", "-ac", "2", "-c:a", "libopus", str(path))
+    info = probe(path)
+    assert (info.channels, info.sample_rate) == (2, 48000)
+    assert info.duration_seconds == pytest.approx(2.0, abs=0.1)
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    (tmp_path / "empty.wav").write_bytes(b"")
+    _expect(tmp_path / "empty.wav", "empty_file", "the file is empty")
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    _expect(tmp_path / "absent.wav", "file_not_found", "does not exist")
+
+
+def test_random_bytes(tmp_path: Path) -> None:
+    (tmp_path / "noise.bin").write_bytes(os.urandom(4096))
+    _expect(tmp_path / "noise.bin", "not_audio", "not an audio file")
+
+
+def test_text_file(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("minutes of the meeting\n" * 50)
+    with pytest.raises(InvalidRequest) as caught:
+        probe(tmp_path / "notes.txt")
+    # FFmpeg reads some text as a (soundless) ANSI-art video: either answer is right.
+    assert caught.value.code in ("not_audio", "no_audio_stream")
+
+
+def test_jpeg_has_no_audio(media: Path) -> None:
+    _expect(media / "image.jpg", "no_audio_stream", "the file has no audio stream")
+
+
+def test_video_without_sound(media: Path) -> None:
+    _expect(media / "silent_video.mp4", "no_audio_stream", "the file has no audio stream")
+
+
+@pytest.mark.parametrize("ext", ["flac", "ogg"])
+def test_header_cut_off(media: Path, tmp_path: Path, ext: str) -> None:
+    cut = _cut(media / f"speech.{ext}", tmp_path / f"cut.{ext}", 60)
+    _expect(cut, "not_audio", "not an audio file")
+
+
+def test_mp3_cut_after_its_header(media: Path, tmp_path: Path) -> None:
+    cut = _cut(media / "speech.mp3", tmp_path / "cut.mp3", 3000)
+    error = _expect(cut, "corrupt_audio", "the audio is corrupt or truncated near")
+    assert "declares 5.0 s" in error.message
+
+
+def test_flac_cut_midway_is_corrupt(media: Path, tmp_path: Path) -> None:
+    cut = _cut(media / "speech.flac", tmp_path / "cut.flac", 20000)
+    _expect(cut, "corrupt_audio", "the audio is corrupt or truncated near 0.")
+
+
+def test_wav_cut_midway(media: Path, tmp_path: Path) -> None:
+    cut = _cut(media / "speech.wav", tmp_path / "cut.wav", 20000)
+    _expect(cut, "corrupt_audio", "the audio is corrupt or truncated near 0.5 s")
+
+
+def _wav_header(data_size: int, *, rate: int = 16000, channels: int = 1) -> bytes:
+    block = (channels * 2) & 0xFFFF
+    fmt = struct.pack("<IHHIIHH", 16, 1, channels, rate, (rate * block) & 0xFFFFFFFF, block, 16)
+    riff = struct.pack("<I", 0xFFFFFFF0)
+    return b"RIFF" + riff + b"WAVE" + b"fmt " + fmt + b"data" + struct.pack("<I", data_size)
+
+
+def test_wav_header_claiming_huge_size_without_data(tmp_path: Path) -> None:
+    (tmp_path / "huge.wav").write_bytes(_wav_header(0xFFFFFFF0))
+    _expect(tmp_path / "huge.wav", "zero_duration", "zero duration")
+
+
+def test_wav_header_claiming_huge_size_with_some_data(tmp_path: Path) -> None:
+    (tmp_path / "huge.wav").write_bytes(_wav_header(0x7FFFFFF0) + bytes(64000))
+    _expect(tmp_path / "huge.wav", "corrupt_audio", "truncated near 2.0 s")
+
+
+def test_wav_of_unknown_size_is_accepted(tmp_path: Path) -> None:
+    """Tools that stream WAV to a pipe write 0xFFFFFFFF as the size: that is not truncation."""
+    (tmp_path / "piped.wav").write_bytes(_wav_header(0xFFFFFFFF) + bytes(32000))
+    assert probe(tmp_path / "piped.wav").duration_seconds == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(("rate", "channels"), [(0, 1), (16000, 0), (16000, 65535)])
+def test_wav_header_with_absurd_format(tmp_path: Path, rate: int, channels: int) -> None:
+    (tmp_path / "odd.wav").write_bytes(
+        _wav_header(1000, rate=rate, channels=channels) + bytes(1000)
+    )
+    with pytest.raises(InvalidRequest) as caught:
+        probe(tmp_path / "odd.wav")
+    assert caught.value.code in ("not_audio", "corrupt_audio")
+
+
+def test_longer_than_allowed_stops_early(media: Path) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        probe(media / "speech.mp3", max_seconds=1.0)
+    assert caught.value.code == "audio_too_long"
+    assert probe(media / "speech.mp3", max_seconds=60.0).duration_seconds > 4.0
