@@ -20,7 +20,7 @@ import itertools
 import json
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -28,7 +28,7 @@ from gpuscribe.memory.architectures import ARCHITECTURES, canonical_model_name, 
 from gpuscribe.memory.types import GIB, EstimateSource, MemoryEstimate, ProfileKey
 
 PROFILE_FORMAT = 1
-_SHIPPED = ("h200-transformers-float16.json",)
+_REFERENCE = "h200-transformers-float16.json"  # the measured truth of simulated GPUs
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,12 +36,18 @@ class ModelProfile:
     """One model on one GPU model: weights, and working bytes at measured batch sizes."""
 
     weights_bytes: int
-    batch_points: tuple[tuple[int, int], ...]  # (batch size, working bytes), ascending batch
+    batch_points: tuple[tuple[int, int], ...]  # greedy: (batch size, working bytes), ascending
     derived_from: str | None = None  # the measured model this one was scaled from, if any
+    beam_points: Mapping[int, tuple[tuple[int, int], ...]] = field(default_factory=dict)
+    # measured beam search: beam size -> ((batch size, working bytes), ...), ascending batch
 
     def working_bytes(self, batch_size: int, beam_size: int) -> int:
-        """Working bytes at an effective batch of batch_size x beam_size."""
-        effective = max(1, batch_size) * max(1, beam_size)
+        """Measured beam widths interpolate over batch on their own curve; others are modelled
+        as an effective batch of batch_size x beam_size on the greedy curve."""
+        beams = max(1, beam_size)
+        if beams in self.beam_points:
+            return math.ceil(_interpolate(self.beam_points[beams], max(1, batch_size)))
+        effective = max(1, batch_size) * beams
         return math.ceil(_interpolate(self.batch_points, effective))
 
 
@@ -80,15 +86,7 @@ class GpuProfile:
     def from_json(cls, data: Mapping[str, Any]) -> GpuProfile:
         if data.get("format") != PROFILE_FORMAT:
             raise ValueError(f"unsupported profile format {data.get('format')!r}")
-        measured = {
-            name: ModelProfile(
-                weights_bytes=int(entry["weights_bytes"]),
-                batch_points=tuple(
-                    sorted((int(p["batch_size"]), int(p["working_bytes"])) for p in entry["points"])
-                ),
-            )
-            for name, entry in data["models"].items()
-        }
+        measured = {name: _model_from_json(entry) for name, entry in data["models"].items()}
         return cls(
             gpu_name_contains=str(data["gpu_name_contains"]),
             engine=str(data["engine"]),
@@ -96,6 +94,20 @@ class GpuProfile:
             context_bytes=int(data["context_bytes"]),
             models={**_derive_missing(measured), **measured},
         )
+
+
+def _model_from_json(entry: Mapping[str, Any]) -> ModelProfile:
+    """Points without `beam_size` (or with 1) are greedy; others form per-beam curves."""
+    curves: dict[int, list[tuple[int, int]]] = {}
+    for point in entry["points"]:
+        beam = int(point.get("beam_size", 1))
+        curves.setdefault(beam, []).append((int(point["batch_size"]), int(point["working_bytes"])))
+    greedy = curves.pop(1, None) or curves[min(curves)]
+    return ModelProfile(
+        weights_bytes=int(entry["weights_bytes"]),
+        batch_points=tuple(sorted(greedy)),
+        beam_points={beam: tuple(sorted(points)) for beam, points in curves.items()},
+    )
 
 
 def _shape(name: str) -> tuple[int, int, int]:
@@ -116,7 +128,9 @@ def _derive_missing(measured: Mapping[str, ModelProfile]) -> dict[str, ModelProf
             continue
         base = measured[source]
         ratio = parameter_count(ARCHITECTURES[name]) / parameter_count(ARCHITECTURES[source])
-        derived[name] = ModelProfile(round(base.weights_bytes * ratio), base.batch_points, source)
+        derived[name] = ModelProfile(
+            round(base.weights_bytes * ratio), base.batch_points, source, base.beam_points
+        )
     return derived
 
 
@@ -154,7 +168,8 @@ def convert_measurements(
 def shipped_profiles() -> tuple[GpuProfile, ...]:
     """The profiles in the package (read once)."""
     folder = resources.files("gpuscribe.memory") / "profiles"
-    return tuple(GpuProfile.from_json(json.loads((folder / n).read_text())) for n in _SHIPPED)
+    names = sorted(f.name for f in folder.iterdir() if f.name.endswith(".json"))
+    return tuple(GpuProfile.from_json(json.loads((folder / n).read_text())) for n in names)
 
 
 class ProfileBook:
@@ -186,8 +201,10 @@ class ProfileBook:
 
 
 # --- ground truth of simulated GPUs -----------------------------------------------------------
+@functools.cache
 def _reference() -> GpuProfile:
-    return shipped_profiles()[0]
+    folder = resources.files("gpuscribe.memory") / "profiles"
+    return GpuProfile.from_json(json.loads((folder / _REFERENCE).read_text()))
 
 
 REFERENCE_CONTEXT_BYTES: int = _reference().context_bytes

@@ -1,0 +1,165 @@
+"""`gpuscribe calibrate`: measure real peaks on the local devices, store them as calibration
+samples, and optionally write them as a profile to ship for that GPU model.
+
+Each device runs its share of the models in a process of its own (the caller never creates a
+CUDA context). Devices of one GPU model split the models between them, so four GPUs measure a
+grid about four times faster.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gpuscribe.config import Settings
+from gpuscribe.memory.architectures import canonical_model_name
+from gpuscribe.memory.profiles import PROFILE_FORMAT
+from gpuscribe.memory.types import CalibrationSample, ProfileKey
+from gpuscribe.node.devices import select_devices
+from gpuscribe.store.open import open_store
+from gpuscribe.telemetry.base import DeviceKind, DeviceReading
+from gpuscribe.telemetry.detect import open_telemetry
+from gpuscribe.workers.calibrate import CalibrationJob, CalibrationRow, calibration_main
+from gpuscribe.workers.messages import DeviceRef
+
+log = logging.getLogger(__name__)
+
+
+def run_calibration(
+    settings: Settings,
+    models: Sequence[str],
+    batch_sizes: Sequence[int],
+    beam_sizes: Sequence[int],
+    *,
+    export_profile: str | None = None,
+) -> list[dict[str, Any]]:
+    devices = _devices(settings)
+    engine = settings.default_engine or (
+        "transformers" if devices[0].kind is DeviceKind.CUDA else "faster-whisper"
+    )
+    compute_type = "float16" if devices[0].kind is DeviceKind.CUDA else "default"
+    names = [canonical_model_name(m) or m for m in models]
+    jobs = _split_jobs(devices, names, engine, compute_type, batch_sizes, beam_sizes)
+    rows = _run_jobs(settings, jobs)
+    _store_samples(settings, rows)
+    if export_profile:
+        Path(export_profile).write_text(json.dumps(profile_from_rows(rows), indent=1) + "\n")
+        log.info("wrote profile %s", export_profile)
+    return [r.to_dict() for r in rows]
+
+
+def _devices(settings: Settings) -> list[DeviceReading]:
+    telemetry = open_telemetry(settings)
+    try:
+        found = select_devices(telemetry.discover(), settings.devices)
+    finally:
+        telemetry.close()
+    cuda = [d for d in found if d.kind is DeviceKind.CUDA]
+    return cuda or found[:1]
+
+
+def _split_jobs(
+    devices: Sequence[DeviceReading],
+    models: Sequence[str],
+    engine: str,
+    compute_type: str,
+    batch_sizes: Sequence[int],
+    beam_sizes: Sequence[int],
+) -> list[tuple[DeviceReading, CalibrationJob]]:
+    """Round-robin the models over the devices of the first device's GPU model."""
+    same = [d for d in devices if d.name == devices[0].name]
+    shares: list[list[str]] = [[] for _ in same]
+    for i, model in enumerate(models):
+        shares[i % len(same)].append(model)
+    return [
+        (device, CalibrationJob(engine, compute_type, tuple(share), tuple(batch_sizes),
+                                tuple(beam_sizes)))
+        for device, share in zip(same, shares, strict=True)
+        if share
+    ]  # fmt: skip
+
+
+def _run_jobs(
+    settings: Settings, jobs: Sequence[tuple[DeviceReading, CalibrationJob]]
+) -> list[CalibrationRow]:
+    ctx = multiprocessing.get_context("spawn")
+    running = []
+    for reading, job in jobs:
+        parent, child = ctx.Pipe(duplex=False)
+        device = DeviceRef(reading.kind, reading.uuid, reading.index, reading.name)
+        process = ctx.Process(target=calibration_main, args=(device, settings, job, child))
+        process.start()
+        child.close()
+        running.append((process, parent))
+    rows: list[CalibrationRow] = []
+    for process, conn in running:
+        rows.extend(_collect(conn))
+        process.join()
+        if process.exitcode != 0:
+            log.error("calibration process %d exited with %s", process.pid, process.exitcode)
+    return rows
+
+
+def _collect(conn: Any) -> list[CalibrationRow]:
+    rows: list[CalibrationRow] = []
+    while True:
+        try:
+            row = conn.recv()
+        except EOFError:
+            return rows
+        if row is None:
+            return rows
+        rows.append(row)
+
+
+def _store_samples(settings: Settings, rows: Sequence[CalibrationRow]) -> None:
+    store = open_store(settings.store_url)
+    try:
+        for row in rows:
+            if row.error is None:
+                store.add_sample(sample_from_row(row, measured_at=time.time()))
+    finally:
+        store.close()
+
+
+def sample_from_row(row: CalibrationRow, *, measured_at: float) -> CalibrationSample:
+    key = ProfileKey(
+        row.gpu_name, row.engine, row.model, row.compute_type, row.batch_size, row.beam_size
+    )
+    return CalibrationSample(
+        key=key,
+        working_bytes=row.working_bytes,
+        weights_bytes=row.weights_bytes,
+        context_bytes=row.context_bytes,
+        measured_at=measured_at,
+    )
+
+
+def profile_from_rows(rows: Sequence[CalibrationRow]) -> dict[str, Any]:
+    """The rows as a shipped profile (`memory/profiles/*.json`): per model its weights and its
+    working memory at each measured (batch, beam)."""
+    good = [r for r in rows if r.error is None]
+    if not good:
+        raise ValueError("no successful measurement to make a profile of")
+    models: dict[str, dict[str, Any]] = {}
+    for row in sorted(good, key=lambda r: (r.model, r.beam_size, r.batch_size)):
+        entry = models.setdefault(row.model, {"weights_bytes": row.weights_bytes, "points": []})
+        entry["points"].append(
+            {"batch_size": row.batch_size, "beam_size": row.beam_size,
+             "working_bytes": row.working_bytes}
+        )  # fmt: skip
+    return {
+        "format": PROFILE_FORMAT,
+        "gpu_name_contains": good[0].gpu_name,
+        "engine": good[0].engine,
+        "compute_types": sorted({good[0].compute_type, "default"}),
+        "context_bytes": max(r.context_bytes for r in good),
+        "note": "measured by gpuscribe calibrate: working = peak held less what the process "
+        "held with the model loaded and idle; random weights decode 224 tokens per window",
+        "models": models,
+    }

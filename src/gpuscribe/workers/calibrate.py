@@ -1,0 +1,159 @@
+"""Measuring, inside a worker process on one device, what each model really holds.
+
+For each model: the context (NVML's figure for this process, before any model), the weights (what
+the process holds after loading, less before), and for each (batch size, beam size) the peak while
+transcribing `batch_size` 30 s windows at once, less what it held before. Random-weight models
+decode the full 224 tokens per window (the worst case), so the peak is the most a task can take.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+
+from gpuscribe.config import Settings
+from gpuscribe.domain import TranscriptionOptions
+from gpuscribe.telemetry.base import DeviceKind
+from gpuscribe.workers.measure import CpuMemory, CudaMemory, DeviceMemory
+from gpuscribe.workers.messages import DeviceRef
+from gpuscribe.workers.process import prepare_environment
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+WINDOW_SECONDS = 30
+SAMPLE_INTERVAL_SECONDS = 0.005
+
+
+@dataclass(frozen=True, slots=True)
+class CalibrationJob:
+    engine: str
+    compute_type: str
+    models: tuple[str, ...]
+    batch_sizes: tuple[int, ...]
+    beam_sizes: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CalibrationRow:
+    gpu_name: str
+    gpu_uuid: str
+    engine: str
+    model: str
+    compute_type: str
+    batch_size: int
+    beam_size: int
+    context_bytes: int
+    weights_bytes: int
+    working_bytes: int  # peak less what the process held with the model loaded and idle
+    peak_bytes: int  # what the process held at its peak, context included
+    seconds: float
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Peak:
+    """Samples the process's device memory in a thread: NVML's per-process figure catches
+    memory the allocator statistics miss (the context, non-PyTorch allocations)."""
+
+    def __init__(self, memory: DeviceMemory) -> None:
+        self._memory = memory
+        self._peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> _Peak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=1.0)
+        self._peak = max(self._peak, self._memory.peak_bytes())
+
+    def _loop(self) -> None:
+        while not self._stop.wait(SAMPLE_INTERVAL_SECONDS):
+            self._peak = max(self._peak, self._memory.held_bytes())
+
+    @property
+    def bytes(self) -> int:
+        return self._peak
+
+
+def calibration_main(
+    device: DeviceRef, settings: Settings, job: CalibrationJob, conn: Connection
+) -> None:
+    """Process target: run the job, send each row as it is measured, then None."""
+    prepare_environment(device, os.environ)
+    logging.basicConfig(level=logging.INFO, format=f"calibrate[{os.getpid()}] %(message)s")
+    try:
+        for row in measure(device, settings, job):
+            conn.send(row)
+    finally:
+        conn.send(None)
+        conn.close()
+
+
+def measure(device: DeviceRef, settings: Settings, job: CalibrationJob) -> list[CalibrationRow]:
+    from gpuscribe.workers.engines.registry import create_engine
+
+    memory: DeviceMemory = (
+        CudaMemory(device.uuid) if device.kind is DeviceKind.CUDA else CpuMemory()
+    )
+    engine = create_engine(job.engine, settings)
+    rows: list[CalibrationRow] = []
+    for model in job.models:
+        memory.release_cached()
+        before = memory.held_bytes()
+        loaded = engine.load(model, device, job.compute_type)
+        memory.release_cached()
+        weights = max(0, memory.held_bytes() - before)
+        for batch in job.batch_sizes:
+            for beam in job.beam_sizes:
+                rows.append(_measure_one(device, memory, loaded, model, job, batch, beam, weights))
+                log.info("%s", rows[-1])
+        loaded.unload()
+    return rows
+
+
+def _measure_one(
+    device: DeviceRef,
+    memory: DeviceMemory,
+    loaded: Any,
+    model: str,
+    job: CalibrationJob,
+    batch: int,
+    beam: int,
+    weights: int,
+) -> CalibrationRow:
+    memory.release_cached()
+    baseline = memory.held_bytes()
+    rng = np.random.default_rng(batch * 100 + beam)
+    audio = (rng.standard_normal(batch * WINDOW_SECONDS * SAMPLE_RATE) * 0.1).astype(np.float32)
+    options = TranscriptionOptions(
+        model=model, engine=job.engine, compute_type=job.compute_type,
+        batch_size=batch, beam_size=beam, language="en",
+    )  # fmt: skip
+    started = time.perf_counter()
+    error = None
+    with _Peak(memory) as peak:
+        try:
+            loaded.transcribe(audio, options, lambda s, p: None, lambda: False)
+        except Exception as exc:  # an OOM here is a finding, not a crash
+            error = f"{type(exc).__name__}: {exc}"
+    return CalibrationRow(
+        gpu_name=device.name, gpu_uuid=device.uuid, engine=job.engine, model=model,
+        compute_type=job.compute_type, batch_size=batch, beam_size=beam,
+        context_bytes=memory.context_bytes, weights_bytes=weights,
+        working_bytes=max(0, peak.bytes - baseline), peak_bytes=peak.bytes,
+        seconds=time.perf_counter() - started, error=error,
+    )  # fmt: skip
