@@ -8,7 +8,6 @@ from pathlib import Path
 import av
 import numpy as np
 import numpy.typing as npt
-from faster_whisper.audio import decode_audio
 
 from gpuscribe.domain import InvalidRequest
 
@@ -23,9 +22,31 @@ def decode(path: str | Path, *, sample_rate: int = WHISPER_SAMPLE_RATE) -> npt.N
     if sample_rate <= 0:
         raise ValueError(f"sample_rate must be positive, not {sample_rate}")
     try:
-        audio = decode_audio(str(path), sampling_rate=sample_rate)
+        audio = _decode(str(path), sample_rate)
     except (av.FFmpegError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"cannot decode the audio: {exc}", code="corrupt_audio") from exc
     samples = np.asarray(audio, dtype=np.float32)
     log.debug("decoded %s: %d samples at %d Hz", path, samples.size, sample_rate)
     return samples
+
+
+def _decode(path: str, sample_rate: int) -> npt.NDArray[np.float32]:
+    """faster-whisper's own decoder where it is installed (identical samples to calling it
+    directly); else the same PyAV pipeline: s16 mono resampling, scaled to [-1, 1)."""
+    try:
+        from faster_whisper.audio import decode_audio
+    except ImportError:
+        return _decode_with_pyav(path, sample_rate)
+    return np.asarray(decode_audio(path, sampling_rate=sample_rate), dtype=np.float32)
+
+
+def _decode_with_pyav(path: str, sample_rate: int) -> npt.NDArray[np.float32]:
+    resampler = av.audio.resampler.AudioResampler(format="s16", layout="mono", rate=sample_rate)
+    chunks: list[npt.NDArray[np.int16]] = []
+    with av.open(path, mode="r", metadata_errors="ignore") as container:
+        for frame in container.decode(audio=0):
+            chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(frame))
+        chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(None))
+    if not chunks:
+        return np.zeros(0, dtype=np.float32)
+    return np.concatenate(chunks).astype(np.float32) / 32768.0
