@@ -51,8 +51,12 @@ def _estimate(working: float, weights: float = 0.1, context: float = 1.2) -> Mem
 
 def _ledger(total_gib: float = 24, max_tasks: int = 5, index: int = 0) -> DeviceLedger:
     return DeviceLedger(
-        f"GPU-{index}", index, int(total_gib * GIB),
-        cap_fraction=0.9, reserve_bytes=GIB, max_tasks=max_tasks,
+        f"GPU-{index}",
+        index,
+        int(total_gib * GIB),
+        cap_fraction=0.9,
+        reserve_bytes=GIB,
+        max_tasks=max_tasks,
     )
 
 
@@ -61,8 +65,7 @@ def _task(task_id: str, priority: Priority, created_at: float, model: str = "tin
         id=task_id,
         state=TaskState.QUEUED,
         priority=priority,
-        options=TranscriptionOptions(model=model, engine="faster-whisper",
-                                     compute_type="float16"),
+        options=TranscriptionOptions(model=model, engine="faster-whisper", compute_type="float16"),
         audio_path=f"/nowhere/{task_id}.wav",
         audio_seconds=30.0,
         audio_format="wav",
@@ -118,8 +121,14 @@ def test_max_tasks_per_gpu_is_enforced() -> None:
     # A scheduling pass over one roomy GPU places no more than the cap.
     devices = [DeviceState(_ledger(80, max_tasks=5), "GPU", DeviceKind.CUDA, 0, True)]
     queue = [_task(f"q{i}", Priority.NORMAL, 100.0 + i) for i in range(8)]
-    result = plan(queue, devices, lambda task, device: _estimate(0.1), now=200.0,
-                  aging_seconds=120.0, starvation_seconds=300.0)
+    result = plan(
+        queue,
+        devices,
+        lambda task, device: _estimate(0.1),
+        now=200.0,
+        aging_seconds=120.0,
+        starvation_seconds=300.0,
+    )
     assert len(result.placements) == 5
     assert len(result.waiting) == 3
 
@@ -145,16 +154,26 @@ def test_no_gpu_is_chosen_when_nothing_fits() -> None:
     ledgers = [_ledger(8, index=i) for i in range(2)]
     huge = _estimate(20)
     candidates = [
-        Candidate(ledger.uuid, ledger.index, ledger.fit(huge, TINY, foreign_bytes=0),
-                  ledger.admitted_bytes)
+        Candidate(
+            ledger.uuid,
+            ledger.index,
+            ledger.fit(huge, TINY, foreign_bytes=0),
+            ledger.admitted_bytes,
+        )
         for ledger in ledgers
     ]
     assert not any(c.fit.ok for c in candidates)
     assert choose_device(candidates) is None
 
     devices = [DeviceState(ledger, "GPU 8GB", DeviceKind.CUDA, 0, True) for ledger in ledgers]
-    result = plan([_task("big", Priority.URGENT, 1.0)], devices, lambda t, d: huge,
-                  now=2.0, aging_seconds=120.0, starvation_seconds=300.0)
+    result = plan(
+        [_task("big", Priority.URGENT, 1.0)],
+        devices,
+        lambda t, d: huge,
+        now=2.0,
+        aging_seconds=120.0,
+        starvation_seconds=300.0,
+    )
     assert result.placements == []
     assert "big" in result.impossible and "cap" in result.impossible["big"]
     assert all(ledger.admitted_bytes == 0 for ledger in ledgers)
@@ -254,9 +273,14 @@ def test_calibration_is_keyed_by_gpu_model_and_persisted(tmp_path: Path) -> None
     h100 = ProfileKey("NVIDIA H100 80GB HBM3", "faster-whisper", "tiny", "float16", 1, 5)
     a10 = ProfileKey("NVIDIA A10", "faster-whisper", "tiny", "float16", 1, 5)
     samples = [
-        CalibrationSample(h100, working_bytes=(100 + i) * MIB, weights_bytes=75 * MIB,
-                          context_bytes=500 * MIB, measured_at=1000.0 + i,
-                          estimate_bytes=120 * MIB)
+        CalibrationSample(
+            h100,
+            working_bytes=(100 + i) * MIB,
+            weights_bytes=75 * MIB,
+            context_bytes=500 * MIB,
+            measured_at=1000.0 + i,
+            estimate_bytes=120 * MIB,
+        )
         for i in range(3)
     ]
     url = f"sqlite:///{tmp_path / 'store.db'}"
@@ -302,8 +326,11 @@ def test_library_code_logs_instead_of_printing() -> None:
         tree = ast.parse(path.read_text(), filename=str(path))
         if relative.parts[0] != "cli":
             for node in ast.walk(tree):
-                if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-                        and node.func.id == "print"):
+                if (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Name)
+                    and node.func.id == "print"
+                ):
                     prints.append(f"{relative}:{node.lineno}")
         for node in tree.body:
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -42,7 +43,7 @@ def _decode(path: str, sample_rate: int) -> npt.NDArray[np.float32]:
 
 def _decode_with_pyav(path: str, sample_rate: int) -> npt.NDArray[np.float32]:
     resampler = av.audio.resampler.AudioResampler(format="s16", layout="mono", rate=sample_rate)
-    chunks: list[npt.NDArray[np.int16]] = []
+    chunks: list[npt.NDArray[Any]] = []
     with av.open(path, mode="r", metadata_errors="ignore") as container:
         for frame in container.decode(audio=0):
             chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(frame))
