@@ -11,7 +11,6 @@ Rules every implementation keeps:
 from __future__ import annotations
 
 import builtins
-
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol

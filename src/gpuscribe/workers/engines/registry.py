@@ -24,6 +24,7 @@ def create_engine(name: str, settings: Settings) -> Engine:
             models_dir=settings.models_dir,
             benchmark_only=settings.benchmark_only,
             allow_downloads=settings.allow_downloads,
+            benchmark_tokens=settings.benchmark_tokens,
         )
     raise InvalidRequest(
         f"unknown engine {name!r}: known engines are {', '.join(ENGINES)}",

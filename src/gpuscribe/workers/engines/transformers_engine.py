@@ -51,7 +51,9 @@ class TransformersEngine:
         benchmark_only: bool = False,
         tiny_config_for_tests: bool = False,
         allow_downloads: bool = False,
+        benchmark_tokens: int = MAX_NEW_TOKENS,
     ):
+        self.benchmark_tokens = benchmark_tokens
         self.models_dir = models_dir
         self.allow_downloads = allow_downloads
         self.benchmark_only = benchmark_only or tiny_config_for_tests
@@ -84,7 +86,9 @@ class TransformersEngine:
         log.info(
             "loaded %s (%s) on %s: %d bytes of weights", source.name, kind, target.device, weights
         )
-        return TransformersModel(whisper, decoder, target, weights, source.benchmark_only)
+        model_ = TransformersModel(whisper, decoder, target, weights, source.benchmark_only)
+        model_.benchmark_tokens = self.benchmark_tokens
+        return model_
 
 
 class TokenDecoder(Protocol):
@@ -158,6 +162,7 @@ class TransformersModel:
         self._target = target
         self.weights_bytes = weights
         self.benchmark_only = benchmark
+        self.benchmark_tokens = MAX_NEW_TOKENS  # random weights decode exactly this many
         n_mels = int(whisper.config.num_mel_bins)
         self._features = WhisperFeatureExtractor(  # type: ignore[no-untyped-call]
             feature_size=n_mels, sampling_rate=SAMPLE_RATE
@@ -209,8 +214,8 @@ class TransformersModel:
             "max_new_tokens": MAX_NEW_TOKENS,
             "stopping_criteria": StoppingCriteriaList([_stop_criterion(should_stop)]),
         }
-        if self.benchmark_only:  # measure the worst case: every window decodes the maximum
-            kwargs["min_new_tokens"] = MAX_NEW_TOKENS
+        if self.benchmark_only:  # a fixed length: the worst case (224) unless told otherwise
+            kwargs["min_new_tokens"] = kwargs["max_new_tokens"] = self.benchmark_tokens
         elif self._multilingual():
             kwargs.update(language=language, task=options.task.value)
         with torch.inference_mode():

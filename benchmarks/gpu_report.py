@@ -1,0 +1,377 @@
+"""Measurements that only real GPUs can give (run on a GPU machine; figures go to --out).
+
+  calibrate  measure a grid of models x batch x beam with `gpuscribe calibrate`'s machinery and
+             write the profile to ship for this GPU model
+  validate   measure configurations the grid did not sample and compare them with the estimate
+             the profile gives (target: estimate >= measured and <= 1.15 x measured)
+  stream     run `gpuscribe serve` on chosen GPUs, submit a mixed stream of tasks, sample NVML
+             (20 Hz) and the ledger, and report out-of-memory failures, peaks against the cap,
+             throughput, and a plot of admitted against used memory
+
+Random-weight models (benchmark-only mode) decode the full 224 tokens per 30 s window: the
+worst case, so peaks are real upper bounds. The outputs are not transcripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import wave
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from gpuscribe.config import load_settings
+from gpuscribe.memory.profiles import GpuProfile, ProfileBook
+from gpuscribe.memory.types import GIB, ProfileKey
+from gpuscribe.node.calibrate import run_calibration
+
+GRID_MODELS = ["tiny", "base", "small", "medium", "large-v3", "large-v3-turbo"]
+GRID_BATCHES = [1, 4, 16]
+GRID_BEAMS = [1, 5]
+# Not sampled by the grid: other models of the same shapes, other batch and beam sizes.
+VALIDATE_MODELS = ["large-v2", "tiny.en", "base.en", "small.en", "medium.en"]
+VALIDATE_BATCHES = [2, 8, 12]
+VALIDATE_BEAMS = [1, 2, 3]
+PRIORITIES = ["urgent", "high", "normal", "low"]
+STREAM_MODELS = ["tiny", "base", "small", "medium", "large-v3", "large-v3-turbo"]
+
+
+def _settings(devices: str, db: Path) -> Any:
+    return load_settings(
+        flags={"devices": devices, "store": f"sqlite:///{db}", "benchmark_only": True,
+               "default_engine": "transformers"},
+    )  # fmt: skip
+
+
+def cmd_calibrate(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    rows = run_calibration(
+        _settings(args.devices, out / "calibration.db"), GRID_MODELS, GRID_BATCHES, GRID_BEAMS,
+        export_profile=str(out / "profile.json"),
+    )  # fmt: skip
+    (out / "calibration_rows.json").write_text(json.dumps(rows, indent=1))
+    for r in rows:
+        print(
+            f"{r['model']:>15} b{r['batch_size']:<3} k{r['beam_size']} "
+            f"working {r['working_bytes'] / GIB:6.2f} GiB  weights {r['weights_bytes'] / GIB:5.2f}"
+            f"  ctx {r['context_bytes'] / GIB:4.2f}  {r['seconds']:5.1f} s  {r['error'] or ''}"
+        )
+
+
+def cmd_validate(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    profile = GpuProfile.from_json(json.loads(Path(args.profile).read_text()))
+    book = ProfileBook([profile])
+    settings = _settings(args.devices, out / "validate.db")
+    rows = run_calibration(settings, VALIDATE_MODELS, GRID_BATCHES, GRID_BEAMS)
+    rows += run_calibration(settings, ["tiny", "small", "large-v3", "large-v3-turbo"],
+                            VALIDATE_BATCHES, VALIDATE_BEAMS)  # fmt: skip
+    results = []
+    for r in rows:
+        if r["error"]:
+            continue
+        key = ProfileKey(profile.gpu_name_contains, r["engine"], r["model"], r["compute_type"],
+                         r["batch_size"], r["beam_size"])  # fmt: skip
+        est = book.lookup(key)
+        measured = r["context_bytes"] + r["weights_bytes"] + r["working_bytes"]
+        estimate = est.total_bytes if est else None
+        ratio = estimate / measured if estimate else None
+        results.append(
+            {
+                **r,
+                "measured_total_bytes": measured,
+                "estimate_total_bytes": estimate,
+                "ratio": ratio,
+                "within": ratio is not None and 1.0 <= ratio <= 1.15,
+            }
+        )
+    good = sum(1 for r in results if r["within"])
+    summary = {
+        "configs": len(results),
+        "within_1_to_1_15": good,
+        "fraction": good / max(1, len(results)),
+    }
+    (out / "validation.json").write_text(
+        json.dumps({"summary": summary, "rows": results}, indent=1)
+    )
+    for r in results:
+        print(
+            f"{r['model']:>15} b{r['batch_size']:<3} k{r['beam_size']} measured "
+            f"{r['measured_total_bytes'] / GIB:6.2f} GiB estimate "
+            f"{(r['estimate_total_bytes'] or 0) / GIB:6.2f} ratio {r['ratio'] or 0:5.3f}"
+        )
+    print("validation:", summary)
+
+
+# --- stream ---------------------------------------------------------------------------------
+def _write_wav(path: Path, seconds: float, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    samples = (rng.standard_normal(int(seconds * 16000)) * 2000).astype(np.int16)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(samples.tobytes())
+
+
+def _stream_tasks(n: int, seed: int, folder: Path) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    lengths = [10.0, 20 * 60.0] + [math.exp(rng.uniform(math.log(10), math.log(20 * 60)))
+                                    for _ in range(n - 2)]  # fmt: skip
+    tasks = []
+    for i, seconds in enumerate(lengths):
+        path = folder / f"clip{i:03d}.wav"
+        _write_wav(path, round(seconds, 1), i)
+        batch, beam = rng.choice([1, 2, 4, 8, 16]), rng.choice([1, 2, 5])
+        tasks.append(
+            {
+                "path": path,
+                "seconds": seconds,
+                "model": rng.choice(STREAM_MODELS),
+                "batch_size": batch,
+                "beam_size": beam,
+                "priority": PRIORITIES[i % 4],
+            }
+        )
+    return tasks
+
+
+class _Sampler(threading.Thread):
+    """NVML at 20 Hz (no CUDA context here), and the service's ledger."""
+
+    def __init__(self, url: str, out: list[dict[str, Any]]) -> None:
+        super().__init__(daemon=True)
+        import pynvml
+
+        pynvml.nvmlInit()
+        self._nvml = pynvml
+        self._handles = {
+            pynvml.nvmlDeviceGetUUID(h): h
+            for h in (
+                pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())
+            )
+        }
+        self._url = url
+        self._out = out
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        client = httpx.Client(timeout=2)
+        start = time.monotonic()
+        tick = 0
+        while not self.stop.wait(0.05):
+            row: dict[str, Any] = {"t": time.monotonic() - start}
+            for uuid, h in self._handles.items():
+                row[f"used:{uuid}"] = self._nvml.nvmlDeviceGetMemoryInfo(h).used
+            if tick % 2 == 0:
+                try:
+                    for g in client.get(self._url + "/v1/gpus").json()["gpus"]:
+                        row[f"admitted:{g['uuid']}"] = g["memory_reserved_bytes"]
+                        row[f"cap:{g['uuid']}"] = g["memory_cap_bytes"]
+                        row[f"tasks:{g['uuid']}"] = g["tasks_running"]
+                except (httpx.HTTPError, KeyError, ValueError):
+                    pass
+            tick += 1
+            self._out.append(row)
+
+
+def _foreign(fraction: float) -> subprocess.Popen[bytes]:
+    code = (
+        "import torch,time,sys;t=torch.cuda.get_device_properties(0).total_memory;"
+        f"x=torch.empty(int(t*{fraction}),dtype=torch.uint8,device='cuda');"
+        "torch.cuda.synchronize();print('held',x.numel(),flush=True);time.sleep(3600)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    proc.stdout.readline()
+    return proc
+
+
+def cmd_stream(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    work = Path(tempfile.mkdtemp(prefix="gpuscribe-stream-"))
+    tasks = _stream_tasks(args.tasks, args.seed, work)
+    foreign = _foreign(args.foreign) if args.foreign > 0 else None
+    port = 8800 + random.randint(0, 99)
+    env = {
+        **os.environ,
+        "GPUSCRIBE_BENCHMARK_ONLY": "1",
+        "GPUSCRIBE_DEVICES": args.devices,
+        "GPUSCRIBE_DEFAULT_ENGINE": "transformers",
+        "MAX_MEMORY_UTILIZATION": str(args.cap),
+        "GPUSCRIBE_MAX_AUDIO_SECONDS": "7200",
+        "GPUSCRIBE_TASK_TIMEOUT_SECONDS": "3000",
+    }
+    env["GPUSCRIBE_BENCHMARK_TOKENS"] = str(args.tokens)
+    log = open(out / f"serve-{args.name}.log", "wb")  # noqa: SIM115
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "gpuscribe", "serve", "--port", str(port), "--data-dir",
+         str(work / "var")], env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    samples: list[dict[str, Any]] = []
+    try:
+        _wait_ready(url)
+        sampler = _Sampler(url, samples)
+        sampler.start()
+        started = time.monotonic()
+        ids = _submit_all(url, tasks)
+        final = _wait_all(url, ids)
+        wall = time.monotonic() - started
+        sampler.stop.set()
+        sampler.join()
+        metrics = httpx.get(url + "/metrics").text
+    finally:
+        serve.terminate()
+        serve.wait(30)
+        if foreign:
+            foreign.kill()
+    _report_stream(args, out, tasks, final, samples, wall, metrics)
+
+
+def _wait_ready(url: str) -> None:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError("service did not become ready")
+
+
+def _submit_all(url: str, tasks: list[dict[str, Any]]) -> list[str]:
+    ids = []
+    with httpx.Client(timeout=120) as client:
+        for t in tasks:
+            with open(t["path"], "rb") as f:
+                r = client.post(
+                    url + "/v1/tasks",
+                    files={"file": (t["path"].name, f, "audio/wav")},
+                    data={
+                        "model": t["model"],
+                        "batch_size": str(t["batch_size"]),
+                        "beam_size": str(t["beam_size"]),
+                        "priority": t["priority"],
+                    },
+                )
+            r.raise_for_status()
+            ids.append(r.json()["id"])
+    return ids
+
+
+def _wait_all(url: str, ids: list[str]) -> list[dict[str, Any]]:
+    with httpx.Client(timeout=30) as client:
+        while True:
+            tasks = [client.get(f"{url}/v1/tasks/{i}").json() for i in ids]
+            if all(t["state"] in ("completed", "failed", "cancelled") for t in tasks):
+                return tasks
+            time.sleep(2)
+
+
+def _metric(text: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name) and not line.startswith("#"))  # fmt: skip
+
+
+def _report_stream(args: argparse.Namespace, out: Path, tasks: list[dict[str, Any]],
+                   final: list[dict[str, Any]], samples: list[dict[str, Any]], wall: float,
+                   metrics: str) -> None:  # fmt: skip
+    states: dict[str, int] = {}
+    for t in final:
+        states[t["state"]] = states.get(t["state"], 0) + 1
+    gpus = sorted({k.split(":", 1)[1] for s in samples for k in s if k.startswith("cap:")})
+    per_gpu = {}
+    for uuid in gpus:
+        caps = [s[f"cap:{uuid}"] for s in samples if f"cap:{uuid}" in s]
+        used = [s[f"used:{uuid}"] for s in samples if f"used:{uuid}" in s]
+        adm = [s[f"admitted:{uuid}"] for s in samples if f"admitted:{uuid}" in s]
+        cap = max(caps)
+        per_gpu[uuid] = {
+            "cap_bytes": cap,
+            "max_used_bytes": max(used),
+            "max_admitted_bytes": max(adm),
+            "samples_over_cap": sum(1 for u in used if u > cap),
+            "samples": len(used),
+        }
+    audio = sum(t["seconds"] for t in tasks)
+    report = {
+        "name": args.name, "devices": args.devices, "tasks": len(final), "states": states,
+        "oom_total": _metric(metrics, "gpuscribe_out_of_memory_total"),
+        "failed_errors": sorted({t["error"] for t in final if t["state"] == "failed"}),
+        "wall_seconds": wall, "audio_seconds": audio, "audio_seconds_per_second": audio / wall,
+        "sample_rate_hz": len(samples) / max(1e-9, samples[-1]["t"]) if samples else 0,
+        "per_gpu": per_gpu, "cap_fraction": args.cap, "foreign_fraction": args.foreign,
+    }  # fmt: skip
+    (out / f"stream-{args.name}.json").write_text(json.dumps(report, indent=1))
+    _plot(out / f"stream-{args.name}.png", samples, gpus, args.name)
+    print(json.dumps({k: v for k, v in report.items() if k != "per_gpu"}, indent=1))
+    for uuid, g in per_gpu.items():
+        print(
+            f"{uuid[:12]} cap {g['cap_bytes'] / GIB:.1f} GiB"
+            f" max used {g['max_used_bytes'] / GIB:.1f}"
+            f" max admitted {g['max_admitted_bytes'] / GIB:.1f} over-cap samples "
+            f"{g['samples_over_cap']}/{g['samples']}"
+        )
+
+
+def _plot(path: Path, samples: list[dict[str, Any]], gpus: list[str], name: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(gpus), 1, figsize=(10, 3 * len(gpus)), squeeze=False)
+    for ax, uuid in zip(axes[:, 0], gpus, strict=True):
+        pts = [s for s in samples if f"admitted:{uuid}" in s]
+        t = [s["t"] for s in samples]
+        ax.plot(t, [s[f"used:{uuid}"] / GIB for s in samples], label="device used (NVML)", lw=0.8)
+        ax.step([s["t"] for s in pts], [s[f"admitted:{uuid}"] / GIB for s in pts],
+                label="ledger admitted", where="post", lw=0.8)  # fmt: skip
+        ax.axhline(max(s[f"cap:{uuid}"] for s in pts) / GIB, color="red", ls="--", label="cap")
+        ax.set_ylabel("GiB")
+        ax.set_title(f"{name}: {uuid}")
+        ax.legend(loc="upper right", fontsize=8)
+    axes[-1, 0].set_xlabel("seconds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--out", default=os.environ.get("OUT", "."))
+    parser.add_argument("--devices", default="")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("calibrate").set_defaults(fn=cmd_calibrate)
+    v = sub.add_parser("validate")
+    v.add_argument("--profile", required=True)
+    v.set_defaults(fn=cmd_validate)
+    s = sub.add_parser("stream")
+    s.add_argument("--name", default="stream")
+    s.add_argument("--tasks", type=int, default=100)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--cap", type=float, default=0.9)
+    s.add_argument("--foreign", type=float, default=0.0, help="fraction held by a foreign process")
+    s.add_argument("--tokens", type=int, default=24, help="tokens decoded per window")
+    s.set_defaults(fn=cmd_stream)
+    args = parser.parse_args()
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()
