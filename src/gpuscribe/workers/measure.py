@@ -340,7 +340,9 @@ class CudaMemory:
         self._torch.cuda.reset_peak_memory_stats(0)
 
     def limit(self, admitted_bytes: int) -> None:
-        fraction = memory_fraction(admitted_bytes, self.total_bytes)
+        """The allocator may hold what was admitted less the context, which it does not see:
+        the process as a whole then stays within what the ledger admitted."""
+        fraction = memory_fraction(admitted_bytes - self.context_bytes, self.total_bytes)
         self._torch.cuda.set_per_process_memory_fraction(fraction, 0)
 
 
