@@ -34,7 +34,7 @@ from gpuscribe.telemetry.base import DeviceKind
 from gpuscribe.telemetry.cache import CachedTelemetry
 from gpuscribe.telemetry.simulated import SimulatedGpus
 from support.audio import AudioSet
-from support.server import ServiceProcess, submit, wait_all_done
+from support.server import ServiceProcess, submit, wait_done
 
 SRC = Path(gpuscribe.__file__).resolve().parent
 TINY = ModelKey("faster-whisper", "tiny", "float16")
@@ -183,14 +183,19 @@ def test_no_gpu_is_chosen_when_nothing_fits() -> None:
 @pytest.mark.slow
 def test_calibration_is_measured(cpu_service: ServiceProcess, audio: AudioSet) -> None:
     url = cpu_service.url
-    ids = [submit(url, audio.speech(4).path)["id"], submit(url, audio.long_speech(1))["id"]]
-    done = wait_all_done(url, ids, timeout=240)
+    # One after the other: a peak is attributable to a task only when it ran alone.
+    done = {}
+    for path in (audio.speech(4).path, audio.long_speech(1)):
+        task_id = submit(url, path)["id"]
+        done[task_id] = wait_done(url, task_id, timeout=240)
     for task in done.values():
         assert task["state"] == "completed", task
         peak, estimate = task["memory_peak_bytes"], task["memory_estimate_bytes"]
         assert peak is not None and peak > 0, f"no measured peak recorded: {task}"
         assert estimate is not None and estimate > 0, task
         assert abs(peak - 0.9 * estimate) > MIB, f"peak = 0.9 x estimate, not measured: {task}"
+    peaks = {task["memory_peak_bytes"] for task in done.values()}
+    assert len(peaks) == 2, f"8 s and 70 s of audio measured the same peak: {peaks}"
     rows = httpx.get(f"{url}/v1/calibration", timeout=10).json()["calibration"]
     tiny = [r for r in rows if r["model"] == "tiny.en"]
     assert tiny, rows

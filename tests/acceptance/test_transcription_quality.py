@@ -63,6 +63,7 @@ def test_tasks_api_matches_faster_whisper(
     tasks = {submit(cpu_service.url, clip.path)["id"]: clip for clip in clips}
     done = wait_all_done(cpu_service.url, tasks, timeout=240)
     failures: list[str] = []
+    texts: dict[str, str] = {}
     for task_id, clip in tasks.items():
         task = done[task_id]
         assert task["state"] == "completed", f"{clip.path.name}: {task}"
@@ -73,13 +74,16 @@ def test_tasks_api_matches_faster_whisper(
             f"{cpu_service.url}/v1/tasks/{task_id}/result", params={"format": "json"}, timeout=30
         )
         assert response.status_code == 200, response.text
-        text = response.json()["text"]
+        text = texts[task_id] = response.json()["text"]
         _compare(clip, text, direct_wer, "POST /v1/tasks", failures)
         plain = httpx.get(
             f"{cpu_service.url}/v1/tasks/{task_id}/result", params={"format": "text"}, timeout=30
         )
         assert plain.status_code == 200, plain.text
         assert " ".join(plain.text.split()) == " ".join(text.split())
+    service_mean = sum(word_error_rate(c.text, texts[i]) for i, c in tasks.items()) / len(tasks)
+    direct_mean = sum(direct_wer[(c.index, c.fmt)][0] for c in clips) / len(clips)
+    print(f"mean WER over {len(clips)} files: service {service_mean:.3f}, direct {direct_mean:.3f}")
     assert not failures, "\n".join(failures)
 
 
