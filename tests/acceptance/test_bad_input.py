@@ -74,16 +74,17 @@ def test_bad_submissions_are_refused_and_the_service_carries_on(
         "clip\x00.wav",
         "..\\..\\windows\\system32\\clip.wav",
     ]
+    quiet = audio.short_speech().path.read_bytes()  # real audio, quick to transcribe
     accepted: list[str] = []
     for name in hostile_names:
-        response = post_task(url, None, filename=name, content=good.path.read_bytes())
+        response = post_task(url, None, filename=name, content=quiet)
         if response.status_code == 202:
             accepted.append(response.json()["id"])
         else:
             _refused(response, "name", "file", "path")
     # A plain unicode name is a name like any other.
     unicode_name = "réunion 会议 ✓.wav"
-    unicode_task = post_task(url, None, filename=unicode_name, content=good.path.read_bytes())
+    unicode_task = post_task(url, None, filename=unicode_name, content=quiet)
     assert unicode_task.status_code == 202, unicode_task.text
     accepted.append(unicode_task.json()["id"])
 

@@ -90,6 +90,17 @@ class AudioSet:
                     os.replace(tmp, path)
         return Clip(index, fmt, path, text)
 
+    def short_speech(self) -> Clip:
+        """About one and a half seconds of speech (wav): quick to transcribe."""
+        text = "Testing one two three."
+        path = self.root / "short-speech.wav"
+        with self._lock:
+            if not path.exists():
+                tmp = path.with_suffix(".tmp.wav")
+                _run(["espeak-ng", "-w", str(tmp), "-s", "150", text])
+                os.replace(tmp, path)
+        return Clip(-1, "wav", path, text)
+
     def all_speech(self, formats: tuple[str, ...] = SPEECH_FORMATS) -> list[Clip]:
         return [self.speech(i, fmt) for fmt in formats for i in range(len(SENTENCES))]
 
