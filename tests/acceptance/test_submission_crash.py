@@ -8,9 +8,11 @@ one key; resubmitting an answered one gives back the same task.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,9 +140,66 @@ def test_sigkill_during_concurrent_submissions(audio: AudioSet, tmp_path: Path) 
             assert len(listed_ids) == len(outcomes), (len(listed_ids), len(outcomes))
             queue = client.get(f"{url}/v1/queue").json()
             assert queue["state"]["completed"] == len(outcomes), queue
+        # What the crash left on disk: uploads cut off mid-stream (temp files) and audio
+        # stored for submissions whose task never committed. Completed tasks' audio is gone.
+        leftovers = sorted(p.name for p in (service.data_dir / "audio").iterdir())
         print(
             f"\n{len(accepted)} acknowledged before the kill, {len(unanswered)} unanswered, "
-            f"{replayed} of those had been committed before the crash (replayed)"
+            f"{replayed} of those had been committed before the crash (replayed); "
+            f"files left in data/audio: {len(leftovers)} {leftovers[:5]}"
+        )
+    finally:
+        service.stop()
+
+
+def test_uploads_cut_off_by_a_crash_leave_no_temp_files_after_restart(
+    audio: AudioSet, tmp_path: Path
+) -> None:
+    """Uploads streaming when the service dies never become tasks; their temp files must not
+    pile up in data/audio across crashes: a restart sweeps them."""
+    wav = audio.tone(5.0, "wav").read_bytes()
+    service = ServiceProcess(tmp_path / "data", simulate_gpus="1x24GiB")
+    service.start()
+    audio_dir = service.data_dir / "audio"
+    release = threading.Event()
+
+    def slow_upload(index: int) -> None:
+        head = (f"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{index}.wav\""
+                "\r\nContent-Type: audio/wav\r\n\r\n").encode()
+
+        def body() -> Iterator[bytes]:
+            yield head + wav[:4096]
+            release.wait(60)  # never finishes before the kill
+            yield wav[4096:] + b"\r\n--b--\r\n"
+
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.post(f"{service.url}/v1/tasks", content=body(), timeout=60,
+                       headers={"Content-Type": "multipart/form-data; boundary=b"})
+
+    try:
+        threads = [threading.Thread(target=slow_upload, args=(i,)) for i in range(5)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while len([p for p in audio_dir.iterdir() if p.name.startswith(".")]) < 5:
+            assert time.monotonic() < deadline, sorted(p.name for p in audio_dir.iterdir())
+            time.sleep(0.05)
+        service.kill()
+        release.set()
+        for thread in threads:
+            thread.join(timeout=60)
+        stale = sorted(p.name for p in audio_dir.iterdir())
+        assert len(stale) == 5, stale
+
+        service.start()
+        listed = httpx.get(f"{service.url}/v1/tasks", timeout=30).json()["tasks"]
+        assert listed == [], f"cut-off uploads became tasks: {listed}"
+        deadline = time.monotonic() + 10
+        while (left := sorted(p.name for p in audio_dir.iterdir())) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not left, (
+            f"after the restart, {len(left)} files of uploads cut off by the crash remain in "
+            f"{audio_dir}: {left}"
         )
     finally:
         service.stop()
