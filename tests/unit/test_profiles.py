@@ -1,4 +1,5 @@
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -86,8 +87,8 @@ def test_lookup_matches_h200_transformers(gpu: str, compute_type: str) -> None:
     found = ProfileBook().lookup(key(gpu, compute_type=compute_type, batch_size=4))
     assert found is not None
     assert found.source is EstimateSource.PROFILE
-    assert found.working_bytes == reference_working_bytes("large-v3", 4, 1)
-    assert found.weights_bytes == reference_weights_bytes("large-v3")
+    assert found.working_bytes == with_margin(reference_working_bytes("large-v3", 4, 1))
+    assert found.weights_bytes == with_margin(reference_weights_bytes("large-v3"))
     assert found.context_bytes == REFERENCE_CONTEXT_BYTES
 
 
@@ -115,7 +116,11 @@ def test_book_of_given_profiles() -> None:
     book = ProfileBook([profile])
     found = book.lookup(key("NVIDIA A100", "tiny", batch_size=2))
     assert found is not None
-    assert (found.context_bytes, found.weights_bytes, found.working_bytes) == (7, 10, 200)
+    assert (found.context_bytes, found.weights_bytes, found.working_bytes) == (
+        7,
+        with_margin(10),
+        with_margin(200),
+    )
     assert book.lookup(key("NVIDIA H200", "tiny")) is None
 
 
@@ -147,3 +152,10 @@ def test_conversion_skips_beam_rows_and_failures() -> None:
         "weights_bytes": GIB // 2,
         "points": [{"batch_size": 1, "working_bytes": GIB}],
     }
+
+
+def with_margin(measured: int) -> int:
+    """What a profile estimate adds to one measurement (see profiles.PROFILE_MARGIN)."""
+    from gpuscribe.memory.profiles import PROFILE_MARGIN
+
+    return math.ceil(measured * PROFILE_MARGIN)

@@ -10,6 +10,7 @@ import av
 import numpy as np
 import numpy.typing as npt
 
+from gpuscribe.audio.container import open_container
 from gpuscribe.domain import InvalidRequest
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def _decode(path: str, sample_rate: int) -> npt.NDArray[np.float32]:
 def _decode_with_pyav(path: str, sample_rate: int) -> npt.NDArray[np.float32]:
     resampler = av.audio.resampler.AudioResampler(format="s16", layout="mono", rate=sample_rate)
     chunks: list[npt.NDArray[Any]] = []
-    with av.open(path, mode="r", metadata_errors="ignore") as container:
+    with open_container(path) as container:
         for frame in container.decode(audio=0):
             chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(frame))
         chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(None))

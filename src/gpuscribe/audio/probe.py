@@ -17,6 +17,7 @@ from typing import Any
 
 import av
 
+from gpuscribe.audio.container import open_container
 from gpuscribe.domain import InvalidRequest
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def probe(path: str | Path, *, max_seconds: float | None = None) -> AudioInfo:
     file = Path(path)
     _check_file(file)
     try:
-        container = av.open(str(file), mode="r", metadata_errors="ignore")
+        container = open_container(str(file))
     except av.EOFError as exc:
         raise InvalidRequest(
             "not an audio file, or one cut off inside its header: the data ends too early",

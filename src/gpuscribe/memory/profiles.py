@@ -28,6 +28,9 @@ from gpuscribe.memory.architectures import ARCHITECTURES, canonical_model_name, 
 from gpuscribe.memory.types import GIB, EstimateSource, MemoryEstimate, ProfileKey
 
 PROFILE_FORMAT = 1
+# A profile point is one measurement, and points between them are interpolated: estimates
+# from a profile carry this margin (calibrated estimates carry mean + std x k instead).
+PROFILE_MARGIN = 1.05
 _REFERENCE = "h200-transformers-float16.json"  # the measured truth of simulated GPUs
 
 
@@ -193,8 +196,10 @@ class ProfileBook:
             if model is not None:
                 return MemoryEstimate(
                     context_bytes=profile.context_bytes,
-                    weights_bytes=model.weights_bytes,
-                    working_bytes=model.working_bytes(key.batch_size, key.beam_size),
+                    weights_bytes=math.ceil(model.weights_bytes * PROFILE_MARGIN),
+                    working_bytes=math.ceil(
+                        model.working_bytes(key.batch_size, key.beam_size) * PROFILE_MARGIN
+                    ),
                     source=EstimateSource.PROFILE,
                 )
         return None
