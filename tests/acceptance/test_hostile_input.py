@@ -6,8 +6,8 @@ accepted, but only under a name the service chose, with the client's name kept a
 metadata. Afterwards: the tasks queued before are intact and complete, the service still serves,
 and nothing was written outside the data dir (stored audio is named `<uuid>.<ext>`).
 
-The service runs on simulated GPUs so that accepted requests finish at once; the upload path
-(streaming, probing, validation) is the same as on real devices.
+Everything runs twice: against a service on simulated GPUs and against one on the CPU with the
+real tiny.en (model names resolved against real weights; accepted requests really transcribed).
 """
 
 from __future__ import annotations
@@ -84,7 +84,12 @@ class Media:
         return self.audio.speech(0, fmt).path.read_bytes()
 
     def good(self) -> bytes:
-        return self.audio.tone(1.0, "wav").read_bytes()
+        """2 s of real speech: quick to transcribe (a tone makes Whisper retry at higher
+        temperatures, which is slow on the CPU)."""
+        path = self.root / "good-2s.wav"
+        if not path.exists():
+            _run(["sox", str(self.audio.speech(0, "wav").path), str(path), "trim", "0", "2"])
+        return path.read_bytes()
 
     def ten_hours_of_silence(self) -> bytes:
         """10 h of 8 kHz silence as FLAC with 65535-sample frames: ~70 KB, made in seconds."""
@@ -377,20 +382,25 @@ class Harness:
     service: ServiceProcess
     media: Media
     before: list[dict[str, Any]]
+    cpu: bool = False
     accepted: list[str] = field(default_factory=list)
 
 
-@pytest.fixture(scope="module")
-def harness(audio: AudioSet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
-    root = tmp_path_factory.mktemp("hostile")
+@pytest.fixture(scope="module", params=["simulated-gpus", "cpu"])
+def harness(request: pytest.FixtureRequest, audio: AudioSet,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
+    root = tmp_path_factory.mktemp(f"hostile-{request.param}")
     media = Media(audio, root / "media")
     media.root.mkdir()
-    service = ServiceProcess(root / "data", simulate_gpus="1x24GiB",
-                             env={"GPUSCRIBE_SIMULATION_SPEED": "50"})
+    if request.param == "cpu":  # real model resolution and engine, tiny.en
+        service = ServiceProcess(root / "data", env={"CUDA_VISIBLE_DEVICES": ""})
+    else:
+        service = ServiceProcess(root / "data", simulate_gpus="1x24GiB",
+                                 env={"GPUSCRIBE_SIMULATION_SPEED": "50"})
     with service:
         before = [submit(service.url, audio.speech(i, "flac").path, priority="low",
-                         language="en") for i in (1, 2, 3)]
-        yield Harness(service, media, before)
+                         language="en", beam_size=1) for i in (1, 2, 3)]
+        yield Harness(service, media, before, cpu=request.param == "cpu")
 
 
 def _send(url: str, endpoint: str, req: Req) -> tuple[int, dict[str, str], bytes]:
@@ -443,6 +453,9 @@ def test_there_are_at_least_40_distinct_hostile_inputs() -> None:
 def test_hostile_upload_is_refused_with_a_clear_4xx(
     harness: Harness, case: Case, endpoint: str
 ) -> None:
+    if harness.cpu and case.may_accept and endpoint == OPENAI:
+        pytest.skip("a good upload under a hostile name: run on simulated GPUs (a CPU "
+                    "transcription per case would not fit the time budget)")
     req = case.make(harness.media, endpoint)
     status, _, body = _send(harness.service.url, endpoint, req)
     what = f"{case.name} on {endpoint}"
@@ -456,6 +469,9 @@ def test_hostile_upload_is_refused_with_a_clear_4xx(
                 "/" not in stored and "\\" not in stored and "\x00" not in stored
                 and "\u202e" not in stored and len(stored) <= 255 and stored not in (".", "..")
             ), f"{what}: client file name kept unsanitized: {stored!r}"
+            if harness.cpu:  # not worth a CPU transcription each: cancel it while it waits
+                cancel = httpx.delete(f"{harness.service.url}/v1/tasks/{task['id']}", timeout=30)
+                assert cancel.status_code in (200, 409), cancel.text
         else:
             assert "text" in json.loads(body), body[:300]
         return
@@ -479,8 +495,11 @@ def test_after_the_hostile_inputs_nothing_was_lost_or_let_in(harness: Harness,
     fresh = submit(url, audio.speech(4, "wav").path)
     ids = [t["id"] for t in harness.before] + [fresh["id"]] + harness.accepted
     done = wait_all_done(url, ids, timeout=120)
-    assert all(t["state"] == "completed" for t in done.values()), {
-        k: (v["state"], v["error"]) for k, v in done.items() if v["state"] != "completed"}
+    allowed = {"completed", "cancelled"} if harness.cpu else {"completed"}
+    wrong = {k: (v["state"], v["error"]) for k, v in done.items()
+             if v["state"] not in allowed or (k not in harness.accepted
+                                               and v["state"] != "completed")}
+    assert not wrong, wrong
     # The tasks queued before are untouched: same settings, one completion each.
     for original in harness.before:
         task = httpx.get(f"{url}/v1/tasks/{original['id']}", timeout=30).json()
