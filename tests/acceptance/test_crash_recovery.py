@@ -75,27 +75,24 @@ def _crash_and_recover(
 def test_sigkill_mid_transcription_on_cpu(audio: AudioSet, tmp_path: Path) -> None:
     service = ServiceProcess(tmp_path / "data", env=RECOVERY_ENV)
     with service:
-        # One long clip (about 70 s of speech) is sure to be mid-transcription at the kill.
-        clips = [audio.long_speech(1)] + [audio.speech(i, "flac").path for i in range(8)]
-        ids = [submit(service.url, path)["id"] for path in clips]
+        # Ten clips of about 8 s, beam 1 (quick on two cores); the kill comes as soon as some
+        # run while others wait.
+        clips = [audio.speech(i % 8, ("flac", "wav", "mp3")[i // 8]) for i in range(10)]
+        ids = [submit(service.url, clip.path, beam_size=1)["id"] for clip in clips]
         before, done = _crash_and_recover(service, ids, timeout=300)
 
         assert len(done) == len(ids)
         listed = list_tasks(service.url, limit=1000)
         assert sorted(t["id"] for t in listed) == sorted(ids), "tasks lost or duplicated"
-        for index, task_id in enumerate(ids):
+        for clip, task_id in zip(clips, ids, strict=True):
             task = get_task(service.url, task_id)
             assert task["state"] == "completed", task
             _check_history(task)
-            result = httpx.get(
-                f"{service.url}/v1/tasks/{task_id}/result", params={"format": "json"}, timeout=30
-            )
+            result = httpx.get(f"{service.url}/v1/tasks/{task_id}/result",
+                               params={"format": "json"}, timeout=30)
             assert result.status_code == 200, result.text
             text = result.json()["text"]
-            if index >= 1:
-                assert word_error_rate(audio.speech(index - 1).text, text) < 0.6, text
-            else:
-                assert len(text.split()) > 100, text
+            assert word_error_rate(clip.text, text) < 0.8, (clip.path.name, text)
         # The tasks that were running when the service died ran again.
         retried = [t for t in done.values() if t["attempts"] > 1]
         assert len(retried) >= min(1, before.get("running", 0)), (before, list(done.values()))
