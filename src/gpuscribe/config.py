@@ -66,7 +66,7 @@ class Settings:
     # Tasks.
     task_timeout_seconds: float = 3600.0
     max_attempts: int = 3
-    lease_seconds: float = 30.0
+    lease_seconds: float = 60.0  # a heartbeat renews it; generous for loaded machines
     heartbeat_seconds: float = 5.0
     retry_base_seconds: float = 2.0
     retry_max_seconds: float = 300.0

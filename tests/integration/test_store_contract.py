@@ -23,7 +23,7 @@ from gpuscribe.domain import (
     TranscriptionOptions,
 )
 from gpuscribe.memory.types import CalibrationSample, ProfileKey
-from gpuscribe.store.base import Claim, QueueCounts, TaskStore
+from gpuscribe.store.base import Claim, QueueCounts, QueueLimitReached, TaskStore
 from gpuscribe.store.memory import InMemoryStore
 from gpuscribe.store.sqlite import SqliteStore
 
@@ -178,6 +178,27 @@ def test_concurrent_adds_of_one_key_make_one_task(factory: StoreFactory) -> None
     assert len({task_id for task_id, _ in outcomes}) == 1
     assert sum(created for _, created in outcomes) == 1
     assert stores[0].count_queued() == 1
+
+
+def test_queue_limit_holds_under_concurrent_adds(factory: StoreFactory) -> None:
+    stores = [factory(), factory()]
+    barrier = threading.Barrier(12)
+
+    def add(i: int) -> bool:
+        barrier.wait()
+        try:
+            stores[i % 2].add(new_task(f"k{i}"), now=float(i), max_queued=5)
+        except QueueLimitReached:
+            return False
+        return True
+
+    with ThreadPoolExecutor(12) as pool:
+        outcomes = list(pool.map(add, range(12)))
+    assert sum(outcomes) == 5
+    assert stores[0].count_queued() == 5
+    first_accepted = outcomes.index(True)
+    _, created = stores[1].add(new_task(f"k{first_accepted}"), now=99.0, max_queued=5)
+    assert not created  # a repeated key is answered with its task, never refused
 
 
 def test_queued_is_oldest_first_and_ready_only(store: TaskStore) -> None:

@@ -74,7 +74,11 @@ def _probe_container(container: Any, max_seconds: float | None) -> AudioInfo:
     if not container.streams.audio:
         raise InvalidRequest("the file has no audio stream", code="no_audio_stream")
     stream = container.streams.audio[0]
-    codec = stream.codec_context.name if stream.codec_context is not None else "unknown"
+    if stream.codec_context is None:  # FFmpeg found a stream but has no decoder for its codec
+        raise InvalidRequest(
+            "not an audio file this server can decode: unsupported audio codec", code="not_audio"
+        )
+    codec = stream.codec_context.name
     samples, rate, channels = _count_samples(container, stream, max_seconds)
     if samples == 0 or rate <= 0:
         raise InvalidRequest(

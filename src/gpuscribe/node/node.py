@@ -25,7 +25,7 @@ from gpuscribe.node.running import RunningTasks
 from gpuscribe.node.scheduler import SchedulerPass
 from gpuscribe.node.upkeep import Upkeep
 from gpuscribe.node.workers import make_worker
-from gpuscribe.store.base import TaskStore
+from gpuscribe.store.base import QueueLimitReached, TaskStore
 from gpuscribe.store.open import open_store
 from gpuscribe.telemetry.base import DeviceKind, GpuTelemetry
 from gpuscribe.telemetry.cache import CachedTelemetry
@@ -144,6 +144,7 @@ class Node:
     # --- life -------------------------------------------------------------------------------
     def start(self) -> None:
         self._requeue_own_orphans()
+        self._sweep_orphan_audio()
         for slot in self.slots.values():
             slot.worker.start()
         loops: list[tuple[str, Callable[[], None], float]] = [
@@ -207,12 +208,31 @@ class Node:
                 )
                 log.warning("requeued task %s, which was running when this node stopped", task.id)
 
+    def _sweep_orphan_audio(self) -> None:
+        """Uploads cut off by a crash (`.upload-*.part`) and audio no live task refers to are
+        removed at start, before this node accepts uploads: crashes must not fill the disk."""
+        live = {
+            Path(t.audio_path).name
+            for state in (TaskState.QUEUED, TaskState.RUNNING)
+            for t in self.store.list(state=state, limit=10 * self.settings.max_queue_length)
+        }
+        removed = 0
+        for path in self.settings.audio_dir.iterdir():
+            if path.is_file() and path.name not in live:
+                path.unlink(missing_ok=True)
+                removed += 1
+        if removed:
+            log.warning("removed %d audio file(s) that no live task refers to", removed)
+
     # --- Backend ----------------------------------------------------------------------------
     def submit(self, new: NewTask) -> tuple[Task, bool]:
-        if self.store.count_queued() >= self.settings.max_queue_length:
+        try:
+            task, created = self.store.add(
+                new, now=self._clock(), max_queued=self.settings.max_queue_length
+            )
+        except QueueLimitReached as exc:
             self.metrics.submissions.labels("rejected").inc()
-            raise QueueFull(retry_after_seconds=self._retry_after())
-        task, created = self.store.add(new, now=self._clock())
+            raise QueueFull(retry_after_seconds=self._retry_after()) from exc
         self.metrics.submissions.labels("accepted" if created else "duplicate").inc()
         if created:
             self.wake()

@@ -1,5 +1,5 @@
 """The durable store: tasks, their history, results and calibration samples."""
 
-from gpuscribe.store.base import Claim, QueueCounts, StaleLease, TaskStore
+from gpuscribe.store.base import Claim, QueueCounts, QueueLimitReached, StaleLease, TaskStore
 
-__all__ = ["Claim", "QueueCounts", "StaleLease", "TaskStore"]
+__all__ = ["Claim", "QueueCounts", "QueueLimitReached", "StaleLease", "TaskStore"]

@@ -19,6 +19,14 @@ from gpuscribe.domain import NewTask, Task, TaskEvent, TaskState, Transcript
 from gpuscribe.memory.types import CalibrationSample, ProfileKey
 
 
+class QueueLimitReached(Exception):
+    """`add` refused a new task: the queue already holds `max_queued` tasks."""
+
+    def __init__(self, queued: int) -> None:
+        super().__init__(f"the queue holds {queued} tasks")
+        self.queued = queued
+
+
 class StaleLease(Exception):
     """Raised where a caller must know that its lease is gone (the task moved on without it)."""
 
@@ -43,9 +51,10 @@ class QueueCounts:
 
 class TaskStore(Protocol):
     # --- submission and reading -------------------------------------------------------------
-    def add(self, new: NewTask, *, now: float) -> tuple[Task, bool]:
+    def add(self, new: NewTask, *, now: float, max_queued: int | None = None) -> tuple[Task, bool]:
         """Store a new queued task. With an idempotency key already stored, return that task
-        and False instead; otherwise the new task and True."""
+        and False instead; otherwise the new task and True. With `max_queued`, the count and
+        the insert are one transaction: raise QueueLimitReached rather than exceed it."""
         ...
 
     def get(self, task_id: str) -> Task | None: ...

@@ -15,7 +15,7 @@ from dataclasses import replace
 from gpuscribe.domain import NewTask, Priority, Task, TaskEvent, TaskState, Transcript
 from gpuscribe.memory.types import CalibrationSample, ProfileKey
 from gpuscribe.store import rows
-from gpuscribe.store.base import Claim, QueueCounts
+from gpuscribe.store.base import Claim, QueueCounts, QueueLimitReached
 
 
 class InMemoryStore:
@@ -46,10 +46,14 @@ class InMemoryStore:
         return [replace(t) for t in tasks]
 
     # --- submission and reading -------------------------------------------------------------
-    def add(self, new: NewTask, *, now: float) -> tuple[Task, bool]:
+    def add(self, new: NewTask, *, now: float, max_queued: int | None = None) -> tuple[Task, bool]:
         with self._lock:
             if new.idempotency_key is not None and new.idempotency_key in self._keys:
                 return replace(self._tasks[self._keys[new.idempotency_key]]), False
+            if max_queued is not None:
+                queued = sum(1 for t in self._tasks.values() if t.state == TaskState.QUEUED)
+                if queued >= max_queued:
+                    raise QueueLimitReached(queued)
             task = _new_task(rows.new_task_id(), new, now)
             self._tasks[task.id] = task
             self._order[task.id] = next(self._seq)

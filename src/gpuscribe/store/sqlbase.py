@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from gpuscribe.domain import NewTask, Priority, Task, TaskEvent, TaskState, Transcript
 from gpuscribe.memory.types import CalibrationSample, ProfileKey
 from gpuscribe.store import rows
-from gpuscribe.store.base import Claim, QueueCounts
+from gpuscribe.store.base import Claim, QueueCounts, QueueLimitReached
 
 Params = Mapping[str, Any] | None
 
@@ -83,13 +83,19 @@ class SqlTaskStore(abc.ABC):
     def close(self) -> None: ...
 
     # --- submission and reading -------------------------------------------------------------
-    def add(self, new: NewTask, *, now: float) -> tuple[Task, bool]:
+    def add(self, new: NewTask, *, now: float, max_queued: int | None = None) -> tuple[Task, bool]:
         if new.idempotency_key is not None:
             existing = self._by_key(new.idempotency_key)
             if existing is not None:
                 return existing, False
         task_id = rows.new_task_id()
         with self._write() as s:
+            if max_queued is not None:
+                s.one("lock_queue")
+                found = s.one("count_queued")
+                queued = int(found["n"]) if found else 0
+                if queued >= max_queued:
+                    raise QueueLimitReached(queued)
             row = s.one("insert_task", rows.new_task_params(task_id, new, now))
             if row is not None:
                 s.event(task_id, now, TaskState.QUEUED, rows.SUBMITTED)

@@ -33,6 +33,9 @@ WHERE state = 'queued' AND not_before <= %(now)s
 ORDER BY created_at, seq
 LIMIT %(limit)s;
 
+-- name: lock_queue
+SELECT pg_advisory_xact_lock(7316240541) AS locked;  -- serialises count-then-insert
+
 -- name: count_queued
 SELECT count(*) AS n FROM tasks WHERE state = 'queued';
 

@@ -33,6 +33,9 @@ WHERE state = 'queued' AND not_before <= :now
 ORDER BY created_at, seq
 LIMIT :limit;
 
+-- name: lock_queue
+SELECT 1 AS locked;  -- the write transaction already serialises adds
+
 -- name: count_queued
 SELECT count(*) AS n FROM tasks WHERE state = 'queued';
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -25,6 +26,10 @@ from gpuscribe.workers.messages import DeviceRef
 from gpuscribe.workers.models import TRANSFORMERS, ModelSource, bundled_model_dir, resolve_model
 
 log = logging.getLogger(__name__)
+
+# Two tasks loading two random-weight models at once in one worker would otherwise build one
+# of them with the other's default dtype (seen on an H100: half and float weights mixed).
+_DEFAULT_DTYPE_LOCK = threading.Lock()
 
 SAMPLE_RATE = 16000
 WINDOW_SECONDS = 30
@@ -323,14 +328,15 @@ def _build_random(arch: WhisperArchitecture, target: _Target) -> Any:
         pad_token_id=_EN_END_OF_TEXT,
         bos_token_id=_EN_END_OF_TEXT,
     )
-    torch.manual_seed(RANDOM_SEED)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(target.dtype)
-    try:
-        with target.device:
-            model = WhisperForConditionalGeneration(config)
-    finally:
-        torch.set_default_dtype(previous)
+    with _DEFAULT_DTYPE_LOCK:  # the default dtype is process-wide: one build at a time
+        torch.manual_seed(RANDOM_SEED)
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(target.dtype)
+        try:
+            with target.device:
+                model = WhisperForConditionalGeneration(config)
+        finally:
+            torch.set_default_dtype(previous)
     model.generation_config = GenerationConfig(  # type: ignore[no-untyped-call]
         decoder_start_token_id=_EN_START_OF_TRANSCRIPT,
         eos_token_id=_EN_END_OF_TEXT,
