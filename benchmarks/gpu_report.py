@@ -231,7 +231,7 @@ def cmd_stream(args: argparse.Namespace) -> None:
         sampler.start()
         started = time.monotonic()
         ids = _submit_all(url, tasks)
-        final = _wait_all(url, ids)
+        final = _wait_all(url, ids, args.max_seconds)
         wall = time.monotonic() - started
         sampler.stop.set()
         sampler.join()
@@ -276,11 +276,16 @@ def _submit_all(url: str, tasks: list[dict[str, Any]]) -> list[str]:
     return ids
 
 
-def _wait_all(url: str, ids: list[str]) -> list[dict[str, Any]]:
+def _wait_all(url: str, ids: list[str], max_seconds: float) -> list[dict[str, Any]]:
+    """Every task once all are final, or as they stand at the deadline (the report then counts
+    the unfinished ones): a time limit must not lose the figures measured so far."""
+    deadline = time.monotonic() + max_seconds
     with httpx.Client(timeout=30) as client:
         while True:
             tasks = [client.get(f"{url}/v1/tasks/{i}").json() for i in ids]
-            if all(t["state"] in ("completed", "failed", "cancelled") for t in tasks):
+            done = sum(t["state"] in ("completed", "failed", "cancelled") for t in tasks)
+            print(f"{done}/{len(tasks)} final", flush=True)
+            if done == len(tasks) or time.monotonic() > deadline:
                 return tasks
             time.sleep(2)
 
@@ -310,7 +315,9 @@ def _report_stream(args: argparse.Namespace, out: Path, tasks: list[dict[str, An
             "samples_over_cap": sum(1 for u in used if u > cap),
             "samples": len(used),
         }
-    audio = sum(t["seconds"] for t in tasks)
+    audio = sum(
+        t["seconds"] for t, f in zip(tasks, final, strict=True) if f["state"] == "completed"
+    )
     report = {
         "name": args.name, "devices": args.devices, "tasks": len(final), "states": states,
         "oom_total": _metric(metrics, "gpuscribe_out_of_memory_total"),
@@ -372,6 +379,7 @@ def main() -> None:
     s.add_argument("--cap", type=float, default=0.9)
     s.add_argument("--foreign", type=float, default=0.0, help="fraction held by a foreign process")
     s.add_argument("--tokens", type=int, default=24, help="tokens decoded per window")
+    s.add_argument("--max-seconds", type=float, default=3600, help="report what finished by then")
     s.set_defaults(fn=cmd_stream)
     args = parser.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
