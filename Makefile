@@ -30,9 +30,10 @@ test-integration: $(STAMP)
 test-acceptance: $(STAMP)
 	$(BIN)/python -m pytest tests/acceptance
 
-# On a machine with CUDA GPUs: only the tests marked `gpu`.
+# On a machine with CUDA GPUs, with the Python that has torch and transformers (no .venv: GPU
+# images bring their own PyTorch build): only the tests marked `gpu`.
 test-gpu:
-	$(PYTHON) -m pytest -m gpu tests
+	PYTHONPATH=src $(PYTHON) -m pytest -p no:cacheprovider -m gpu tests/gpu
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
