@@ -143,6 +143,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         _split(args.model) or [settings.default_model],
         _ints(args.batch_size, "--batch-size", 1),
         _ints(args.beam_size, "--beam-size", 5),
+        export_profile=args.export_profile,
     )
     print(json.dumps(rows, indent=2, default=str) if args.json else dict_rows_table(rows))
     return 0
@@ -187,6 +188,12 @@ def register(sub: Any) -> None:
     )
     calibrate.add_argument(
         "--beam-size", action="append", metavar="N", help="beam sizes, e.g. 1,5 (default 5)"
+    )
+    calibrate.add_argument(
+        "--export-profile",
+        metavar="FILE",
+        help="also write the measurements as a profile to ship for this GPU model "
+        "(src/gpuscribe/memory/profiles/)",
     )
     calibrate.add_argument("--json", action="store_true", help="print the rows as JSON")
     add_settings_flags(calibrate, WORKER_FLAGS)
