@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from gpuscribe.cli import CommandError
+from gpuscribe.cli.args import positive_int
 from gpuscribe.cli.tables import to_json
 
 
@@ -25,13 +26,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 1 if args.check and not report.meets_targets else 0
 
 
-def _clips(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text}")
-    return value
-
-
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "bench",
@@ -44,7 +38,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--clips",
-        type=_clips,
+        type=positive_int,
         default=10,
         metavar="N",
         help="clips for the throughput comparison (default 10)",

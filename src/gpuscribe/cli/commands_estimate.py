@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gpuscribe.cli.args import positive_int
 from gpuscribe.cli.commands_server import LOCAL_FLAGS, add_settings_flags, settings_from_args
 from gpuscribe.cli.tables import gib, to_json
 from gpuscribe.config import Settings
@@ -133,13 +134,6 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text}")
-    return value
-
-
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "estimate",
@@ -161,10 +155,10 @@ def register(sub: Any) -> None:
         help="float16, int8_float16, float32, ... (default: the engine's default)",
     )
     p.add_argument(
-        "--batch-size", type=_positive_int, default=1, metavar="N", help="batch size (default 1)"
+        "--batch-size", type=positive_int, default=1, metavar="N", help="batch size (default 1)"
     )
     p.add_argument(
-        "--beam-size", type=_positive_int, default=5, metavar="N", help="beam width (default 5)"
+        "--beam-size", type=positive_int, default=5, metavar="N", help="beam width (default 5)"
     )
     p.add_argument(
         "--gpu-name",
