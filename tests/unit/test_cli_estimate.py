@@ -45,13 +45,18 @@ def run_json(argv: list[str], capsys: pytest.CaptureFixture[str]) -> dict[str, o
 
 
 def test_json_fields_and_total(capsys: pytest.CaptureFixture[str]) -> None:
-    data = run_json(["--model", "large-v3", "--gpu-name", "NVIDIA H100 80GB HBM3"], capsys)
+    data = run_json(["--model", "large-v3", "--gpu-name", "NVIDIA A100-SXM4-80GB"], capsys)
     assert set(data) >= FIELDS
     parts = [data["weights_bytes"], data["working_bytes"], data["context_bytes"]]
     assert all(isinstance(p, int) and p > 0 for p in parts)
     assert data["total_bytes"] == sum(parts)  # type: ignore[arg-type]
     assert data["source"] == "prior"
     assert (data["model"], data["engine"]) == ("large-v3", "transformers")
+
+
+def test_h100_profile_measured_by_calibrate_is_shipped(capsys: pytest.CaptureFixture[str]) -> None:
+    data = run_json(["--model", "large-v3", "--gpu-name", "NVIDIA H100 80GB HBM3"], capsys)
+    assert data["source"] == "profile"
 
 
 def test_shipped_profile_is_used(capsys: pytest.CaptureFixture[str]) -> None:
