@@ -125,9 +125,12 @@ def test_book_of_given_profiles() -> None:
 
 
 def test_shipped_profiles_hold_every_known_model() -> None:
-    (h200,) = shipped_profiles()
-    assert {"tiny", "tiny.en", "large-v1", "large-v2", "medium.en"} <= set(h200.models)
-    assert h200.models["large-v2"].derived_from == "large-v3"
+    profiles = {p.gpu_name_contains: p for p in shipped_profiles()}
+    assert set(profiles) == {"H100", "H200"}
+    for profile in profiles.values():
+        assert {"tiny", "tiny.en", "large-v1", "large-v2", "medium.en"} <= set(profile.models)
+        assert profile.models["large-v2"].derived_from == "large-v3"
+    assert profiles["H100"].models["large-v3"].beam_points  # calibrate measured beam curves
 
 
 def test_conversion_skips_beam_rows_and_failures() -> None:
