@@ -106,8 +106,11 @@ def _check_exactly_once(url: str, ids: list[str]) -> dict[str, dict[str, Any]]:
 def _first_seconds(path: Path, seconds: float, directory: Path) -> Path:
     cut = directory / f"{path.stem}-{seconds:g}s.wav"
     if not cut.exists():
-        subprocess.run(["sox", str(path), str(cut), "trim", "0", f"{seconds:g}"], check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["sox", str(path), str(cut), "trim", "0", f"{seconds:g}"],
+            check=True,
+            capture_output=True,
+        )
     return cut
 
 
@@ -274,3 +277,52 @@ def test_second_node_takes_over_after_leases_expire(audio: AudioSet, tmp_path: P
         _check_exactly_once(node_a.url, ids)
     finally:
         node_a.stop()
+
+
+# --- only the worker processes die; the service lives on ----------------------------------------
+def _worker_pids(service_pid: int) -> list[int]:
+    """Worker processes the service spawned (multiprocessing's spawn entry point), not its
+    resource tracker."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == service_pid and "spawn_main" in cmdline and "resource_tracker" not in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_sigkill_of_the_workers_loses_nothing(audio: AudioSet, tmp_path: Path) -> None:
+    """SIGKILL the worker process twice while 20 real tasks run or wait: the service restarts
+    it, retries what it ran, and every task completes once, with one result."""
+    env = {**SIM_ENV, "CUDA_VISIBLE_DEVICES": ""}
+    env.pop("GPUSCRIBE_SIMULATION_SPEED")
+    service = ServiceProcess(tmp_path / "data", env=env)
+    clips = [_first_seconds(audio.speech(i, "wav").path, 3.0, tmp_path) for i in range(8)]
+    service.start()
+    try:
+        assert service.proc is not None
+        ids = [
+            submit(service.url, clips[i % 8], beam_size=1, language="en")["id"]
+            for i in range(TASKS)
+        ]
+        for _ in range(2):
+            _wait_for_running(service.url, set(ids), at_least=1, timeout=90)
+            workers = _worker_pids(service.proc.pid)
+            assert workers, "no worker process found under the service"
+            for pid in workers:
+                os.kill(pid, signal.SIGKILL)
+            assert service.alive()
+        done = wait_all_done(service.url, ids, timeout=300)
+        assert sorted(done) == sorted(ids)
+        tasks = _check_exactly_once(service.url, ids)
+        assert any(t["attempts"] >= 2 for t in tasks.values()), "nothing was retried"
+        assert httpx.get(f"{service.url}/healthz", timeout=10).status_code == 200
+    finally:
+        service.stop()
