@@ -324,7 +324,15 @@ def test_a_completion_forgets_the_out_of_memory_floor(rig: Rig) -> None:
     assert rig.oom_floors == {}
 
 
-@pytest.mark.parametrize("kind", [FailureKind.TRANSIENT, FailureKind.TIMEOUT])
+def test_a_task_killed_after_its_timeout_fails_without_a_retry(rig: Rig) -> None:
+    r = rig.start_task()
+    rig.handler.handle(r.device_uuid, TaskFailed(r.task_id, r.token, FailureKind.TIMEOUT, "killed"))
+    task = rig.store.get(r.task_id)
+    assert task is not None
+    assert task.state is TaskState.FAILED and task.error == "killed"
+
+
+@pytest.mark.parametrize("kind", [FailureKind.TRANSIENT])
 def test_transient_failure_requeues_with_a_backoff(rig: Rig, kind: FailureKind) -> None:
     r = rig.start_task()
     rig.handler.handle(r.device_uuid, TaskFailed(r.task_id, r.token, kind, "worker died"))

@@ -246,12 +246,6 @@ def test_a_task_that_fits_no_gpu_even_empty_fails_at_once_naming_the_cap(make_ri
     assert rig.counter("gpuscribe_scheduling_total", outcome="rejected") == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a task failed at once as impossible keeps its audio file until pruning "
-    "(SchedulerPass calls store.fail_queued but never deletes the audio, unlike every other "
-    "way a task becomes final)",
-)
 def test_the_audio_of_an_impossible_task_is_deleted(make_rig: Any) -> None:
     rig = make_rig(f"1x4GiB:{GPU_NAME}")
     rig.start_workers()

@@ -382,12 +382,6 @@ def test_a_task_past_its_timeout_that_ignores_the_cancel_is_killed(
     assert rig.running.get(task_id) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a task stopped for its timeout ends `cancelled` with no error, as if a client "
-    "had cancelled it: upkeep sends a plain cancel, the worker reports CANCELLED, and "
-    "EventHandler._on_failed treats every CANCELLED as a client's cancel",
-)
 def test_a_task_stopped_for_its_timeout_fails_with_a_timeout_error(
     make_rig: Callable[..., Rig],
 ) -> None:

@@ -107,7 +107,8 @@ class EventHandler:
 
     def _on_completed(self, slot: DeviceSlot, event: TaskCompleted) -> None:
         task = self._running.pop(event.task_id, event.lease_token)
-        slot.ledger.release(event.task_id)
+        if task is not None:  # a stale event must not free a newer attempt's charge
+            slot.ledger.release(event.task_id)
         now = self._clock()
         stored = self._store.complete(
             event.task_id,
@@ -145,12 +146,14 @@ class EventHandler:
 
     def _on_failed(self, slot: DeviceSlot, event: TaskFailed) -> None:
         task = self._running.pop(event.task_id, event.lease_token)
-        slot.ledger.release(event.task_id)
-        now = self._clock()
         self._wake()
         if task is None:
             log.warning("task %s failed under a lease it no longer holds", event.task_id)
             return
+        slot.ledger.release(event.task_id)
+        now = self._clock()
+        if task.stop_reason == "timeout":
+            event = self._timed_out(event)
         current = self._store.get(event.task_id)
         if event.kind is FailureKind.CANCELLED or (
             current is not None and current.cancel_requested
@@ -171,11 +174,19 @@ class EventHandler:
             self._metrics.retries.labels(event.kind.value).inc()
             log.info("task %s will retry (%s): %s", event.task_id, event.kind.value, event.error)
 
+    def _timed_out(self, event: TaskFailed) -> TaskFailed:
+        """A task this node stopped for its timeout failed, whatever the worker called it."""
+        limit = self._settings.task_timeout_seconds
+        return TaskFailed(
+            event.task_id, event.lease_token, FailureKind.TIMEOUT,
+            f"the task ran past its timeout of {limit:g} s and was stopped", event.peak_bytes,
+        )  # fmt: skip
+
     def _retry_at(
         self, slot: DeviceSlot, task: RunningTask, event: TaskFailed, now: float, *, attempts: int
     ) -> float | None:
-        if event.kind is FailureKind.BAD_INPUT:
-            return None
+        if event.kind in (FailureKind.BAD_INPUT, FailureKind.TIMEOUT):
+            return None  # bad input fails again; a task that ran out of time would again
         if event.kind is FailureKind.OUT_OF_MEMORY:
             self._metrics.out_of_memory.labels(str(slot.device.index), slot.uuid).inc()
             floor = int(task.estimate.working_bytes * OOM_RAISE_FACTOR)

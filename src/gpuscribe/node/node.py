@@ -160,10 +160,10 @@ class Node:
     def stop(self) -> None:
         self._stopping.set()
         self._wake_event.set()
-        for slot in self.slots.values():
-            slot.worker.stop()
-        for thread in self._threads:
+        for thread in self._threads:  # no pass may dispatch to a stopped worker
             thread.join(timeout=10)
+        for slot in self.slots.values():  # their last events still reach the open store
+            slot.worker.stop()
         self.telemetry.close()
         self.store.close()
 

@@ -19,6 +19,7 @@ class RunningTask:
     started_at: float
     cancel_sent_at: float | None = None
     killed: bool = False
+    stop_reason: str | None = None  # "timeout" or "lease lost"; None for a client's cancel
 
 
 class RunningTasks:

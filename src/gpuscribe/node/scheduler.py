@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 from gpuscribe.config import Settings
 from gpuscribe.domain import Task
@@ -76,7 +77,8 @@ class SchedulerPass:
         dispatched = sum(self._dispatch(by_id[p.task_id], p, now) for p in decided.placements)
         for task_id, reason in decided.impossible.items():
             self._metrics.scheduling_attempts.labels("rejected").inc()
-            self._store.fail_queued(task_id, reason, now=now)
+            if self._store.fail_queued(task_id, reason, now=now):
+                Path(by_id[task_id].audio_path).unlink(missing_ok=True)
             log.warning("task %s can never fit: %s", task_id, reason)
         self._metrics.scheduling_attempts.labels("waiting").inc(len(decided.waiting))
         self._record_waiting(decided.waiting)

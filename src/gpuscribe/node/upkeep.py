@@ -56,6 +56,7 @@ class Upkeep:
         for t in tasks:
             if t.task_id not in held:
                 log.warning("lease of task %s lost; stopping it here", t.task_id)
+                t.stop_reason = t.stop_reason or "lease lost"
                 self._stop(t.task_id, now)
                 continue
             stored = self._store.get(t.task_id)
@@ -67,6 +68,7 @@ class Upkeep:
                     t.task_id,
                     self._settings.task_timeout_seconds,
                 )
+                t.stop_reason = t.stop_reason or "timeout"
                 self._stop(t.task_id, now)
 
     def _stop(self, task_id: str, now: float) -> None:

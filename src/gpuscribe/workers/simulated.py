@@ -106,10 +106,15 @@ class SimulatedWorker:
 
     def run(self, command: RunTask) -> None:
         task = _SimTask(command)
-        with self._lock:
+        with self._lock:  # registered and started together: stop() never sees it half-made
             alive, duplicate = self._alive, command.task_id in self._tasks
             if alive and not duplicate:
                 self._tasks[command.task_id] = task
+                task.thread = threading.Thread(
+                    target=self._task_thread, args=(task,), name=f"sim-{command.task_id}",
+                    daemon=True,
+                )  # fmt: skip
+                task.thread.start()
         if not alive:
             failed = TaskFailed(
                 command.task_id, command.lease_token, FailureKind.TRANSIENT, "worker not running"
@@ -119,11 +124,6 @@ class SimulatedWorker:
             return
         if duplicate:
             log.warning("task %s is already running here; ignoring", command.task_id)
-            return
-        task.thread = threading.Thread(
-            target=self._task_thread, args=(task,), name=f"sim-{command.task_id}", daemon=True
-        )
-        task.thread.start()
 
     def cancel(self, task_id: str) -> None:
         self._stop_task(task_id, FailureKind.CANCELLED, "cancelled")
