@@ -298,6 +298,17 @@ def _worker_pids(service_pid: int) -> list[int]:
     return pids
 
 
+def _wait_for_new_workers(service_pid: int, killed: set[int], *, timeout: float) -> list[int]:
+    """The worker processes that replaced those already killed (the service restarts them)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        fresh = [pid for pid in _worker_pids(service_pid) if pid not in killed]
+        if fresh:
+            return fresh
+        time.sleep(0.1)
+    raise AssertionError(f"no new worker process under the service within {timeout:.0f} s")
+
+
 def test_sigkill_of_the_workers_loses_nothing(audio: AudioSet, tmp_path: Path) -> None:
     """SIGKILL the worker process twice while 20 real tasks run or wait: the service restarts
     it, retries what it ran, and every task completes once, with one result."""
@@ -312,12 +323,13 @@ def test_sigkill_of_the_workers_loses_nothing(audio: AudioSet, tmp_path: Path) -
             submit(service.url, clips[i % 8], beam_size=1, language="en")["id"]
             for i in range(TASKS)
         ]
+        killed: set[int] = set()
         for _ in range(2):
+            workers = _wait_for_new_workers(service.proc.pid, killed, timeout=90)
             _wait_for_running(service.url, set(ids), at_least=1, timeout=90)
-            workers = _worker_pids(service.proc.pid)
-            assert workers, "no worker process found under the service"
             for pid in workers:
                 os.kill(pid, signal.SIGKILL)
+            killed.update(workers)
             assert service.alive()
         done = wait_all_done(service.url, ids, timeout=300)
         assert sorted(done) == sorted(ids)
