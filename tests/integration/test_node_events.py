@@ -14,11 +14,10 @@ from gpuscribe.config import GIB, Settings, load_settings
 from gpuscribe.domain import NewTask, Priority, TaskState, TranscriptionOptions
 from gpuscribe.memory.calibration import CalibrationBook
 from gpuscribe.memory.estimator import Estimator
-from gpuscribe.memory.ledger import DeviceLedger
 from gpuscribe.memory.profiles import REFERENCE_CONTEXT_BYTES, ProfileBook
 from gpuscribe.memory.types import MIB, MemoryEstimate, ModelKey, ProfileKey
 from gpuscribe.metrics import Metrics
-from gpuscribe.node.devices import DeviceSlot
+from gpuscribe.node.devices import DeviceSlot, build_slot
 from gpuscribe.node.events import OOM_RAISE_FACTOR, EventHandler
 from gpuscribe.node.running import RunningTask, RunningTasks
 from gpuscribe.node.scheduler import profile_key
@@ -29,7 +28,6 @@ from gpuscribe.store.sqlite import SqliteStore
 from gpuscribe.telemetry.base import DeviceKind
 from gpuscribe.telemetry.simulated import SimulatedGpus
 from gpuscribe.workers.messages import (
-    DeviceRef,
     FailureKind,
     ModelLoaded,
     ModelUnloaded,
@@ -39,18 +37,11 @@ from gpuscribe.workers.messages import (
     WorkerReady,
 )
 from gpuscribe.workers.simulated import simulated_transcript
+from support.clock import Clock
 
 T0 = 1_000_000.0
 GPU_NAME = "NVIDIA H200"
 OPTIONS = TranscriptionOptions(model="tiny.en", engine="transformers", compute_type="float16")
-
-
-class Clock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -144,15 +135,10 @@ def rig(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Rig]:
     )
     slots: dict[str, DeviceSlot] = {}
     for reading in gpus.discover():
-        device = DeviceRef(reading.kind, reading.uuid, reading.index, reading.name)
-        ledger = DeviceLedger(
-            reading.uuid, reading.index, reading.memory_total_bytes,
-            cap_fraction=settings.max_memory_utilization,
-            reserve_bytes=settings.system_reserve_bytes, max_tasks=settings.max_tasks_per_gpu,
-        )  # fmt: skip
-        worker = make_worker(device, settings, gpus, lambda event: None)  # never started
-        slots[reading.uuid] = DeviceSlot(device, ledger, worker, reading)
-    clock = Clock()
+        slots[reading.uuid] = build_slot(
+            reading, settings, lambda d: make_worker(d, settings, gpus, lambda event: None)
+        )  # never started
+    clock = Clock(T0)
     running = RunningTasks()
     metrics = Metrics()
     oom_floors: dict[str, int] = {}

@@ -21,7 +21,7 @@ from gpuscribe.memory.ledger import DeviceLedger
 from gpuscribe.memory.profiles import REFERENCE_CONTEXT_BYTES, ProfileBook
 from gpuscribe.memory.types import MemoryEstimate, ModelKey, ProfileKey
 from gpuscribe.metrics import Metrics
-from gpuscribe.node.devices import DeviceSlot
+from gpuscribe.node.devices import DeviceSlot, build_slot
 from gpuscribe.node.events import EventHandler
 from gpuscribe.node.running import RunningTasks
 from gpuscribe.node.scheduler import SchedulerPass
@@ -29,21 +29,14 @@ from gpuscribe.node.workers import make_worker
 from gpuscribe.store.base import Claim, TaskStore
 from gpuscribe.store.memory import InMemoryStore
 from gpuscribe.telemetry.simulated import SimulatedGpus
-from gpuscribe.workers.messages import DeviceRef, ModelLoaded, WorkerEvent
+from gpuscribe.workers.messages import ModelLoaded, WorkerEvent
+from support.clock import Clock
 
 T0 = 1_000_000.0
 GPU_NAME = "NVIDIA H200"
 TINY = TranscriptionOptions(model="tiny.en", engine="transformers", compute_type="float16")
 LARGE = TranscriptionOptions(model="large-v3", engine="transformers", compute_type="float16")
 LONG_AUDIO = 3600.0  # at simulation_speed 1 a task runs for an hour: it is running when we look
-
-
-class Clock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -124,7 +117,7 @@ def build_rig(tmp_path: Path, spec: str, **flags: Any) -> Rig:
         confidence_factor=settings.memory_confidence_factor,
         cuda_context_bytes=REFERENCE_CONTEXT_BYTES,
     )
-    clock = Clock()
+    clock = Clock(T0)
     running = RunningTasks()
     metrics = Metrics()
     oom_floors: dict[str, int] = {}
@@ -141,14 +134,9 @@ def build_rig(tmp_path: Path, spec: str, **flags: Any) -> Rig:
         return sink
 
     for reading in gpus.discover():
-        device = DeviceRef(reading.kind, reading.uuid, reading.index, reading.name)
-        ledger = DeviceLedger(
-            reading.uuid, reading.index, reading.memory_total_bytes,
-            cap_fraction=settings.max_memory_utilization,
-            reserve_bytes=settings.system_reserve_bytes, max_tasks=settings.max_tasks_per_gpu,
-        )  # fmt: skip
-        worker = make_worker(device, settings, gpus, sink_for(reading.uuid))
-        slots[reading.uuid] = DeviceSlot(device, ledger, worker, reading)
+        slots[reading.uuid] = build_slot(
+            reading, settings, lambda d: make_worker(d, settings, gpus, sink_for(d.uuid))
+        )
     audio_dir = tmp_path / "audio"
     audio_dir.mkdir()
     return Rig(

@@ -19,10 +19,9 @@ from gpuscribe.config import GIB, Settings, load_settings
 from gpuscribe.domain import NewTask, Priority, TaskState, TranscriptionOptions
 from gpuscribe.memory.calibration import CalibrationBook
 from gpuscribe.memory.estimator import Estimator
-from gpuscribe.memory.ledger import DeviceLedger
 from gpuscribe.memory.profiles import REFERENCE_CONTEXT_BYTES, ProfileBook
 from gpuscribe.metrics import Metrics
-from gpuscribe.node.devices import DeviceSlot
+from gpuscribe.node.devices import DeviceSlot, build_slot
 from gpuscribe.node.events import EventHandler
 from gpuscribe.node.running import RunningTasks
 from gpuscribe.node.scheduler import SchedulerPass
@@ -41,19 +40,12 @@ from gpuscribe.workers.messages import (
     WorkerEvent,
     WorkerReady,
 )
+from support.clock import Clock
 
 T0 = 1_000_000.0
 GPU_NAME = "NVIDIA H200"
 TINY = TranscriptionOptions(model="tiny.en", engine="transformers", compute_type="float16")
 LONG_AUDIO = 3600.0
-
-
-class Clock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class StubbornWorker:
@@ -165,7 +157,7 @@ def build_rig(
         confidence_factor=settings.memory_confidence_factor,
         cuda_context_bytes=REFERENCE_CONTEXT_BYTES,
     )
-    clock = Clock()
+    clock = Clock(T0)
     running = RunningTasks()
     metrics = Metrics()
     oom_floors: dict[str, int] = {}
@@ -183,14 +175,9 @@ def build_rig(
         return sink
 
     for reading in gpus.discover():
-        device = DeviceRef(reading.kind, reading.uuid, reading.index, reading.name)
-        ledger = DeviceLedger(
-            reading.uuid, reading.index, reading.memory_total_bytes,
-            cap_fraction=settings.max_memory_utilization,
-            reserve_bytes=settings.system_reserve_bytes, max_tasks=settings.max_tasks_per_gpu,
-        )  # fmt: skip
-        worker = worker_factory(device, settings, gpus, sink_for(reading.uuid))
-        slots[reading.uuid] = DeviceSlot(device, ledger, worker, reading)
+        slots[reading.uuid] = build_slot(
+            reading, settings, lambda d: worker_factory(d, settings, gpus, sink_for(d.uuid))
+        )
     scheduler = SchedulerPass(
         settings=settings, store=store, telemetry=gpus, slots=slots, estimator=estimator,
         running=running, metrics=metrics, oom_floors=oom_floors, clock=clock,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -96,3 +97,23 @@ def test_foreign_bytes_leave_out_the_workers_own_memory(
     slot.reading = gpus.read(reading.uuid)
     assert slot.reading.memory_used_bytes == 5 * GIB
     assert slot.foreign_bytes() == 2 * GIB
+
+
+def test_build_slot_limits_the_cpu_to_its_own_task_count(tmp_path: Path) -> None:
+    from gpuscribe.node.devices import build_slot
+    from gpuscribe.telemetry.cpu import CpuTelemetry
+
+    settings = load_settings(
+        flags={"data_dir": str(tmp_path), "max_tasks_per_gpu": 5, "cpu_max_tasks": 2}, env={}
+    )
+    reading = CpuTelemetry().discover()[0]
+    made: list[DeviceRef] = []
+
+    def worker_for(device: DeviceRef) -> Any:
+        made.append(device)
+        return object()
+
+    slot = build_slot(reading, settings, worker_for)
+    assert slot.ledger.max_tasks == 2
+    assert slot.ledger.cap_bytes == int(reading.memory_total_bytes * 0.9)
+    assert made == [slot.device] and slot.device.uuid == "cpu"

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from gpuscribe.config import ConfigError
+from gpuscribe.config import ConfigError, Settings
 from gpuscribe.memory.ledger import DeviceLedger
 from gpuscribe.telemetry.base import DeviceKind, DeviceReading
 from gpuscribe.workers.base import WorkerHandle
@@ -51,3 +51,21 @@ def select_devices(readings: Sequence[DeviceReading], wanted: str) -> list[Devic
             f"invalid setting devices={wanted!r}: no device {missing}; known: {known}"
         )
     return chosen
+
+
+def build_slot(
+    reading: DeviceReading, settings: Settings, worker_for: Callable[[DeviceRef], WorkerHandle]
+) -> DeviceSlot:
+    """A device's slot: its ledger under the settings' cap and task limit (the CPU's task
+    limit is its cores', `cpu_max_tasks`), and the worker that `worker_for` makes for it."""
+    device = DeviceRef(reading.kind, reading.uuid, reading.index, reading.name)
+    max_tasks = settings.max_tasks_per_gpu
+    if reading.kind is DeviceKind.CPU:
+        max_tasks = min(max_tasks, settings.cpu_max_tasks)
+    ledger = DeviceLedger(
+        reading.uuid, reading.index, reading.memory_total_bytes,
+        cap_fraction=settings.max_memory_utilization,
+        reserve_bytes=settings.system_reserve_bytes,
+        max_tasks=max_tasks,
+    )  # fmt: skip
+    return DeviceSlot(device, ledger, worker_for(device), reading)

@@ -14,12 +14,11 @@ from gpuscribe.config import Settings
 from gpuscribe.domain import NewTask, Task, TaskState
 from gpuscribe.memory.calibration import CalibrationBook
 from gpuscribe.memory.estimator import Estimator
-from gpuscribe.memory.ledger import DeviceLedger
 from gpuscribe.memory.profiles import REFERENCE_CONTEXT_BYTES, ProfileBook
 from gpuscribe.memory.types import MemoryEstimate, ProfileKey
 from gpuscribe.metrics import Metrics
 from gpuscribe.node.calibration_view import calibration_rows
-from gpuscribe.node.devices import DeviceSlot, select_devices
+from gpuscribe.node.devices import DeviceSlot, build_slot, select_devices
 from gpuscribe.node.events import EventHandler
 from gpuscribe.node.running import RunningTasks
 from gpuscribe.node.scheduler import SchedulerPass
@@ -30,6 +29,7 @@ from gpuscribe.store.open import open_store
 from gpuscribe.telemetry.base import DeviceKind, GpuTelemetry
 from gpuscribe.telemetry.cache import CachedTelemetry
 from gpuscribe.telemetry.detect import open_telemetry
+from gpuscribe.workers.base import WorkerHandle
 from gpuscribe.workers.messages import DeviceRef, WorkerEvent
 
 log = logging.getLogger(__name__)
@@ -107,26 +107,14 @@ class Node:
     def _build_slots(self) -> dict[str, DeviceSlot]:
         slots: dict[str, DeviceSlot] = {}
         for reading in select_devices(self.telemetry.discover(), self.settings.devices):
-            device = DeviceRef(reading.kind, reading.uuid, reading.index, reading.name)
-            max_tasks = self.settings.max_tasks_per_gpu
-            if reading.kind is DeviceKind.CPU:
-                max_tasks = min(max_tasks, self.settings.cpu_max_tasks)
-            ledger = DeviceLedger(
-                reading.uuid,
-                reading.index,
-                reading.memory_total_bytes,
-                cap_fraction=self.settings.max_memory_utilization,
-                reserve_bytes=self.settings.system_reserve_bytes,
-                max_tasks=max_tasks,
-            )
-            worker = make_worker(
-                device, self.settings, self.telemetry, self._sink_for(reading.uuid)
-            )
-            slots[reading.uuid] = DeviceSlot(device, ledger, worker, reading)
+            slots[reading.uuid] = build_slot(reading, self.settings, self._worker_for)
         log.info(
             "devices: %s", ", ".join(f"{s.device.index}:{s.device.name}" for s in slots.values())
         )
         return slots
+
+    def _worker_for(self, device: DeviceRef) -> WorkerHandle:
+        return make_worker(device, self.settings, self.telemetry, self._sink_for(device.uuid))
 
     def _sink_for(self, uuid: str) -> Callable[[WorkerEvent], None]:
         def sink(event: WorkerEvent) -> None:
