@@ -201,6 +201,15 @@ def test_queue_limit_holds_under_concurrent_adds(factory: StoreFactory) -> None:
     assert not created  # a repeated key is answered with its task, never refused
 
 
+def test_queued_of_one_priority(store: TaskStore) -> None:
+    low = [store.add(new_task(priority=Priority.LOW), now=float(i))[0].id for i in range(3)]
+    urgent = store.add(new_task(priority=Priority.URGENT), now=10.0)[0].id
+    assert [t.id for t in store.queued(now=20.0, limit=10, priority=Priority.LOW)] == low
+    assert [t.id for t in store.queued(now=20.0, limit=2, priority=Priority.LOW)] == low[:2]
+    assert [t.id for t in store.queued(now=20.0, limit=10, priority=Priority.URGENT)] == [urgent]
+    assert store.queued(now=20.0, limit=10, priority=Priority.HIGH) == []
+
+
 def test_queued_is_oldest_first_and_ready_only(store: TaskStore) -> None:
     ids = [store.add(new_task(), now=float(t))[0].id for t in (3, 1, 2)]
     later_id, token = running(store, now=0.5)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gpuscribe.config import Settings
-from gpuscribe.domain import Task
+from gpuscribe.domain import Priority, Task
 from gpuscribe.memory.estimator import Estimator
 from gpuscribe.memory.types import MemoryEstimate, ProfileKey
 from gpuscribe.metrics import Metrics
@@ -23,6 +23,8 @@ from gpuscribe.telemetry.base import GpuTelemetry
 from gpuscribe.workers.messages import RunTask
 
 log = logging.getLogger(__name__)
+
+QUEUE_WINDOW_MIN = 64  # tasks of each priority a pass reads at least
 
 
 def profile_key(task: Task, slot_name: str) -> ProfileKey:
@@ -58,7 +60,7 @@ class SchedulerPass:
     def run_once(self) -> int:
         """Place what fits now; return the number of tasks dispatched."""
         now = self._clock()
-        queue = self._store.queued(now=now, limit=self._settings.max_queue_length)
+        queue = self._read_queue(now)
         if not queue:
             return 0
         states = [self._device_state(slot) for slot in self._slots.values() if slot.ready]
@@ -83,6 +85,20 @@ class SchedulerPass:
         self._metrics.scheduling_attempts.labels("waiting").inc(len(decided.waiting))
         self._record_waiting(decided.waiting)
         return dispatched
+
+    def _read_queue(self, now: float) -> list[Task]:
+        """The oldest ready tasks of each priority, a window a few times the task slots deep.
+
+        Within one priority the oldest rank best, whatever the aging, so these windows hold
+        exactly the best-ranked tasks of the whole queue: a pass never reads the whole queue
+        (10,000 rows) while submissions keep waking it."""
+        slots = sum(slot.ledger.max_tasks for slot in self._slots.values())
+        window = min(self._settings.max_queue_length, max(QUEUE_WINDOW_MIN, 4 * slots))
+        return [
+            task
+            for priority in Priority
+            for task in self._store.queued(now=now, limit=window, priority=priority)
+        ]
 
     def _device_state(self, slot: DeviceSlot) -> DeviceState:
         slot.reading = self._telemetry.read(slot.uuid)  # fresh: admission never uses a cache

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from gpuscribe.domain import NewTask, Task, TaskEvent, TaskState, Transcript
+from gpuscribe.domain import NewTask, Priority, Task, TaskEvent, TaskState, Transcript
 from gpuscribe.memory.types import CalibrationSample, ProfileKey
 
 
@@ -63,9 +63,11 @@ class TaskStore(Protocol):
         """Newest first."""
         ...
 
-    def queued(self, *, now: float, limit: int) -> builtins.list[Task]:
+    def queued(
+        self, *, now: float, limit: int, priority: Priority | None = None
+    ) -> builtins.list[Task]:
         """Queued tasks whose `not_before` has passed, oldest first (the scheduler orders them
-        by effective priority itself)."""
+        by effective priority itself); with `priority`, of that priority only."""
         ...
 
     def count_queued(self) -> int: ...

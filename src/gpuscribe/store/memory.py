@@ -73,12 +73,16 @@ class InMemoryStore:
             found = [t for t in self._tasks.values() if state is None or t.state == state]
             return self._sorted(found, newest_first=True)[:limit]
 
-    def queued(self, *, now: float, limit: int) -> builtins.list[Task]:
+    def queued(
+        self, *, now: float, limit: int, priority: Priority | None = None
+    ) -> builtins.list[Task]:
         with self._lock:
             ready = [
                 t
                 for t in self._tasks.values()
-                if t.state == TaskState.QUEUED and t.not_before <= now
+                if t.state == TaskState.QUEUED
+                and t.not_before <= now
+                and (priority is None or t.priority == priority)
             ]
             return self._sorted(ready, newest_first=False)[:limit]
 

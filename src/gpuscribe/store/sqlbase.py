@@ -125,9 +125,15 @@ class SqlTaskStore(abc.ABC):
                 found = s.rows("list_by_state", {"state": state.value, "limit": limit})
         return [rows.task_from_row(r) for r in found]
 
-    def queued(self, *, now: float, limit: int) -> builtins.list[Task]:
+    def queued(
+        self, *, now: float, limit: int, priority: Priority | None = None
+    ) -> builtins.list[Task]:
         with self._read() as s:
-            found = s.rows("queued_ready", {"now": now, "limit": limit})
+            if priority is None:
+                found = s.rows("queued_ready", {"now": now, "limit": limit})
+            else:
+                params = {"now": now, "limit": limit, "priority": int(priority)}
+                found = s.rows("queued_ready_priority", params)
         return [rows.task_from_row(r) for r in found]
 
     def count_queued(self) -> int:

@@ -33,6 +33,12 @@ WHERE state = 'queued' AND not_before <= %(now)s
 ORDER BY created_at, seq
 LIMIT %(limit)s;
 
+-- name: queued_ready_priority
+SELECT * FROM tasks
+WHERE state = 'queued' AND priority = %(priority)s AND not_before <= %(now)s
+ORDER BY created_at, seq
+LIMIT %(limit)s;
+
 -- name: lock_queue
 SELECT pg_advisory_xact_lock(7316240541) AS locked;  -- serialises count-then-insert
 

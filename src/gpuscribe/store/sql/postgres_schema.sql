@@ -39,6 +39,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS tasks_idempotency_key ON tasks (idempotency_ke
 -- The queue scan (and lists by state) read this index in order, oldest first, checking
 -- not_before on each row: `queued(limit)` stops after `limit` ready rows, with no sort.
 CREATE INDEX IF NOT EXISTS tasks_queue ON tasks (state, created_at, seq);
+CREATE INDEX IF NOT EXISTS tasks_queue_priority ON tasks (state, priority, created_at, seq);
 CREATE INDEX IF NOT EXISTS tasks_created ON tasks (created_at);
 CREATE INDEX IF NOT EXISTS tasks_lease ON tasks (state, lease_expires_at);
 CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (state, finished_at);

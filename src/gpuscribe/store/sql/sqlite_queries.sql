@@ -33,6 +33,12 @@ WHERE state = 'queued' AND not_before <= :now
 ORDER BY created_at, seq
 LIMIT :limit;
 
+-- name: queued_ready_priority
+SELECT * FROM tasks
+WHERE state = 'queued' AND priority = :priority AND not_before <= :now
+ORDER BY created_at, seq
+LIMIT :limit;
+
 -- name: lock_queue
 SELECT 1 AS locked;  -- the write transaction already serialises adds
 
