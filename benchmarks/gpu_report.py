@@ -190,23 +190,42 @@ class _Sampler(threading.Thread):
             self._out.append(row)
 
 
-def _foreign(fraction: float) -> subprocess.Popen[bytes]:
+def _foreign(fraction: float, devices: str) -> subprocess.Popen[bytes]:
+    """A process outside gpuscribe holding `fraction` of the first of `devices` (an NVML index
+    or UUID; PCI bus order makes CUDA's numbering NVML's)."""
+    first = devices.split(",")[0].strip() or "0"
+    env = {**os.environ, "CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": first}
     code = (
         "import torch,time,sys;t=torch.cuda.get_device_properties(0).total_memory;"
         f"x=torch.empty(int(t*{fraction}),dtype=torch.uint8,device='cuda');"
         "torch.cuda.synchronize();print('held',x.numel(),flush=True);time.sleep(3600)"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=env)
     assert proc.stdout is not None
-    proc.stdout.readline()
+    print("foreign process:", proc.stdout.readline().decode().strip(), "on device", first)
     return proc
+
+
+def _nvml_used() -> dict[str, int]:
+    """Each GPU's used memory by UUID, from NVML; empty where there is none."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        count = pynvml.nvmlDeviceGetCount()
+        handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+        return {pynvml.nvmlDeviceGetUUID(h): pynvml.nvmlDeviceGetMemoryInfo(h).used
+                for h in handles}  # fmt: skip
+    except Exception:
+        return {}
 
 
 def cmd_stream(args: argparse.Namespace) -> None:
     out = Path(args.out)
     work = Path(tempfile.mkdtemp(prefix="gpuscribe-stream-"))
     tasks = _stream_tasks(args.tasks, args.seed, work)
-    foreign = _foreign(args.foreign) if args.foreign > 0 else None
+    foreign = _foreign(args.foreign, args.devices) if args.foreign > 0 else None
+    used_before = _nvml_used()  # what the GPUs hold before the service starts
     port = 8800 + random.randint(0, 99)
     env = {
         **os.environ,
@@ -241,7 +260,7 @@ def cmd_stream(args: argparse.Namespace) -> None:
         serve.wait(30)
         if foreign:
             foreign.kill()
-    _report_stream(args, out, tasks, final, samples, wall, metrics)
+    _report_stream(args, out, tasks, final, samples, wall, metrics, used_before)
 
 
 def _wait_ready(url: str) -> None:
@@ -297,7 +316,7 @@ def _metric(text: str, name: str) -> float:
 
 def _report_stream(args: argparse.Namespace, out: Path, tasks: list[dict[str, Any]],
                    final: list[dict[str, Any]], samples: list[dict[str, Any]], wall: float,
-                   metrics: str) -> None:  # fmt: skip
+                   metrics: str, used_before: dict[str, int]) -> None:  # fmt: skip
     states: dict[str, int] = {}
     for t in final:
         states[t["state"]] = states.get(t["state"], 0) + 1
@@ -312,6 +331,7 @@ def _report_stream(args: argparse.Namespace, out: Path, tasks: list[dict[str, An
             "cap_bytes": cap,
             "max_used_bytes": max(used),
             "max_admitted_bytes": max(adm),
+            "used_before_service_bytes": used_before.get(uuid),
             "samples_over_cap": sum(1 for u in used if u > cap),
             "samples": len(used),
         }
@@ -327,18 +347,21 @@ def _report_stream(args: argparse.Namespace, out: Path, tasks: list[dict[str, An
         "per_gpu": per_gpu, "cap_fraction": args.cap, "foreign_fraction": args.foreign,
     }  # fmt: skip
     (out / f"stream-{args.name}.json").write_text(json.dumps(report, indent=1))
-    _plot(out / f"stream-{args.name}.png", samples, gpus, args.name)
+    _plot(out / f"stream-{args.name}.png", samples, gpus, args.name, used_before)
     print(json.dumps({k: v for k, v in report.items() if k != "per_gpu"}, indent=1))
     for uuid, g in per_gpu.items():
         print(
             f"{uuid[:12]} cap {g['cap_bytes'] / GIB:.1f} GiB"
             f" max used {g['max_used_bytes'] / GIB:.1f}"
-            f" max admitted {g['max_admitted_bytes'] / GIB:.1f} over-cap samples "
+            f" max admitted {g['max_admitted_bytes'] / GIB:.1f}"
+            f" held before start {(g['used_before_service_bytes'] or 0) / GIB:.1f}"
+            " over-cap samples "
             f"{g['samples_over_cap']}/{g['samples']}"
         )
 
 
-def _plot(path: Path, samples: list[dict[str, Any]], gpus: list[str], name: str) -> None:
+def _plot(path: Path, samples: list[dict[str, Any]], gpus: list[str], name: str,
+          used_before: dict[str, int]) -> None:  # fmt: skip
     import matplotlib
 
     matplotlib.use("Agg")
@@ -353,6 +376,8 @@ def _plot(path: Path, samples: list[dict[str, Any]], gpus: list[str], name: str)
         ax.step([s["t"] for s in pts], [s[f"admitted:{uuid}"] / GIB for s in pts],
                 label="ledger admitted", where="post", lw=0.8)  # fmt: skip
         ax.axhline(max(s[f"cap:{uuid}"] for s in pts) / GIB, color="red", ls="--", label="cap")
+        if used_before.get(uuid, 0) > GIB:  # another process holds memory: show its share
+            ax.axhline(used_before[uuid] / GIB, color="grey", ls=":", label="held before start")
         ax.set_ylabel("GiB")
         ax.set_title(f"{name}: {uuid}")
         ax.legend(loc="upper right", fontsize=8)
