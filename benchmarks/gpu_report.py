@@ -376,8 +376,11 @@ def _plot(path: Path, samples: list[dict[str, Any]], gpus: list[str], name: str,
         ax.step([s["t"] for s in pts], [s[f"admitted:{uuid}"] / GIB for s in pts],
                 label="ledger admitted", where="post", lw=0.8)  # fmt: skip
         ax.axhline(max(s[f"cap:{uuid}"] for s in pts) / GIB, color="red", ls="--", label="cap")
-        if used_before.get(uuid, 0) > GIB:  # another process holds memory: show its share
-            ax.axhline(used_before[uuid] / GIB, color="grey", ls=":", label="held before start")
+        before = used_before.get(uuid, 0)
+        if before > GIB:  # another process holds memory: what we admitted goes on top of it
+            ax.axhline(before / GIB, color="grey", ls=":", label="held before start")
+            ax.step([s["t"] for s in pts], [(before + s[f"admitted:{uuid}"]) / GIB for s in pts],
+                    label="held before start + admitted", where="post", lw=0.8)  # fmt: skip
         ax.set_ylabel("GiB")
         ax.set_title(f"{name}: {uuid}")
         ax.legend(loc="upper right", fontsize=8)

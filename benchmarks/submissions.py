@@ -96,8 +96,9 @@ class LoadResult:
         }
 
 
-async def run_load(url: str, body: bytes, total: int, concurrency: int,
-                   idempotency: bool = True) -> LoadResult:
+async def run_load(
+    url: str, body: bytes, total: int, concurrency: int, idempotency: bool = True
+) -> LoadResult:
     """`total` submissions by `concurrency` clients, each sending one at a time over its own
     keep-alive HTTP/1.1 connection.
 
@@ -109,12 +110,16 @@ async def run_load(url: str, body: bytes, total: int, concurrency: int,
     remaining = iter(range(total))
     host, port = _host_port(url)
     boundary = uuid.uuid4().hex
-    payload = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
-               f"filename=\"bench.wav\"\r\nContent-Type: audio/wav\r\n\r\n").encode()
+    payload = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+        f'filename="bench.wav"\r\nContent-Type: audio/wav\r\n\r\n'
+    ).encode()
     payload += body + f"\r\n--{boundary}--\r\n".encode()
-    head = (f"POST /v1/tasks HTTP/1.1\r\nHost: {host}:{port}\r\n"
-            f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
-            f"Content-Length: {len(payload)}\r\n")
+    head = (
+        f"POST /v1/tasks HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {len(payload)}\r\n"
+    )
 
     async def client() -> None:
         reader: asyncio.StreamReader | None = None
@@ -187,9 +192,24 @@ def own_service(simulate_gpus: str, env: dict[str, str]) -> Iterator[tuple[str, 
     clean = {k: v for k, v in os.environ.items() if not k.startswith("GPUSCRIBE_")}
     log = (data_dir / "serve.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gpuscribe", "serve", "--host", "127.0.0.1", "--port", str(port),
-         "--data-dir", str(data_dir), "--simulate-gpus", simulate_gpus],
-        stdout=log, stderr=subprocess.STDOUT, env={**clean, **env}, cwd=data_dir,
+        [
+            sys.executable,
+            "-m",
+            "gpuscribe",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data_dir),
+            "--simulate-gpus",
+            simulate_gpus,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**clean, **env},
+        cwd=data_dir,
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
@@ -224,8 +244,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--audio-seconds", type=float, default=1.0)
     parser.add_argument("--simulate-gpus", default="1x24GiB")
-    parser.add_argument("--max-queue-length", type=int, help="GPUSCRIBE_MAX_QUEUE_LENGTH of the "
-                        "started service (default: its own)")
+    parser.add_argument(
+        "--max-queue-length",
+        type=int,
+        help="GPUSCRIBE_MAX_QUEUE_LENGTH of the started service (default: its own)",
+    )
     parser.add_argument("--warmup", type=int, default=50, help="submissions before measuring")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -250,21 +273,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        print(f"{summary['accepted']} of {summary['submissions']} submissions accepted in "
-              f"{summary['seconds']} s from {summary['concurrency']} concurrent clients "
-              f"({summary['wav_bytes']} B WAV each) on {summary['cpus']} CPUs")
-        print(f"accepted per second: {summary['accepted_per_second']} "
-              f"(target >= {TARGET_PER_SECOND})")
-        print(f"429: {summary['refused_429']}  other: {summary['other_statuses']}  "
-              f"errors: {summary['errors']}")
-        print(f"latency p50 {summary['latency_p50_ms']} ms, p95 {summary['latency_p95_ms']} ms, "
-              f"p99 {summary['latency_p99_ms']} ms")
+        print(
+            f"{summary['accepted']} of {summary['submissions']} submissions accepted in "
+            f"{summary['seconds']} s from {summary['concurrency']} concurrent clients "
+            f"({summary['wav_bytes']} B WAV each) on {summary['cpus']} CPUs"
+        )
+        print(
+            f"accepted per second: {summary['accepted_per_second']} (target >= {TARGET_PER_SECOND})"
+        )
+        print(
+            f"429: {summary['refused_429']}  other: {summary['other_statuses']}  "
+            f"errors: {summary['errors']}"
+        )
+        print(
+            f"latency p50 {summary['latency_p50_ms']} ms, p95 {summary['latency_p95_ms']} ms, "
+            f"p99 {summary['latency_p99_ms']} ms"
+        )
     return 0
 
 
 def summary_with_context(result: LoadResult, wav_bytes: int, server: str) -> dict[str, Any]:
-    return {**result.summary(), "wav_bytes": wav_bytes, "server": server,
-            "cpus": os.cpu_count()}
+    return {**result.summary(), "wav_bytes": wav_bytes, "server": server, "cpus": os.cpu_count()}
 
 
 if __name__ == "__main__":

@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 # Two tasks loading two random-weight models at once in one worker would otherwise build one
 # of them with the other's default dtype (seen on an H100: half and float weights mixed).
 _DEFAULT_DTYPE_LOCK = threading.Lock()
+# transformers resolves its names lazily, on first use, and two threads resolving them at once
+# can fail (seen on an H100, tasks starting together: "cannot import name 'GenerationConfig'
+# from 'transformers'"): every name this engine takes from transformers goes through `_hf`.
+_IMPORT_LOCK = threading.Lock()
 
 SAMPLE_RATE = 16000
 WINDOW_SECONDS = 30
@@ -77,6 +81,8 @@ class TransformersEngine:
         if self.tiny_config_for_tests:
             source = ModelSource(source.name, TRANSFORMERS, None, benchmark_only=True)
         cuda = device.kind == DeviceKind.CUDA
+        if cuda:
+            _configure_cuda(torch)
         target = _Target(torch.device("cuda:0" if cuda else "cpu"), _dtype(compute_type, cuda))
         decoder: TokenDecoder
         if source.path is not None or source.download:
@@ -108,7 +114,7 @@ class CheckpointText:
     """Token ids to text with the tokenizer saved in a checkpoint directory."""
 
     def __init__(self, path: str):
-        from transformers import AutoTokenizer
+        (AutoTokenizer,) = _hf("AutoTokenizer")
 
         self._tokenizer: Any = AutoTokenizer.from_pretrained(path)
         self.english_only = len(self._tokenizer) <= _EN_VOCAB_SIZE
@@ -160,7 +166,7 @@ class TransformersModel:
     def __init__(
         self, whisper: Any, decoder: TokenDecoder, target: _Target, weights: int, benchmark: bool
     ):
-        from transformers import WhisperFeatureExtractor
+        (WhisperFeatureExtractor,) = _hf("WhisperFeatureExtractor")
 
         self._whisper: Any = whisper
         self._decoder = decoder
@@ -212,7 +218,8 @@ class TransformersModel:
         should_stop: Callable[[], bool],
     ) -> tuple[list[str], list[list[int]]]:
         import torch
-        from transformers import StoppingCriteriaList
+
+        (StoppingCriteriaList,) = _hf("StoppingCriteriaList")
 
         kwargs: dict[str, Any] = {
             "num_beams": max(1, options.beam_size),
@@ -263,11 +270,27 @@ class TransformersModel:
             torch.cuda.empty_cache()
 
 
+def _hf(*names: str) -> tuple[Any, ...]:
+    """Names from transformers, resolved one thread at a time (see `_IMPORT_LOCK`)."""
+    with _IMPORT_LOCK:
+        import transformers
+
+        return tuple(getattr(transformers, name) for name in names)
+
+
+def _configure_cuda(torch: Any) -> None:
+    """Attention through cuDNN off: with several tasks generating at once in one worker it
+    failed on an H100 (PyTorch 2.11: "mha_graph.execute(...).is_good()" errors, 24 in a
+    300-task stream); the flash and memory-efficient kernels serve the same shapes."""
+    torch.backends.cuda.enable_cudnn_sdp(False)
+
+
 def _stop_criterion(should_stop: Callable[[], bool]) -> Any:
     import torch
-    from transformers import StoppingCriteria
 
-    class StopWhenAsked(StoppingCriteria):  # type: ignore[misc]
+    (StoppingCriteria,) = _hf("StoppingCriteria")
+
+    class StopWhenAsked(StoppingCriteria):  # type: ignore[misc,valid-type]
         def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
             stop = bool(should_stop())
             return torch.full(
@@ -301,7 +324,7 @@ def _dtype(compute_type: str, cuda: bool) -> Any:
 
 
 def _load_checkpoint(path: str, target: _Target) -> Any:
-    from transformers import WhisperForConditionalGeneration
+    (WhisperForConditionalGeneration,) = _hf("WhisperForConditionalGeneration")
 
     model = WhisperForConditionalGeneration.from_pretrained(path, dtype=target.dtype)
     return model.to(target.device)
@@ -309,7 +332,10 @@ def _load_checkpoint(path: str, target: _Target) -> Any:
 
 def _build_random(arch: WhisperArchitecture, target: _Target) -> Any:
     import torch
-    from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration
+
+    GenerationConfig, WhisperConfig, WhisperForConditionalGeneration = _hf(
+        "GenerationConfig", "WhisperConfig", "WhisperForConditionalGeneration"
+    )
 
     config = WhisperConfig(
         vocab_size=arch.vocab_size,
