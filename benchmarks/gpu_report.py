@@ -70,32 +70,40 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
+    """Two parts (other models on the grid's sizes, then other sizes), each reported as soon as
+    it ends: a time limit then keeps the figures measured so far."""
     out = Path(args.out)
     profile = GpuProfile.from_json(json.loads(Path(args.profile).read_text()))
-    book = ProfileBook([profile])
     settings = _settings(args.devices, out / "validate.db")
-    rows = run_calibration(settings, VALIDATE_MODELS, GRID_BATCHES, GRID_BEAMS)
-    rows += run_calibration(settings, ["tiny", "small", "large-v3", "large-v3-turbo"],
-                            VALIDATE_BATCHES, VALIDATE_BEAMS)  # fmt: skip
-    results = []
-    for r in rows:
-        if r["error"]:
-            continue
-        key = ProfileKey(profile.gpu_name_contains, r["engine"], r["model"], r["compute_type"],
-                         r["batch_size"], r["beam_size"])  # fmt: skip
-        est = book.lookup(key)
-        measured = r["context_bytes"] + r["weights_bytes"] + r["working_bytes"]
-        estimate = est.total_bytes if est else None
-        ratio = estimate / measured if estimate else None
-        results.append(
-            {
-                **r,
-                "measured_total_bytes": measured,
-                "estimate_total_bytes": estimate,
-                "ratio": ratio,
-                "within": ratio is not None and 1.0 <= ratio <= 1.15,
-            }
-        )
+    parts = [
+        (VALIDATE_MODELS, GRID_BATCHES, GRID_BEAMS),
+        (["tiny", "small", "large-v3", "large-v3-turbo"], VALIDATE_BATCHES, VALIDATE_BEAMS),
+    ]
+    results: list[dict[str, Any]] = []
+    for models, batches, beams in parts:
+        rows = run_calibration(settings, models, batches, beams)
+        results += [_compare(profile, r) for r in rows if not r["error"]]
+        _report_validation(out, results)
+
+
+def _compare(profile: GpuProfile, row: dict[str, Any]) -> dict[str, Any]:
+    """A measured configuration against the profile's estimate for it."""
+    key = ProfileKey(profile.gpu_name_contains, row["engine"], row["model"], row["compute_type"],
+                     row["batch_size"], row["beam_size"])  # fmt: skip
+    est = ProfileBook([profile]).lookup(key)
+    measured = row["context_bytes"] + row["weights_bytes"] + row["working_bytes"]
+    estimate = est.total_bytes if est else None
+    ratio = estimate / measured if estimate else None
+    return {
+        **row,
+        "measured_total_bytes": measured,
+        "estimate_total_bytes": estimate,
+        "ratio": ratio,
+        "within": ratio is not None and 1.0 <= ratio <= 1.15,
+    }
+
+
+def _report_validation(out: Path, results: list[dict[str, Any]]) -> None:
     good = sum(1 for r in results if r["within"])
     summary = {
         "configs": len(results),
@@ -111,7 +119,7 @@ def cmd_validate(args: argparse.Namespace) -> None:
             f"{r['measured_total_bytes'] / GIB:6.2f} GiB estimate "
             f"{(r['estimate_total_bytes'] or 0) / GIB:6.2f} ratio {r['ratio'] or 0:5.3f}"
         )
-    print("validation:", summary)
+    print("validation:", summary, flush=True)
 
 
 # --- stream ---------------------------------------------------------------------------------
