@@ -88,8 +88,9 @@ def test_sigkill_mid_transcription_on_cpu(audio: AudioSet, tmp_path: Path) -> No
             task = get_task(service.url, task_id)
             assert task["state"] == "completed", task
             _check_history(task)
-            result = httpx.get(f"{service.url}/v1/tasks/{task_id}/result",
-                               params={"format": "json"}, timeout=30)
+            result = httpx.get(
+                f"{service.url}/v1/tasks/{task_id}/result", params={"format": "json"}, timeout=30
+            )
             assert result.status_code == 200, result.text
             text = result.json()["text"]
             assert word_error_rate(clip.text, text) < 0.8, (clip.path.name, text)

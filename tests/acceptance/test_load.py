@@ -44,9 +44,11 @@ def _submit_all(url: str, body: bytes) -> Load:
         with httpx.Client(timeout=120.0) as http:
             for key in chunk:
                 try:
-                    response = http.post(f"{url}/v1/tasks",
-                                         files={"file": ("clip.wav", body, "audio/wav")},
-                                         headers={"Idempotency-Key": key})
+                    response = http.post(
+                        f"{url}/v1/tasks",
+                        files={"file": ("clip.wav", body, "audio/wav")},
+                        headers={"Idempotency-Key": key},
+                    )
                 except httpx.HTTPError as exc:
                     with load.lock:
                         load.failures.append(f"{key}: no answer: {exc!r}")
@@ -79,8 +81,9 @@ def test_a_thousand_concurrent_submissions_are_all_accepted_and_complete(
     audio: AudioSet, tmp_path: Path
 ) -> None:
     body = audio.tone(1.0, "wav").read_bytes()
-    with ServiceProcess(tmp_path / "data", simulate_gpus="1x24GiB",
-                        env={"GPUSCRIBE_SIMULATION_SPEED": "1000"}) as service:
+    with ServiceProcess(
+        tmp_path / "data", simulate_gpus="1x24GiB", env={"GPUSCRIBE_SIMULATION_SPEED": "1000"}
+    ) as service:
         load = _submit_all(service.url, body)
         assert not load.failures, load.failures[:10]
         assert load.statuses == Counter({202: SUBMISSIONS}), load.statuses
@@ -139,16 +142,19 @@ def test_a_full_queue_answers_429_with_retry_after_and_loses_nothing(
             f"{len(set(listed) - set(load.accepted))} tasks nobody was told about"
         )
         # Refused submissions left nothing behind in the audio directory.
-        stored = [p for p in (service.data_dir / "audio").iterdir()
-                  if not p.name.startswith(".")]
+        stored = [p for p in (service.data_dir / "audio").iterdir() if not p.name.startswith(".")]
         assert len(stored) <= len(load.accepted), (len(stored), len(load.accepted))
 
         # A refused client that retries after the queue drains is accepted.
         retry_key = load.refused_keys[0]
         deadline = time.monotonic() + 120
         while True:
-            response = httpx.post(f"{url}/v1/tasks", files={"file": ("c.wav", body, "audio/wav")},
-                                  headers={"Idempotency-Key": retry_key}, timeout=60)
+            response = httpx.post(
+                f"{url}/v1/tasks",
+                files={"file": ("c.wav", body, "audio/wav")},
+                headers={"Idempotency-Key": retry_key},
+                timeout=60,
+            )
             if response.status_code == 202:
                 break
             assert response.status_code == 429, response.text

@@ -41,11 +41,13 @@ API_MAX_EXAMPLES = 50
 
 
 @pytest.fixture(scope="module")
-def fuzz_service(audio: AudioSet, tmp_path_factory: pytest.TempPathFactory
-                 ) -> Iterator[tuple[ServiceProcess, list[str], bytes]]:
+def fuzz_service(
+    audio: AudioSet, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[ServiceProcess, list[str], bytes]]:
     root = tmp_path_factory.mktemp("schemathesis")
-    with ServiceProcess(root / "data", simulate_gpus="1x24GiB",
-                        env={"GPUSCRIBE_SIMULATION_SPEED": "500"}) as service:
+    with ServiceProcess(
+        root / "data", simulate_gpus="1x24GiB", env={"GPUSCRIBE_SIMULATION_SPEED": "500"}
+    ) as service:
         ids = [submit(service.url, audio.speech(i, "wav").path)["id"] for i in range(3)]
         wait_all_done(service.url, ids, timeout=60)
         yield service, ids, audio.tone(0.5, "wav").read_bytes()
@@ -63,17 +65,26 @@ def test_schemathesis_cli_finds_no_server_error(
     service, _, _ = fuzz_service
     cli = Path(sys.executable).with_name("schemathesis")
     command = [
-        str(cli) if cli.exists() else "schemathesis", "run", f"{service.url}/openapi.json",
-        "--checks", "not_a_server_error",
-        "--max-examples", str(CLI_MAX_EXAMPLES),
-        "--seed", "20240601",
-        "--generation-database", "none",
-        "--workers", "2",
-        "--request-timeout", "60",
+        str(cli) if cli.exists() else "schemathesis",
+        "run",
+        f"{service.url}/openapi.json",
+        "--checks",
+        "not_a_server_error",
+        "--max-examples",
+        str(CLI_MAX_EXAMPLES),
+        "--seed",
+        "20240601",
+        "--generation-database",
+        "none",
+        "--workers",
+        "2",
+        "--request-timeout",
+        "60",
         "--no-color",
     ]
-    proc = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=240,
-                          check=False)
+    proc = subprocess.run(
+        command, capture_output=True, text=True, cwd=tmp_path, timeout=240, check=False
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, (
         f"schemathesis found failures (exit {proc.returncode}):\n{output[-6000:]}\n"
@@ -128,16 +139,22 @@ def test_every_operation_never_answers_5xx(
     seen: dict[int, int] = {}
 
     @given(case=_strategy(operation))
-    @settings(max_examples=API_MAX_EXAMPLES, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck), phases=[Phase.generate])
+    @settings(
+        max_examples=API_MAX_EXAMPLES,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+        phases=[Phase.generate],
+    )
     def run(case: Any) -> None:
         realistic = next(turn) % 2 == 0
         if realistic and case.path_parameters and "task_id" in case.path_parameters:
             case.path_parameters["task_id"] = ids[len(seen) % len(ids)]
         if realistic and isinstance(case.body, dict) and "file" in case.body:
             case.body["file"] = wav
-        response = case.call_and_validate(base_url=service.url, checks=[not_a_server_error],
-                                          timeout=60)
+        response = case.call_and_validate(
+            base_url=service.url, checks=[not_a_server_error], timeout=60
+        )
         seen[response.status_code] = seen.get(response.status_code, 0) + 1
         assert response.status_code < 500, (response.status_code, response.text[:500])
 

@@ -203,8 +203,10 @@ def test_hundreds_of_mixed_tasks(sim_service: ServiceProcess, audio: AudioSet) -
     assert all(n >= 10 for n in counts.values()), f"too few submitted while saturated: {counts}"
     means = [statistics.mean(waits[p]) for p in PRIORITIES]
     by_priority = dict(zip(PRIORITIES, means, strict=True))
-    print(f"gpus sampled {watch.samples}x ({watch.busy_samples} busy), max running "
-          f"{dict(watch.max_running)}; mean waits {by_priority}; saturated-batch sizes {counts}")
+    print(
+        f"gpus sampled {watch.samples}x ({watch.busy_samples} busy), max running "
+        f"{dict(watch.max_running)}; mean waits {by_priority}; saturated-batch sizes {counts}"
+    )
     assert means == sorted(means) and len(set(means)) == 4, by_priority
 
     # Placement: the least-loaded GPU wins. The second task, placed while the first held GPU 0,

@@ -164,8 +164,10 @@ def test_uploads_cut_off_by_a_crash_leave_no_temp_files_after_restart(
     release = threading.Event()
 
     def slow_upload(index: int) -> None:
-        head = (f"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{index}.wav\""
-                "\r\nContent-Type: audio/wav\r\n\r\n").encode()
+        head = (
+            f'--b\r\nContent-Disposition: form-data; name="file"; filename="{index}.wav"'
+            "\r\nContent-Type: audio/wav\r\n\r\n"
+        ).encode()
 
         def body() -> Iterator[bytes]:
             yield head + wav[:4096]
@@ -173,8 +175,12 @@ def test_uploads_cut_off_by_a_crash_leave_no_temp_files_after_restart(
             yield wav[4096:] + b"\r\n--b--\r\n"
 
         with contextlib.suppress(httpx.HTTPError):
-            httpx.post(f"{service.url}/v1/tasks", content=body(), timeout=60,
-                       headers={"Content-Type": "multipart/form-data; boundary=b"})
+            httpx.post(
+                f"{service.url}/v1/tasks",
+                content=body(),
+                timeout=60,
+                headers={"Content-Type": "multipart/form-data; boundary=b"},
+            )
 
     try:
         threads = [threading.Thread(target=slow_upload, args=(i,)) for i in range(5)]
