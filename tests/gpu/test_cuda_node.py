@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import queue
+import subprocess
+import sys
 import time
 import wave
 from pathlib import Path
@@ -13,7 +15,7 @@ import numpy as np
 import pytest
 
 from gpuscribe.config import load_settings
-from gpuscribe.domain import NewTask, Priority, TaskState, TranscriptionOptions
+from gpuscribe.domain import NewTask, Priority, Task, TaskState, TranscriptionOptions
 from gpuscribe.node.node import Node
 from gpuscribe.telemetry.base import DeviceKind
 from gpuscribe.telemetry.nvml import NvmlTelemetry
@@ -111,6 +113,66 @@ def test_out_of_memory_is_caught_and_the_worker_keeps_serving(tmp_path: Path) ->
         assert isinstance(_final(events), TaskCompleted)
     finally:
         worker.stop()
+
+
+def _hog(index: int, fraction: float) -> subprocess.Popen[str]:
+    """A process outside gpuscribe holding `fraction` of GPU `index` (NVML's numbering)."""
+    env = {**os.environ, "CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": str(index)}
+    code = (
+        "import torch,time;t=torch.cuda.get_device_properties(0).total_memory;"
+        f"x=torch.empty(int(t*{fraction}),dtype=torch.uint8,device='cuda');"
+        "torch.cuda.synchronize();print('held',flush=True);time.sleep(900)"
+    )
+    hog = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+    assert hog.stdout is not None and hog.stdout.readline().startswith("held")
+    return hog
+
+
+def _wait_final(node: Node, ids: list[str], seconds: float = 300) -> list[Task]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        tasks = [t for t in (node.store.get(i) for i in ids) if t is not None]
+        if len(tasks) == len(ids) and all(t.state.is_final for t in tasks):
+            return tasks
+        time.sleep(0.5)
+    raise AssertionError("tasks not final in time")
+
+
+def test_a_gpu_filled_by_another_process_is_avoided_then_used_once_freed(tmp_path: Path) -> None:
+    """Six large-v3 tasks while another process holds 85 % of one GPU: none fits beside it (the
+    cap is 90 %), so all six run on the other GPU, one waiting for a slot. Once that process
+    ends, the next six spread over both GPUs."""
+    nvml = NvmlTelemetry()
+    devices = nvml.discover()
+    nvml.close()
+    if len(devices) < 2:
+        pytest.skip("needs two GPUs")
+    filled, free = devices[0], devices[1]
+    hog = _hog(filled.index, 0.85)
+    settings = _settings(tmp_path, devices=f"{filled.index},{free.index}")
+    node = Node(settings)  # type: ignore[arg-type]
+    node.start()
+    try:
+        options = TranscriptionOptions(model="large-v3", engine="transformers", batch_size=1)
+        made = iter(range(100))
+
+        def submit_six() -> list[str]:  # each task owns its audio: it is deleted once final
+            paths = [str(_wav(tmp_path / f"c{next(made)}.wav", 30.0)) for _ in range(6)]
+            new = [NewTask(Priority.NORMAL, options, path, 30.0, "wav") for path in paths]
+            return [node.submit(n)[0].id for n in new]
+
+        first = _wait_final(node, submit_six())
+        assert all(t.state is TaskState.COMPLETED for t in first), [t.error for t in first]
+        assert {t.gpu_uuid for t in first} == {free.uuid}
+        hog.kill()
+        hog.wait(30)
+        time.sleep(3)  # a fresh NVML reading shows the memory free
+        second = _wait_final(node, submit_six())
+        assert all(t.state is TaskState.COMPLETED for t in second), [t.error for t in second]
+        assert filled.uuid in {t.gpu_uuid for t in second}
+    finally:
+        hog.kill()
+        node.stop()
 
 
 def _final(events: queue.Queue[object]) -> TaskCompleted | TaskFailed:
