@@ -14,14 +14,14 @@ from gpuscribe.config import GIB, Settings, load_settings
 from gpuscribe.domain import NewTask, Priority, TaskState, TranscriptionOptions
 from gpuscribe.memory.calibration import CalibrationBook
 from gpuscribe.memory.estimator import Estimator
-from gpuscribe.memory.profiles import REFERENCE_CONTEXT_BYTES, ProfileBook
+from gpuscribe.memory.profiles import REFERENCE_CONTEXT_BYTES
 from gpuscribe.memory.types import MIB, MemoryEstimate, ModelKey, ProfileKey
 from gpuscribe.metrics import Metrics
-from gpuscribe.node.devices import DeviceSlot, build_slot
+from gpuscribe.node.devices import DeviceSlot
 from gpuscribe.node.events import OOM_RAISE_FACTOR, EventHandler
+from gpuscribe.node.parts import build_parts
 from gpuscribe.node.running import RunningTask, RunningTasks
 from gpuscribe.node.scheduler import profile_key
-from gpuscribe.node.workers import make_worker
 from gpuscribe.store.base import Claim, TaskStore
 from gpuscribe.store.memory import InMemoryStore
 from gpuscribe.store.sqlite import SqliteStore
@@ -126,39 +126,15 @@ def rig(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Rig]:
         InMemoryStore() if request.param == "memory" else SqliteStore(str(tmp_path / "t.db"))
     )
     gpus = SimulatedGpus(f"2x24GiB:{GPU_NAME}")
-    book = CalibrationBook(settings.calibration_sample_size, settings.memory_confidence_factor)
-    estimator = Estimator(
-        book,
-        ProfileBook(),
-        confidence_factor=settings.memory_confidence_factor,
-        cuda_context_bytes=REFERENCE_CONTEXT_BYTES,
-    )
-    slots: dict[str, DeviceSlot] = {}
-    for reading in gpus.discover():
-        slots[reading.uuid] = build_slot(
-            reading, settings, lambda d: make_worker(d, settings, gpus, lambda event: None)
-        )  # never started
     clock = Clock(T0)
-    running = RunningTasks()
-    metrics = Metrics()
-    oom_floors: dict[str, int] = {}
     wakes: list[None] = []
-    handler = EventHandler(
-        settings=settings,
-        store=store,
-        slots=slots,
-        running=running,
-        book=book,
-        metrics=metrics,
-        oom_floors=oom_floors,
-        wake=lambda: wakes.append(None),
-        clock=clock,
-    )
+    parts = build_parts(settings, store, gpus, clock=clock, wake=lambda: wakes.append(None))
+    # The workers are never started: these tests hand the events to the handler themselves.
     audio_dir = tmp_path / "audio"
     audio_dir.mkdir()
     yield Rig(
-        settings, store, gpus, slots, running, book, metrics, estimator, clock, handler,
-        audio_dir, oom_floors, wakes,
+        settings, store, gpus, parts.slots, parts.running, parts.book, parts.metrics,
+        parts.estimator, clock, parts.events, audio_dir, parts.oom_floors, wakes,
     )  # fmt: skip
     store.close()
 

@@ -15,21 +15,20 @@ import pytest
 
 from gpuscribe.config import GIB, Settings, load_settings
 from gpuscribe.domain import NewTask, Priority, TaskState, TranscriptionOptions
-from gpuscribe.memory.calibration import CalibrationBook
 from gpuscribe.memory.estimator import Estimator
 from gpuscribe.memory.ledger import DeviceLedger
-from gpuscribe.memory.profiles import REFERENCE_CONTEXT_BYTES, ProfileBook
+from gpuscribe.memory.profiles import REFERENCE_CONTEXT_BYTES
 from gpuscribe.memory.types import MemoryEstimate, ModelKey, ProfileKey
 from gpuscribe.metrics import Metrics
-from gpuscribe.node.devices import DeviceSlot, build_slot
+from gpuscribe.node.devices import DeviceSlot
 from gpuscribe.node.events import EventHandler
+from gpuscribe.node.parts import build_parts
 from gpuscribe.node.running import RunningTasks
 from gpuscribe.node.scheduler import SchedulerPass
-from gpuscribe.node.workers import make_worker
 from gpuscribe.store.base import Claim, TaskStore
 from gpuscribe.store.memory import InMemoryStore
 from gpuscribe.telemetry.simulated import SimulatedGpus
-from gpuscribe.workers.messages import ModelLoaded, WorkerEvent
+from gpuscribe.workers.messages import ModelLoaded
 from support.clock import Clock
 
 T0 = 1_000_000.0
@@ -108,40 +107,14 @@ def build_rig(tmp_path: Path, spec: str, **flags: Any) -> Rig:
         flags={"data_dir": str(tmp_path), "node_name": "node-a", "simulation_speed": 1.0, **flags},
         env={},
     )
-    store = InMemoryStore()
     gpus = SimulatedGpus(spec)
-    book = CalibrationBook(settings.calibration_sample_size, settings.memory_confidence_factor)
-    estimator = Estimator(
-        book,
-        ProfileBook(),
-        confidence_factor=settings.memory_confidence_factor,
-        cuda_context_bytes=REFERENCE_CONTEXT_BYTES,
-    )
     clock = Clock(T0)
-    running = RunningTasks()
-    metrics = Metrics()
-    oom_floors: dict[str, int] = {}
-    slots: dict[str, DeviceSlot] = {}
-    handler = EventHandler(
-        settings=settings, store=store, slots=slots, running=running, book=book,
-        metrics=metrics, oom_floors=oom_floors, wake=lambda: None, clock=clock,
-    )  # fmt: skip
-
-    def sink_for(uuid: str) -> Any:
-        def sink(event: WorkerEvent) -> None:
-            handler.handle(uuid, event)
-
-        return sink
-
-    for reading in gpus.discover():
-        slots[reading.uuid] = build_slot(
-            reading, settings, lambda d: make_worker(d, settings, gpus, sink_for(d.uuid))
-        )
+    parts = build_parts(settings, InMemoryStore(), gpus, clock=clock, wake=lambda: None)
     audio_dir = tmp_path / "audio"
     audio_dir.mkdir()
     return Rig(
-        settings, store, gpus, slots, running, estimator, metrics, clock, handler, oom_floors,
-        audio_dir,
+        settings, parts.store, gpus, parts.slots, parts.running, parts.estimator, parts.metrics,
+        clock, parts.events, parts.oom_floors, audio_dir,
     )  # fmt: skip
 
 

@@ -17,12 +17,10 @@ import pytest
 
 from gpuscribe.config import GIB, Settings, load_settings
 from gpuscribe.domain import NewTask, Priority, TaskState, TranscriptionOptions
-from gpuscribe.memory.calibration import CalibrationBook
-from gpuscribe.memory.estimator import Estimator
-from gpuscribe.memory.profiles import REFERENCE_CONTEXT_BYTES, ProfileBook
+from gpuscribe.memory.profiles import REFERENCE_CONTEXT_BYTES
 from gpuscribe.metrics import Metrics
-from gpuscribe.node.devices import DeviceSlot, build_slot
-from gpuscribe.node.events import EventHandler
+from gpuscribe.node.devices import DeviceSlot
+from gpuscribe.node.parts import build_parts
 from gpuscribe.node.running import RunningTasks
 from gpuscribe.node.scheduler import SchedulerPass
 from gpuscribe.node.upkeep import KILL_GRACE_SECONDS, Upkeep
@@ -37,7 +35,6 @@ from gpuscribe.workers.messages import (
     RunTask,
     TaskFailed,
     TaskStarted,
-    WorkerEvent,
     WorkerReady,
 )
 from support.clock import Clock
@@ -148,51 +145,26 @@ def build_rig(
         flags={"data_dir": str(tmp_path), "node_name": "node-a", "simulation_speed": 1.0, **flags},
         env={},
     )
-    store = InMemoryStore()
     gpus = SimulatedGpus(spec)
-    book = CalibrationBook(settings.calibration_sample_size, settings.memory_confidence_factor)
-    estimator = Estimator(
-        book,
-        ProfileBook(),
-        confidence_factor=settings.memory_confidence_factor,
-        cuda_context_bytes=REFERENCE_CONTEXT_BYTES,
-    )
     clock = Clock(T0)
-    running = RunningTasks()
-    metrics = Metrics()
-    oom_floors: dict[str, int] = {}
+    parts = build_parts(
+        settings, InMemoryStore(), gpus, clock=clock, wake=lambda: None,
+        worker_factory=worker_factory,  # type: ignore[arg-type]
+    )  # fmt: skip
     wakes: list[None] = []
-    slots: dict[str, DeviceSlot] = {}
-    handler = EventHandler(
-        settings=settings, store=store, slots=slots, running=running, book=book,
-        metrics=metrics, oom_floors=oom_floors, wake=lambda: None, clock=clock,
-    )  # fmt: skip
-
-    def sink_for(uuid: str) -> EventSink:
-        def sink(event: WorkerEvent) -> None:
-            handler.handle(uuid, event)
-
-        return sink
-
-    for reading in gpus.discover():
-        slots[reading.uuid] = build_slot(
-            reading, settings, lambda d: worker_factory(d, settings, gpus, sink_for(d.uuid))
-        )
-    scheduler = SchedulerPass(
-        settings=settings, store=store, telemetry=gpus, slots=slots, estimator=estimator,
-        running=running, metrics=metrics, oom_floors=oom_floors, clock=clock,
-    )  # fmt: skip
+    # An upkeep of its own, so that `wakes` holds only what upkeep asked for (not the events').
     upkeep = Upkeep(
-        settings=settings, store=store, telemetry=gpus, slots=slots, running=running,
-        metrics=metrics, clock=clock, wake=lambda: wakes.append(None),
+        settings=settings, store=parts.store, telemetry=gpus, slots=parts.slots,
+        running=parts.running, metrics=parts.metrics, clock=clock,
+        wake=lambda: wakes.append(None),
     )  # fmt: skip
     audio_dir = tmp_path / "audio"
     audio_dir.mkdir()
-    for slot in slots.values():
+    for slot in parts.slots.values():
         slot.worker.start()
     return Rig(
-        settings, store, gpus, slots, running, metrics, clock, scheduler, upkeep, audio_dir,
-        wakes,
+        settings, parts.store, gpus, parts.slots, parts.running, parts.metrics, clock,
+        parts.scheduler, upkeep, audio_dir, wakes,
     )  # fmt: skip
 
 

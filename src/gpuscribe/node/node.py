@@ -12,25 +12,14 @@ from pathlib import Path
 from gpuscribe.api.backend import CalibrationRow, DeviceView, QueueFull
 from gpuscribe.config import Settings
 from gpuscribe.domain import NewTask, Task, TaskState
-from gpuscribe.memory.calibration import CalibrationBook
-from gpuscribe.memory.estimator import Estimator
-from gpuscribe.memory.profiles import REFERENCE_CONTEXT_BYTES, ProfileBook
 from gpuscribe.memory.types import MemoryEstimate, ProfileKey
-from gpuscribe.metrics import Metrics
 from gpuscribe.node.calibration_view import calibration_rows
-from gpuscribe.node.devices import DeviceSlot, build_slot, select_devices
-from gpuscribe.node.events import EventHandler
-from gpuscribe.node.running import RunningTasks
-from gpuscribe.node.scheduler import SchedulerPass
-from gpuscribe.node.upkeep import Upkeep
-from gpuscribe.node.workers import make_worker
+from gpuscribe.node.parts import build_parts
 from gpuscribe.store.base import QueueLimitReached, TaskStore
 from gpuscribe.store.open import open_store
 from gpuscribe.telemetry.base import DeviceKind, GpuTelemetry
 from gpuscribe.telemetry.cache import CachedTelemetry
 from gpuscribe.telemetry.detect import open_telemetry
-from gpuscribe.workers.base import WorkerHandle
-from gpuscribe.workers.messages import DeviceRef, WorkerEvent
 
 log = logging.getLogger(__name__)
 
@@ -47,80 +36,29 @@ class Node:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
-        self.metrics = Metrics()
         Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
         settings.audio_dir.mkdir(parents=True, exist_ok=True)
-        self.store = store if store is not None else open_store(settings.store_url)
-        self.telemetry = telemetry if telemetry is not None else open_telemetry(settings)
-        self._display = CachedTelemetry(self.telemetry, ttl_seconds=1.0)
         self._clock = clock
         self._wake_event = threading.Event()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._oom_floors: dict[str, int] = {}
-        self.running = RunningTasks()
-        self.book = CalibrationBook(
-            settings.calibration_sample_size, settings.memory_confidence_factor
-        )
-        self.book.load(self.store.all_samples(per_key_limit=settings.calibration_sample_size))
-        self.estimator = Estimator(
-            self.book,
-            ProfileBook(),
-            confidence_factor=settings.memory_confidence_factor,
-            cuda_context_bytes=REFERENCE_CONTEXT_BYTES,
-        )
-        self.slots = self._build_slots()
-        self._events = EventHandler(
-            settings=settings,
-            store=self.store,
-            slots=self.slots,
-            running=self.running,
-            book=self.book,
-            metrics=self.metrics,
-            oom_floors=self._oom_floors,
-            wake=self.wake,
-            clock=clock,
-        )
-        self._pass = SchedulerPass(
-            settings=settings,
-            store=self.store,
-            telemetry=self.telemetry,
-            slots=self.slots,
-            estimator=self.estimator,
-            running=self.running,
-            metrics=self.metrics,
-            oom_floors=self._oom_floors,
-            clock=clock,
-        )
-        self._upkeep = Upkeep(
-            settings=settings,
-            store=self.store,
-            telemetry=self.telemetry,
-            slots=self.slots,
-            running=self.running,
-            metrics=self.metrics,
+        parts = build_parts(
+            settings,
+            store if store is not None else open_store(settings.store_url),
+            telemetry if telemetry is not None else open_telemetry(settings),
             clock=clock,
             wake=self.wake,
         )
-
-    # --- construction -----------------------------------------------------------------------
-    def _build_slots(self) -> dict[str, DeviceSlot]:
-        slots: dict[str, DeviceSlot] = {}
-        for reading in select_devices(self.telemetry.discover(), self.settings.devices):
-            slots[reading.uuid] = build_slot(reading, self.settings, self._worker_for)
-        log.info(
-            "devices: %s", ", ".join(f"{s.device.index}:{s.device.name}" for s in slots.values())
-        )
-        return slots
-
-    def _worker_for(self, device: DeviceRef) -> WorkerHandle:
-        return make_worker(device, self.settings, self.telemetry, self._sink_for(device.uuid))
-
-    def _sink_for(self, uuid: str) -> Callable[[WorkerEvent], None]:
-        def sink(event: WorkerEvent) -> None:
-            self._events.handle(uuid, event)
-
-        return sink
+        self.store = parts.store
+        self.telemetry = parts.telemetry
+        self._display = CachedTelemetry(self.telemetry, ttl_seconds=1.0)
+        self.metrics = parts.metrics
+        self.running = parts.running
+        self.book = parts.book
+        self.estimator = parts.estimator
+        self.slots = parts.slots
+        self._pass = parts.scheduler
+        self._upkeep = parts.upkeep
 
     @property
     def default_engine(self) -> str:

@@ -1,0 +1,96 @@
+"""A node's parts, wired in one place: the `Node` runs them in its loops, and tests drive them
+one call at a time (with their own store, telemetry, clock and workers)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gpuscribe.config import Settings
+from gpuscribe.memory.calibration import CalibrationBook
+from gpuscribe.memory.estimator import Estimator
+from gpuscribe.memory.profiles import REFERENCE_CONTEXT_BYTES, ProfileBook
+from gpuscribe.metrics import Metrics
+from gpuscribe.node.devices import DeviceSlot, build_slot, select_devices
+from gpuscribe.node.events import EventHandler
+from gpuscribe.node.running import RunningTasks
+from gpuscribe.node.scheduler import SchedulerPass
+from gpuscribe.node.upkeep import Upkeep
+from gpuscribe.node.workers import make_worker
+from gpuscribe.store.base import TaskStore
+from gpuscribe.telemetry.base import GpuTelemetry
+from gpuscribe.workers.base import EventSink, WorkerHandle
+from gpuscribe.workers.messages import DeviceRef, WorkerEvent
+
+log = logging.getLogger(__name__)
+
+WorkerFactory = Callable[[DeviceRef, Settings, GpuTelemetry, EventSink], WorkerHandle]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeParts:
+    settings: Settings
+    store: TaskStore
+    telemetry: GpuTelemetry
+    metrics: Metrics
+    running: RunningTasks
+    book: CalibrationBook
+    estimator: Estimator
+    oom_floors: dict[str, int]  # per task: the working memory an out-of-memory showed it needs
+    slots: dict[str, DeviceSlot]
+    events: EventHandler
+    scheduler: SchedulerPass
+    upkeep: Upkeep
+
+
+def build_parts(
+    settings: Settings,
+    store: TaskStore,
+    telemetry: GpuTelemetry,
+    *,
+    clock: Callable[[], float],
+    wake: Callable[[], None],
+    worker_factory: WorkerFactory = make_worker,
+) -> NodeParts:
+    """Every part over one store, one telemetry and one clock. The calibration book starts
+    from the store's samples; each selected device gets a slot whose worker (made, not started)
+    reports to the event handler; `wake` is how events and upkeep tell the scheduler to run."""
+    metrics = Metrics()
+    running = RunningTasks()
+    book = CalibrationBook(settings.calibration_sample_size, settings.memory_confidence_factor)
+    book.load(store.all_samples(per_key_limit=settings.calibration_sample_size))
+    estimator = Estimator(
+        book,
+        ProfileBook(),
+        confidence_factor=settings.memory_confidence_factor,
+        cuda_context_bytes=REFERENCE_CONTEXT_BYTES,
+    )
+    oom_floors: dict[str, int] = {}
+    slots: dict[str, DeviceSlot] = {}
+    events = EventHandler(
+        settings=settings, store=store, slots=slots, running=running, book=book,
+        metrics=metrics, oom_floors=oom_floors, wake=wake, clock=clock,
+    )  # fmt: skip
+
+    def worker_for(device: DeviceRef) -> WorkerHandle:
+        def sink(event: WorkerEvent) -> None:
+            events.handle(device.uuid, event)
+
+        return worker_factory(device, settings, telemetry, sink)
+
+    for reading in select_devices(telemetry.discover(), settings.devices):
+        slots[reading.uuid] = build_slot(reading, settings, worker_for)
+    log.info("devices: %s", ", ".join(f"{s.device.index}:{s.device.name}" for s in slots.values()))
+    scheduler = SchedulerPass(
+        settings=settings, store=store, telemetry=telemetry, slots=slots, estimator=estimator,
+        running=running, metrics=metrics, oom_floors=oom_floors, clock=clock,
+    )  # fmt: skip
+    upkeep = Upkeep(
+        settings=settings, store=store, telemetry=telemetry, slots=slots, running=running,
+        metrics=metrics, clock=clock, wake=wake,
+    )  # fmt: skip
+    return NodeParts(
+        settings, store, telemetry, metrics, running, book, estimator, oom_floors, slots, events,
+        scheduler, upkeep,
+    )  # fmt: skip
