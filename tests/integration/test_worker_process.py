@@ -46,54 +46,12 @@ from gpuscribe.workers.process import (
     prepare_environment,
 )
 from support.audio import AudioSet, missing_tools
+from support.events import Events
 
 CPU = DeviceRef(kind=DeviceKind.CPU, uuid="cpu", index=0, name="CPU")
 GPU = DeviceRef(kind=DeviceKind.CUDA, uuid="GPU-1234", index=1, name="NVIDIA H100")
 FAST = TranscriptionOptions(model="tiny.en", compute_type="int8", beam_size=1, language="en")
 TINY = ModelKey("faster-whisper", "tiny.en", "int8")
-
-
-class Events:
-    """A sink that keeps every event and waits for the ones a test needs."""
-
-    def __init__(self) -> None:
-        self.items: list[WorkerEvent] = []
-        self._cond = threading.Condition()
-
-    def __call__(self, event: WorkerEvent) -> None:
-        with self._cond:
-            self.items.append(event)
-            self._cond.notify_all()
-
-    def mark(self) -> int:
-        with self._cond:
-            return len(self.items)
-
-    def since(self, mark: int) -> list[WorkerEvent]:
-        with self._cond:
-            return self.items[mark:]
-
-    def wait_for(
-        self, match: Callable[[WorkerEvent], bool], *, since: int = 0, timeout: float = 60.0
-    ) -> WorkerEvent:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for event in self.items[since:]:
-                    if match(event):
-                        return event
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"no matching event; got {self.items[since:]}")
-                self._cond.wait(left)
-
-    def final(self, task_id: str, *, timeout: float = 60.0) -> TaskCompleted | TaskFailed:
-        event = self.wait_for(
-            lambda e: isinstance(e, TaskCompleted | TaskFailed) and e.task_id == task_id,
-            timeout=timeout,
-        )
-        assert isinstance(event, TaskCompleted | TaskFailed)
-        return event
 
 
 def run_task(task_id: str, path: Path | str, options: TranscriptionOptions = FAST) -> RunTask:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -28,51 +27,15 @@ from gpuscribe.workers.messages import (
     TaskFailed,
     TaskProgress,
     TaskStarted,
-    WorkerEvent,
     WorkerReady,
 )
 from gpuscribe.workers.simulated import SimulatedWorker, simulated_transcript
+from support.events import Events
 
 PID = 900_000
 SPEED = 100.0  # 30 s of audio take 0.3 s
 TINY = ModelKey("faster-whisper", "tiny.en", "default")
 BASE = ModelKey("faster-whisper", "base", "default")
-
-
-class Events:
-    """Collects a worker's events; waits for the ones a test needs."""
-
-    def __init__(self) -> None:
-        self.items: list[WorkerEvent] = []
-        self._cond = threading.Condition()
-
-    def __call__(self, event: WorkerEvent) -> None:
-        with self._cond:
-            self.items.append(event)
-            self._cond.notify_all()
-
-    def wait_for(self, match: Callable[[WorkerEvent], bool], timeout: float = 5.0) -> WorkerEvent:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for event in self.items:
-                    if match(event):
-                        return event
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"no matching event; got {self.items}")
-                self._cond.wait(left)
-
-    def final(self, task_id: str, timeout: float = 5.0) -> TaskCompleted | TaskFailed:
-        event = self.wait_for(
-            lambda e: isinstance(e, TaskCompleted | TaskFailed) and e.task_id == task_id, timeout
-        )
-        assert isinstance(event, TaskCompleted | TaskFailed)
-        return event
-
-    def of(self, kind: type[WorkerEvent]) -> list[WorkerEvent]:
-        with self._cond:
-            return [e for e in self.items if isinstance(e, kind)]
 
 
 def task(
