@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from gpuscribe.cli import CommandError
 from gpuscribe.cli.args import positive_int
+from gpuscribe.cli.output import note, show
 from gpuscribe.cli.tables import to_json
 
 
 def _say(message: str) -> None:
-    print(f"bench: {message}", file=sys.stderr, flush=True)
+    note(f"bench: {message}")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -22,7 +22,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         report = run_benchmark(clips=args.clips, skip_service=args.skip_service, say=_say)
     except BenchError as exc:
         raise CommandError(f"bench failed: {exc}") from exc
-    print(to_json(report.to_dict()) if args.json else report_text(report))
+    show(to_json(report.to_dict()) if args.json else report_text(report))
     return 1 if args.check and not report.meets_targets else 0
 
 

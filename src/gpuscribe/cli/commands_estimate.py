@@ -10,6 +10,7 @@ from typing import Any
 
 from gpuscribe.cli.args import positive_int
 from gpuscribe.cli.commands_server import LOCAL_FLAGS, add_settings_flags, settings_from_args
+from gpuscribe.cli.output import show
 from gpuscribe.cli.tables import gib, to_json
 from gpuscribe.config import Settings
 from gpuscribe.memory.architectures import canonical_model_name
@@ -130,7 +131,7 @@ def estimate_text(data: dict[str, Any]) -> str:
 def cmd_estimate(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     data = estimate_json(*estimate_for(args, settings))
-    print(to_json(data) if args.json else estimate_text(data))
+    show(to_json(data) if args.json else estimate_text(data))
     return 0
 
 

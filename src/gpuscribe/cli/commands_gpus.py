@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from gpuscribe.cli.client import ApiClient, add_server_flag, client_for
+from gpuscribe.cli.output import show
 from gpuscribe.cli.tables import gpus_table, to_json
 
 CLEAR = "\x1b[H\x1b[2J"
@@ -23,11 +24,11 @@ def gpus_view(server: str, gpus: list[dict[str, Any]], *, now: float) -> str:
 def _show(client: ApiClient, args: argparse.Namespace, *, watching: bool) -> None:
     gpus = client.gpus()
     if args.json:
-        print(json.dumps({"gpus": gpus}) if watching else to_json({"gpus": gpus}), flush=True)
+        show(json.dumps({"gpus": gpus}) if watching else to_json({"gpus": gpus}), flush=True)
         return
     view = gpus_view(client.server, gpus, now=time.time())
     prefix = CLEAR if watching and sys.stdout.isatty() else ""
-    print(prefix + view, flush=True)
+    show(prefix + view, flush=True)
 
 
 def cmd_gpus(args: argparse.Namespace) -> int:

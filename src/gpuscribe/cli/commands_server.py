@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gpuscribe.cli import CommandError
+from gpuscribe.cli.output import show
 from gpuscribe.cli.tables import dict_rows_table
 from gpuscribe.config import Settings, env_name, load_settings
 
@@ -145,7 +146,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         _ints(args.beam_size, "--beam-size", 5),
         export_profile=args.export_profile,
     )
-    print(json.dumps(rows, indent=2, default=str) if args.json else dict_rows_table(rows))
+    show(json.dumps(rows, indent=2, default=str) if args.json else dict_rows_table(rows))
     return 0
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from gpuscribe.cli import CommandError
 from gpuscribe.cli.client import ApiClient, ApiError, ServerUnreachable, add_server_flag, client_for
+from gpuscribe.cli.output import error, show
 from gpuscribe.cli.progress import ProgressDisplay, ProgressItem
 from gpuscribe.cli.tables import task_details, tasks_table, to_json
 
@@ -169,12 +170,12 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
                 f"interrupted; the server keeps the tasks: {ids}", exit_code=130
             ) from None
     if args.json:
-        print(to_json([j.summary() for j in jobs]))
+        show(to_json([j.summary() for j in jobs]))
     for job in jobs:
         if job.state == "completed" and not args.json:
-            print(job.output)
+            show(str(job.output))
         elif job.state != "completed":
-            print(f"gpuscribe: {job.path}: {job.state}: {job.error}", file=sys.stderr)
+            error(f"{job.path}: {job.state}: {job.error}")
     return 0 if all(j.state == "completed" for j in jobs) else 1
 
 
@@ -184,14 +185,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
             raise CommandError(f"{name}: no such file")
     with client_for(args) as client:
         tasks = [client.submit(name, **task_fields(args)) for name in args.files]
-    print(to_json(tasks) if args.json else "\n".join(str(t["id"]) for t in tasks))
+    show(to_json(tasks) if args.json else "\n".join(str(t["id"]) for t in tasks))
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     with client_for(args) as client:
         task = client.task(args.id)
-    print(to_json(task) if args.json else task_details(task))
+    show(to_json(task) if args.json else task_details(task))
     return 0
 
 
@@ -209,18 +210,18 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     with client_for(args) as client:
         task = client.cancel(args.id)
     if args.json:
-        print(to_json(task))
+        show(to_json(task))
     elif task.get("state") == "running":
-        print(f"{args.id}: cancel requested; the task is being stopped")
+        show(f"{args.id}: cancel requested; the task is being stopped")
     else:
-        print(f"{args.id}: {task.get('state')}")
+        show(f"{args.id}: {task.get('state')}")
     return 0
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
     with client_for(args) as client:
         tasks = client.tasks(args.state, args.limit)
-    print(to_json(tasks) if args.json else tasks_table(tasks))
+    show(to_json(tasks) if args.json else tasks_table(tasks))
     return 0
 
 

@@ -15,6 +15,7 @@ from gpuscribe.cli import (
     commands_tasks,
 )
 from gpuscribe.cli.client import ApiError
+from gpuscribe.cli.output import error
 from gpuscribe.config import ConfigError
 
 DESCRIPTION = """\
@@ -40,22 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _error(message: str) -> None:
-    print(f"gpuscribe: {message}", file=sys.stderr)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))
     except ConfigError as exc:
-        _error(str(exc))
+        error(str(exc))
         return 2
     except ApiError as exc:
-        _error(exc.message)
+        error(exc.message)
         return 1
     except CommandError as exc:
-        _error(exc.message)
+        error(exc.message)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
