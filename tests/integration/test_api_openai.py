@@ -131,19 +131,22 @@ def test_translations(
         assert result.to_dict()["task"] == "translate"
 
 
-def test_openai_model_names_map_to_the_default(
+def test_whisper_1_is_the_default_model(
     client: openai.OpenAI, backend: ApiTestBackend, audio: AudioSet, completer: Completer
 ) -> None:
     with audio.speech(0).path.open("rb") as file:
-        client.audio.transcriptions.create(model="gpt-4o-transcribe", file=file)
+        client.audio.transcriptions.create(model="whisper-1", file=file)
     assert backend.submitted[-1].options.model == backend.settings.default_model
     assert backend.submitted[-1].priority.label == "normal"
 
 
-def test_unavailable_gpuscribe_model_is_400(client: openai.OpenAI, audio: AudioSet) -> None:
-    with audio.speech(0).path.open("rb") as file, pytest.raises(openai.BadRequestError) as err:
-        client.audio.transcriptions.create(model="large-v3", file=file)
-    assert "not available" in str(err.value)
+@pytest.mark.parametrize("model", ["banana", "gpt-4o-transcribe", "large-v3"])
+def test_unknown_or_unavailable_model_is_404_model_not_found(
+    client: openai.OpenAI, audio: AudioSet, model: str
+) -> None:
+    with audio.speech(0).path.open("rb") as file, pytest.raises(openai.NotFoundError) as err:
+        client.audio.transcriptions.create(model=model, file=file)
+    assert err.value.code == "model_not_found"
 
 
 def test_bad_audio_is_422(client: openai.OpenAI, audio: AudioSet) -> None:

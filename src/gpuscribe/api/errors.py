@@ -57,6 +57,7 @@ class ApiError(Exception):
         code: str | None = None,
         param: str | None = None,
         headers: Mapping[str, str] | None = None,
+        kind: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -64,6 +65,7 @@ class ApiError(Exception):
         self.code = code or _CODES.get(status, "error")
         self.param = param
         self.headers = dict(headers or {})
+        self.kind = kind  # the body's `type`; None: the status's usual one
 
 
 def error_type(status: int) -> str:
@@ -72,11 +74,13 @@ def error_type(status: int) -> str:
     return "server_error" if status >= 500 else "invalid_request_error"
 
 
-def error_body(status: int, message: str, code: str | None, param: str | None) -> dict[str, Any]:
+def error_body(
+    status: int, message: str, code: str | None, param: str | None, kind: str | None = None
+) -> dict[str, Any]:
     return {
         "error": {
             "message": message,
-            "type": error_type(status),
+            "type": kind or error_type(status),
             "code": code or _CODES.get(status, "error"),
             "param": param,
         }
@@ -84,7 +88,7 @@ def error_body(status: int, message: str, code: str | None, param: str | None) -
 
 
 def error_response(error: ApiError) -> JSONResponse:
-    body = error_body(error.status, error.message, error.code, error.param)
+    body = error_body(error.status, error.message, error.code, error.param, error.kind)
     return JSONResponse(body, status_code=error.status, headers=error.headers)
 
 

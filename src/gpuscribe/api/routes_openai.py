@@ -2,8 +2,9 @@
 
 They take OpenAI's form fields, submit a normal-priority task and wait for it (polling the store
 without blocking the event loop, up to `settings.task_timeout_seconds`), then answer in OpenAI's
-shapes, so the official `openai` client works unchanged. `whisper-1` and other names that are not
-gpuscribe models mean the default model. Answers that a retry cannot mend carry
+shapes, so the official `openai` client works unchanged. `whisper-1` means the default model; an
+unknown model is OpenAI's 404 `model_not_found`. gpuscribe's own fields (priority, beam_size, ...)
+are validated as on `/v1/tasks`. Answers that a retry cannot mend carry
 `x-should-retry: false`, which the OpenAI client obeys (a retry would upload the audio again).
 """
 
@@ -41,7 +42,7 @@ from gpuscribe.domain import (
     TaskState,
     TranscriptionOptions,
 )
-from gpuscribe.memory.architectures import canonical_model_name
+from gpuscribe.languages import check_language
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ POLL_SECONDS = 0.05
 DISCONNECT_CHECK_SECONDS = 1.0
 GRANULARITIES = "timestamp_granularities[]"
 NO_RETRY = {"x-should-retry": "false"}
+DEFAULT_MODEL_NAMES = frozenset({"whisper-1"})
 
 router = APIRouter(tags=["openai"])
 
@@ -58,7 +60,7 @@ _RESPONSES = {
         "model": OpenAITranscription,
         "content": {"text/plain": {"schema": {"type": "string"}}},
     },
-    **error_responses(400, 401, 409, 413, 415, 422, 429, 500, 504),
+    **error_responses(400, 401, 404, 409, 413, 415, 422, 429, 500, 504),
 }
 
 
@@ -104,28 +106,51 @@ def _submission(
     if "timestamp_granularities" in fields:
         fields.setdefault(GRANULARITIES, []).extend(fields.pop("timestamp_granularities"))
     form = parse_form(fields, OpenAIForm, lists=(GRANULARITIES,))
-    engine = backend.default_engine
+    if form.task is not None and form.task != kind.value:
+        raise ApiError(
+            400,
+            f"form field 'task' is {form.task!r} but this endpoint does {kind.value}: "
+            f"use /v1/audio/{'translations' if form.task == 'translate' else 'transcriptions'}",
+            code="invalid_value",
+            param="task",
+        )
+    engine = form.engine or backend.default_engine
+    model = openai_model(form.model, engine, backend.settings)
     options = TranscriptionOptions(
-        model=openai_model(form.model, engine, backend.settings),
+        model=model,
         engine=engine,
         task=kind,
-        language=form.language.lower() if form.language else None,
-        word_timestamps="word" in form.timestamp_granularities,
+        language=check_language(form.language, model),
+        beam_size=form.beam_size,
+        batch_size=form.batch_size,
+        compute_type=form.compute_type,
+        word_timestamps=form.word_timestamps or "word" in form.timestamp_granularities,
+        vad_filter=form.vad_filter,
         initial_prompt=form.prompt,
         temperature=form.temperature,
     )
-    return form, Submission(options, Priority.NORMAL, key)
+    return form, Submission(options, Priority.parse(form.priority), key)
 
 
 def openai_model(name: str, engine: str, settings: Settings) -> str:
-    """A gpuscribe model name is used as is; `whisper-1` and other OpenAI names mean the
-    default model. A gpuscribe model this server cannot run is a 400, not a silent swap."""
+    """`whisper-1` means the default model; gpuscribe's names and those of other servers
+    (`openai/whisper-large-v3`, `Systran/faster-whisper-large-v3`) mean the model they name.
+    A model that is unknown, or that this server cannot run, is OpenAI's 404 `model_not_found`
+    (a bad engine stays a 400 naming `engine`)."""
+    wanted = settings.default_model if name.strip().lower() in DEFAULT_MODEL_NAMES else name
     try:
-        return resolve_model_name(name, engine, settings)
-    except InvalidRequest:
-        if canonical_model_name(name) is not None:
+        return resolve_model_name(wanted, engine, settings)
+    except InvalidRequest as exc:
+        if exc.param == "engine":
             raise
-        return resolve_model_name(settings.default_model, engine, settings)
+        raise ApiError(
+            404,
+            f"The model `{name}` does not exist or is not available on this server: {exc.message}",
+            code="model_not_found",
+            param="model",
+            kind="invalid_request_error",
+            headers=NO_RETRY,
+        ) from exc
 
 
 async def wait_final(request: Request, backend: Backend, task_id: str) -> Task:

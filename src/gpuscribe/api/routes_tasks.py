@@ -31,6 +31,7 @@ from gpuscribe.api.uploads import (
     submit_audio,
 )
 from gpuscribe.domain import Priority, Task, TaskKind, TaskState, TranscriptionOptions
+from gpuscribe.languages import check_language
 
 
 async def backend_of(request: Request) -> Backend:
@@ -88,7 +89,7 @@ def task_submission(received: Received, backend: Backend, key: str | None) -> Su
         model=model,
         engine=engine,
         task=TaskKind(form.task),
-        language=form.language.lower() if form.language else None,
+        language=check_language(form.language, model),
         beam_size=form.beam_size,
         batch_size=form.batch_size,
         compute_type=form.compute_type,

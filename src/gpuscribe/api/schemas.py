@@ -306,27 +306,25 @@ class OpenAITranscription(BaseModel):
 
 # --- form fields ------------------------------------------------------------------------------
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$"
-_LANGUAGE = r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})?$"
+# A code (en, yue, en-US, zh-Hans) or a name (english, haitian creole); checked against the
+# model's languages after the form is read (gpuscribe.languages).
+_LANGUAGE = r"^[A-Za-z][A-Za-z0-9 _-]{1,31}$"
 MAX_PROMPT_CHARS = 4096
 
 
-class TaskForm(BaseModel):
-    """Form fields of `POST /v1/tasks` (besides `file`)."""
+class DecodingFields(BaseModel):
+    """gpuscribe's fields that both `/v1/tasks` and the OpenAI endpoints accept, validated
+    alike: a bad value is a 400 naming the field, never a silent default."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(protected_namespaces=())
 
-    model: str | None = Field(default=None, pattern=_NAME, description="Default: the service's.")
     engine: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")
-    language: str | None = Field(default=None, pattern=_LANGUAGE, description="e.g. en, de")
-    task: Literal["transcribe", "translate"] = "transcribe"
     priority: str = Field(default="normal", description="urgent, high, normal or low")
     word_timestamps: bool = False
     vad_filter: bool = False
     beam_size: int = Field(default=5, ge=1, le=20)
     batch_size: int = Field(default=1, ge=1, le=64)
     compute_type: str = Field(default="default", pattern=r"^[a-z0-9_]{1,32}$")
-    initial_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
-    temperature: float = Field(default=0.0, ge=0.0, le=1.0)
 
     @field_validator("priority")
     @classmethod
@@ -335,8 +333,23 @@ class TaskForm(BaseModel):
         return Priority.parse(int(text) if text.isdigit() else text).label
 
 
-class OpenAIForm(BaseModel):
-    """OpenAI's form fields of `/v1/audio/transcriptions` and `/translations`; others ignored."""
+class TaskForm(DecodingFields):
+    """Form fields of `POST /v1/tasks` (besides `file`)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str | None = Field(default=None, pattern=_NAME, description="Default: the service's.")
+    language: str | None = Field(
+        default=None, pattern=_LANGUAGE, description="code or name, e.g. en, de, english"
+    )
+    task: Literal["transcribe", "translate"] = "transcribe"
+    initial_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
+    temperature: float = Field(default=0.0, ge=0.0, le=1.0)
+
+
+class OpenAIForm(DecodingFields):
+    """OpenAI's form fields of `/v1/audio/transcriptions` and `/translations`, and gpuscribe's
+    decoding fields (validated as on `/v1/tasks`); other fields are ignored."""
 
     model_config = ConfigDict(extra="ignore", protected_namespaces=(), populate_by_name=True)
 
@@ -348,6 +361,14 @@ class OpenAIForm(BaseModel):
     timestamp_granularities: list[Literal["word", "segment"]] = Field(
         default_factory=list, alias="timestamp_granularities[]"
     )
+    task: Literal["transcribe", "translate"] | None = Field(
+        default=None, description="Must match the endpoint when given."
+    )
+
+    @field_validator("response_format", mode="before")
+    @classmethod
+    def _format(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
 
 def multipart_schema(form: type[BaseModel]) -> dict[str, Any]:

@@ -52,10 +52,26 @@ ARCHITECTURES: dict[str, WhisperArchitecture] = {
 
 ALIASES = {"large": "large-v3", "turbo": "large-v3-turbo"}
 
+# How other servers and the Hugging Face hub name the same models: an owner
+# (`openai/`, `Systran/`, `deepdml/`, `mobiuslabsgmbh/`), a prefix (`whisper-`,
+# `faster-whisper-`) and a suffix (`-ct2`).
+_HUB_PREFIXES = ("faster-whisper-", "whisper-")
+_HUB_SUFFIXES = ("-ct2",)
+
 
 def canonical_model_name(name: str) -> str | None:
-    """The canonical name of a known model (`turbo` -> `large-v3-turbo`), or None."""
+    """The canonical name of a known model, or None: `turbo` -> `large-v3-turbo`,
+    `openai/whisper-large-v3` and `Systran/faster-whisper-large-v3` -> `large-v3`,
+    `deepdml/faster-whisper-large-v3-turbo-ct2` -> `large-v3-turbo`."""
     key = name.strip().lower()
+    key = ALIASES.get(key, key)
+    if key in ARCHITECTURES:
+        return key
+    key = key.rsplit("/", 1)[-1]
+    for prefix in _HUB_PREFIXES:
+        key = key.removeprefix(prefix)
+    for suffix in _HUB_SUFFIXES:
+        key = key.removesuffix(suffix)
     key = ALIASES.get(key, key)
     return key if key in ARCHITECTURES else None
 
