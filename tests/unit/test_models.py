@@ -8,7 +8,9 @@ import pytest
 
 from gpuscribe.domain import InvalidRequest
 from gpuscribe.workers.models import (
+    CT2,
     ENGINES,
+    HF,
     ModelSource,
     available_models,
     bundled_model_dir,
@@ -37,7 +39,8 @@ def test_engines() -> None:
 
 def test_tiny_en_is_bundled_for_faster_whisper() -> None:
     source = resolve_model("tiny.en", "faster-whisper")
-    assert source == ModelSource("tiny.en", "faster-whisper", str(bundled_model_dir()), False)
+    bundled = str(bundled_model_dir())
+    assert source == ModelSource("tiny.en", "faster-whisper", bundled, False, format=CT2)
     assert (Path(str(source.path)) / "model.bin").is_file()
 
 
@@ -90,9 +93,23 @@ def test_transformers_checkpoint(tmp_path: Path) -> None:
     assert source == ModelSource("small", "transformers", str(path), benchmark_only=False)
 
 
-def test_bundled_ct2_model_is_not_a_transformers_checkpoint() -> None:
+def test_bundled_ct2_model_serves_transformers_too() -> None:
+    source = resolve_model("tiny.en", "transformers")
+    assert source == ModelSource("tiny.en", "transformers", str(bundled_model_dir()), format=CT2)
+
+
+def test_transformers_prefers_a_checkpoint_to_a_ct2_directory(tmp_path: Path) -> None:
+    ct2 = _ct2_dir(tmp_path, "base")
+    assert resolve_model("base", "transformers", models_dir=str(tmp_path)).format == CT2
+    _hf_dir(tmp_path, "transformers", "base")
+    source = resolve_model("base", "transformers", models_dir=str(tmp_path))
+    assert (source.format, source.path) == (HF, str(tmp_path / "transformers" / "base"))
+    assert resolve_model("base", "faster-whisper", models_dir=str(tmp_path)).path == str(ct2)
+
+
+def test_transformers_without_a_local_model_points_at_benchmark_only(tmp_path: Path) -> None:
     with pytest.raises(InvalidRequest, match="benchmark-only"):
-        resolve_model("tiny.en", "transformers")
+        resolve_model("small", "transformers", models_dir=str(tmp_path))
 
 
 def test_transformers_benchmark_only_builds_random_weights() -> None:
@@ -116,7 +133,11 @@ def test_available_models(tmp_path: Path) -> None:
     _ct2_dir(tmp_path, "base")
     _hf_dir(tmp_path, "medium")
     assert available_models("faster-whisper", models_dir=str(tmp_path)) == ["base", "tiny.en"]
-    assert available_models("transformers", models_dir=str(tmp_path)) == ["medium"]
+    assert available_models("transformers", models_dir=str(tmp_path)) == [
+        "base",
+        "medium",
+        "tiny.en",
+    ]
     everything = available_models("transformers", benchmark_only=True)
     assert "large-v3-turbo" in everything
     assert "turbo" not in everything

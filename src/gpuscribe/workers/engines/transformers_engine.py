@@ -1,8 +1,10 @@
 """The transformers engine (PyTorch): Whisper in float16 on CUDA, float32 on the CPU.
 
 Audio is cut into 30 s windows, `batch_size` windows per `generate` call. A real checkpoint
-comes from the models directory; in benchmark-only mode the published architecture is built
-with random weights (fixed seed) to measure memory and speed: its output is not a transcript.
+comes from the models directory (a Hugging Face checkpoint, or a CTranslate2 one such as the
+bundled tiny.en, converted on load by `ct2_checkpoint`); in benchmark-only mode the published
+architecture is built with random weights (fixed seed) to measure memory and speed: its output
+is not a transcript.
 torch and transformers are imported inside the engine, never by the scheduler process.
 """
 
@@ -22,8 +24,15 @@ from gpuscribe.domain import Segment, Transcript, TranscriptionOptions
 from gpuscribe.memory.architectures import ARCHITECTURES, WhisperArchitecture
 from gpuscribe.telemetry.base import DeviceKind
 from gpuscribe.workers.base import TaskCancelled
+from gpuscribe.workers.engines.ct2_checkpoint import TokenizerText, load_ct2_whisper
 from gpuscribe.workers.messages import DeviceRef
-from gpuscribe.workers.models import TRANSFORMERS, ModelSource, bundled_model_dir, resolve_model
+from gpuscribe.workers.models import (
+    CT2,
+    TRANSFORMERS,
+    ModelSource,
+    bundled_model_dir,
+    resolve_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +94,10 @@ class TransformersEngine:
             _configure_cuda(torch)
         target = _Target(torch.device("cuda:0" if cuda else "cpu"), _dtype(compute_type, cuda))
         decoder: TokenDecoder
-        if source.path is not None or source.download:
+        if source.path is not None and source.format == CT2:  # e.g. the bundled tiny.en
+            whisper, info = load_ct2_whisper(source.path, target.device, target.dtype)
+            decoder = TokenizerText.of(info)
+        elif source.path is not None or source.download:
             where = source.path or source.hub_id
             whisper, decoder = _load_checkpoint(where, target), CheckpointText(where)
         else:
