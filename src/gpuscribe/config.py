@@ -52,7 +52,7 @@ class Settings:
     # Models and engines.
     default_model: str = "tiny.en"
     default_engine: str = ""  # empty: faster-whisper on the CPU, transformers on GPUs
-    models_dir: str = ""
+    models_dir: str = ""  # empty: <data_dir>/models (see `models_path`)
     cpu_threads: int = 0  # 0: let the engine choose
     cpu_max_tasks: int = 2  # tasks at once on the CPU device (cores, not memory, limit it)
     benchmark_only: bool = False  # absent weights are built random: outputs are not transcripts
@@ -86,6 +86,12 @@ class Settings:
     @property
     def audio_dir(self) -> Path:
         return Path(self.data_dir) / "audio"
+
+    @property
+    def models_path(self) -> Path:
+        """Where local models live: `<models_path>/<engine>/<model>` (a CTranslate2 directory
+        for faster-whisper, a Hugging Face checkpoint for transformers)."""
+        return Path(self.models_dir) if self.models_dir else Path(self.data_dir) / "models"
 
     def validate(self) -> Settings:
         for name, check, rule in _RULES:
@@ -216,4 +222,7 @@ def load_settings(
         if name not in _fields():
             raise ConfigError(f"unknown setting {name!r}")
         values[name] = _convert(name, raw, f"--{name.replace('_', '-')}")
-    return Settings(**values).validate()
+    settings = Settings(**values).validate()
+    if not settings.models_dir:
+        settings = dataclasses.replace(settings, models_dir=str(settings.models_path))
+    return settings

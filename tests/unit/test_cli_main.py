@@ -18,6 +18,7 @@ COMMANDS = [
     "tasks",
     "gpus",
     "estimate",
+    "models",
     "bench",
 ]
 

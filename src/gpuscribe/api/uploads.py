@@ -419,7 +419,10 @@ def resolve_model_name(name: str, engine: str, settings: Settings) -> str:
             benchmark_only=settings.benchmark_only,
         )
     except InvalidRequest as exc:
-        raise InvalidRequest(exc.message, code=exc.code, param=exc.param or "model") from exc
+        message = exc.message
+        if exc.code == "model_not_found":
+            message += f" (or fetch it with `gpuscribe models pull {name} --engine {engine}`)"
+        raise InvalidRequest(message, code=exc.code, param=exc.param or "model") from exc
     return source.name
 
 

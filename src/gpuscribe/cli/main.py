@@ -11,6 +11,7 @@ from gpuscribe.cli import (
     commands_bench,
     commands_estimate,
     commands_gpus,
+    commands_models,
     commands_server,
     commands_tasks,
 )
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands_tasks.register(sub)
     commands_gpus.register(sub)
     commands_estimate.register(sub)
+    commands_models.register(sub)
     commands_bench.register(sub)
     return parser
 
