@@ -18,7 +18,6 @@ import json
 import random
 import re
 import struct
-import subprocess
 import uuid
 import zlib
 from collections.abc import Callable, Iterator
@@ -43,19 +42,7 @@ UUID_NAME = re.compile(r"^[0-9a-f]{32}\.[a-z0-9]{1,10}$")
 OUTSIDE = Path("/tmp") / f"gpuscribe-hostile-{uuid.uuid4().hex}.wav"
 
 
-# --- media --------------------------------------------------------------------------------------
-def _run(args: list[str]) -> None:
-    proc = subprocess.run(args, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)}: {proc.stderr.strip()}")
-
-
-def _lavfi(path: Path, source: str, options: str) -> None:
-    """ffmpeg's generated `source` (its lavfi device) written to `path` with `options`."""
-    _run(["ffmpeg", "-y", "-loglevel", "error", "-f", "lavfi", "-i", source, *options.split(),
-          str(path)])  # fmt: skip
-
-
+# --- media ---------------------------------------------------------------------------------------
 def _png(width: int = 32, height: int = 32) -> bytes:
     """A real PNG image (a red square), written by hand."""
 
@@ -105,24 +92,14 @@ class Media:
     def good(self) -> bytes:
         """2 s of real speech: quick to transcribe (a tone makes Whisper retry at higher
         temperatures, which is slow on the CPU)."""
-        path = self.root / "good-2s.wav"
-        if not path.exists():
-            _run(["sox", str(self.audio.speech(0, "wav").path), str(path), "trim", "0", "2"])
-        return path.read_bytes()
+        return self.audio.first_seconds(0, 2.0).read_bytes()
 
     def ten_hours_of_silence(self) -> bytes:
         """10 h of 8 kHz silence as FLAC with 65535-sample frames: ~70 KB, made in seconds."""
-        path = self.root / "silence-10h.flac"
-        if not path.exists():
-            options = "-t 36000 -c:a flac -compression_level 0 -frame_size 65535 -sample_fmt s16"
-            _lavfi(path, "anullsrc=r=8000:cl=mono:nb_samples=65535", options)
-        return path.read_bytes()
+        return self.audio.ten_hours_of_silence().read_bytes()
 
     def video_without_audio(self) -> bytes:
-        path = self.root / "video-no-audio.mp4"
-        if not path.exists():
-            _lavfi(path, "testsrc=size=64x64:rate=10", "-t 2 -an -pix_fmt yuv420p")
-        return path.read_bytes()
+        return self.audio.video_without_audio().read_bytes()
 
 
 # --- requests -----------------------------------------------------------------------------------

@@ -103,17 +103,6 @@ def _check_exactly_once(url: str, ids: list[str]) -> dict[str, dict[str, Any]]:
     return found
 
 
-def _first_seconds(path: Path, seconds: float, directory: Path) -> Path:
-    cut = directory / f"{path.stem}-{seconds:g}s.wav"
-    if not cut.exists():
-        subprocess.run(
-            ["sox", str(path), str(cut), "trim", "0", f"{seconds:g}"],
-            check=True,
-            capture_output=True,
-        )
-    return cut
-
-
 # --- one node, killed and restarted -------------------------------------------------------------
 @pytest.mark.parametrize("device", ["simulated", "cpu"])
 def test_sigkill_with_tasks_running_and_waiting_then_restart(
@@ -130,7 +119,7 @@ def test_sigkill_with_tasks_running_and_waiting_then_restart(
         service = ServiceProcess(tmp_path / "data", env=env)
         # Real tiny.en on the CPU (two at once): 3 s cuts of the speech clips, beam 1, keep
         # the 20 transcriptions within the 2-core budget.
-        clips = [_first_seconds(audio.speech(i, "wav").path, 3.0, tmp_path) for i in range(8)]
+        clips = [audio.first_seconds(i, 3.0) for i in range(8)]
         clips = [clips[i % 8] for i in range(TASKS)]
         fields = {"beam_size": 1, "language": "en"}
         running_before_kill = 1
@@ -315,7 +304,7 @@ def test_sigkill_of_the_workers_loses_nothing(audio: AudioSet, tmp_path: Path) -
     env = {**SIM_ENV, "CUDA_VISIBLE_DEVICES": ""}
     env.pop("GPUSCRIBE_SIMULATION_SPEED")
     service = ServiceProcess(tmp_path / "data", env=env)
-    clips = [_first_seconds(audio.speech(i, "wav").path, 3.0, tmp_path) for i in range(8)]
+    clips = [audio.first_seconds(i, 3.0) for i in range(8)]
     service.start()
     try:
         assert service.proc is not None

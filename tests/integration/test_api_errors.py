@@ -12,9 +12,7 @@ import pytest
 from api_backend import ApiTestBackend, make_app
 from fastapi.testclient import TestClient
 
-from support.audio import AudioSet, missing_tools
-
-pytestmark = pytest.mark.skipif(bool(missing_tools()), reason=f"missing {missing_tools()}")
+from support.audio import AudioSet
 
 BOUNDARY = "gpuscribe-test-boundary"
 MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"

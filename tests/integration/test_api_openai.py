@@ -13,9 +13,7 @@ import pytest
 from api_backend import TEST_TEXT, ApiTestBackend, Completer, make_app, serve_in_thread
 from openai.types.audio import TranslationVerbose
 
-from support.audio import AudioSet, missing_tools
-
-pytestmark = pytest.mark.skipif(bool(missing_tools()), reason=f"missing {missing_tools()}")
+from support.audio import AudioSet
 
 KEY = "sk-test-key"
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +12,7 @@ import numpy.typing as npt
 import pytest
 from faster_whisper import WhisperModel
 
-from gpuscribe.audio.decode import decode
+from gpuscribe.bench.speech import continuous_speech
 from gpuscribe.domain import Segment, TranscriptionOptions
 from gpuscribe.telemetry.base import DeviceKind
 from gpuscribe.workers.base import TaskCancelled
@@ -22,16 +20,10 @@ from gpuscribe.workers.engines.faster_whisper_engine import FasterWhisperEngine,
 from gpuscribe.workers.messages import DeviceRef
 from gpuscribe.workers.models import bundled_model_dir
 
-pytestmark = pytest.mark.skipif(not shutil.which("espeak-ng"), reason="needs espeak-ng")
 CPU = DeviceRef(DeviceKind.CPU, "cpu", 0, "cpu")
-SPEECH = (
-    "Good morning everyone and welcome to the weekly planning meeting. "
-    "First we will review the budget for the next quarter. "
-    "The marketing team asked for more time to finish the new website. "
-    "After that we will talk about hiring two engineers for the data platform. "
-    "Please send your questions to the project manager before Friday. "
-    "Thank you all for coming and see you next week."
-)
+# The first six sentences of the committed continuous speech: a meeting's opening, about 24 s.
+SENTENCES = 6
+SPEECH = " ".join(s.text for s in continuous_speech().sentences[:SENTENCES])
 
 
 def _words(text: str) -> str:
@@ -39,10 +31,10 @@ def _words(text: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def speech(tmp_path_factory: pytest.TempPathFactory) -> npt.NDArray[np.float32]:
-    path = tmp_path_factory.mktemp("fw") / "meeting.wav"
-    subprocess.run(["espeak-ng", "-s", "150", "-w", str(path), SPEECH], check=True)
-    return decode(path)
+def speech() -> npt.NDArray[np.float32]:
+    audio, text = continuous_speech().first(SENTENCES)
+    assert text == SPEECH
+    return audio
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -12,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from gpuscribe.audio.decode import decode
+from gpuscribe.bench.speech import samples, short_clip
 from gpuscribe.domain import Segment, TranscriptionOptions
 from gpuscribe.telemetry.base import DeviceKind
 from gpuscribe.workers.base import TaskCancelled
@@ -21,24 +19,15 @@ from gpuscribe.workers.messages import DeviceRef
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
-pytestmark = pytest.mark.skipif(
-    not (shutil.which("espeak-ng") and shutil.which("sox")), reason="needs espeak-ng and sox"
-)
 CPU = DeviceRef(DeviceKind.CPU, "cpu", 0, "cpu")
 GREEDY_PAIRS = TranscriptionOptions(engine="transformers", beam_size=1, batch_size=2)
 
 
 @pytest.fixture(scope="module")
-def audio_65s(tmp_path_factory: pytest.TempPathFactory) -> npt.NDArray[np.float32]:
+def audio_65s() -> npt.NDArray[np.float32]:
     """Speech padded with silence to exactly 65 s."""
-    root = tmp_path_factory.mktemp("hf")
-    subprocess.run(
-        ["espeak-ng", "-w", str(root / "s.wav"), "Windows of thirty seconds."], check=True
-    )
-    padded = root / "long.wav"
-    subprocess.run(["sox", str(root / "s.wav"), str(padded), "pad", "0", "70", "trim", "0", "65"],
-                   check=True)  # fmt: skip
-    return decode(padded)
+    speech = samples(short_clip().path)
+    return np.pad(speech, (0, 65 * 16000 - speech.size))
 
 
 @pytest.fixture(scope="module")

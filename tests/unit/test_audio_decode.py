@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -11,32 +9,17 @@ import pytest
 from faster_whisper.audio import decode_audio
 
 from gpuscribe.audio.decode import decode
+from gpuscribe.bench.speech import samples, short_clip
 from gpuscribe.domain import InvalidRequest
-
-pytestmark = pytest.mark.skipif(
-    not (shutil.which("espeak-ng") and shutil.which("ffmpeg")), reason="needs espeak-ng and ffmpeg"
-)
+from support.audio import encode
 
 
 @pytest.fixture(scope="module")
 def stereo_mp3(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("decode")
-    subprocess.run(["espeak-ng", "-w", str(root / "s.wav"), "Decoding test sentence."], check=True)
-    path = root / "s.mp3"
-    cmd = [
-        "ffmpeg",
-        "-loglevel",
-        "error",
-        "-y",
-        "-i",
-        str(root / "s.wav"),
-        "-ac",
-        "2",
-        "-ar",
-        "44100",
-    ]
-    subprocess.run([*cmd, str(path)], check=True)
-    return path
+    """Speech as 44.1 kHz stereo MP3: decoding must mix down and resample."""
+    speech = samples(short_clip().path, rate=44100)
+    return encode(tmp_path_factory.mktemp("decode") / "s.mp3", speech, "mp3", rate=44100,
+                  channels=2)  # fmt: skip
 
 
 def test_matches_faster_whisper(stereo_mp3: Path) -> None:
