@@ -1,26 +1,24 @@
 """`gpuscribe bench`: the service's throughput against a direct faster-whisper loop on the CPU,
 and the scheduler's placements per second, from one run.
 
-Service throughput: N short clips are synthesised with espeak-ng; a direct loop transcribes them
-one after another with the bundled `tiny.en` (device cpu, compute type default, beam 5,
-temperature 0 as the service's defaults), then
-`gpuscribe serve` is started as a subprocess (CPU, SQLite, a temporary data dir) and receives
-all clips over HTTP at once. Both sides are warmed with one clip first (model loaded), so each
-figure is steady-state audio seconds per wall second; the service's wall time runs from the
-first upload to the last task's `finished_at`.
+Service throughput: N speech clips (the ones shipped in `bench/clips/`, see
+`gpuscribe.bench.speech`, written out as 16 kHz WAV) are transcribed by a direct loop one after
+another with the bundled `tiny.en` (device cpu, compute type default, beam 5, temperature 0 as
+the service's defaults), then `gpuscribe serve` is started as a subprocess (CPU, SQLite, a
+temporary data dir) and receives all clips over HTTP at once. Both sides are warmed with one clip
+first (model loaded), so each figure is steady-state audio seconds per wall second; the service's
+wall time runs from the first upload to the last task's `finished_at`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-import wave
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -30,6 +28,7 @@ from typing import Any
 import httpx
 
 from gpuscribe.bench.placement import PlacementBench, placement_throughput
+from gpuscribe.bench.speech import samples, speech_clips, wav_seconds, write_wav
 
 log = logging.getLogger(__name__)
 
@@ -42,19 +41,6 @@ PLACEMENT_TASKS = 10_000
 PLACEMENT_DEVICES = 64
 START_TIMEOUT_SECONDS = 180.0
 TASK_TIMEOUT_SECONDS = 600.0
-
-SENTENCES = (
-    "The quick brown fox jumps over the lazy dog near the river bank.",
-    "Please send the quarterly report to the finance team before Friday.",
-    "Our meeting is moved to three o'clock on Tuesday afternoon.",
-    "The weather today is sunny with a light breeze from the west.",
-    "Remember to back up your files before installing the new update.",
-    "She ordered a coffee, a croissant, and a glass of orange juice.",
-    "The train to Boston leaves from platform nine at half past eight.",
-    "We need two more volunteers to help with the community garden.",
-    "The library will be closed on Monday for the public holiday.",
-    "He plays the piano every evening after dinner with his family.",
-)
 
 Say = Callable[[str], None]
 
@@ -145,23 +131,15 @@ def _rate_dict(rate: Rate) -> dict[str, float]:
 # --- clips -------------------------------------------------------------------------------------
 
 
-def synthesize_clips(directory: Path, count: int) -> list[Path]:
-    """`count` WAV clips of two sentences each, spoken by espeak-ng."""
-    espeak = shutil.which("espeak-ng")
-    if espeak is None:
-        raise BenchSkipped("espeak-ng is not installed: cannot synthesise clips")
+def write_clips(directory: Path, count: int) -> list[Path]:
+    """`count` WAV clips (16 kHz mono) of two sentences each: the shipped clips, in turn."""
+    shipped = speech_clips()
     clips = []
     for i in range(count):
-        text = f"{SENTENCES[i % len(SENTENCES)]} {SENTENCES[(i + 3) % len(SENTENCES)]}"
         path = directory / f"clip-{i:03d}.wav"
-        subprocess.run([espeak, "-w", str(path), text], check=True, capture_output=True)
-        clips.append(path)
+        clips.append(write_wav(path, samples(shipped[i % len(shipped)].path)))
+    log.debug("wrote %d clips under %s", count, directory)
     return clips
-
-
-def wav_seconds(path: Path) -> float:
-    with wave.open(str(path), "rb") as wav:
-        return wav.getnframes() / wav.getframerate()
 
 
 # --- the direct loop ---------------------------------------------------------------------------
@@ -349,8 +327,8 @@ def measure_service(clips: int, say: Say) -> ServiceBench:
     require_cpu_only()
     with tempfile.TemporaryDirectory(prefix="gpuscribe-bench-") as tmp:
         workdir = Path(tmp)
-        say(f"synthesising {clips} clips with espeak-ng")
-        paths = synthesize_clips(workdir, clips + 1)
+        say(f"writing {clips} speech clips")
+        paths = write_clips(workdir, clips + 1)
         warmup, timed = paths[0], paths[1:]
         say("direct faster-whisper loop (tiny.en, cpu, beam 5)")
         direct = direct_loop(timed, warmup)

@@ -30,9 +30,9 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "bench",
         help="measure service throughput against a direct loop, and scheduler placements/s",
-        description="(a) Transcribe N espeak-ng clips with a direct faster-whisper loop (tiny.en, "
-        "CPU, beam 5), then through a fresh `gpuscribe serve` over HTTP, all submitted at once; "
-        "print both rates in audio seconds per second and their ratio (target >= 0.95). "
+        description="(a) Transcribe N shipped speech clips with a direct faster-whisper loop "
+        "(tiny.en, CPU, beam 5), then through a fresh `gpuscribe serve` over HTTP, all submitted "
+        "at once; print both rates in audio seconds per second and their ratio (target >= 0.95). "
         "(b) Place 10,000 queued tasks over 64 simulated GPUs and print placements per second "
         "(target >= 20,000/s). Progress goes to stderr.",
     )
