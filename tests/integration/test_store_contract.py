@@ -23,23 +23,12 @@ from gpuscribe.domain import (
     TranscriptionOptions,
 )
 from gpuscribe.memory.types import CalibrationSample, ProfileKey
-from gpuscribe.store.base import Claim, QueueCounts, QueueLimitReached, TaskStore
+from gpuscribe.store.base import Claim, NodeRecord, QueueCounts, QueueLimitReached, TaskStore
 from gpuscribe.store.memory import InMemoryStore
 from gpuscribe.store.sqlite import SqliteStore
-
-PG_BASE = "postgresql://postgres@127.0.0.1:5432/test"
+from support.postgres import fresh_schema, postgres_available, require_postgres
 
 StoreFactory = Callable[[], TaskStore]
-
-
-def postgres_available() -> bool:
-    try:
-        import psycopg
-
-        psycopg.connect(PG_BASE, connect_timeout=2).close()
-    except Exception:
-        return False
-    return True
 
 
 @pytest.fixture(scope="session")
@@ -50,18 +39,9 @@ def pg_ok() -> bool:
 @pytest.fixture
 def pg_url(pg_ok: bool) -> Iterator[str]:
     """A PostgreSQL URL whose search_path is a fresh schema, dropped after the test."""
-    if not pg_ok:
-        pytest.skip("no PostgreSQL server at 127.0.0.1:5432")
-    import psycopg
-
-    schema = f"t_{uuid.uuid4().hex}"
-    with psycopg.connect(PG_BASE, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield f"{PG_BASE}?options=-csearch_path%3D{schema}"
-    finally:
-        with psycopg.connect(PG_BASE, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    require_postgres(pg_ok)
+    with fresh_schema() as url:
+        yield url
 
 
 @pytest.fixture(params=["memory", "sqlite", "postgres"])
@@ -615,3 +595,32 @@ def test_sqlite_replays_random_histories_like_memory(
             _replay_matches_memory(store, ops)
         finally:
             store.close()
+
+
+# --- nodes ----------------------------------------------------------------------------------
+def node_record(name: str, at: float, lease: float = 30.0, role: str = "worker") -> NodeRecord:
+    gpu = {"index": 0, "uuid": f"GPU-{name}", "name": "NVIDIA H100 80GB HBM3", "kind": "cuda"}
+    return NodeRecord(name, role, 1.0, at, at + lease, (gpu,))
+
+
+def test_nodes_are_live_until_their_lease_ends(factory: StoreFactory) -> None:
+    a, b = factory(), factory()
+    a.heartbeat_node(node_record("node-a", 100.0))
+    b.heartbeat_node(node_record("node-b", 110.0, role="api"))
+    assert [n.name for n in a.nodes(now=120.0)] == ["node-a", "node-b"]
+    assert b.nodes(now=120.0)[0] == node_record("node-a", 100.0)
+    assert [n.name for n in a.nodes(now=135.0)] == ["node-b"]  # a's lease ended at 130
+    a.heartbeat_node(node_record("node-a", 138.0))  # a heartbeat brings it back, renewed
+    assert [(n.name, n.heartbeat_at) for n in b.nodes(now=139.0)] == [
+        ("node-a", 138.0),
+        ("node-b", 110.0),
+    ]
+    b.remove_node("node-b")
+    assert [n.name for n in a.nodes(now=139.0)] == ["node-a"]
+
+
+def test_prune_forgets_nodes_long_gone(store: TaskStore) -> None:
+    store.heartbeat_node(node_record("old", 100.0))
+    store.heartbeat_node(node_record("new", 1000.0))
+    store.prune(finished_before=500.0)
+    assert [n.name for n in store.nodes(now=0.0)] == ["new"]

@@ -19,6 +19,7 @@ import pytest
 from gpuscribe.domain import NewTask, Priority, TaskState, TranscriptionOptions
 from gpuscribe.store.base import Claim
 from gpuscribe.store.open import open_store
+from gpuscribe.store.sql_loader import migrations
 from gpuscribe.store.sqlite import SqliteStore
 
 NEW = NewTask(Priority.NORMAL, TranscriptionOptions(), "/data/a.wav", 3.0, "wav")
@@ -32,8 +33,21 @@ def test_creates_the_parent_directory_and_reopens(tmp_path: Path) -> None:
     again = SqliteStore(str(path))  # the schema is applied again: idempotent
     assert again.get(task.id) == task
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,), (2,)]
     again.close()
+
+
+def test_a_file_of_the_first_schema_is_migrated(tmp_path: Path) -> None:
+    """A store made before numbered migrations (schema version 1) takes the later ones."""
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(migrations("sqlite")[0].sql)
+        conn.execute("INSERT INTO schema_version VALUES (1, 0)")
+    store = SqliteStore(str(path))
+    assert store.nodes(now=0.0) == []  # the table of migration 2 exists
+    store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,), (2,)]
 
 
 def test_refuses_paths_that_are_not_files() -> None:

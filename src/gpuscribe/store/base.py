@@ -13,7 +13,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from gpuscribe.domain import NewTask, Priority, Task, TaskEvent, TaskState, Transcript
 from gpuscribe.memory.types import CalibrationSample, ProfileKey
@@ -47,6 +47,19 @@ class Claim:
 class QueueCounts:
     by_state: dict[str, int] = field(default_factory=dict)
     by_priority: dict[str, int] = field(default_factory=dict)  # queued tasks only
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRecord:
+    """A node as the cluster sees it, renewed by the node's heartbeat. A node is live until
+    `expires_at`; `devices` are its devices as `/v1/gpus` shows them (JSON objects)."""
+
+    name: str
+    role: str  # "serve" (API and workers), "api" (API only) or "worker" (workers only)
+    started_at: float
+    heartbeat_at: float
+    expires_at: float
+    devices: tuple[dict[str, Any], ...] = ()
 
 
 class TaskStore(Protocol):
@@ -127,8 +140,22 @@ class TaskStore(Protocol):
         ...
 
     def prune(self, *, finished_before: float) -> builtins.list[Task]:
-        """Delete final tasks finished before the time, with their results and history.
-        Returns them so that the caller can delete their audio files."""
+        """Delete final tasks finished before the time, with their results and history (and
+        node records whose lease ended before it). Returns the tasks so that the caller can
+        delete their audio."""
+        ...
+
+    # --- nodes ----------------------------------------------------------------------------------
+    def heartbeat_node(self, node: NodeRecord) -> None:
+        """Insert or replace the node's record (its heartbeat)."""
+        ...
+
+    def nodes(self, *, now: float) -> builtins.list[NodeRecord]:
+        """Live nodes (lease not yet ended at `now`), by name."""
+        ...
+
+    def remove_node(self, name: str) -> None:
+        """A node that stops leaves the view at once."""
         ...
 
     # --- calibration --------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from dataclasses import replace
 from gpuscribe.domain import NewTask, Priority, Task, TaskEvent, TaskState, Transcript
 from gpuscribe.memory.types import CalibrationSample, ProfileKey
 from gpuscribe.store import rows
-from gpuscribe.store.base import Claim, QueueCounts, QueueLimitReached
+from gpuscribe.store.base import Claim, NodeRecord, QueueCounts, QueueLimitReached
 
 
 class InMemoryStore:
@@ -30,6 +30,7 @@ class InMemoryStore:
         self._results: dict[str, Transcript] = {}
         self._samples: dict[ProfileKey, builtins.list[tuple[int, CalibrationSample]]] = {}
         self._seq = itertools.count()
+        self._nodes: dict[str, NodeRecord] = {}
 
     # --- helpers (called with the lock held) -------------------------------------------------
     def _event(self, task_id: str, at: float, state: TaskState, detail: str | None) -> None:
@@ -259,7 +260,22 @@ class InMemoryStore:
             ]
             for task in old:
                 self._forget(task)
+            for name in [n for n, r in self._nodes.items() if r.expires_at < finished_before]:
+                del self._nodes[name]
             return old
+
+    # --- nodes ----------------------------------------------------------------------------------
+    def heartbeat_node(self, node: NodeRecord) -> None:
+        with self._lock:
+            self._nodes[node.name] = node
+
+    def nodes(self, *, now: float) -> builtins.list[NodeRecord]:
+        with self._lock:
+            return [self._nodes[n] for n in sorted(self._nodes) if self._nodes[n].expires_at >= now]
+
+    def remove_node(self, name: str) -> None:
+        with self._lock:
+            self._nodes.pop(name, None)
 
     def _forget(self, task: Task) -> None:
         del self._tasks[task.id], self._order[task.id], self._events[task.id]

@@ -17,12 +17,10 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from gpuscribe.store.sql_loader import load_queries, read_sql
-from gpuscribe.store.sqlbase import Session, SqlTaskStore
+from gpuscribe.store.sql_loader import load_queries
+from gpuscribe.store.sqlbase import Session, SqlTaskStore, migrate
 
 log = logging.getLogger(__name__)
-
-SCHEMA_LOCK_ID = 0x67707573  # an advisory lock: two nodes starting at once apply the schema once
 
 
 class ConnectionPool:
@@ -91,14 +89,25 @@ class PostgresStore(SqlTaskStore):
 
     def __init__(self, url: str, *, pool_size: int = 8) -> None:
         self._queries = load_queries("postgres_queries.sql")
+        self.url = url
         self._pool = ConnectionPool(url, pool_size)
-        self._apply_schema()
+        try:
+            self._migrate()
+        except BaseException:
+            self._pool.close()
+            raise
         log.info("postgres store open (%s)", _without_password(url))
 
-    def _apply_schema(self) -> None:
-        with self._pool.connection() as conn, conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_ID,))
-            conn.execute(read_sql("postgres_schema.sql").encode())
+    def _migrate(self) -> None:
+        with self._write() as s:
+            applied = migrate(s, "postgres")
+        if applied:
+            log.info("applied schema migrations %s", applied)
+
+    @property
+    def pool(self) -> ConnectionPool:
+        """The store's connections, which the PostgreSQL audio store shares."""
+        return self._pool
 
     @contextmanager
     def _write(self) -> Iterator[Session]:

@@ -17,6 +17,7 @@ from gpuscribe.domain import (
     TranscriptionOptions,
 )
 from gpuscribe.memory.types import CalibrationSample, ProfileKey
+from gpuscribe.store.base import NodeRecord
 
 Row = Mapping[str, Any]
 
@@ -126,6 +127,28 @@ def sample_from_row(row: Row) -> CalibrationSample:
         context_bytes=row["context_bytes"],
         measured_at=float(row["measured_at"]),
         estimate_bytes=row["estimate_bytes"],
+    )
+
+
+def node_params(node: NodeRecord) -> dict[str, Any]:
+    return {
+        "name": node.name,
+        "role": node.role,
+        "started_at": node.started_at,
+        "now": node.heartbeat_at,
+        "expires": node.expires_at,
+        "devices": json.dumps(list(node.devices), separators=(",", ":")),
+    }
+
+
+def node_from_row(row: Row) -> NodeRecord:
+    return NodeRecord(
+        name=row["name"],
+        role=row["role"],
+        started_at=float(row["started_at"]),
+        heartbeat_at=float(row["heartbeat_at"]),
+        expires_at=float(row["expires_at"]),
+        devices=tuple(json.loads(row["devices"])),
     )
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import abc
 import builtins
 import secrets
+import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
@@ -17,7 +19,8 @@ from typing import Any, Protocol
 from gpuscribe.domain import NewTask, Priority, Task, TaskEvent, TaskState, Transcript
 from gpuscribe.memory.types import CalibrationSample, ProfileKey
 from gpuscribe.store import rows
-from gpuscribe.store.base import Claim, QueueCounts, QueueLimitReached
+from gpuscribe.store.base import Claim, NodeRecord, QueueCounts, QueueLimitReached
+from gpuscribe.store.sql_loader import migrations
 
 Params = Mapping[str, Any] | None
 
@@ -55,6 +58,10 @@ class Session:
         self._cursor.execute(self._queries[name], params or {})
         return int(self._cursor.rowcount)
 
+    def execute(self, sql: str) -> None:
+        """Run SQL text that takes no parameters (a migration)."""
+        self._cursor.execute(sql)
+
     def many(self, name: str, params: Iterable[Mapping[str, Any]]) -> None:
         batch = list(params)
         if batch:
@@ -62,6 +69,52 @@ class Session:
 
     def event(self, task_id: str, at: float, state: TaskState, detail: str | None) -> None:
         self.run("insert_event", _event(task_id, at, state, detail))
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was migrated by a newer gpuscribe than this one."""
+
+
+def migrate(s: Session, dialect: str) -> list[int]:
+    """Apply the migrations this database lacks, in order, inside the caller's transaction,
+    under the dialect's migration lock (PostgreSQL: an advisory lock; SQLite: BEGIN IMMEDIATE),
+    so that nodes starting at the same moment migrate once. Returns the versions applied."""
+    s.one("migration_lock")
+    s.run("schema_version_table")
+    applied = {int(r["version"]) for r in s.rows("schema_versions")}
+    known = migrations(dialect)
+    newest = max(applied, default=0)
+    if newest > len(known):
+        raise SchemaTooNew(
+            f"the database schema is at version {newest}, newer than this gpuscribe knows "
+            f"({len(known)}): upgrade gpuscribe on this node"
+        )
+    done: list[int] = []
+    for migration in known:
+        if migration.version not in applied:
+            for statement in _statements(migration.sql, dialect):
+                s.execute(statement)
+            s.run("record_version", {"version": migration.version, "now": time.time()})
+            done.append(migration.version)
+    return done
+
+
+def _statements(script: str, dialect: str) -> list[str]:
+    """PostgreSQL runs a whole script in one call; sqlite3 runs one statement at a time."""
+    if dialect != "sqlite":
+        return [script]
+    statements: list[str] = []
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            statements.append(pending.strip())
+            pending = ""
+    if pending.strip() and not all(
+        ln.strip().startswith("--") or not ln.strip() for ln in pending.splitlines()
+    ):
+        raise ValueError(f"unterminated SQL statement in a migration: {pending.strip()[:80]!r}")
+    return statements
 
 
 def _event(task_id: str, at: float, state: TaskState, detail: str | None) -> dict[str, Any]:
@@ -271,7 +324,22 @@ class SqlTaskStore(abc.ABC):
     def prune(self, *, finished_before: float) -> builtins.list[Task]:
         with self._write() as s:
             found = s.rows("prune", {"before": finished_before})
+            s.run("nodes_forget", {"before": finished_before})
         return [rows.task_from_row(r) for r in found]
+
+    # --- nodes ----------------------------------------------------------------------------------
+    def heartbeat_node(self, node: NodeRecord) -> None:
+        with self._write() as s:
+            s.run("node_heartbeat", rows.node_params(node))
+
+    def nodes(self, *, now: float) -> builtins.list[NodeRecord]:
+        with self._read() as s:
+            found = s.rows("live_nodes", {"now": now})
+        return [rows.node_from_row(r) for r in found]
+
+    def remove_node(self, name: str) -> None:
+        with self._write() as s:
+            s.run("node_remove", {"name": name})
 
     # --- calibration --------------------------------------------------------------------------
     def add_sample(self, sample: CalibrationSample) -> None:

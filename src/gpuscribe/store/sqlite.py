@@ -21,8 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from gpuscribe.store.sql_loader import load_queries, read_sql
-from gpuscribe.store.sqlbase import Session, SqlTaskStore
+from gpuscribe.store.sql_loader import load_queries
+from gpuscribe.store.sqlbase import Session, SqlTaskStore, migrate
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +143,11 @@ class SqliteStore(SqlTaskStore):
         self._closed = False
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         writer = self._register(connect(path))
-        writer.executescript(read_sql("sqlite_schema.sql"))
         self._writes = GroupCommit(writer)
+        with self._write() as s:
+            applied = migrate(s, "sqlite")
+        if applied:
+            log.info("applied schema migrations %s", applied)
         log.info("sqlite store open at %s", path)
 
     def _register(self, conn: sqlite3.Connection) -> sqlite3.Connection:

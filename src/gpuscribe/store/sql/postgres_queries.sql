@@ -169,3 +169,36 @@ SELECT * FROM (
 ) AS ranked
 WHERE newest_rank <= %(limit)s
 ORDER BY gpu_name, engine, model, compute_type, batch_size, beam_size, newest_rank;
+
+-- name: migration_lock
+-- Held until the migrating transaction ends: nodes starting at once migrate one at a time.
+SELECT pg_advisory_xact_lock(1735422323) AS locked;
+
+-- name: schema_version_table
+CREATE TABLE IF NOT EXISTS schema_version (
+    version INTEGER NOT NULL PRIMARY KEY,
+    applied_at DOUBLE PRECISION NOT NULL
+);
+
+-- name: schema_versions
+SELECT version FROM schema_version ORDER BY version;
+
+-- name: record_version
+INSERT INTO schema_version (version, applied_at) VALUES (%(version)s, %(now)s)
+ON CONFLICT (version) DO NOTHING;
+
+-- name: node_heartbeat
+INSERT INTO nodes (name, role, started_at, heartbeat_at, expires_at, devices)
+VALUES (%(name)s, %(role)s, %(started_at)s, %(now)s, %(expires)s, %(devices)s)
+ON CONFLICT (name) DO UPDATE SET
+    role = excluded.role, started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at,
+    expires_at = excluded.expires_at, devices = excluded.devices;
+
+-- name: live_nodes
+SELECT * FROM nodes WHERE expires_at >= %(now)s ORDER BY name;
+
+-- name: node_remove
+DELETE FROM nodes WHERE name = %(name)s;
+
+-- name: nodes_forget
+DELETE FROM nodes WHERE expires_at < %(before)s;

@@ -169,3 +169,34 @@ SELECT * FROM (
 ) AS ranked
 WHERE newest_rank <= :limit
 ORDER BY gpu_name, engine, model, compute_type, batch_size, beam_size, newest_rank;
+
+-- name: migration_lock
+SELECT 1 AS locked;  -- BEGIN IMMEDIATE already holds the write lock
+
+-- name: schema_version_table
+CREATE TABLE IF NOT EXISTS schema_version (
+    version INTEGER NOT NULL PRIMARY KEY,
+    applied_at REAL NOT NULL
+);
+
+-- name: schema_versions
+SELECT version FROM schema_version ORDER BY version;
+
+-- name: record_version
+INSERT OR IGNORE INTO schema_version (version, applied_at) VALUES (:version, :now);
+
+-- name: node_heartbeat
+INSERT INTO nodes (name, role, started_at, heartbeat_at, expires_at, devices)
+VALUES (:name, :role, :started_at, :now, :expires, :devices)
+ON CONFLICT (name) DO UPDATE SET
+    role = excluded.role, started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at,
+    expires_at = excluded.expires_at, devices = excluded.devices;
+
+-- name: live_nodes
+SELECT * FROM nodes WHERE expires_at >= :now ORDER BY name;
+
+-- name: node_remove
+DELETE FROM nodes WHERE name = :name;
+
+-- name: nodes_forget
+DELETE FROM nodes WHERE expires_at < :before;

@@ -1,4 +1,5 @@
--- The PostgreSQL schema of gpuscribe's store. Applied at every open: each statement is idempotent.
+-- PostgreSQL migration 1: tasks, their history, results and calibration samples.
+-- Every statement is idempotent: a database made before migrations were numbered takes it too.
 
 CREATE TABLE IF NOT EXISTS schema_version (
     version INTEGER NOT NULL PRIMARY KEY,
@@ -76,6 +77,3 @@ CREATE TABLE IF NOT EXISTS calibration_samples (
 
 CREATE INDEX IF NOT EXISTS calibration_samples_key ON calibration_samples
     (gpu_name, engine, model, compute_type, batch_size, beam_size, measured_at);
-
-INSERT INTO schema_version (version, applied_at)
-    VALUES (1, EXTRACT(EPOCH FROM now())) ON CONFLICT (version) DO NOTHING;

@@ -1,4 +1,5 @@
--- The SQLite schema of gpuscribe's store. Applied at every open: each statement is idempotent.
+-- SQLite migration 1: tasks, their history, results and calibration samples.
+-- Every statement is idempotent: a database made before migrations were numbered takes it too.
 
 CREATE TABLE IF NOT EXISTS schema_version (
     version INTEGER NOT NULL PRIMARY KEY,
@@ -76,5 +77,3 @@ CREATE TABLE IF NOT EXISTS calibration_samples (
 
 CREATE INDEX IF NOT EXISTS calibration_samples_key ON calibration_samples
     (gpu_name, engine, model, compute_type, batch_size, beam_size, measured_at);
-
-INSERT OR IGNORE INTO schema_version (version, applied_at) VALUES (1, CAST(strftime('%s', 'now') AS REAL));
