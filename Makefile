@@ -2,32 +2,46 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# What serving needs (the package and its dependencies), then what the tests and linters add.
+SERVE_STAMP := $(VENV)/.installed-serve
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: serve test test-unit test-integration test-acceptance test-gpu lint format bench clean
 
-$(STAMP): pyproject.toml
-	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+
+# On the CPU the default engine is faster-whisper (no PyTorch). Where an NVIDIA GPU is present
+# the default engine is transformers, which needs PyTorch: the `transformers` extra brings it.
+$(SERVE_STAMP): pyproject.toml | $(BIN)/python
+	if command -v nvidia-smi >/dev/null 2>&1; then \
+	  $(BIN)/pip install -q -e '.[transformers]'; \
+	else \
+	  $(BIN)/pip install -q -e .; \
+	fi
+	touch $@
+
+$(TEST_STAMP): $(SERVE_STAMP) pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	# The CPU build of PyTorch (the transformers engine's tests run on the CPU).
 	$(BIN)/pip install -q 'torch==2.13.0' 'transformers>=4.45'
-	touch $(STAMP)
+	touch $@
 
-serve: $(STAMP)
+serve: $(SERVE_STAMP)
 	mkdir -p var
 	$(BIN)/gpuscribe serve --data-dir var
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(BIN)/python -m pytest tests
 
-test-unit: $(STAMP)
+test-unit: $(TEST_STAMP)
 	$(BIN)/python -m pytest tests/unit
 
-test-integration: $(STAMP)
+test-integration: $(TEST_STAMP)
 	$(BIN)/python -m pytest tests/integration
 
-test-acceptance: $(STAMP)
+test-acceptance: $(TEST_STAMP)
 	$(BIN)/python -m pytest tests/acceptance
 
 # On a machine with CUDA GPUs, with the Python that has torch and transformers (no .venv: GPU
@@ -35,16 +49,16 @@ test-acceptance: $(STAMP)
 test-gpu:
 	PYTHONPATH=src $(PYTHON) -m pytest -p no:cacheprovider -m gpu tests/gpu
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
 
-format: $(STAMP)
+format: $(TEST_STAMP)
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix src tests benchmarks
 
-bench: $(STAMP)
+bench: $(SERVE_STAMP)
 	$(BIN)/gpuscribe bench
 
 clean:
