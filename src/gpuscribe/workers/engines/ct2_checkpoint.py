@@ -12,6 +12,10 @@ CTranslate2 model in the models directory. Three layers, each usable alone:
   weights dequantized, bfloat16 widened; numpy only.
 - `load_ct2_whisper`: the PyTorch model with its config and generation config, and the metadata
   decoding needs (`Ct2WhisperInfo`).
+
+transformers' classes are imported from their modules, never as `transformers.Name`: the
+package resolves those names lazily, and threads resolving them at once can fail (see
+`transformers_engine._IMPORT_LOCK`); a plain import is safe under Python's import locks.
 """
 
 from __future__ import annotations
@@ -396,7 +400,7 @@ def load_ct2_whisper(
     `device` in `dtype` (default float32), with its generation config, and its metadata.
     Built on the meta device and filled with the checkpoint's tensors: no random init."""
     import torch
-    import transformers
+    from transformers.models.whisper.modeling_whisper import WhisperForConditionalGeneration
 
     directory = Path(path)
     ct2 = read_ct2_model(directory)
@@ -409,7 +413,7 @@ def load_ct2_whisper(
         for name, array in hf_state_dict(ct2).items()
     }
     with torch.device("meta"):
-        model = transformers.WhisperForConditionalGeneration(whisper_config(shape, info))
+        model = WhisperForConditionalGeneration(whisper_config(shape, info))
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     expected_missing = {"proj_out.weight"} if shape.tied_output else set()
     if set(missing) != expected_missing or unexpected:
@@ -456,9 +460,9 @@ def whisper_info(
 
 def whisper_config(shape: WhisperShape, info: Ct2WhisperInfo) -> Any:
     """The Hugging Face `WhisperConfig` of this architecture and vocabulary."""
-    import transformers
+    from transformers.models.whisper.configuration_whisper import WhisperConfig
 
-    return transformers.WhisperConfig(
+    return WhisperConfig(
         vocab_size=shape.vocab_size,
         num_mel_bins=shape.n_mels,
         d_model=shape.d_model,
@@ -481,7 +485,7 @@ def whisper_config(shape: WhisperShape, info: Ct2WhisperInfo) -> Any:
 def generation_config(info: Ct2WhisperInfo) -> Any:
     """The generation config Hugging Face publishes with its Whisper checkpoints, from the
     CTranslate2 config and vocabulary (`lang_to_id`/`task_to_id` only where multilingual)."""
-    import transformers
+    from transformers.generation.configuration_utils import GenerationConfig
 
     sot = info.start_of_transcript
     extra: dict[str, Any] = {}
@@ -492,7 +496,7 @@ def generation_config(info: Ct2WhisperInfo) -> Any:
         # <|startofprev|>, <|nocaptions|>, <|notimestamps|>.
         no_timestamps = info.no_timestamps
         extra["task_to_id"] = {"translate": no_timestamps - 5, "transcribe": no_timestamps - 4}
-    return transformers.GenerationConfig(  # type: ignore[no-untyped-call]
+    return GenerationConfig(  # type: ignore[no-untyped-call]
         decoder_start_token_id=sot,
         bos_token_id=info.end_of_text,
         eos_token_id=info.end_of_text,
@@ -589,4 +593,6 @@ class TokenizerText:
 
     def language_code(self, token_id: int) -> str | None:
         token = self._tokenizer.id_to_token(token_id)
-        return str(token).removeprefix("<|").removesuffix("|>") or None if token else None
+        if not token:
+            return None
+        return str(token).removeprefix("<|").removesuffix("|>") or None
