@@ -8,14 +8,18 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
+from test_store_contract import pg_ok, pg_url  # noqa: F401  (fixtures)
 
 from gpuscribe.api.backend import QueueFull
 from gpuscribe.config import GIB, Settings, load_settings
 from gpuscribe.domain import NewTask, Priority, Task, TaskState, TranscriptionOptions
 from gpuscribe.memory.profiles import REFERENCE_CONTEXT_BYTES
+from gpuscribe.node.cluster import Role
 from gpuscribe.node.node import Node
 from gpuscribe.node.scheduler import profile_key
+from gpuscribe.store.audio import PG_PREFIX
 from gpuscribe.store.base import Claim, TaskStore
 from gpuscribe.store.memory import InMemoryStore
 from gpuscribe.store.sqlite import SqliteStore
@@ -289,3 +293,84 @@ def test_devices_setting_limits_the_node_to_the_named_gpus(make_node: Callable[.
     node = make_node(store=InMemoryStore(), spec=f"3x24GiB:{GPU_NAME}", devices="2")
     assert [s.device.index for s in node.slots.values()] == [2]
     assert node.default_engine == "faster-whisper"  # no CUDA device: the CPU engine's default
+
+
+# --- several nodes, one PostgreSQL ------------------------------------------------------------
+@pytest.fixture
+def pg_nodes(pg_url: str, tmp_path: Path) -> Iterator[Callable[..., Node]]:  # noqa: F811
+    """Nodes on one PostgreSQL store, each with a data directory of its own."""
+    nodes: list[Node] = []
+
+    def make(name: str, role: Role = Role.SERVE, **flags: Any) -> Node:
+        settings = settings_for(
+            tmp_path / name, node_name=name, store=pg_url, lease_seconds=2.0, **flags
+        )
+        node = Node(settings, telemetry=SimulatedGpus(SPEC), role=role)
+        nodes.append(node)
+        return node
+
+    yield make
+    for node in nodes:
+        node.stop()
+
+
+def pg_audio_names(url: str) -> list[str]:
+    with psycopg.connect(url) as conn:
+        return [name for (name,) in conn.execute("SELECT name FROM audio_objects").fetchall()]
+
+
+def test_with_postgres_the_audio_lives_in_the_database(
+    pg_nodes: Callable[..., Node],
+    pg_url: str,  # noqa: F811
+) -> None:
+    node = pg_nodes("node-a")
+    new = new_task(node.settings, "a", 60.0)
+    task, _ = node.submit(new)
+    assert not Path(new.audio_path).exists()  # moved into PostgreSQL: no node needs this disk
+    assert task.audio_path == f"{PG_PREFIX}a.wav"
+    assert pg_audio_names(pg_url) == ["a.wav"]
+    node.start()
+    assert wait_for(node, task.id, {TaskState.COMPLETED}).node == "node-a"
+    deadline = time.monotonic() + 5.0
+    while pg_audio_names(pg_url):  # a final task's audio goes
+        assert time.monotonic() < deadline, "the audio of a final task stayed in PostgreSQL"
+        time.sleep(0.02)
+
+
+def test_an_api_node_queues_a_worker_node_runs_any_node_answers(
+    pg_nodes: Callable[..., Node],
+    pg_url: str,  # noqa: F811
+) -> None:
+    api = pg_nodes("node-api", Role.API)
+    worker = pg_nodes("node-gpu", Role.WORKER)
+    api.start()
+    worker.start()
+    assert api.slots == {} and api.healthy()
+    task, _ = api.submit(new_task(api.settings, "a", 60.0))
+    done = wait_for(api, task.id, {TaskState.COMPLETED, TaskState.FAILED})
+    assert done.state is TaskState.COMPLETED and done.node == "node-gpu"
+    assert api.store.result(task.id) is not None  # the API node serves what another ran
+
+    views = api.devices()
+    assert [(v.node, v.reading.index) for v in views] == [("node-gpu", 0), ("node-gpu", 1)]
+    assert all(v.heartbeat_at is not None and v.reading.name == GPU_NAME for v in views)
+    assert [(v.node, v.reading.index) for v in worker.devices()] == [
+        ("node-gpu", 0),
+        ("node-gpu", 1),
+    ]
+    assert api.default_engine == "faster-whisper"  # simulated devices are not CUDA
+
+    worker.stop()  # a node that stops leaves the view at once
+    assert api.devices() == []
+
+
+def test_a_node_that_stops_heart_beating_leaves_the_view_when_its_lease_ends(
+    pg_nodes: Callable[..., Node],
+) -> None:
+    api = pg_nodes("node-api", Role.API)
+    worker = pg_nodes("node-gpu", Role.WORKER)
+    record = worker.beat()  # as if it heart-beat once, then died without a word
+    assert record.expires_at == record.heartbeat_at + 2.0
+    assert {v.node for v in api.devices()} == {"node-gpu"}
+    time.sleep(2.2)
+    assert api.devices() == []

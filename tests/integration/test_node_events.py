@@ -18,7 +18,7 @@ from gpuscribe.memory.profiles import REFERENCE_CONTEXT_BYTES
 from gpuscribe.memory.types import MIB, MemoryEstimate, ModelKey, ProfileKey
 from gpuscribe.metrics import Metrics
 from gpuscribe.node.devices import DeviceSlot
-from gpuscribe.node.events import OOM_RAISE_FACTOR, EventHandler
+from gpuscribe.node.events import OOM_RAISE_FACTOR, EventHandler, local_failure_error
 from gpuscribe.node.parts import build_parts
 from gpuscribe.node.running import RunningTask, RunningTasks
 from gpuscribe.node.scheduler import profile_key
@@ -309,6 +309,32 @@ def test_transient_failure_requeues_with_a_backoff(rig: Rig, kind: FailureKind) 
     assert rig.counter("gpuscribe_task_retries_total", reason=kind.value) == 1
     assert rig.counter("gpuscribe_out_of_memory_total", gpu="0", uuid=r.device_uuid) == 0
     assert rig.audio(r.task_id).exists()
+
+
+def test_a_node_local_failure_requeues_at_once_naming_the_node(rig: Rig) -> None:
+    """Audio this node could not read: back to the queue for another node, now, counted as an
+    attempt, with the node and the reason recorded; its audio stays for the next attempt."""
+    r = rig.start_task()
+    error = "AudioUnavailable: the audio file /x.wav is not on this node"
+    rig.handler.handle(r.device_uuid, TaskFailed(r.task_id, r.token, FailureKind.NODE_LOCAL, error))
+    task = rig.store.get(r.task_id)
+    assert task is not None and task.state is TaskState.QUEUED
+    assert task.error == local_failure_error("node-a", error)
+    assert task.error.startswith("node node-a could not run it: AudioUnavailable")
+    assert task.not_before == rig.clock.now and task.attempts == 1
+    assert rig.store.history(r.task_id)[-1].detail == f"retry: {task.error}"
+    assert rig.counter("gpuscribe_task_retries_total", reason="node_local") == 1
+    assert rig.audio(r.task_id).exists()
+
+
+def test_a_node_local_failure_on_the_last_attempt_fails_the_task(rig: Rig) -> None:
+    r = rig.start_task(max_attempts=1)
+    rig.handler.handle(
+        r.device_uuid, TaskFailed(r.task_id, r.token, FailureKind.NODE_LOCAL, "no model here")
+    )
+    task = rig.store.get(r.task_id)
+    assert task is not None and task.state is TaskState.FAILED
+    assert task.error == "node node-a could not run it: no model here"
 
 
 def test_a_transient_failure_on_the_last_attempt_fails_the_task(rig: Rig) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +21,11 @@ from gpuscribe.memory.profiles import REFERENCE_CONTEXT_BYTES
 from gpuscribe.memory.types import MemoryEstimate, ModelKey, ProfileKey
 from gpuscribe.metrics import Metrics
 from gpuscribe.node.devices import DeviceSlot
-from gpuscribe.node.events import EventHandler
+from gpuscribe.node.events import EventHandler, local_failure_error
 from gpuscribe.node.parts import build_parts
 from gpuscribe.node.running import RunningTasks
-from gpuscribe.node.scheduler import SchedulerPass
+from gpuscribe.node.scheduler import LOCAL_FAILURE_AVOID_SECONDS, SchedulerPass
+from gpuscribe.store.audio import LocalAudioStore
 from gpuscribe.store.base import Claim, TaskStore
 from gpuscribe.store.memory import InMemoryStore
 from gpuscribe.telemetry.simulated import SimulatedGpus
@@ -68,6 +69,7 @@ class Rig:
         return SchedulerPass(
             settings=self.settings,
             store=self.store,
+            audio=LocalAudioStore(self.audio_dir),
             telemetry=self.gpus,
             slots=self.slots,
             estimator=self.estimator,
@@ -351,3 +353,46 @@ def test_a_claimed_task_is_dispatched_to_its_worker(make_rig: Any) -> None:
         assert time.monotonic() < deadline, "the worker never started the task"
         time.sleep(0.01)
     assert rig.running.get(task_id) is not None
+
+
+# --- tasks another node gave back -------------------------------------------------------------
+def test_a_task_this_node_gave_back_is_left_to_other_nodes_for_a_while(make_rig: Any) -> None:
+    rig = make_rig()
+    rig.start_workers()
+    task_id = rig.submit("a")
+    assert rig.scheduler().run_once() == 1
+    task = rig.store.get(task_id)
+    assert task is not None and task.lease_token is not None
+    error = local_failure_error("node-a", "AudioUnavailable: not on this node")
+    rig.running.pop(task_id, task.lease_token)
+    rig.ledger(task.gpu_index or 0).release(task_id)
+    assert rig.store.fail(task_id, task.lease_token, error, retry_at=rig.clock(), now=rig.clock())
+
+    assert rig.scheduler().run_once() == 0  # node-a leaves it to the others
+    other = replace(rig.settings, node_name="node-b")
+    assert (
+        SchedulerPass(
+            settings=other, store=rig.store, audio=LocalAudioStore(rig.audio_dir),
+            telemetry=rig.gpus, slots=rig.slots, estimator=rig.estimator, running=rig.running,
+            metrics=rig.metrics, oom_floors={}, clock=rig.clock,
+        ).run_once()
+        == 1
+    )  # fmt: skip
+    again = rig.store.get(task_id)
+    assert again is not None and again.node == "node-b" and again.attempts == 2
+
+
+def test_after_a_while_the_node_that_gave_a_task_back_tries_it_again(make_rig: Any) -> None:
+    rig = make_rig()
+    rig.start_workers()
+    task_id = rig.submit("a")
+    assert rig.scheduler().run_once() == 1
+    task = rig.store.get(task_id)
+    assert task is not None and task.lease_token is not None
+    rig.running.pop(task_id, task.lease_token)
+    rig.ledger(task.gpu_index or 0).release(task_id)
+    error = local_failure_error("node-a", "ModelUnavailable: no weights")
+    rig.store.fail(task_id, task.lease_token, error, retry_at=rig.clock(), now=rig.clock())
+    assert rig.scheduler().run_once() == 0
+    rig.clock.now += LOCAL_FAILURE_AVOID_SECONDS + 0.1  # no other node took it meanwhile
+    assert rig.scheduler().run_once() == 1

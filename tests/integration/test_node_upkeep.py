@@ -154,8 +154,8 @@ def build_rig(
     wakes: list[None] = []
     # An upkeep of its own, so that `wakes` holds only what upkeep asked for (not the events').
     upkeep = Upkeep(
-        settings=settings, store=parts.store, telemetry=gpus, slots=parts.slots,
-        running=parts.running, metrics=parts.metrics, clock=clock,
+        settings=settings, store=parts.store, audio=parts.audio, telemetry=gpus,
+        slots=parts.slots, running=parts.running, metrics=parts.metrics, clock=clock,
         wake=lambda: wakes.append(None),
     )  # fmt: skip
     audio_dir = tmp_path / "audio"

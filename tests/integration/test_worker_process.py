@@ -80,7 +80,7 @@ def test_cuda_worker_sees_only_its_own_gpu() -> None:
         (InvalidRequest("not audio"), True, FailureKind.BAD_INPUT),
         (InvalidRequest("bad language"), False, FailureKind.BAD_INPUT),
         (ValueError("odd header"), True, FailureKind.BAD_INPUT),
-        (FileNotFoundError("gone"), True, FailureKind.TRANSIENT),
+        (FileNotFoundError("gone"), True, FailureKind.NODE_LOCAL),
         (
             RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
             False,
@@ -221,7 +221,10 @@ Loop = tuple[Worker, FakeMemory, Connection]
 
 
 @pytest.fixture
-def loop(monkeypatch: pytest.MonkeyPatch) -> Iterator[Loop]:
+def loop(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Loop]:
+    monkeypatch.chdir(tmp_path)  # the tasks' audio: files here, read through the audio store
+    for name in ("a.wav", "notes.txt"):
+        (tmp_path / name).write_bytes(b"RIFF")
     decode_module = importlib.import_module("gpuscribe.audio.decode")
     registry_module = importlib.import_module("gpuscribe.workers.engines.registry")
 

@@ -33,6 +33,8 @@ class DeviceView:
     max_tasks: int
     resident_models: tuple[str, ...]
     draining: bool
+    node: str = ""  # the node that drives it (in a cluster, every node's devices are shown)
+    heartbeat_at: float | None = None  # that node's last heartbeat
 
 
 @dataclass(frozen=True, slots=True)

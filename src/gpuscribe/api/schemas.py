@@ -163,6 +163,8 @@ class GpuOut(BaseModel):
     healthy: bool
     error: str | None
     read_at: str | None
+    node: str | None = Field(default=None, description="The node that drives the device.")
+    heartbeat_at: str | None = Field(default=None, description="That node's last heartbeat.")
 
     @classmethod
     def of(cls, view: DeviceView) -> GpuOut:
@@ -192,6 +194,8 @@ class GpuOut(BaseModel):
             healthy=r.healthy,
             error=r.error,
             read_at=iso_time(r.read_at),
+            node=view.node or None,
+            heartbeat_at=iso_time(view.heartbeat_at),
         )
 
 

@@ -104,7 +104,7 @@ def _add_log_level(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _run_node(args: argparse.Namespace, *, with_api: bool) -> int:
+def _run_node(args: argparse.Namespace, *, with_api: bool, with_workers: bool = True) -> int:
     settings = settings_from_args(args)
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -112,12 +112,12 @@ def _run_node(args: argparse.Namespace, *, with_api: bool) -> int:
     )
     from gpuscribe.node.service import run_service
 
-    run_service(settings, with_api=with_api)
+    run_service(settings, with_api=with_api, with_workers=with_workers)
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    return _run_node(args, with_api=True)
+    return _run_node(args, with_api=True, with_workers=not args.no_workers)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -157,6 +157,12 @@ def register(sub: Any) -> None:
         help="run the API, the scheduler and workers on local GPUs",
         description="Run the HTTP API, the scheduler and one worker per local GPU (the CPU where "
         "there is none) until Ctrl-C or SIGTERM.",
+    )
+    serve.add_argument(
+        "--no-workers",
+        action="store_true",
+        help="serve the API only, with no worker on this machine (behind a load balancer, "
+        "in front of `gpuscribe worker` nodes sharing a PostgreSQL store)",
     )
     add_settings_flags(serve, SERVE_FLAGS)
     _add_log_level(serve)

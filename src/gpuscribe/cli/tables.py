@@ -105,10 +105,19 @@ GPU_HEADERS = [
 
 
 def gpus_table(gpus: Sequence[Row]) -> str:
-    """The `gpuscribe gpus` table: memory used (device) / reserved (gpuscribe) / cap in GiB."""
+    """The `gpuscribe gpus` table: memory used (device) / reserved (gpuscribe) / cap in GiB.
+    Devices of a cluster come with their node and its last heartbeat, in two first columns."""
     if not gpus:
         return "no devices"
-    return render_table(GPU_HEADERS, [gpu_row(g) for g in gpus], right=(2, 3, 4, 5, 6, 7))
+    if not any(g.get("node") for g in gpus):
+        return render_table(GPU_HEADERS, [gpu_row(g) for g in gpus], right=(2, 3, 4, 5, 6, 7))
+    rows = [
+        [str(g.get("node") or "?"), timestamp(g.get("heartbeat_at")), *gpu_row(g)] for g in gpus
+    ]
+    return render_table(NODE_HEADERS + GPU_HEADERS, rows, right=(4, 5, 6, 7, 8, 9))
+
+
+NODE_HEADERS = ["NODE", "HEARTBEAT"]
 
 
 TASK_HEADERS = ["ID", "STATE", "PRIORITY", "MODEL", "GPU", "PROGRESS", "AUDIO", "CREATED", "ERROR"]

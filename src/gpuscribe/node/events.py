@@ -10,7 +10,6 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from gpuscribe.config import Settings
 from gpuscribe.domain import Transcript
@@ -20,6 +19,7 @@ from gpuscribe.metrics import Metrics
 from gpuscribe.node.devices import DeviceSlot
 from gpuscribe.node.running import RunningTask, RunningTasks
 from gpuscribe.scheduling.backoff import retry_delay
+from gpuscribe.store.audio import AudioStore
 from gpuscribe.store.base import TaskStore
 from gpuscribe.workers.messages import (
     FailureKind,
@@ -38,12 +38,18 @@ log = logging.getLogger(__name__)
 OOM_RAISE_FACTOR = 1.5
 
 
+def local_failure_error(node: str, error: str) -> str:
+    """The error a task keeps when `node` could not run it for a reason of its own."""
+    return f"node {node} could not run it: {error}"
+
+
 class EventHandler:
     def __init__(
         self,
         *,
         settings: Settings,
         store: TaskStore,
+        audio: AudioStore,
         slots: dict[str, DeviceSlot],
         running: RunningTasks,
         book: CalibrationBook,
@@ -54,6 +60,7 @@ class EventHandler:
     ) -> None:
         self._settings = settings
         self._store = store
+        self._audio = audio
         self._slots = slots
         self._running = running
         self._book = book
@@ -165,7 +172,11 @@ class EventHandler:
         retry_at = self._retry_at(
             slot, task, event, now, attempts=current.attempts if current else 1
         )
-        self._store.fail(event.task_id, event.lease_token, event.error, retry_at=retry_at, now=now)
+        error = event.error
+        if event.kind is FailureKind.NODE_LOCAL:
+            error = local_failure_error(self._settings.node_name, error)
+            log.warning("task %s goes back to the queue for another node: %s", task.task_id, error)
+        self._store.fail(event.task_id, event.lease_token, error, retry_at=retry_at, now=now)
         final = self._store.get(event.task_id)
         if final is not None and final.state.is_final:
             self._observe_finish(task, "failed", now)
@@ -187,6 +198,8 @@ class EventHandler:
     ) -> float | None:
         if event.kind in (FailureKind.BAD_INPUT, FailureKind.TIMEOUT):
             return None  # bad input fails again; a task that ran out of time would again
+        if event.kind is FailureKind.NODE_LOCAL:
+            return now  # another node may run it now; this one leaves it alone for a while
         if event.kind is FailureKind.OUT_OF_MEMORY:
             self._metrics.out_of_memory.labels(str(slot.device.index), slot.uuid).inc()
             floor = int(task.estimate.working_bytes * OOM_RAISE_FACTOR)
@@ -216,6 +229,6 @@ class EventHandler:
         if task is None or not task.state.is_final:
             return
         try:
-            Path(task.audio_path).unlink(missing_ok=True)
-        except OSError as exc:
+            self._audio.delete(task.audio_path)
+        except Exception as exc:
             log.warning("could not delete audio of task %s: %s", task_id, exc)

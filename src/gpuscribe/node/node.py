@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from gpuscribe.api.backend import CalibrationRow, DeviceView, QueueFull
@@ -14,8 +15,10 @@ from gpuscribe.config import Settings
 from gpuscribe.domain import NewTask, Task, TaskState
 from gpuscribe.memory.types import MemoryEstimate, ProfileKey
 from gpuscribe.node.calibration_view import calibration_rows
+from gpuscribe.node.cluster import Role, cluster_devices, device_json
 from gpuscribe.node.parts import build_parts
-from gpuscribe.store.base import QueueLimitReached, TaskStore
+from gpuscribe.store.audio import ORPHAN_AGE_SECONDS, adopt_file
+from gpuscribe.store.base import NodeRecord, QueueLimitReached, TaskStore
 from gpuscribe.store.open import open_store
 from gpuscribe.telemetry.base import DeviceKind, GpuTelemetry
 from gpuscribe.telemetry.cache import CachedTelemetry
@@ -25,7 +28,10 @@ log = logging.getLogger(__name__)
 
 
 class Node:
-    """One machine's share of gpuscribe. Thread-safe; start() then stop()."""
+    """One machine's share of gpuscribe. Thread-safe; start() then stop().
+
+    Its `role` says what it runs: `serve` (the API and workers on its devices), `api` (the API
+    only: no device, no scheduler) or `worker` (workers only; the caller serves no HTTP)."""
 
     def __init__(
         self,
@@ -34,8 +40,10 @@ class Node:
         store: TaskStore | None = None,
         telemetry: GpuTelemetry | None = None,
         clock: Callable[[], float] = time.time,
+        role: Role = Role.SERVE,
     ) -> None:
         self.settings = settings
+        self.role = role
         Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
         settings.audio_dir.mkdir(parents=True, exist_ok=True)
         self._clock = clock
@@ -48,8 +56,10 @@ class Node:
             telemetry if telemetry is not None else open_telemetry(settings),
             clock=clock,
             wake=self.wake,
+            with_workers=role.has_workers,
         )
         self.store = parts.store
+        self.audio = parts.audio
         self.telemetry = parts.telemetry
         self._display = CachedTelemetry(self.telemetry, ttl_seconds=1.0)
         self.metrics = parts.metrics
@@ -59,27 +69,34 @@ class Node:
         self.slots = parts.slots
         self._pass = parts.scheduler
         self._upkeep = parts.upkeep
+        self._started_at = clock()
+        self._heartbeat_at: float | None = None
 
     @property
     def default_engine(self) -> str:
         if self.settings.default_engine:
             return self.settings.default_engine
         kinds = {s.kind for s in self.slots.values()}
+        if not self.slots:  # an API-only node: the engine the cluster's devices take
+            kinds = {v.reading.kind for v in self.devices()}
         return "transformers" if DeviceKind.CUDA in kinds else "faster-whisper"
 
     # --- life -------------------------------------------------------------------------------
     def start(self) -> None:
         self._requeue_own_orphans()
         self._sweep_orphan_audio()
+        self.audio.sweep(created_before=self._clock() - ORPHAN_AGE_SECONDS)
         for slot in self.slots.values():
             slot.worker.start()
+        self.beat()
         loops: list[tuple[str, Callable[[], None], float]] = [
-            ("heartbeat", self._upkeep.heartbeat, self.settings.heartbeat_seconds),
+            ("heartbeat", self._heartbeat, self.settings.heartbeat_seconds),
             ("recovery", self._upkeep.recover, max(1.0, self.settings.lease_seconds / 3)),
             ("prune", self._upkeep.prune, min(3600.0, self.settings.retention_seconds / 10)),
-            ("devices", self._upkeep.watch_devices, 1.0),
         ]
-        self._spawn("scheduler", self._schedule_forever)
+        if self.role.has_workers:
+            loops.append(("devices", self._upkeep.watch_devices, 1.0))
+            self._spawn("scheduler", self._schedule_forever)
         for name, fn, every in loops:
             self._spawn(name, functools.partial(self._every, fn, every))
 
@@ -90,6 +107,10 @@ class Node:
             thread.join(timeout=10)
         for slot in self.slots.values():  # their last events still reach the open store
             slot.worker.stop()
+        try:
+            self.store.remove_node(self.settings.node_name)  # it leaves the cluster's view now
+        except Exception:
+            log.exception("could not remove this node from the store's list of nodes")
         self.telemetry.close()
         self.store.close()
 
@@ -118,6 +139,28 @@ class Node:
 
     def wake(self) -> None:
         self._wake_event.set()
+
+    def _heartbeat(self) -> None:
+        self._upkeep.heartbeat()
+        self.beat()
+
+    def beat(self) -> NodeRecord:
+        """Write this node's record (role, devices) with a lease: the cluster's view of it."""
+        now = self._clock()
+        record = self._record(now)
+        self.store.heartbeat_node(record)
+        self._heartbeat_at = now
+        return record
+
+    def _record(self, now: float) -> NodeRecord:
+        return NodeRecord(
+            name=self.settings.node_name,
+            role=self.role.value,
+            started_at=self._started_at,
+            heartbeat_at=now,
+            expires_at=now + self.settings.lease_seconds,
+            devices=tuple(device_json(v) for v in self._local_devices(fresh=False)),
+        )
 
     def _requeue_own_orphans(self) -> None:
         """Tasks this node was running when it died cannot still be running: requeue them now
@@ -152,13 +195,27 @@ class Node:
 
     # --- Backend ----------------------------------------------------------------------------
     def submit(self, new: NewTask) -> tuple[Task, bool]:
+        """The upload at `new.audio_path` moves into the audio store first (PostgreSQL: every
+        node can read it); a rejected or repeated submission deletes it there again."""
+        ref = adopt_file(self.audio, Path(new.audio_path))
+        moved = ref != new.audio_path  # else the caller still owns the file, as before
         try:
             task, created = self.store.add(
-                new, now=self._clock(), max_queued=self.settings.max_queue_length
+                replace(new, audio_path=ref),
+                now=self._clock(),
+                max_queued=self.settings.max_queue_length,
             )
         except QueueLimitReached as exc:
+            if moved:
+                self.audio.delete(ref)
             self.metrics.submissions.labels("rejected").inc()
             raise QueueFull(retry_after_seconds=self._retry_after()) from exc
+        except BaseException:
+            if moved:
+                self.audio.delete(ref)
+            raise
+        if not created and moved:
+            self.audio.delete(ref)
         self.metrics.submissions.labels("accepted" if created else "duplicate").inc()
         if created:
             self.wake()
@@ -175,10 +232,20 @@ class Node:
                 running.cancel_sent_at = self._clock()
                 self.slots[running.device_uuid].worker.cancel(task_id)
         if task is not None and task.state is TaskState.CANCELLED:
-            Path(task.audio_path).unlink(missing_ok=True)
+            self.audio.delete(task.audio_path)
         return task
 
     def devices(self, *, fresh: bool = False) -> list[DeviceView]:
+        """Every live node's devices: this node's read now (or from a short cache), the others'
+        as their last heartbeat wrote them."""
+        now = self._clock()
+        own = NodeRecord(
+            self.settings.node_name, self.role.value, self._started_at,
+            self._heartbeat_at or now, now + self.settings.lease_seconds,
+        )  # fmt: skip
+        return cluster_devices(self._local_devices(fresh=fresh), own, self.store.nodes(now=now))
+
+    def _local_devices(self, *, fresh: bool) -> list[DeviceView]:
         source = self.telemetry if fresh else self._display
         views = []
         for slot in self.slots.values():
@@ -207,4 +274,6 @@ class Node:
         return self.estimator.estimate(key, audio_seconds, device_kind=kind)
 
     def healthy(self) -> bool:
+        if not self.role.has_workers:
+            return not self._stopping.is_set()
         return not self._stopping.is_set() and any(s.ready for s in self.slots.values())

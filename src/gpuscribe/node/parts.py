@@ -18,6 +18,7 @@ from gpuscribe.node.running import RunningTasks
 from gpuscribe.node.scheduler import SchedulerPass
 from gpuscribe.node.upkeep import Upkeep
 from gpuscribe.node.workers import make_worker
+from gpuscribe.store.audio import AudioStore, open_audio_store
 from gpuscribe.store.base import TaskStore
 from gpuscribe.telemetry.base import GpuTelemetry
 from gpuscribe.workers.base import EventSink, WorkerHandle
@@ -32,6 +33,7 @@ WorkerFactory = Callable[[DeviceRef, Settings, GpuTelemetry, EventSink], WorkerH
 class NodeParts:
     settings: Settings
     store: TaskStore
+    audio: AudioStore
     telemetry: GpuTelemetry
     metrics: Metrics
     running: RunningTasks
@@ -52,10 +54,16 @@ def build_parts(
     clock: Callable[[], float],
     wake: Callable[[], None],
     worker_factory: WorkerFactory = make_worker,
+    audio: AudioStore | None = None,
+    with_workers: bool = True,
 ) -> NodeParts:
     """Every part over one store, one telemetry and one clock. The calibration book starts
     from the store's samples; each selected device gets a slot whose worker (made, not started)
-    reports to the event handler; `wake` is how events and upkeep tell the scheduler to run."""
+    reports to the event handler; `wake` is how events and upkeep tell the scheduler to run.
+    The audio store defaults to the one beside `store`; `with_workers=False` (an API-only
+    node) selects no device."""
+    if audio is None:
+        audio = open_audio_store(store, settings.audio_dir)
     metrics = Metrics()
     running = RunningTasks()
     book = CalibrationBook(settings.calibration_sample_size, settings.memory_confidence_factor)
@@ -69,7 +77,7 @@ def build_parts(
     oom_floors: dict[str, int] = {}
     slots: dict[str, DeviceSlot] = {}
     events = EventHandler(
-        settings=settings, store=store, slots=slots, running=running, book=book,
+        settings=settings, store=store, audio=audio, slots=slots, running=running, book=book,
         metrics=metrics, oom_floors=oom_floors, wake=wake, clock=clock,
     )  # fmt: skip
 
@@ -79,18 +87,19 @@ def build_parts(
 
         return worker_factory(device, settings, telemetry, sink)
 
-    for reading in select_devices(telemetry.discover(), settings.devices):
+    readings = select_devices(telemetry.discover(), settings.devices) if with_workers else []
+    for reading in readings:
         slots[reading.uuid] = build_slot(reading, settings, worker_for)
     log.info("devices: %s", ", ".join(f"{s.device.index}:{s.device.name}" for s in slots.values()))
     scheduler = SchedulerPass(
-        settings=settings, store=store, telemetry=telemetry, slots=slots, estimator=estimator,
-        running=running, metrics=metrics, oom_floors=oom_floors, clock=clock,
+        settings=settings, store=store, audio=audio, telemetry=telemetry, slots=slots,
+        estimator=estimator, running=running, metrics=metrics, oom_floors=oom_floors, clock=clock,
     )  # fmt: skip
     upkeep = Upkeep(
-        settings=settings, store=store, telemetry=telemetry, slots=slots, running=running,
-        metrics=metrics, clock=clock, wake=wake,
+        settings=settings, store=store, audio=audio, telemetry=telemetry, slots=slots,
+        running=running, metrics=metrics, clock=clock, wake=wake,
     )  # fmt: skip
     return NodeParts(
-        settings, store, telemetry, metrics, running, book, estimator, oom_floors, slots, events,
-        scheduler, upkeep,
+        settings, store, audio, telemetry, metrics, running, book, estimator, oom_floors, slots,
+        events, scheduler, upkeep,
     )  # fmt: skip

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from pathlib import Path
 
 from gpuscribe.config import Settings
 from gpuscribe.domain import Priority, Task
@@ -16,8 +15,10 @@ from gpuscribe.memory.estimator import Estimator
 from gpuscribe.memory.types import MemoryEstimate, ProfileKey
 from gpuscribe.metrics import Metrics
 from gpuscribe.node.devices import DeviceSlot
+from gpuscribe.node.events import local_failure_error
 from gpuscribe.node.running import RunningTask, RunningTasks
 from gpuscribe.scheduling.planner import DeviceState, Placement, plan
+from gpuscribe.store.audio import AudioStore
 from gpuscribe.store.base import Claim, TaskStore
 from gpuscribe.telemetry.base import GpuTelemetry
 from gpuscribe.workers.messages import RunTask
@@ -25,6 +26,7 @@ from gpuscribe.workers.messages import RunTask
 log = logging.getLogger(__name__)
 
 QUEUE_WINDOW_MIN = 64  # tasks of each priority a pass reads at least
+LOCAL_FAILURE_AVOID_SECONDS = 10.0  # a task this node could not run waits this long for others
 
 
 def profile_key(task: Task, slot_name: str) -> ProfileKey:
@@ -38,6 +40,7 @@ class SchedulerPass:
         *,
         settings: Settings,
         store: TaskStore,
+        audio: AudioStore,
         telemetry: GpuTelemetry,
         slots: dict[str, DeviceSlot],
         estimator: Estimator,
@@ -48,6 +51,7 @@ class SchedulerPass:
     ) -> None:
         self._settings = settings
         self._store = store
+        self._audio = audio
         self._telemetry = telemetry
         self._slots = slots
         self._estimator = estimator
@@ -80,7 +84,7 @@ class SchedulerPass:
         for task_id, reason in decided.impossible.items():
             self._metrics.scheduling_attempts.labels("rejected").inc()
             if self._store.fail_queued(task_id, reason, now=now):
-                Path(by_id[task_id].audio_path).unlink(missing_ok=True)
+                self._audio.delete(by_id[task_id].audio_path)
             log.warning("task %s can never fit: %s", task_id, reason)
         self._metrics.scheduling_attempts.labels("waiting").inc(len(decided.waiting))
         self._record_waiting(decided.waiting)
@@ -98,7 +102,18 @@ class SchedulerPass:
             task
             for priority in Priority
             for task in self._store.queued(now=now, limit=window, priority=priority)
+            if not self._failed_here_lately(task, now)
         ]
+
+    def _failed_here_lately(self, task: Task, now: float) -> bool:
+        """A task this node gave back for a reason of its own (audio it could not read, a model
+        it could not load) is left to other nodes for a while; then this node tries again."""
+        mine = local_failure_error(self._settings.node_name, "")
+        return (
+            task.error is not None
+            and task.error.startswith(mine)
+            and now < task.not_before + LOCAL_FAILURE_AVOID_SECONDS
+        )
 
     def _device_state(self, slot: DeviceSlot) -> DeviceState:
         slot.reading = self._telemetry.read(slot.uuid)  # fresh: admission never uses a cache

@@ -8,6 +8,7 @@ import signal
 import threading
 
 from gpuscribe.config import ConfigError, Settings
+from gpuscribe.node.cluster import Role
 from gpuscribe.node.node import Node
 
 log = logging.getLogger(__name__)
@@ -36,11 +37,15 @@ def configure_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def run_service(settings: Settings, *, with_api: bool) -> None:
-    """Block serving until a signal asks to stop; always stop the node's workers."""
+def run_service(settings: Settings, *, with_api: bool, with_workers: bool = True) -> None:
+    """Block serving until a signal asks to stop; always stop the node's workers. Roles:
+    API and workers (`serve`), API only (`serve --no-workers`), workers only (`worker`)."""
+    if not with_api and not with_workers:
+        raise ConfigError("a node without the API and without workers would do nothing")
     if with_api:
         check_exposure(settings)
-    node = Node(settings)
+    role = Role.WORKER if not with_api else (Role.SERVE if with_workers else Role.API)
+    node = Node(settings, role=role)
     node.start()
     try:
         if with_api:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from pathlib import Path
 
 from gpuscribe.config import Settings
 from gpuscribe.metrics import Metrics
 from gpuscribe.node.devices import DeviceSlot
 from gpuscribe.node.running import RunningTasks
+from gpuscribe.store.audio import ORPHAN_AGE_SECONDS, AudioStore
 from gpuscribe.store.base import TaskStore
 from gpuscribe.telemetry.base import GpuTelemetry
 
@@ -25,6 +25,7 @@ class Upkeep:
         *,
         settings: Settings,
         store: TaskStore,
+        audio: AudioStore,
         telemetry: GpuTelemetry,
         slots: dict[str, DeviceSlot],
         running: RunningTasks,
@@ -34,6 +35,7 @@ class Upkeep:
     ) -> None:
         self._settings = settings
         self._store = store
+        self._audio = audio
         self._telemetry = telemetry
         self._slots = slots
         self._running = running
@@ -91,9 +93,10 @@ class Upkeep:
             self._wake()
 
     def prune(self) -> None:
-        cutoff = self._clock() - self._settings.retention_seconds
-        for task in self._store.prune(finished_before=cutoff):
-            Path(task.audio_path).unlink(missing_ok=True)
+        now = self._clock()
+        for task in self._store.prune(finished_before=now - self._settings.retention_seconds):
+            self._audio.delete(task.audio_path)
+        self._audio.sweep(created_before=now - ORPHAN_AGE_SECONDS)
 
     # --- devices --------------------------------------------------------------------------
     def watch_devices(self) -> None:

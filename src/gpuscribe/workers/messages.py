@@ -30,6 +30,7 @@ class DeviceRef:
 class FailureKind(enum.StrEnum):
     BAD_INPUT = "bad_input"  # never retried
     TRANSIENT = "transient"  # retried with backoff
+    NODE_LOCAL = "node_local"  # this node cannot run it (audio, model): retried elsewhere at once
     OUT_OF_MEMORY = "out_of_memory"  # retried with a raised estimate
     CANCELLED = "cancelled"
     TIMEOUT = "timeout"

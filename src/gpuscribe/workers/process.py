@@ -15,11 +15,19 @@ import time
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from gpuscribe.config import Settings
 from gpuscribe.domain import InvalidRequest, Segment, Transcript
 from gpuscribe.memory.types import ModelKey
+from gpuscribe.store.audio import (
+    PG_PREFIX,
+    AudioStore,
+    AudioUnavailable,
+    audio_store_for,
+    spool,
+)
 from gpuscribe.telemetry.base import DeviceKind
 from gpuscribe.workers.base import TaskCancelled
 from gpuscribe.workers.measure import DeviceMemory, PeakSampler, ProgressThrottle
@@ -66,19 +74,27 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
+class ModelUnavailable(RuntimeError):
+    """This node could not load the task's model (absent here, unreadable, a broken engine)."""
+
+
 def classify_failure(exc: BaseException, *, decoding: bool) -> FailureKind:
-    """How a task's exception is reported. `decoding`: it came from reading the audio."""
+    """How a task's exception is reported. `decoding`: it came from reading the audio.
+
+    What only this node lacks (the audio's bytes, a model it cannot load) is NODE_LOCAL: the
+    task goes back to the queue for another node, never failed as the input's fault."""
     if isinstance(exc, TaskCancelled):
         return FailureKind.CANCELLED
-    if is_out_of_memory(exc):
+    if is_out_of_memory(exc) or is_out_of_memory(exc.__cause__ or exc):
         return FailureKind.OUT_OF_MEMORY
+    if isinstance(exc, (AudioUnavailable, ModelUnavailable)) or (
+        decoding and isinstance(exc, FileNotFoundError)
+    ):
+        return FailureKind.NODE_LOCAL
     if isinstance(exc, InvalidRequest):
         return FailureKind.BAD_INPUT
     if decoding:
-        # A missing file may be a storage hiccup; anything else unreadable is the input's fault.
-        return (
-            FailureKind.TRANSIENT if isinstance(exc, FileNotFoundError) else FailureKind.BAD_INPUT
-        )
+        return FailureKind.BAD_INPUT  # the audio was probed at upload: it is the input's fault
     return FailureKind.TRANSIENT
 
 
@@ -219,6 +235,7 @@ class Worker:
         self._engines: dict[str, Engine] = {}
         self._tasks: dict[str, _Running] = {}
         self._lock = threading.Lock()
+        self._audio_stores: dict[bool, AudioStore] = {}  # by "in PostgreSQL", opened once
 
     # commands
     def handle(self, command: object) -> bool:
@@ -288,7 +305,7 @@ class Worker:
         throttle = ProgressThrottle()
         decoding = True
         try:
-            audio = _decode(command.audio_path)
+            audio = self._read_audio(command.audio_path)
             decoding = False
             transcript = self._transcribe(running, audio, throttle)
         except BaseException as exc:
@@ -319,7 +336,15 @@ class Worker:
                 self.models.evict(evicted)
         if running.stop.is_set():
             raise TaskCancelled("stopped before the model was loaded")
-        model = self.models.acquire(key)
+        try:
+            model = self.models.acquire(key)
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                raise
+            raise ModelUnavailable(
+                f"node {self.settings.node_name} cannot load {key.engine} {key.model}: "
+                f"{describe(exc)}"
+            ) from exc
         try:
             self.sampler.mark_baseline(command.task_id)
 
@@ -347,6 +372,25 @@ class Worker:
             self.memory.release_cached()
         log.info("task %s failed (%s): %s", command.task_id, kind.value, error)
         return TaskFailed(command.task_id, command.lease_token, kind, error, peak_bytes=peak)
+
+    # audio
+    def _read_audio(self, ref: str) -> object:
+        """Decode the task's audio, read through the audio store (PostgreSQL audio is spooled
+        to a temporary file under the node's data directory first)."""
+        try:
+            in_pg = ref.startswith(PG_PREFIX)
+            store = self._audio_stores.get(in_pg)
+            if store is None:
+                store = audio_store_for(
+                    ref, store_url=self.settings.store_url, audio_dir=self.settings.audio_dir
+                )
+                self._audio_stores[in_pg] = store
+        except AudioUnavailable:
+            raise
+        except Exception as exc:
+            raise AudioUnavailable(f"cannot open the audio store: {describe(exc)}") from exc
+        with spool(store, ref, Path(self.settings.data_dir) / "spool") as path:
+            return _decode(str(path))
 
     # models
     def _engine(self, name: str) -> Engine:
