@@ -2,17 +2,16 @@
 schema or a fresh database per test, dropped after.
 
 Tests that need PostgreSQL skip with a reason when it is absent, unless
-GPUSCRIBE_TEST_REQUIRE_SERVICES=1, where its absence fails them.
+GPUSCRIBE_TEST_REQUIRE_SERVICES=1, where its absence fails them (support.services).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import uuid
 from collections.abc import Iterator
 
-import pytest
+from support.services import require_service
 
 PG_BASE = "postgresql://postgres@127.0.0.1:5432/test"
 PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
@@ -28,19 +27,9 @@ def postgres_available() -> bool:
     return True
 
 
-def services_required() -> bool:
-    value = os.environ.get("GPUSCRIBE_TEST_REQUIRE_SERVICES", "").strip().lower()
-    return value in ("1", "true", "yes", "on")
-
-
 def require_postgres(available: bool) -> None:
     """Skip (or, with GPUSCRIBE_TEST_REQUIRE_SERVICES=1, fail) without a PostgreSQL server."""
-    if available:
-        return
-    reason = "no PostgreSQL server at 127.0.0.1:5432"
-    if services_required():
-        pytest.fail(f"{reason} (GPUSCRIBE_TEST_REQUIRE_SERVICES=1)")
-    pytest.skip(reason)
+    require_service(available, "no PostgreSQL server at 127.0.0.1:5432")
 
 
 @contextlib.contextmanager
