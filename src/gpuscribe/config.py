@@ -9,6 +9,7 @@ start-up with `ConfigError` naming the setting, where it came from, and the valu
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import socket
 import tomllib
@@ -28,7 +29,11 @@ DESIGN_ENV_NAMES = {
 
 
 class ConfigError(ValueError):
-    """A setting has a value gpuscribe cannot run with."""
+    """A setting has a value gpuscribe cannot run with. `setting` names it, when one does."""
+
+    def __init__(self, message: str, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +102,13 @@ class Settings:
         for name, check, rule in _RULES:
             value = getattr(self, name)
             if not check(value):
-                raise ConfigError(f"invalid setting {name}={value!r}: must be {rule}")
+                raise ConfigError(f"invalid setting {name}={value!r}: must be {rule}", name)
+        for name, checker in _CHECKS:
+            problem = checker(getattr(self, name))
+            if problem:
+                raise ConfigError(
+                    f"invalid setting {name}={getattr(self, name)!r}: {problem}", name
+                )
         return self
 
 
@@ -127,6 +138,78 @@ _RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("max_audio_seconds", lambda v: v > 0, "more than 0"),
     ("max_queue_length", lambda v: v >= 1, "at least 1"),
 ]
+
+
+def _store_problem(url: str) -> str | None:
+    if not url:
+        return None
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme in ("postgresql", "postgres", "memory"):
+        return None
+    if scheme == "sqlite":
+        return (
+            None
+            if url.lower().startswith("sqlite:///") and len(url) > 10
+            else ("expected sqlite:///relative/path.db or sqlite:////absolute/path.db")
+        )
+    return "expected sqlite:///path.db, postgresql://user@host/db or memory://"
+
+
+def _simulation_problem(spec: str) -> str | None:
+    if not spec.strip():
+        return None
+    from gpuscribe.telemetry.simulated import parse_simulation_spec
+
+    try:
+        parse_simulation_spec(spec)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _model_problem(name: str) -> str | None:
+    from gpuscribe.memory.architectures import canonical_model_name, known_model_names
+
+    if canonical_model_name(name) is not None:
+        return None
+    close = difflib.get_close_matches(name.strip().lower(), known_model_names(), n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown model: {hint}known models are {', '.join(known_model_names())}"
+
+
+def _engine_problem(name: str) -> str | None:
+    engines = ("faster-whisper", "transformers")
+    if not name or name in engines:
+        return None
+    return f"expected {' or '.join(engines)} (or empty: chosen by device)"
+
+
+_CHECKS: list[tuple[str, Callable[[Any], str | None]]] = [
+    ("store", _store_problem),
+    ("simulate_gpus", _simulation_problem),
+    ("default_model", _model_problem),
+    ("default_engine", _engine_problem),
+]
+
+# Variables of gpuscribe's that are not settings (the client's, the config file's, the tests').
+OTHER_VARIABLES = frozenset({"GPUSCRIBE_CONFIG", "GPUSCRIBE_SERVER", "GPUSCRIBE_API_KEY"})
+OTHER_PREFIXES = ("GPUSCRIBE_TEST_",)
+
+
+def unknown_variables(env: Mapping[str, str] | None = None) -> list[str]:
+    """A warning for each `GPUSCRIBE_*` variable that names no setting (a typo is otherwise
+    silently ignored), naming the closest setting."""
+    env = os.environ if env is None else env
+    known = {env_name(name) for name in _fields()} | OTHER_VARIABLES
+    warnings = []
+    for var in sorted(env):
+        if not var.startswith("GPUSCRIBE_") or var in known or var.startswith(OTHER_PREFIXES):
+            continue
+        suffixes = {name.removeprefix("GPUSCRIBE_"): name for name in known}
+        close = difflib.get_close_matches(var.removeprefix("GPUSCRIBE_"), sorted(suffixes), n=1)
+        hint = f"; did you mean {suffixes[close[0]]}?" if close else ""
+        warnings.append(f"environment variable {var} is not a gpuscribe setting: ignored{hint}")
+    return warnings
 
 
 def env_name(setting: str) -> str:
@@ -199,6 +282,7 @@ def load_settings(
     """Build validated settings. `flags` holds command-line values (None means not given)."""
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
+    sources: dict[str, str] = {}  # setting -> where its value came from
     path = Path(config_file or env.get("GPUSCRIBE_CONFIG") or "gpuscribe.toml")
     if path.exists():
         try:
@@ -208,21 +292,32 @@ def load_settings(
         table = table.get("gpuscribe", table)
         for key, raw in table.items():
             if key not in _fields():
-                raise ConfigError(f"unknown setting {key!r} in {path}")
+                close = difflib.get_close_matches(key, sorted(_fields()), n=1)
+                hint = f": did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(f"unknown setting {key!r} in {path}{hint}")
             values[key] = _convert(key, raw, str(path))
+            sources[key] = str(path)
     elif config_file is not None:
         raise ConfigError(f"config file {path} does not exist")
     for name in _fields():
         var = env_name(name)
         if var in env:
-            values[name] = _convert(name, env[var], f"environment variable {var}")
+            sources[name] = f"environment variable {var}"
+            values[name] = _convert(name, env[var], sources[name])
     for name, raw in (flags or {}).items():
         if raw is None:
             continue
         if name not in _fields():
             raise ConfigError(f"unknown setting {name!r}")
-        values[name] = _convert(name, raw, f"--{name.replace('_', '-')}")
-    settings = Settings(**values).validate()
+        sources[name] = f"--{name.replace('_', '-')}"
+        values[name] = _convert(name, raw, sources[name])
+    try:
+        settings = Settings(**values).validate()
+    except ConfigError as exc:
+        source = sources.get(exc.setting or "")
+        if source is None:
+            raise
+        raise ConfigError(f"{exc} (from {source})", exc.setting) from None
     if not settings.models_dir:
         settings = dataclasses.replace(settings, models_dir=str(settings.models_path))
     return settings

@@ -12,6 +12,7 @@ from gpuscribe.memory.ledger import DeviceLedger
 from gpuscribe.node.devices import DeviceSlot, select_devices
 from gpuscribe.node.workers import SIMULATED_PID_BASE, make_worker
 from gpuscribe.telemetry.base import DeviceReading
+from gpuscribe.telemetry.cpu import CpuTelemetry
 from gpuscribe.telemetry.simulated import SimulatedGpus
 from gpuscribe.workers.messages import DeviceRef
 
@@ -75,6 +76,22 @@ def test_unknown_uuid_is_a_config_error_naming_it(readings: list[DeviceReading])
 def test_config_error_is_a_value_error(readings: list[DeviceReading]) -> None:
     with pytest.raises(ValueError):
         select_devices(readings, "3")
+
+
+@pytest.mark.parametrize("wanted", ["0", "1", "GPU-0a1b"])
+def test_naming_a_gpu_on_a_machine_without_one_is_a_config_error(wanted: str) -> None:
+    cpu = CpuTelemetry().discover()
+    with pytest.raises(ConfigError) as raised:
+        select_devices(cpu, wanted)  # never silently the CPU
+    assert f"devices={wanted!r}" in str(raised.value)
+    assert "devices=cpu" in str(raised.value)
+    assert raised.value.setting == "devices"
+
+
+def test_cpu_or_nothing_selects_the_cpu() -> None:
+    cpu = CpuTelemetry().discover()
+    assert select_devices(cpu, "cpu") == cpu
+    assert select_devices(cpu, "") == cpu
 
 
 def test_foreign_bytes_leave_out_the_workers_own_memory(

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from gpuscribe.cli import CommandError
-from gpuscribe.cli.output import show
+from gpuscribe.cli.output import note, show
 from gpuscribe.cli.tables import dict_rows_table
-from gpuscribe.config import Settings, env_name, load_settings
+from gpuscribe.config import Settings, env_name, load_settings, unknown_variables
 
 # (setting, metavar or None for a switch, help). Values go to load_settings as given, so its
 # messages name the flag.
@@ -92,7 +92,10 @@ def add_settings_flags(parser: argparse.ArgumentParser, names: Sequence[str]) ->
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Defaults < gpuscribe.toml < environment < flags. Raises ConfigError."""
     flags = {name: getattr(args, name) for name in args.settings_flags}
-    return load_settings(flags=flags, config_file=args.config)
+    settings = load_settings(flags=flags, config_file=args.config)
+    for warning in unknown_variables():
+        note(f"gpuscribe: warning: {warning}")
+    return settings
 
 
 def _add_log_level(parser: argparse.ArgumentParser) -> None:
@@ -137,17 +140,20 @@ def _ints(values: Sequence[str] | None, flag: str, default: int) -> list[int]:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    from gpuscribe.node.calibrate import run_calibration
+    from gpuscribe.node.calibrate import CalibrationFailed, run_calibration
 
-    rows = run_calibration(
-        settings,
-        _split(args.model) or [settings.default_model],
-        _ints(args.batch_size, "--batch-size", 1),
-        _ints(args.beam_size, "--beam-size", 5),
-        export_profile=args.export_profile,
-    )
+    try:
+        rows = run_calibration(
+            settings,
+            _split(args.model) or [settings.default_model],
+            _ints(args.batch_size, "--batch-size", 1),
+            _ints(args.beam_size, "--beam-size", 5),
+            export_profile=args.export_profile,
+        )
+    except CalibrationFailed as exc:
+        raise CommandError(f"calibration failed: {exc}") from exc
     show(json.dumps(rows, indent=2, default=str) if args.json else dict_rows_table(rows))
-    return 0
+    return 1 if any(row.get("error") for row in rows) else 0
 
 
 def register(sub: Any) -> None:

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gpuscribe.config import Settings
-from gpuscribe.memory.architectures import canonical_model_name
+from gpuscribe.config import ConfigError, Settings
+from gpuscribe.domain import InvalidRequest
 from gpuscribe.memory.profiles import PROFILE_FORMAT
 from gpuscribe.memory.types import CalibrationSample, ProfileKey
 from gpuscribe.node.devices import select_devices
@@ -26,6 +26,7 @@ from gpuscribe.telemetry.base import DeviceKind, DeviceReading
 from gpuscribe.telemetry.detect import open_telemetry
 from gpuscribe.workers.calibrate import CalibrationJob, CalibrationRow, calibration_main
 from gpuscribe.workers.messages import DeviceRef
+from gpuscribe.workers.models import resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +44,48 @@ def run_calibration(
         "transformers" if devices[0].kind is DeviceKind.CUDA else "faster-whisper"
     )
     compute_type = "float16" if devices[0].kind is DeviceKind.CUDA else "default"
-    names = [canonical_model_name(m) or m for m in models]
+    names = [_available(settings, m, engine, devices[0]) for m in models]
     jobs = _split_jobs(devices, names, engine, compute_type, batch_sizes, beam_sizes)
     rows = _run_jobs(settings, jobs)
+    if not any(r.error is None for r in rows):
+        reasons = sorted({r.error for r in rows if r.error}) or [
+            "the calibration process ended without measuring (see the log above)"
+        ]
+        raise CalibrationFailed(f"nothing was measured: {'; '.join(reasons)}")
     _store_samples(settings, rows)
     if export_profile:
         Path(export_profile).write_text(json.dumps(profile_from_rows(rows), indent=1) + "\n")
         log.info("wrote profile %s", export_profile)
     return [r.to_dict() for r in rows]
+
+
+class CalibrationFailed(Exception):
+    """Nothing could be measured: the message says why."""
+
+
+def _available(settings: Settings, model: str, engine: str, device: DeviceReading) -> str:
+    """The canonical name of a model calibration can load here; ConfigError naming --model
+    otherwise (before any process starts)."""
+    try:
+        return resolve_model(
+            model,
+            engine,
+            models_dir=settings.models_dir,
+            allow_downloads=settings.allow_downloads,
+            benchmark_only=settings.benchmark_only,
+        ).name
+    except InvalidRequest as exc:
+        hint = ""
+        if exc.code == "model_not_found":
+            hint = f"; fetch it with `gpuscribe models pull {model} --engine {engine}`"
+            if device.kind is DeviceKind.CPU:
+                hint += (
+                    " (on the CPU, calibration measures the worker's memory, not a GPU's: "
+                    "GPU figures come from a GPU machine)"
+                )
+        raise ConfigError(
+            f"cannot calibrate --model {model} with {engine} on {device.name}: {exc.message}{hint}"
+        ) from exc
 
 
 def _devices(settings: Settings) -> list[DeviceReading]:

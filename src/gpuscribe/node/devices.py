@@ -42,6 +42,13 @@ def select_devices(readings: Sequence[DeviceReading], wanted: str) -> list[Devic
     names = [n.strip() for n in wanted.split(",") if n.strip()]
     if not names or names == ["cpu"]:
         return list(readings)
+    if all(r.kind is DeviceKind.CPU for r in readings):
+        raise ConfigError(
+            f"invalid setting devices={wanted!r}: it names GPUs but this machine has none that "
+            "NVML can see (no NVIDIA driver?): set devices=cpu to run on the CPU, or leave it "
+            "empty",
+            "devices",
+        )
     chosen = [r for r in readings if str(r.index) in names or r.uuid in names]
     found = {str(r.index) for r in chosen} | {r.uuid for r in chosen}
     missing = [n for n in names if n not in found]

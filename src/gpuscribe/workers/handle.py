@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import signal
 import threading
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -29,12 +30,22 @@ from gpuscribe.workers.messages import (
     WorkerEvent,
     WorkerReady,
 )
-from gpuscribe.workers.process import worker_main
+from gpuscribe.workers.process import SHUTDOWN_JOIN_SECONDS, worker_main
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_SECONDS = 30.0
 TERMINATE_GRACE_SECONDS = 2.0
+# The worker gives its running tasks SHUTDOWN_JOIN_SECONDS to stop; the parent waits longer.
+STOP_TIMEOUT_SECONDS = SHUTDOWN_JOIN_SECONDS + 5.0
+
+
+def worker_entry(device: DeviceRef, settings: Settings, conn: Connection) -> None:
+    """The worker process's target: `worker_main`, deaf to SIGINT. Ctrl-C in a terminal goes
+    to the whole process group; the parent alone stops its workers, in order (Shutdown, then
+    their tasks back to the queue), so a worker must not die of it with a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    worker_main(device, settings, conn)
 
 
 def restart_delay(base_seconds: float, failed_starts: int) -> float:
@@ -142,12 +153,19 @@ class ProcessWorker:
             return set()
         return {current.process.pid}
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
         self._stopping.set()
         with self._lock:
             current = self._current
+            running = len(self._running)
         if current is None:
             return
+        if running:
+            log.info(
+                "worker pid %s: stopping its %d running task(s); they go back to the queue",
+                current.process.pid,
+                running,
+            )
         self._send(current, Shutdown())
         process = current.process
         process.join(timeout)
@@ -175,7 +193,7 @@ class ProcessWorker:
         context = multiprocessing.get_context("spawn")
         parent_conn, child_conn = context.Pipe(duplex=True)
         process = context.Process(
-            target=worker_main,
+            target=worker_entry,
             args=(self.device, self._settings, child_conn),
             name=f"gpuscribe-worker-{self.device.index}",
             daemon=True,

@@ -1,0 +1,105 @@
+"""Settings: where values come from, and every bad value stopping start-up with a message that
+names the setting and its source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gpuscribe.config import ConfigError, Settings, load_settings, unknown_variables
+
+
+def load(env: dict[str, str], tmp_path: Path) -> Settings:
+    return load_settings(env=env, config_file=None, flags={"data_dir": str(tmp_path)})
+
+
+@pytest.fixture(autouse=True)
+def _no_toml(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+
+
+def test_flags_win_over_environment_over_toml(tmp_path: Path) -> None:
+    toml = tmp_path / "g.toml"
+    toml.write_text("port = 1\nmax_queue_length = 5\nmax_attempts = 7\n")
+    settings = load_settings(
+        env={"GPUSCRIBE_PORT": "2", "GPUSCRIBE_MAX_QUEUE_LENGTH": "6"},
+        config_file=toml,
+        flags={"port": "3"},
+    )
+    assert (settings.port, settings.max_queue_length, settings.max_attempts) == (3, 6, 7)
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "words"),
+    [
+        ("GPUSCRIBE_STORE", "mysql://x", ["store='mysql://x'", "postgresql://"]),
+        ("GPUSCRIBE_STORE", "sqlite:///", ["store='sqlite:///'"]),
+        ("GPUSCRIBE_SIMULATE_GPUS", "2x24G", ["simulate_gpus='2x24G'", "2x24GiB"]),
+        ("GPUSCRIBE_DEFAULT_MODEL", "tiny.ne", ["default_model='tiny.ne'", "'tiny.en'?"]),
+        ("GPUSCRIBE_DEFAULT_ENGINE", "whisper", ["default_engine='whisper'", "faster-whisper"]),
+        ("GPUSCRIBE_PORT", "70000", ["port=70000"]),
+        ("GPUSCRIBE_PORT", "http", ["port='http'"]),
+        ("MAX_MEMORY_UTILIZATION", "1.5", ["max_memory_utilization=1.5"]),
+    ],
+)
+def test_a_bad_value_names_the_setting_and_where_it_came_from(
+    tmp_path: Path, var: str, value: str, words: list[str]
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load({var: value}, tmp_path)
+    message = str(raised.value)
+    assert f"environment variable {var}" in message
+    for word in words:
+        assert word in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "url", ["", "memory://", "sqlite:///var/x.db", "sqlite:////abs/x.db", "postgresql://u@h/db"]
+)
+def test_good_store_urls(tmp_path: Path, url: str) -> None:
+    assert load({"GPUSCRIBE_STORE": url}, tmp_path).store == url
+
+
+def test_known_model_aliases_are_good_defaults(tmp_path: Path) -> None:
+    assert load({"GPUSCRIBE_DEFAULT_MODEL": "turbo"}, tmp_path).default_model == "turbo"
+
+
+def test_bad_value_in_toml_names_the_file(tmp_path: Path) -> None:
+    toml = tmp_path / "g.toml"
+    toml.write_text('simulate_gpus = "lots"\n')
+    with pytest.raises(ConfigError, match=r"simulate_gpus='lots'.*g\.toml"):
+        load_settings(env={}, config_file=toml)
+
+
+def test_unknown_toml_key_suggests_the_setting(tmp_path: Path) -> None:
+    toml = tmp_path / "g.toml"
+    toml.write_text("max_upload_byte = 5\n")
+    with pytest.raises(ConfigError, match="did you mean 'max_upload_bytes'"):
+        load_settings(env={}, config_file=toml)
+
+
+def test_misspelled_variable_is_named_with_the_closest_setting() -> None:
+    env = {
+        "GPUSCRIBE_MAX_UPLOADBYTES": "1",
+        "GPUSCRIBE_DEVICE": "0",
+        "GPUSCRIBE_MAX_UPLOAD_BYTES": "1",
+        "GPUSCRIBE_SERVER": "http://x",
+        "GPUSCRIBE_API_KEY": "k",
+        "GPUSCRIBE_CONFIG": "g.toml",
+        "GPUSCRIBE_TEST_GPU": "0",
+        "MAX_TASKS_PER_GPU": "2",
+        "HOME": "/root",
+    }
+    warnings = unknown_variables(env)
+    assert len(warnings) == 2
+    assert "GPUSCRIBE_DEVICE is not a gpuscribe setting" in warnings[0]
+    assert "did you mean GPUSCRIBE_DEVICES?" in warnings[0]
+    assert "did you mean GPUSCRIBE_MAX_UPLOAD_BYTES?" in warnings[1]
+
+
+def test_models_dir_defaults_under_the_data_dir(tmp_path: Path) -> None:
+    settings = load({}, tmp_path)
+    assert settings.models_dir == str(tmp_path / "models")
+    assert load({"GPUSCRIBE_MODELS_DIR": "/m"}, tmp_path).models_path == Path("/m")
