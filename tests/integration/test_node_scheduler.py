@@ -26,7 +26,7 @@ from gpuscribe.node.parts import build_parts
 from gpuscribe.node.running import RunningTasks
 from gpuscribe.node.scheduler import LOCAL_FAILURE_AVOID_SECONDS, SchedulerPass
 from gpuscribe.store.audio import LocalAudioStore
-from gpuscribe.store.base import Claim, TaskStore
+from gpuscribe.store.base import Claim, NodeRecord, TaskStore
 from gpuscribe.store.memory import InMemoryStore
 from gpuscribe.telemetry.simulated import SimulatedGpus
 from gpuscribe.workers.messages import ModelLoaded
@@ -396,3 +396,43 @@ def test_after_a_while_the_node_that_gave_a_task_back_tries_it_again(make_rig: A
     assert rig.scheduler().run_once() == 0
     rig.clock.now += LOCAL_FAILURE_AVOID_SECONDS + 0.1  # no other node took it meanwhile
     assert rig.scheduler().run_once() == 1
+
+
+# --- too large here, not in the cluster --------------------------------------------------------
+def gpu_record(node: str, gib: int, at: float) -> NodeRecord:
+    device = {
+        "index": 0, "uuid": f"GPU-{node}", "name": GPU_NAME, "kind": "simulated",
+        "memory_total_bytes": gib * GIB, "memory_used_bytes": 0, "memory_free_bytes": gib * GIB,
+        "memory_cap_bytes": int(gib * GIB * 0.9), "healthy": True,
+    }  # fmt: skip
+    return NodeRecord(node, "worker", at, at, at + 60.0, (device,))
+
+
+def test_a_task_too_large_here_waits_for_a_live_node_that_can_hold_it(make_rig: Any) -> None:
+    rig = make_rig(f"2x4GiB:{GPU_NAME}")
+    rig.start_workers()
+    rig.store.heartbeat_node(gpu_record("node-big", 80, rig.clock()))
+    big = rig.submit("big", LARGE, 30.0)
+    assert rig.scheduler().run_once() == 0
+    task = rig.store.get(big)
+    assert task is not None and task.state is TaskState.QUEUED
+    assert task.wait_reason == (
+        f"too large for this node's devices; node node-big ({GPU_NAME}) can hold it"
+    )
+    assert (rig.audio_dir / "big.wav").exists()
+
+
+def test_a_task_too_large_for_every_live_node_fails_naming_the_largest_cap(
+    make_rig: Any,
+) -> None:
+    rig = make_rig(f"2x4GiB:{GPU_NAME}")
+    rig.start_workers()
+    rig.store.heartbeat_node(gpu_record("node-6", 6, rig.clock()))
+    rig.store.heartbeat_node(gpu_record("node-gone", 80, rig.clock() - 120.0))  # lease ended
+    big = rig.submit("big", LARGE, 30.0)
+    rig.scheduler().run_once()
+    task = rig.store.get(big)
+    assert task is not None and task.state is TaskState.FAILED and task.error is not None
+    assert task.error.endswith(
+        f"the largest cap in the cluster is 5.0 GiB ({GPU_NAME} on node node-6)"
+    ), task.error

@@ -11,6 +11,7 @@ from gpuscribe.cli.tables import (
     seconds,
     task_details,
     tasks_table,
+    timestamp,
 )
 
 GPU = {
@@ -77,6 +78,16 @@ def test_gpus_table_shows_used_reserved_cap_and_tasks() -> None:
         "large-v3",
     ):
         assert part in row
+
+
+def test_gpus_table_of_a_cluster_names_each_node_and_its_heartbeat() -> None:
+    beat = "2026-01-02T03:04:05.000Z"
+    gpus = [{**GPU, "node": "node-b", "heartbeat_at": beat}, {**GPU, "node": "node-c"}]
+    lines = gpus_table(gpus).splitlines()
+    assert lines[0].split()[:4] == ["NODE", "HEARTBEAT", "GPU", "NAME"]
+    assert lines[1].startswith("node-b") and timestamp(beat) in lines[1]
+    assert "12.0 / 10.0 / 72.0 GiB" in lines[1]
+    assert lines[2].startswith("node-c") and " - " in lines[2]
 
 
 def test_gpus_table_without_figures() -> None:

@@ -20,7 +20,7 @@ from gpuscribe.node.running import RunningTask, RunningTasks
 from gpuscribe.scheduling.planner import DeviceState, Placement, plan
 from gpuscribe.store.audio import AudioStore
 from gpuscribe.store.base import Claim, TaskStore
-from gpuscribe.telemetry.base import GpuTelemetry
+from gpuscribe.telemetry.base import DeviceKind, GpuTelemetry
 from gpuscribe.workers.messages import RunTask
 
 log = logging.getLogger(__name__)
@@ -81,14 +81,58 @@ class SchedulerPass:
         )
         by_id = {t.id: t for t in queue}
         dispatched = sum(self._dispatch(by_id[p.task_id], p, now) for p in decided.placements)
+        waiting = dict(decided.waiting)
         for task_id, reason in decided.impossible.items():
+            task = by_id[task_id]
+            holder, verdict = self._cluster_verdict(task, reason, now)
+            if holder is not None:  # too large here, not for another live node: its task
+                waiting[task_id] = verdict
+                continue
             self._metrics.scheduling_attempts.labels("rejected").inc()
-            if self._store.fail_queued(task_id, reason, now=now):
-                self._audio.delete(by_id[task_id].audio_path)
-            log.warning("task %s can never fit: %s", task_id, reason)
-        self._metrics.scheduling_attempts.labels("waiting").inc(len(decided.waiting))
-        self._record_waiting(decided.waiting)
+            if self._store.fail_queued(task_id, verdict, now=now):
+                self._audio.delete(task.audio_path)
+            log.warning("task %s can never fit: %s", task_id, verdict)
+        self._metrics.scheduling_attempts.labels("waiting").inc(len(waiting))
+        self._record_waiting(waiting)
         return dispatched
+
+    def _cluster_verdict(self, task: Task, reason: str, now: float) -> tuple[str | None, str]:
+        """A task no device of this node could ever hold: (a live node whose device could,
+        and why it waits) -- or (None, why it fails), naming the largest cap in the cluster.
+        Other nodes' limits are their caps less this node's reserve (as their records show)."""
+        best: tuple[int, str, str] | None = None  # (largest limit, node, GPU name)
+        for record in self._store.nodes(now=now):
+            if record.name == self._settings.node_name:
+                continue
+            for device in record.devices:
+                if not device.get("healthy", True):
+                    continue
+                limit = min(
+                    int(device["memory_cap_bytes"]),
+                    int(device["memory_total_bytes"]) - self._settings.system_reserve_bytes,
+                )
+                need = self._estimator.estimate(
+                    profile_key(task, str(device["name"])),
+                    task.audio_seconds,
+                    device_kind=DeviceKind(device["kind"]),
+                    min_working_bytes=self._oom_floors.get(task.id, 0),
+                ).total_bytes
+                if need <= limit:
+                    return record.name, (
+                        f"too large for this node's devices; node {record.name} "
+                        f"({device['name']}) can hold it"
+                    )
+                if best is None or limit > best[0]:
+                    best = (limit, record.name, str(device["name"]))
+        own = max((s.ledger.limit_bytes for s in self._slots.values()), default=0)
+        if best is None:
+            return None, reason  # no other live node with a device
+        if best[0] <= own:
+            return None, f"{reason}; no other live node has a larger GPU"
+        return None, (
+            f"{reason}; the largest cap in the cluster is {best[0] / 2**30:.1f} GiB "
+            f"({best[2]} on node {best[1]})"
+        )
 
     def _read_queue(self, now: float) -> list[Task]:
         """The oldest ready tasks of each priority, a window a few times the task slots deep.
