@@ -28,6 +28,15 @@ DESIGN_ENV_NAMES = {
 }
 
 
+def default_data_dir(env: Mapping[str, str] | None = None) -> str:
+    """Where the store, audio and models live when no setting says: `$XDG_DATA_HOME/gpuscribe`
+    (`~/.local/share/gpuscribe`), the same wherever a command runs, so that `serve`,
+    `estimate` and `calibrate` share their calibration."""
+    env = os.environ if env is None else env
+    base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return str(Path(base) / "gpuscribe")
+
+
 class ConfigError(ValueError):
     """A setting has a value gpuscribe cannot run with. `setting` names it, when one does."""
 
@@ -46,7 +55,7 @@ class Settings:
     # Service.
     host: str = "127.0.0.1"
     port: int = 8000
-    data_dir: str = "var"
+    data_dir: str = field(default_factory=lambda: default_data_dir())  # see default_data_dir
     store: str = ""  # empty: sqlite:///<data_dir>/gpuscribe.db
     node_name: str = field(default_factory=socket.gethostname)
     simulate_gpus: str = ""  # e.g. "2x24GiB" or "1x80GiB,1x40GiB"
@@ -318,6 +327,11 @@ def load_settings(
         if source is None:
             raise
         raise ConfigError(f"{exc} (from {source})", exc.setting) from None
+    data_dir = Path(settings.data_dir).expanduser()
+    if not data_dir.is_absolute():  # relative to the file that says it, else to the cwd
+        base = path.parent if sources.get("data_dir") == str(path) else Path.cwd()
+        data_dir = base / data_dir
+    settings = dataclasses.replace(settings, data_dir=str(data_dir.resolve()))
     if not settings.models_dir:
         settings = dataclasses.replace(settings, models_dir=str(settings.models_path))
     return settings

@@ -26,6 +26,7 @@ from gpuscribe.store.base import Claim, TaskStore
 from gpuscribe.store.memory import InMemoryStore
 from gpuscribe.store.sqlite import SqliteStore
 from gpuscribe.telemetry.base import DeviceKind
+from gpuscribe.telemetry.cpu import CpuTelemetry
 from gpuscribe.telemetry.simulated import SimulatedGpus
 from gpuscribe.workers.messages import (
     FailureKind,
@@ -176,6 +177,38 @@ def test_completion_of_a_task_that_ran_alone_is_stored_learned_and_released(rig:
     assert rig.wakes  # the scheduler is told room was freed
     latency = "gpuscribe_task_latency_seconds_count"
     assert rig.counter(latency, outcome="completed") == 1
+
+
+def test_a_task_on_the_cpu_teaches_the_workers_own_memory_so_estimates_cover_peaks(
+    tmp_path: Path,
+) -> None:
+    """On the CPU the peak is the worker's whole resident memory: the part it held before the
+    task beyond the weights is learnt as its context, and the next estimate covers the peak."""
+    settings = load_settings(flags={"data_dir": str(tmp_path), "node_name": "node-a"}, env={})
+    store = InMemoryStore()
+    cpu = CpuTelemetry()
+    clock = Clock(T0)
+    parts = build_parts(settings, store, cpu, clock=clock, wake=lambda: None)
+    (tmp_path / "audio").mkdir(exist_ok=True)
+    rig = Rig(
+        settings, store, cpu, parts.slots, parts.running, parts.book, parts.metrics,  # type: ignore[arg-type]
+        parts.estimator, clock, parts.events, tmp_path / "audio", parts.oom_floors,
+    )  # fmt: skip
+    peaks = [470 * MIB, 520 * MIB, 455 * MIB]  # what the issue saw: 0.44-0.65 GiB
+    for i, peak in enumerate(peaks):
+        r = rig.start_task(f"t{i}")
+        assert r.estimate.context_bytes > 0  # the CPU worker's own memory is charged
+        event = rig.completed(r, working=peak - 380 * MIB, ran_alone=True)
+        event = TaskCompleted(
+            event.task_id, event.lease_token, event.transcript, peak_bytes=peak,
+            working_bytes=event.working_bytes, ran_alone=True, seconds=0.5,
+        )  # fmt: skip
+        rig.handler.handle(r.device_uuid, event)
+        sample = store.samples(r.key, limit=10)[0]
+        assert sample.context_bytes == 380 * MIB - r.estimate.weights_bytes
+    estimate = rig.estimator.estimate(r.key, 30.0, device_kind=DeviceKind.CPU)
+    assert estimate.source.value == "calibrated"
+    assert estimate.total_bytes >= max(peaks)
 
 
 @pytest.mark.parametrize(("working", "alone"), [(150 * MIB, False), (None, True), (0, True)])

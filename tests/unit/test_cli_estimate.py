@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from gpuscribe.cli.main import main
+from gpuscribe.config import default_data_dir
+from gpuscribe.memory.prior import CPU_RUNTIME_BYTES
 from gpuscribe.memory.types import GIB, CalibrationSample, ProfileKey
 from gpuscribe.store.open import open_store
 
@@ -26,6 +28,7 @@ FIELDS = {
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     for var in (
         "MEMORY_CONFIDENCE_FACTOR",
         "CALIBRATION_SAMPLE_SIZE",
@@ -67,11 +70,36 @@ def test_shipped_profile_is_used(capsys: pytest.CaptureFixture[str]) -> None:
     assert data["model"] == "large-v3-turbo"
 
 
-def test_cpu_has_no_cuda_context(capsys: pytest.CaptureFixture[str]) -> None:
+def test_cpu_context_is_the_workers_own_memory(capsys: pytest.CaptureFixture[str]) -> None:
     data = run_json(["--gpu-name", "CPU (test)"], capsys)
-    assert data["context_bytes"] == 0
+    assert data["context_bytes"] == CPU_RUNTIME_BYTES
     assert data["engine"] == "faster-whisper"
     assert data["model"] == "tiny.en"
+
+
+def test_unknown_model_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["estimate", "--model", "large-v4"]) == 1
+    err = capsys.readouterr().err
+    assert "unknown model 'large-v4'" in err and "large-v3" in err
+
+
+def test_the_data_dir_does_not_depend_on_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Samples stored under the default data dir are found from any directory."""
+    data = Path(default_data_dir())
+    assert data.is_absolute() and data.parent == tmp_path / "xdg"
+    data.mkdir(parents=True)
+    store = open_store(f"sqlite:///{data / 'gpuscribe.db'}")
+    key = ProfileKey("CPU (test)", "faster-whisper", "tiny.en", "default", 1, 5)
+    store.add_sample(CalibrationSample(key, 123 * 1024**2, None, 99 * 1024**2, 1.0))
+    store.close()
+    for where in (tmp_path, tmp_path / "elsewhere"):
+        where.mkdir(exist_ok=True)
+        monkeypatch.chdir(where)
+        result = run_json(["--gpu-name", "CPU (test)"], capsys)
+        assert (result["source"], result["sample_count"]) == ("calibrated", 1)
+        assert result["context_bytes"] == 99 * 1024**2
 
 
 def test_calibration_samples_come_from_the_store(

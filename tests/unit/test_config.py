@@ -103,3 +103,22 @@ def test_models_dir_defaults_under_the_data_dir(tmp_path: Path) -> None:
     settings = load({}, tmp_path)
     assert settings.models_dir == str(tmp_path / "models")
     assert load({"GPUSCRIBE_MODELS_DIR": "/m"}, tmp_path).models_path == Path("/m")
+
+
+def test_data_dir_defaults_to_the_users_data_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert load_settings(env={}).data_dir == str(tmp_path / "xdg" / "gpuscribe")
+
+
+def test_relative_data_dir_is_made_absolute(tmp_path: Path) -> None:
+    """From a flag or variable: relative to where the command runs; from a gpuscribe.toml:
+    relative to that file, wherever the command runs."""
+    assert load_settings(env={}, flags={"data_dir": "d"}).data_dir == str(tmp_path / "d")
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "gpuscribe.toml").write_text('data_dir = "state"\n')
+    settings = load_settings(env={}, config_file=conf / "gpuscribe.toml")
+    assert settings.data_dir == str(conf / "state")
+    assert settings.store_url == f"sqlite:///{conf / 'state' / 'gpuscribe.db'}"

@@ -5,7 +5,7 @@ import pytest
 from gpuscribe.domain import TranscriptionOptions
 from gpuscribe.memory.calibration import CalibrationBook
 from gpuscribe.memory.estimator import Estimator, profile_key_for
-from gpuscribe.memory.prior import prior_estimate
+from gpuscribe.memory.prior import CPU_RUNTIME_BYTES, prior_estimate
 from gpuscribe.memory.profiles import (
     REFERENCE_CONTEXT_BYTES,
     ProfileBook,
@@ -67,12 +67,29 @@ def test_weights_and_context_from_the_most_specific_source() -> None:
     assert est.context_bytes == REFERENCE_CONTEXT_BYTES
 
 
-def test_no_context_on_the_cpu() -> None:
-    cpu = ProfileKey("cpu", "faster-whisper", "tiny.en", "default", 1, 5)
-    est = estimator().estimate(cpu, 30, device_kind=DeviceKind.CPU)
-    assert est.context_bytes == 0
+CPU = ProfileKey("CPU (AMD EPYC)", "faster-whisper", "tiny.en", "default", 1, 5)
+
+
+def test_the_cpu_workers_own_memory_is_its_context() -> None:
+    est = estimator().estimate(CPU, 30, device_kind=DeviceKind.CPU)
+    assert est.context_bytes == CPU_RUNTIME_BYTES  # not a CUDA context, but never nothing
     assert est.source is EstimateSource.PRIOR
     assert est.weights_bytes > 0
+
+
+def test_cpu_estimate_covers_the_measured_peaks() -> None:
+    """Peaks of 0.44-0.65 GiB (the worker's whole resident memory) with tiny.en: samples carry
+    the worker's memory beyond the weights as context; the estimate is never below a peak."""
+    book = CalibrationBook(50, 1.2)
+    e = estimator(book)
+    weights = e.estimate(CPU, 30, device_kind=DeviceKind.CPU).weights_bytes
+    peaks = [int(gib * 1024**3) for gib in (0.44, 0.47, 0.52, 0.65, 0.49)]
+    for peak in peaks:
+        baseline = 300 * 1024**2
+        book.add(CalibrationSample(CPU, peak - baseline, None, baseline - weights, 0.0))
+    est = e.estimate(CPU, 30, device_kind=DeviceKind.CPU)
+    assert est.source is EstimateSource.CALIBRATED
+    assert est.total_bytes >= max(peaks)
 
 
 def test_min_working_bytes_raises_the_estimate() -> None:

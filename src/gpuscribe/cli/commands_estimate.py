@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gpuscribe.cli import CommandError
 from gpuscribe.cli.args import positive_int
 from gpuscribe.cli.commands_server import LOCAL_FLAGS, add_settings_flags, settings_from_args
 from gpuscribe.cli.output import show
 from gpuscribe.cli.tables import gib, to_json
 from gpuscribe.config import Settings
-from gpuscribe.memory.architectures import canonical_model_name
+from gpuscribe.memory.architectures import canonical_model_name, known_model_names
 from gpuscribe.memory.calibration import CalibrationBook
 from gpuscribe.memory.estimator import Estimator
 from gpuscribe.memory.profiles import REFERENCE_CONTEXT_BYTES, ProfileBook
@@ -75,10 +76,14 @@ def estimate_for(
     device = local_device(settings, args.gpu_name)
     default_engine = "transformers" if device.kind is DeviceKind.CUDA else "faster-whisper"
     model = args.model or settings.default_model
+    canonical = canonical_model_name(model)
+    if canonical is None:
+        known = ", ".join(known_model_names())
+        raise CommandError(f"unknown model {model!r} (--model): known models are {known}")
     key = ProfileKey(
         gpu_name=device.name,
         engine=args.engine or settings.default_engine or default_engine,
-        model=canonical_model_name(model) or model,
+        model=canonical,
         compute_type=args.compute_type,
         batch_size=args.batch_size,
         beam_size=args.beam_size,
@@ -119,7 +124,8 @@ def estimate_text(data: dict[str, Any]) -> str:
         head,
         f"  weights   {gib(data['weights_bytes'], 2):>8} GiB  once per device per model",
         f"  working   {gib(data['working_bytes'], 2):>8} GiB  per running task",
-        f"  context   {gib(data['context_bytes'], 2):>8} GiB  once per worker process (CUDA)",
+        f"  context   {gib(data['context_bytes'], 2):>8} GiB  once per worker process "
+        f"({'its own memory beyond the weights' if data['device_kind'] == 'cpu' else 'CUDA'})",
         f"  total     {gib(data['total_bytes'], 2):>8} GiB  the worker's peak for one task",
         f"source: {SOURCE_TEXT.get(data['source'], data['source'])}",
     ]

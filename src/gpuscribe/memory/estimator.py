@@ -9,7 +9,7 @@ from __future__ import annotations
 from gpuscribe.domain import TranscriptionOptions
 from gpuscribe.memory.architectures import canonical_model_name
 from gpuscribe.memory.calibration import CalibrationBook
-from gpuscribe.memory.prior import prior_estimate
+from gpuscribe.memory.prior import CPU_RUNTIME_BYTES, prior_estimate
 from gpuscribe.memory.profiles import ProfileBook
 from gpuscribe.memory.types import EstimateSource, MemoryEstimate, ProfileKey
 from gpuscribe.telemetry.base import DeviceKind
@@ -77,7 +77,9 @@ class Estimator:
         return fallback.weights_bytes if measured is None else measured[0]
 
     def _context(self, key: ProfileKey, fallback: MemoryEstimate, kind: DeviceKind) -> int:
-        if kind is DeviceKind.CPU:
-            return 0
+        """A CUDA context on GPUs; on the CPU the worker's own resident memory beyond the
+        weights (interpreter, engine libraries), which its peak includes too."""
         measured = self.book.context(key.gpu_name, key.model_key)
-        return fallback.context_bytes if measured is None else measured[0]
+        if measured is not None:
+            return measured[0]
+        return CPU_RUNTIME_BYTES if kind is DeviceKind.CPU else fallback.context_bytes

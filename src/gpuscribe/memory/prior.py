@@ -27,6 +27,10 @@ MODEL_VERSION_FACTOR = 1.0
 MIN_WORKING_BYTES = 64 * MIB
 DURATION_KNEE_SECONDS = 180.0
 DURATION_SLOPE = 0.3
+# A CPU worker's resident memory beyond the model's weights before a task (Python, NumPy, PyAV,
+# CTranslate2 and faster-whisper loaded): 0.17 GiB measured in a worker with tiny.en. Used until
+# this machine has measured its own (CPU calibration samples carry it); the prior errs high.
+CPU_RUNTIME_BYTES = 320 * MIB
 
 
 def table_gib(model: str) -> float:

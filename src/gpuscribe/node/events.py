@@ -21,6 +21,7 @@ from gpuscribe.node.running import RunningTask, RunningTasks
 from gpuscribe.scheduling.backoff import retry_delay
 from gpuscribe.store.audio import AudioStore
 from gpuscribe.store.base import TaskStore
+from gpuscribe.telemetry.base import DeviceKind
 from gpuscribe.workers.messages import (
     FailureKind,
     ModelLoaded,
@@ -129,19 +130,26 @@ class EventHandler:
             log.warning("task %s completed under a lease it no longer holds", event.task_id)
             return
         self._oom_floors.pop(event.task_id, None)
-        self._learn(task, event, now)
+        self._learn(task, event, now, cpu=slot.kind is DeviceKind.CPU)
         self._observe_finish(task, "completed", now)
         self._delete_audio(event.task_id)
 
-    def _learn(self, task: RunningTask, event: TaskCompleted, now: float) -> None:
-        """A task that ran alone gives a clean measurement of its working memory."""
+    def _learn(self, task: RunningTask, event: TaskCompleted, now: float, *, cpu: bool) -> None:
+        """A task that ran alone gives a clean measurement of its working memory. On the CPU
+        the peak is the worker's whole resident memory: what it held before the task beyond
+        the model's weights (the interpreter, the engine's libraries) is measured as its
+        context, so that context + weights + working covers the peak."""
         if event.working_bytes is None or event.working_bytes <= 0 or not event.ran_alone:
             return
+        context = None
+        if cpu and event.peak_bytes is not None:
+            baseline = event.peak_bytes - event.working_bytes
+            context = max(0, baseline - task.estimate.weights_bytes)
         sample = CalibrationSample(
             key=task.key,
             working_bytes=event.working_bytes,
             weights_bytes=None,
-            context_bytes=None,
+            context_bytes=context,
             measured_at=now,
             estimate_bytes=task.estimate.working_bytes,
         )
