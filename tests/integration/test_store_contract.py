@@ -17,6 +17,7 @@ from gpuscribe.domain import (
     NewTask,
     Priority,
     Segment,
+    Task,
     TaskKind,
     TaskState,
     Transcript,
@@ -624,3 +625,60 @@ def test_prune_forgets_nodes_long_gone(store: TaskStore) -> None:
     store.heartbeat_node(node_record("new", 1000.0))
     store.prune(finished_before=500.0)
     assert [n.name for n in store.nodes(now=0.0)] == ["new"]
+
+
+# --- a scheduling pass's window ---------------------------------------------------------------
+def test_claim_window_takes_the_oldest_of_each_priority_and_claims_what_decide_chose(
+    store: TaskStore,
+) -> None:
+    normal = [store.add(new_task(), now=float(i))[0].id for i in range(5)]
+    high = store.add(new_task(priority=Priority.HIGH), now=10.0)[0].id
+    seen: list[list[str]] = []
+
+    def decide(window: list[Task]) -> list[Claim]:
+        seen.append([t.id for t in window])
+        return [claim_of(window[0].id), claim_of(window[-1].id)]
+
+    window, claimed = store.claim_window(now=100.0, limit=3, decide=decide)
+    by_priority = sorted(window, key=lambda t: (t.priority, t.created_at))  # lower runs sooner
+    assert [t.id for t in by_priority] == [high, *normal[:3]]
+    assert seen == [[t.id for t in window]]
+    assert sorted(t.id for t in claimed) == sorted({window[0].id, window[-1].id})
+    assert all(t.state is TaskState.RUNNING and t.lease_token for t in claimed)
+    assert store.count_queued() == 4
+    empty, none = store.claim_window(now=100.0, limit=3, decide=lambda w: [])
+    assert none == [] and len(empty) == 3  # four normal tasks left; the limit is per priority
+
+
+def test_passes_at_once_never_plan_what_the_other_claims(
+    factory: StoreFactory, request: pytest.FixtureRequest
+) -> None:
+    """While one pass holds its window, another pass gets other tasks (PostgreSQL: SKIP
+    LOCKED) or waits for the first to commit (SQLite, memory): never a task being claimed."""
+    first, second = factory(), factory()
+    ids = [first.add(new_task(), now=float(i))[0].id for i in range(8)]
+    holding = threading.Event()
+    release = threading.Event()
+    windows: dict[str, list[str]] = {}
+
+    def slow(window: list[Task]) -> list[Claim]:
+        windows["first"] = [t.id for t in window]
+        holding.set()
+        release.wait(0.5)
+        return [claim_of(t.id) for t in window]
+
+    def fast(window: list[Task]) -> list[Claim]:
+        windows["second"] = [t.id for t in window]
+        return [claim_of(t.id) for t in window]
+
+    with ThreadPoolExecutor(2) as pool:
+        a = pool.submit(first.claim_window, now=100.0, limit=3, decide=slow)
+        assert holding.wait(5.0)
+        b = pool.submit(second.claim_window, now=100.0, limit=3, decide=fast)
+        _, claimed_a = a.result(10.0)
+        release.set()
+        _, claimed_b = b.result(10.0)
+    assert windows["first"] == ids[:3] and not set(windows["second"]) & set(windows["first"])
+    assert {t.id for t in claimed_a} | {t.id for t in claimed_b} == set(ids[:6])
+    if "postgres" in request.node.name:
+        assert windows["second"] == ids[3:6]  # taken at once, not after the first committed

@@ -10,14 +10,14 @@ import logging
 from collections.abc import Callable
 
 from gpuscribe.config import Settings
-from gpuscribe.domain import Priority, Task
+from gpuscribe.domain import Task
 from gpuscribe.memory.estimator import Estimator
 from gpuscribe.memory.types import MemoryEstimate, ProfileKey
 from gpuscribe.metrics import Metrics
 from gpuscribe.node.devices import DeviceSlot
 from gpuscribe.node.events import local_failure_error
 from gpuscribe.node.running import RunningTask, RunningTasks
-from gpuscribe.scheduling.planner import DeviceState, Placement, plan
+from gpuscribe.scheduling.planner import DeviceState, Placement, Plan, plan
 from gpuscribe.store.audio import AudioStore
 from gpuscribe.store.base import Claim, TaskStore
 from gpuscribe.telemetry.base import DeviceKind, GpuTelemetry
@@ -26,6 +26,7 @@ from gpuscribe.workers.messages import RunTask
 log = logging.getLogger(__name__)
 
 QUEUE_WINDOW_MIN = 64  # tasks of each priority a pass reads at least
+QUEUE_WINDOW_MAX = 1024  # and at most: the rows one pass's transaction holds stay few
 LOCAL_FAILURE_AVOID_SECONDS = 10.0  # a task this node could not run waits this long for others
 
 
@@ -62,25 +63,52 @@ class SchedulerPass:
         self._wait_reasons: dict[str, str | None] = {}
 
     def run_once(self) -> int:
-        """Place what fits now; return the number of tasks dispatched."""
+        """Place what fits now; return the number of tasks dispatched.
+
+        The window, the plan and the claims are one short store transaction (`claim_window`):
+        on PostgreSQL the window's rows stay locked until the claims commit, and other nodes'
+        passes skip them, so nodes scheduling at once never plan the same tasks. Telemetry is
+        read fresh inside it, once there is a window to place."""
         now = self._clock()
-        queue = self._read_queue(now)
-        if not queue:
+        passed: list[tuple[list[Task], Plan] | None] = [None]
+
+        def decide(window: list[Task]) -> list[Claim]:
+            queue = [t for t in window if not self._failed_here_lately(t, now)]
+            if not queue:
+                return []
+            states = [self._device_state(slot) for slot in self._slots.values() if slot.ready]
+            if not states:
+                passed[0] = (queue, Plan(waiting=dict.fromkeys(
+                    (t.id for t in queue), "no device is ready yet (workers starting)"
+                )))  # fmt: skip
+                return []
+            decided = plan(
+                queue,
+                states,
+                self._estimate_for,
+                now=now,
+                aging_seconds=self._settings.aging_seconds,
+                starvation_seconds=self._settings.starvation_seconds,
+            )
+            passed[0] = (queue, decided)
+            return [self._claim_of(p) for p in decided.placements]
+
+        try:
+            _, claimed = self._store.claim_window(now=now, limit=self._window(), decide=decide)
+        except BaseException:
+            if passed[0] is not None:  # nothing was claimed: free what the plan admitted
+                for placement in passed[0][1].placements:
+                    self._slots[placement.device_uuid].ledger.release(placement.task_id)
+            raise
+        if passed[0] is None:
             return 0
-        states = [self._device_state(slot) for slot in self._slots.values() if slot.ready]
-        if not states:
-            self._record_waiting({t.id: "no device is ready yet (workers starting)" for t in queue})
-            return 0
-        decided = plan(
-            queue,
-            states,
-            self._estimate_for,
-            now=now,
-            aging_seconds=self._settings.aging_seconds,
-            starvation_seconds=self._settings.starvation_seconds,
-        )
+        queue, decided = passed[0]
         by_id = {t.id: t for t in queue}
-        dispatched = sum(self._dispatch(by_id[p.task_id], p, now) for p in decided.placements)
+        tokens = {t.id: t.lease_token for t in claimed}
+        dispatched = sum(
+            self._dispatch(by_id[p.task_id], p, tokens.get(p.task_id), now)
+            for p in decided.placements
+        )
         waiting = dict(decided.waiting)
         for task_id, reason in decided.impossible.items():
             task = by_id[task_id]
@@ -134,20 +162,16 @@ class SchedulerPass:
             f"({best[2]} on node {best[1]})"
         )
 
-    def _read_queue(self, now: float) -> list[Task]:
-        """The oldest ready tasks of each priority, a window a few times the task slots deep.
+    def _window(self) -> int:
+        """How many of the oldest ready tasks of each priority a pass takes: a few times the
+        task slots, at least QUEUE_WINDOW_MIN, at most QUEUE_WINDOW_MAX (the rows a pass holds).
 
         Within one priority the oldest rank best, whatever the aging, so these windows hold
-        exactly the best-ranked tasks of the whole queue: a pass never reads the whole queue
-        (10,000 rows) while submissions keep waking it."""
+        exactly the best-ranked tasks of the queue (less those other nodes' passes hold at that
+        moment): a pass never reads the whole queue (10,000 rows) while submissions wake it."""
         slots = sum(slot.ledger.max_tasks for slot in self._slots.values())
-        window = min(self._settings.max_queue_length, max(QUEUE_WINDOW_MIN, 4 * slots))
-        return [
-            task
-            for priority in Priority
-            for task in self._store.queued(now=now, limit=window, priority=priority)
-            if not self._failed_here_lately(task, now)
-        ]
+        wanted = max(QUEUE_WINDOW_MIN, 4 * slots)
+        return min(self._settings.max_queue_length, wanted, QUEUE_WINDOW_MAX)
 
     def _failed_here_lately(self, task: Task, now: float) -> bool:
         """A task this node gave back for a reason of its own (audio it could not read, a model
@@ -177,26 +201,28 @@ class SchedulerPass:
             min_working_bytes=self._oom_floors.get(task.id, 0),
         )
 
-    def _dispatch(self, task: Task, placement: Placement, now: float) -> int:
+    def _claim_of(self, placement: Placement) -> Claim:
         slot = self._slots[placement.device_uuid]
-        claimed = self._store.claim(
-            Claim(
-                task_id=task.id,
-                node=self._settings.node_name,
-                gpu_index=slot.device.index,
-                gpu_uuid=slot.uuid,
-                memory_estimate_bytes=placement.estimate.total_bytes,
-                lease_seconds=self._settings.lease_seconds,
-            ),
-            now=now,
+        return Claim(
+            task_id=placement.task_id,
+            node=self._settings.node_name,
+            gpu_index=slot.device.index,
+            gpu_uuid=slot.uuid,
+            memory_estimate_bytes=placement.estimate.total_bytes,
+            lease_seconds=self._settings.lease_seconds,
         )
-        if claimed is None or claimed.lease_token is None:
-            slot.ledger.release(task.id)  # cancelled or taken by another node meanwhile
+
+    def _dispatch(self, task: Task, placement: Placement, token: str | None, now: float) -> int:
+        """Run a claimed task on its device; a placement the store did not claim (cancelled
+        meanwhile) frees what the plan admitted."""
+        slot = self._slots[placement.device_uuid]
+        if token is None:
+            slot.ledger.release(task.id)
             return 0
         self._running.add(
             RunningTask(
                 task_id=task.id,
-                token=claimed.lease_token,
+                token=token,
                 device_uuid=slot.uuid,
                 key=profile_key(task, slot.device.name),
                 estimate=placement.estimate,
@@ -209,7 +235,7 @@ class SchedulerPass:
         slot.worker.run(
             RunTask(
                 task_id=task.id,
-                lease_token=claimed.lease_token,
+                lease_token=token,
                 audio_path=task.audio_path,
                 audio_seconds=task.audio_seconds,
                 options=task.options,

@@ -11,7 +11,7 @@ Rules every implementation keeps:
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -95,6 +95,19 @@ class TaskStore(Protocol):
     def claim(self, claim: Claim, *, now: float) -> Task | None:
         """Queued -> running under a new lease (BEGIN IMMEDIATE on SQLite). Counts an attempt.
         Returns None when the task is no longer queued (cancelled, claimed by another node)."""
+        ...
+
+    def claim_window(
+        self,
+        *,
+        now: float,
+        limit: int,
+        decide: Callable[[builtins.list[Task]], Sequence[Claim]],
+    ) -> tuple[builtins.list[Task], builtins.list[Task]]:
+        """One short transaction of a scheduling pass: take the oldest `limit` ready queued
+        tasks of each priority that no other node holds (PostgreSQL: FOR UPDATE SKIP LOCKED,
+        so nodes scheduling at once get disjoint windows), let `decide` (no I/O) choose claims
+        among them, and make those claims. Returns (the window, the tasks claimed)."""
         ...
 
     def renew(

@@ -9,7 +9,7 @@ import builtins
 import itertools
 import secrets
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 
 from gpuscribe.domain import NewTask, Priority, Task, TaskEvent, TaskState, Transcript
@@ -126,6 +126,18 @@ class InMemoryStore:
             detail = rows.claimed_detail(claim.node, claim.gpu_index, task.attempts)
             self._event(task.id, now, TaskState.RUNNING, detail)
             return replace(task)
+
+    def claim_window(
+        self,
+        *,
+        now: float,
+        limit: int,
+        decide: Callable[[builtins.list[Task]], Sequence[Claim]],
+    ) -> tuple[builtins.list[Task], builtins.list[Task]]:
+        with self._lock:
+            window = [t for p in Priority for t in self.queued(now=now, limit=limit, priority=p)]
+            claimed = [t for t in (self.claim(c, now=now) for c in decide(window)) if t]
+            return window, claimed
 
     def renew(
         self, leases: Sequence[tuple[str, str]], *, lease_seconds: float, now: float

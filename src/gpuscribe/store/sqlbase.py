@@ -12,7 +12,7 @@ import builtins
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
@@ -117,6 +117,25 @@ def _statements(script: str, dialect: str) -> list[str]:
     return statements
 
 
+def _claim(s: Session, claim: Claim, now: float) -> Task | None:
+    params = {
+        "id": claim.task_id,
+        "node": claim.node,
+        "gpu_index": claim.gpu_index,
+        "gpu_uuid": claim.gpu_uuid,
+        "memory_estimate_bytes": claim.memory_estimate_bytes,
+        "now": now,
+        "token": secrets.token_hex(16),
+        "expires": now + claim.lease_seconds,
+    }
+    row = s.one("claim", params)
+    if row is None:
+        return None
+    detail = rows.claimed_detail(claim.node, claim.gpu_index, int(row["attempts"]))
+    s.event(claim.task_id, now, TaskState.RUNNING, detail)
+    return rows.task_from_row(row)
+
+
 def _event(task_id: str, at: float, state: TaskState, detail: str | None) -> dict[str, Any]:
     return {"task_id": task_id, "at": at, "state": state.value, "detail": detail}
 
@@ -216,23 +235,28 @@ class SqlTaskStore(abc.ABC):
 
     # --- the scheduler and workers -----------------------------------------------------------
     def claim(self, claim: Claim, *, now: float) -> Task | None:
-        params = {
-            "id": claim.task_id,
-            "node": claim.node,
-            "gpu_index": claim.gpu_index,
-            "gpu_uuid": claim.gpu_uuid,
-            "memory_estimate_bytes": claim.memory_estimate_bytes,
-            "now": now,
-            "token": secrets.token_hex(16),
-            "expires": now + claim.lease_seconds,
-        }
         with self._write() as s:
-            row = s.one("claim", params)
-            if row is None:
-                return None
-            detail = rows.claimed_detail(claim.node, claim.gpu_index, int(row["attempts"]))
-            s.event(claim.task_id, now, TaskState.RUNNING, detail)
-        return rows.task_from_row(row)
+            return _claim(s, claim, now)
+
+    def claim_window(
+        self,
+        *,
+        now: float,
+        limit: int,
+        decide: Callable[[builtins.list[Task]], Sequence[Claim]],
+    ) -> tuple[builtins.list[Task], builtins.list[Task]]:
+        with self._write() as s:
+            window = [
+                rows.task_from_row(r)
+                for priority in Priority
+                for r in s.rows(
+                    "lock_queued_window", {"now": now, "limit": limit, "priority": int(priority)}
+                )
+            ]
+            claimed = [
+                task for task in (_claim(s, c, now) for c in decide(window)) if task is not None
+            ]
+        return window, claimed
 
     def renew(
         self, leases: Sequence[tuple[str, str]], *, lease_seconds: float, now: float

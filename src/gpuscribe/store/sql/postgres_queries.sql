@@ -202,3 +202,12 @@ DELETE FROM nodes WHERE name = %(name)s;
 
 -- name: nodes_forget
 DELETE FROM nodes WHERE expires_at < %(before)s;
+
+-- name: lock_queued_window
+-- A scheduling pass's window of one priority: rows another node's pass holds are skipped, so
+-- nodes scheduling at the same moment take disjoint windows; the locks end with the pass.
+SELECT * FROM tasks
+WHERE state = 'queued' AND priority = %(priority)s AND not_before <= %(now)s
+ORDER BY created_at, seq
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED;

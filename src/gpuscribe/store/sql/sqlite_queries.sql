@@ -200,3 +200,10 @@ DELETE FROM nodes WHERE name = :name;
 
 -- name: nodes_forget
 DELETE FROM nodes WHERE expires_at < :before;
+
+-- name: lock_queued_window
+-- BEGIN IMMEDIATE already holds the write lock: one pass at a time, whatever the process.
+SELECT * FROM tasks
+WHERE state = 'queued' AND priority = :priority AND not_before <= :now
+ORDER BY created_at, seq
+LIMIT :limit;
