@@ -4,9 +4,6 @@ Real app over HTTP (TestClient), real store, a real WAV made here."""
 
 from __future__ import annotations
 
-import math
-import struct
-import wave
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,22 +11,14 @@ from typing import Any
 import pytest
 from api_backend import ApiTestBackend, Completer, make_app
 from fastapi.testclient import TestClient
+from tone import tone_wav
 
 OPENAI = "/v1/audio/transcriptions"
 
 
 @pytest.fixture(scope="module")
 def wav(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    """One second of a 440 Hz tone, 16 kHz mono."""
-    path = tmp_path_factory.mktemp("audio") / "tone.wav"
-    rate = 16000
-    samples = (int(8000 * math.sin(2 * math.pi * 440 * i / rate)) for i in range(rate))
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(b"".join(struct.pack("<h", s) for s in samples))
-    return path.read_bytes()
+    return tone_wav(tmp_path_factory.mktemp("audio") / "tone.wav").read_bytes()
 
 
 def _app(tmp_path: Path, **settings: Any) -> tuple[ApiTestBackend, TestClient]:

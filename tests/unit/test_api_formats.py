@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from gpuscribe.api import formats
@@ -83,7 +85,7 @@ def test_timestamp(seconds: float, sep: str, expected: str) -> None:
 def test_srt_cues_are_one_based_with_commas() -> None:
     assert formats.to_srt(TRANSCRIPT) == (
         "1\n00:00:00,000 --> 00:00:00,900\nHi there.\n\n"
-        "2\n01:00:01,002 --> 01:02:05,500\nIt -> works\tfine.\n"
+        "2\n01:00:01,002 --> 01:02:05,500\nIt -> works fine.\n"
     )
 
 
@@ -91,7 +93,7 @@ def test_vtt_has_header_and_dots() -> None:
     assert formats.to_vtt(TRANSCRIPT) == (
         "WEBVTT\n\n"
         "00:00:00.000 --> 00:00:00.900\nHi there.\n\n"
-        "01:00:01.002 --> 01:02:05.500\nIt -> works\tfine.\n"
+        "01:00:01.002 --> 01:02:05.500\nIt -> works fine.\n"
     )
 
 
@@ -146,3 +148,79 @@ def test_empty_transcript() -> None:
 )
 def test_media_types(fmt: str, media: str) -> None:
     assert formats.media_type(fmt) == media
+
+
+# --- subtitle layout ------------------------------------------------------------------------
+LONG = (
+    "The quick brown fox jumps over the lazy dog near the river bank while seven children "
+    "walked home from school on a cold and windy afternoon in the late autumn."
+)
+
+
+def _words(text: str, start: float, step: float) -> tuple[Word, ...]:
+    return tuple(
+        Word(start + i * step, start + (i + 1) * step, f" {w}", 0.9)
+        for i, w in enumerate(text.split())
+    )
+
+
+def _cue_lines(srt: str) -> list[list[str]]:
+    return [block.split("\n")[2:] for block in srt.strip().split("\n\n")]
+
+
+def test_default_layout_is_42_characters_and_2_lines() -> None:
+    transcript = Transcript(LONG, "en", 20.0, (Segment(0, 0.0, 12.0, " " + LONG),))
+    cues = _cue_lines(formats.to_srt(transcript))
+    assert len(cues) > 1
+    assert all(1 <= len(lines) <= 2 for lines in cues)
+    assert all(len(line) <= 42 for lines in cues for line in lines)
+    assert " ".join(" ".join(lines) for lines in cues) == LONG  # nothing lost or reordered
+
+
+def test_split_without_words_shares_the_segment_time_and_keeps_its_ends() -> None:
+    transcript = Transcript(LONG, "en", 20.0, (Segment(0, 2.0, 12.0, LONG),))
+    cues = formats.subtitle_cues(transcript)
+    assert cues[0].start == 2.0 and cues[-1].end == 12.0
+    assert all(a.end == b.start for a, b in itertools.pairwise(cues))
+    assert all(c.start < c.end for c in cues)
+
+
+def test_split_with_words_cuts_at_word_times() -> None:
+    words = _words(LONG, 1.0, 0.25)
+    transcript = Transcript(LONG, "en", 20.0, (Segment(0, 1.0, words[-1].end, LONG, words),))
+    cues = formats.subtitle_cues(transcript)
+    starts = {w.start for w in words}
+    ends = {w.end for w in words}
+    assert len(cues) > 1
+    assert all(c.start in starts and c.end in ends for c in cues)
+
+
+@pytest.mark.parametrize(("width", "count"), [(20, 1), (30, 3), (0, 0)])
+def test_width_and_count_options(width: int, count: int) -> None:
+    transcript = Transcript(LONG, "en", 20.0, (Segment(0, 0.0, 12.0, LONG),))
+    layout = formats.SubtitleLayout(max_line_width=width, max_line_count=count)
+    cues = formats.subtitle_cues(transcript, layout)
+    if width == 0:
+        assert [c.text for c in cues] == [LONG]  # 0: no limit
+        return
+    for cue in cues:
+        lines = cue.text.split("\n")
+        assert len(lines) <= count
+        assert all(len(line) <= width for line in lines)
+    assert formats.to_vtt(transcript, layout).count(" --> ") == len(cues)
+
+
+def test_last_cue_never_ends_after_the_audio() -> None:
+    """Whisper's last segment may end past the audio (6.000 for a 5.9 s file)."""
+    transcript = Transcript(
+        "Hello there.", "en", 5.9,
+        (Segment(0, 0.0, 2.0, " Hello"), Segment(1, 2.0, 6.0, " there.")),
+    )  # fmt: skip
+    assert "00:00:02,000 --> 00:00:05,900\nthere." in formats.to_srt(transcript)
+    assert "00:00:02.000 --> 00:00:05.900\nthere." in formats.to_vtt(transcript)
+
+
+def test_format_names_in_any_case() -> None:
+    assert formats.result_format(" SRT ") == "srt"
+    assert formats.result_format("Verbose_JSON") == "verbose_json"
+    assert formats.result_format("docx") is None

@@ -1,21 +1,26 @@
 """Transcript -> the formats people use: json, verbose_json, text, srt, vtt, tsv.
 
 Pure functions. JSON shapes are OpenAI's (`json`: `{"text"}`; `verbose_json`: task, language,
-duration, text, segments, words). Subtitles follow whisper's writers. A transcript that is not one
-(simulated GPUs, random-weight benchmark models) says so: `"simulated": true` /
-`"benchmark_only": true` in JSON, a note first in the text formats.
+duration, text, segments, words). Subtitles follow whisper's writers: lines of at most 42
+characters, at most 2 lines a cue (`SubtitleLayout`), no cue ending after the audio. A
+transcript that is not one (simulated GPUs, random-weight benchmark models) says so:
+`"simulated": true` / `"benchmark_only": true` in JSON, a note first in the text formats.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any, Literal
 
-from gpuscribe.domain import Segment, Transcript
+from gpuscribe.domain import Segment, Transcript, Word
 
 ResultFormat = Literal["json", "verbose_json", "text", "srt", "vtt", "tsv"]
 RESULT_FORMATS: tuple[ResultFormat, ...] = ("json", "verbose_json", "text", "srt", "vtt", "tsv")
 JSON_FORMATS = frozenset({"json", "verbose_json"})
+# Subtitle lines as broadcasters and Netflix's style guide have them: 42 characters, 2 lines.
+DEFAULT_LINE_WIDTH = 42
+DEFAULT_LINE_COUNT = 2
 
 SIMULATED_NOTE = "[gpuscribe: simulated run on simulated GPUs; this is not a transcript]"
 BENCHMARK_NOTE = "[gpuscribe: benchmark-only model with random weights; this is not a transcript]"
@@ -107,33 +112,118 @@ def timestamp(seconds: float, separator: str) -> str:
     return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{millis:03d}"
 
 
-def _cue_text(segment: Segment) -> str:
-    return segment.text.strip().replace("-->", "->")
+@dataclass(frozen=True, slots=True)
+class SubtitleLayout:
+    """How subtitle cues are laid out (Whisper's writers' options). `max_line_width`
+    characters a line, `max_line_count` lines a cue; 0 means no limit. A segment too long for
+    one cue becomes several: split between words at their times when the transcript has word
+    timestamps, else in proportion to the characters."""
+
+    max_line_width: int = DEFAULT_LINE_WIDTH
+    max_line_count: int = DEFAULT_LINE_COUNT
 
 
-def to_srt(transcript: Transcript) -> str:
+@dataclass(frozen=True, slots=True)
+class Cue:
+    start: float
+    end: float
+    text: str  # lines joined by "\n"
+
+
+def _clean(text: str) -> str:
+    return " ".join(text.replace("-->", "->").split())
+
+
+def _lines(words: list[str], width: int) -> list[str]:
+    """Words (stripped) into lines of at most `width` characters; a longer word stands alone."""
+    lines: list[str] = []
+    for word in words:
+        if lines and (width <= 0 or len(lines[-1]) + 1 + len(word) <= width):
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return lines
+
+
+def _chunks(lines: list[str], count: int) -> list[list[str]]:
+    if count <= 0:
+        return [lines]
+    return [lines[i : i + count] for i in range(0, len(lines), count)]
+
+
+def _segment_cues(segment: Segment, layout: SubtitleLayout) -> list[Cue]:
+    text = _clean(segment.text)
+    lines = _lines(text.split(), layout.max_line_width)
+    chunks = _chunks(lines, layout.max_line_count)
+    if len(chunks) == 1:
+        return [Cue(segment.start, segment.end, "\n".join(lines))]
+    timed = [w for w in segment.words if _clean(w.word)]
+    if timed and " ".join(_clean(w.word) for w in timed) == text:
+        return _cues_from_words(timed, layout)
+    total = sum(len(" ".join(c)) for c in chunks) or 1
+    cues, start = [], segment.start
+    span = max(0.0, segment.end - segment.start)
+    for i, chunk in enumerate(chunks):
+        text = "\n".join(chunk)
+        end = segment.end if i == len(chunks) - 1 else start + span * len(" ".join(chunk)) / total
+        cues.append(Cue(start, end, text))
+        start = end
+    return cues
+
+
+def _cues_from_words(words: list[Word], layout: SubtitleLayout) -> list[Cue]:
+    """Fill lines word by word; a word that would need one line too many starts a new cue."""
+    cues: list[Cue] = []
+    current: list[Word] = []
+
+    def close() -> None:
+        if current:
+            text = "\n".join(_lines([_clean(w.word) for w in current], layout.max_line_width))
+            cues.append(Cue(current[0].start, current[-1].end, text))
+            current.clear()
+
+    for word in words:
+        lines = _lines([_clean(w.word) for w in (*current, word)], layout.max_line_width)
+        if current and 0 < layout.max_line_count < len(lines):
+            close()
+        current.append(word)
+    close()
+    return cues
+
+
+def subtitle_cues(transcript: Transcript, layout: SubtitleLayout | None = None) -> list[Cue]:
+    """The transcript's cues, laid out, none ending after the audio does."""
+    layout = layout or SubtitleLayout()
+    cues = [cue for s in transcript.segments for cue in _segment_cues(s, layout) if cue.text]
+    if transcript.duration <= 0:
+        return cues
+    limit = transcript.duration
+    return [Cue(min(c.start, limit), min(max(c.end, c.start), limit), c.text) for c in cues]
+
+
+def to_srt(transcript: Transcript, layout: SubtitleLayout | None = None) -> str:
     """SubRip: 1-based cues, `HH:MM:SS,mmm`. A marker note is a zero-length first cue."""
-    cues: list[tuple[float, float, str]] = []
+    cues: list[Cue] = []
     note = marker_note(transcript)
     if note:
-        cues.append((0.0, 0.0, note))
-    cues.extend((s.start, s.end, _cue_text(s)) for s in transcript.segments)
+        cues.append(Cue(0.0, 0.0, note))
+    cues.extend(subtitle_cues(transcript, layout))
     blocks = [
-        f"{n}\n{timestamp(start, ',')} --> {timestamp(end, ',')}\n{text}\n"
-        for n, (start, end, text) in enumerate(cues, start=1)
+        f"{n}\n{timestamp(c.start, ',')} --> {timestamp(c.end, ',')}\n{c.text}\n"
+        for n, c in enumerate(cues, start=1)
     ]
     return "\n".join(blocks)
 
 
-def to_vtt(transcript: Transcript) -> str:
+def to_vtt(transcript: Transcript, layout: SubtitleLayout | None = None) -> str:
     """WebVTT: header, then cues with `HH:MM:SS.mmm`. A marker is a NOTE block."""
     blocks = ["WEBVTT\n"]
     note = marker_note(transcript)
     if note:
         blocks.append(f"NOTE {note}\n")
     blocks.extend(
-        f"{timestamp(s.start, '.')} --> {timestamp(s.end, '.')}\n{_cue_text(s)}\n"
-        for s in transcript.segments
+        f"{timestamp(c.start, '.')} --> {timestamp(c.end, '.')}\n{c.text}\n"
+        for c in subtitle_cues(transcript, layout)
     )
     return "\n".join(blocks)
 
@@ -148,10 +238,23 @@ def to_tsv(transcript: Transcript) -> str:
     return _with_note(transcript, rows)
 
 
-def render_text(transcript: Transcript, fmt: str) -> str:
-    """One of the text formats: text, srt, vtt, tsv."""
-    writers = {"text": to_text, "srt": to_srt, "vtt": to_vtt, "tsv": to_tsv}
+def render_text(transcript: Transcript, fmt: str, layout: SubtitleLayout | None = None) -> str:
+    """One of the text formats: text, srt, vtt (laid out by `layout`), tsv."""
+    if fmt == "srt":
+        return to_srt(transcript, layout)
+    if fmt == "vtt":
+        return to_vtt(transcript, layout)
+    writers = {"text": to_text, "tsv": to_tsv}
     return writers[fmt](transcript)
+
+
+def result_format(name: str) -> ResultFormat | None:
+    """A format name in any case (`SRT`, ` Verbose_JSON `), or None for an unknown one."""
+    wanted = name.strip().lower()
+    for fmt in RESULT_FORMATS:
+        if fmt == wanted:
+            return fmt
+    return None
 
 
 def media_type(fmt: str) -> str:

@@ -208,4 +208,5 @@ def _answer(backend: Backend, task: Task, form: OpenAIForm) -> Response:
     if fmt == "verbose_json":
         wanted = form.timestamp_granularities or ["segment"]
         return JSONResponse(formats.to_verbose_json(transcript, wanted))
-    return PlainTextResponse(formats.render_text(transcript, fmt))
+    layout = formats.SubtitleLayout(form.max_line_width, form.max_line_count)
+    return PlainTextResponse(formats.render_text(transcript, fmt, layout))

@@ -11,7 +11,6 @@ from starlette.concurrency import run_in_threadpool
 from gpuscribe.api import formats
 from gpuscribe.api.backend import Backend
 from gpuscribe.api.errors import ApiError
-from gpuscribe.api.formats import ResultFormat
 from gpuscribe.api.schemas import (
     ErrorResponse,
     OpenAITranscription,
@@ -131,9 +130,32 @@ _RESULT_CONTENT = {
 def get_result(
     task_id: str,
     backend: BackendDep,
-    fmt: Annotated[ResultFormat, Query(alias="format")] = "json",
+    format_name: Annotated[
+        str,
+        Query(
+            alias="format",
+            max_length=32,
+            description="json, verbose_json, text, srt, vtt or tsv (any case)",
+        ),
+    ] = "json",
+    max_line_width: Annotated[
+        int, Query(ge=0, le=1000, description="srt/vtt: characters a line (0: no limit)")
+    ] = formats.DEFAULT_LINE_WIDTH,
+    max_line_count: Annotated[
+        int, Query(ge=0, le=100, description="srt/vtt: lines a cue (0: no limit)")
+    ] = formats.DEFAULT_LINE_COUNT,
 ) -> Response:
     """The transcript of a completed task. 409 while it is not completed."""
+    fmt = formats.result_format(format_name)
+    if fmt is None:
+        raise ApiError(
+            400,
+            f"invalid query parameter 'format': {format_name!r} is not one of "
+            f"{', '.join(formats.RESULT_FORMATS)}",
+            code="invalid_value",
+            param="format",
+        )
+    layout = formats.SubtitleLayout(max_line_width, max_line_count)
     task = _task_or_404(backend, task_id)
     if task.state is not TaskState.COMPLETED:
         raise _not_ready(task)
@@ -147,7 +169,7 @@ def get_result(
     if fmt == "verbose_json":
         granularities = ("segment", "word") if task.options.word_timestamps else ("segment",)
         return JSONResponse(formats.to_verbose_json(transcript, granularities))
-    text = formats.render_text(transcript, fmt)
+    text = formats.render_text(transcript, fmt, layout)
     return Response(text, media_type=formats.media_type(fmt))
 
 

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gpuscribe.api.backend import CalibrationRow, DeviceView
+from gpuscribe.api.formats import DEFAULT_LINE_COUNT, DEFAULT_LINE_WIDTH
 from gpuscribe.domain import Priority, Task, TaskEvent, TaskState
 from gpuscribe.memory.types import MemoryEstimate
 
@@ -367,6 +368,15 @@ class OpenAIForm(DecodingFields):
     )
     task: Literal["transcribe", "translate"] | None = Field(
         default=None, description="Must match the endpoint when given."
+    )
+    max_line_width: int = Field(
+        default=DEFAULT_LINE_WIDTH,
+        ge=0,
+        le=1000,
+        description="srt/vtt: characters a line (0: no limit)",
+    )
+    max_line_count: int = Field(
+        default=DEFAULT_LINE_COUNT, ge=0, le=100, description="srt/vtt: lines a cue (0: no limit)"
     )
 
     @field_validator("response_format", mode="before")
