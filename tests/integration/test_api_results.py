@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from tone import tone_wav
 
 from gpuscribe.domain import Segment, Task, Transcript
+from gpuscribe.store.base import Claim
 
 LONG = (
     "The quick brown fox jumps over the lazy dog near the river bank while seven children "
@@ -134,3 +135,25 @@ def test_openai_subtitle_fields(app: tuple[ApiTestBackend, TestClient], wav: byt
         data={"response_format": "srt", "max_line_width": "wide"},
     )
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "max_line_width"
+
+
+def test_a_retried_task_does_not_show_the_old_error_as_current(tmp_path: Path, wav: bytes) -> None:
+    backend, application = make_app(str(tmp_path / "data"))
+    client = TestClient(application)
+    response = client.post("/v1/tasks", files={"file": ("a.wav", wav, "audio/wav")})
+    task_id = response.json()["id"]
+    claim = Claim(task_id, "node", 0, "cpu", 1 << 20, lease_seconds=60)
+    claimed = backend.store.claim(claim, now=time.time())
+    assert claimed is not None and claimed.lease_token is not None
+    backend.store.fail(
+        task_id, claimed.lease_token, "worker stopped", retry_at=time.time(), now=time.time()
+    )
+    queued = client.get(f"/v1/tasks/{task_id}").json()
+    assert queued["state"] == "queued"
+    assert queued["error"] is None
+    assert queued["last_error"] == "worker stopped"
+    claimed = backend.store.claim(claim, now=time.time() + 1)
+    assert claimed is not None and claimed.lease_token is not None
+    backend.store.fail(task_id, claimed.lease_token, "bad audio", retry_at=None, now=time.time())
+    failed = client.get(f"/v1/tasks/{task_id}").json()
+    assert (failed["state"], failed["error"], failed["last_error"]) == ("failed", "bad audio", None)

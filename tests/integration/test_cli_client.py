@@ -50,6 +50,7 @@ class FakeService:
         self.tasks: dict[str, dict[str, Any]] = {}
         self.forms: list[dict[str, str]] = []
         self.reads: dict[str, int] = {}
+        self.result_queries: list[dict[str, str]] = []
 
     def new_task(self, filename: str) -> dict[str, Any]:
         task_id = f"task-{len(self.tasks) + 1}"
@@ -118,7 +119,8 @@ def build_app(fake: FakeService) -> FastAPI:
         return task
 
     @app.get("/v1/tasks/{task_id}/result", response_model=None)
-    def result(task_id: str, format: str = "json") -> Any:
+    def result(task_id: str, request: Request, format: str = "json") -> Any:
+        fake.result_queries.append(dict(request.query_params))
         task = fake.tasks[task_id]
         if task["state"] != "completed":
             return error(409, f"task {task_id} is {task['state']}", "not_completed")
@@ -309,6 +311,42 @@ def test_task_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert task_id in capsys.readouterr().out
     assert main(["cancel", task_id]) == 0
     assert capsys.readouterr().out.strip() == f"{task_id}: cancelled"
+
+
+def test_result_json_format_case_and_subtitle_options(
+    tmp_path: Path, server: tuple[str, FakeService], capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake = server[1]
+    assert main(["submit", str(make_wav(tmp_path / "r.wav"))]) == 0
+    task_id = capsys.readouterr().out.strip()
+    for _ in range(2):
+        assert main(["status", task_id]) == 0
+    capsys.readouterr()
+    assert main(["result", task_id, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"text": "hello from r.wav"}
+    assert fake.result_queries[-1] == {"format": "verbose_json"}
+    argv = ["result", task_id, "--format", "SRT", "--max-line-width", "30", "--max-line-count", "1"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out == "[srt] hello from r.wav\n"
+    assert fake.result_queries[-1] == {
+        "format": "srt", "max_line_width": "30", "max_line_count": "1",
+    }  # fmt: skip
+
+
+def test_server_url_may_end_in_v1(
+    server: tuple[str, FakeService], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The base URL an OpenAI client is given (`…/v1`) works as --server too."""
+    assert main(["tasks", "--json", "--server", f"{server[0]}/v1/"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and isinstance(json.loads(captured.out), list)
+
+
+def test_bad_format_name_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["result", "x", "--format", "docx"])
+    assert exit_info.value.code == 2
+    assert "invalid format 'docx'" in capsys.readouterr().err
 
 
 def test_server_errors_exit_1(capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
+import pytest
+
+from gpuscribe.cli import tables
+from gpuscribe.cli.client import normalize_server
 from gpuscribe.cli.tables import (
     GIB,
     dict_rows_table,
@@ -131,3 +137,38 @@ def test_timestamp_reads_epoch_and_iso() -> None:
     assert timestamp(iso) == timestamp(1767323045.0)
     assert timestamp("soon") == "soon"
     assert timestamp(None) == "-"
+
+
+@pytest.mark.parametrize(
+    ("task", "label"),
+    [
+        ({"gpu": 0, "gpu_uuid": "cpu"}, "cpu"),
+        ({"gpu": 1, "gpu_uuid": "GPU-1"}, "gpu 1"),
+        ({"gpu": None, "gpu_uuid": None}, "-"),
+    ],
+)
+def test_device_label_says_cpu_on_the_cpu(task: dict[str, object], label: str) -> None:
+    assert tables.device_label(task) == label
+
+
+def test_task_details_separate_the_current_error_from_an_earlier_attempts() -> None:
+    text = tables.task_details(
+        {"id": "t", "state": "running", "gpu": 0, "gpu_uuid": "cpu", "error": None,
+         "last_error": "worker stopped"}
+    )  # fmt: skip
+    assert "device" in text and "cpu" in text
+    assert re.search(r"^last error +worker stopped$", text, re.MULTILINE)
+    assert "\nerror" not in text
+
+
+@pytest.mark.parametrize(
+    ("given", "base"),
+    [
+        ("localhost:8000", "http://localhost:8000"),
+        ("http://h:8000/", "http://h:8000"),
+        ("http://h:8000/v1", "http://h:8000"),
+        ("https://h/v1/", "https://h"),
+    ],
+)
+def test_server_urls(given: str, base: str) -> None:
+    assert normalize_server(given) == base

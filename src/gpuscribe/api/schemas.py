@@ -79,7 +79,11 @@ class TaskOut(BaseModel):
     memory_peak_bytes: int | None
     attempts: int
     max_attempts: int
-    error: str | None
+    error: str | None = Field(description="Why the task failed (only when it has failed).")
+    last_error: str | None = Field(
+        description="The error of an earlier attempt, for a task that was retried and is "
+        "queued, running or completed since."
+    )
     wait_reason: str | None
     cancel_requested: bool
     created_at: str
@@ -93,6 +97,7 @@ class TaskOut(BaseModel):
     @classmethod
     def of(cls, task: Task, history: list[TaskEvent] | None = None) -> TaskOut:
         options = task.options.to_dict()
+        failed = task.state is TaskState.FAILED
         return cls(
             id=task.id,
             state=task.state.value,
@@ -110,7 +115,8 @@ class TaskOut(BaseModel):
             memory_peak_bytes=task.memory_peak_bytes,
             attempts=task.attempts,
             max_attempts=task.max_attempts,
-            error=task.error,
+            error=task.error if failed else None,
+            last_error=None if failed else task.error,
             wait_reason=task.wait_reason,
             cancel_requested=task.cancel_requested,
             created_at=iso_time(task.created_at) or "",

@@ -38,11 +38,12 @@ def default_server(env: dict[str, str] | None = None) -> str:
 
 
 def normalize_server(server: str) -> str:
-    """`localhost:8000` -> `http://localhost:8000`; no trailing slash."""
+    """`localhost:8000` -> `http://localhost:8000`; no trailing slash, and no `/v1` (the
+    base URL an OpenAI client is given works here too)."""
     text = server.strip().rstrip("/")
     if "://" not in text:
         text = f"http://{text}"
-    return text
+    return text.removesuffix("/v1").rstrip("/")
 
 
 def _error_from(response: httpx.Response) -> ApiError:
@@ -159,8 +160,12 @@ class ApiClient:
     def task(self, task_id: str) -> dict[str, Any]:
         return dict(_unwrap(self._json("GET", f"/v1/tasks/{task_id}"), "task"))
 
-    def result(self, task_id: str, fmt: str) -> str:
-        response = self._request("GET", f"/v1/tasks/{task_id}/result", params={"format": fmt})
+    def result(self, task_id: str, fmt: str, **params: int | None) -> str:
+        """The result in a format; `params` are the result's query parameters
+        (`max_line_width`, `max_line_count`), sent when not None."""
+        query: dict[str, str | int] = {"format": fmt}
+        query.update({k: v for k, v in params.items() if v is not None})
+        response = self._request("GET", f"/v1/tasks/{task_id}/result", params=query)
         return response.text
 
     def cancel(self, task_id: str) -> dict[str, Any]:

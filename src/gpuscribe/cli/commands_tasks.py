@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from gpuscribe.cli import CommandError
+from gpuscribe.cli.args import non_negative_int
 from gpuscribe.cli.client import ApiClient, ApiError, ServerUnreachable, add_server_flag, client_for
 from gpuscribe.cli.output import error, show
 from gpuscribe.cli.progress import ProgressDisplay, ProgressItem
-from gpuscribe.cli.tables import task_details, tasks_table, to_json
+from gpuscribe.cli.tables import device_label, task_details, tasks_table, to_json
 
 FORMATS = ("json", "verbose_json", "text", "srt", "vtt", "tsv")
 EXTENSIONS = {
@@ -121,20 +122,20 @@ def _submit(client: ApiClient, job: Job, fields: dict[str, Any]) -> None:
 def _apply(job: Job, task: dict[str, Any]) -> None:
     job.state = str(task.get("state", job.state))
     job.progress = float(task.get("progress") or 0.0)
-    gpu = task.get("gpu")
     reason = task.get("wait_reason")
-    job.detail = str(reason) if reason else (f"gpu {gpu}" if gpu is not None else "")
+    device = device_label(task)
+    job.detail = str(reason) if reason else ("" if device == "-" else device)
     if job.state in ("failed", "cancelled"):
         job.error = str(task.get("error") or job.state)
 
 
-def _poll(client: ApiClient, job: Job, fmt: str) -> None:
+def _poll(client: ApiClient, job: Job, fmt: str, layout: dict[str, int | None]) -> None:
     if job.task_id is None or job.state in FINAL:
         return
     try:
         _apply(job, client.task(job.task_id))
         if job.state == "completed":
-            job.output.write_text(client.result(job.task_id, fmt), encoding="utf-8")
+            job.output.write_text(client.result(job.task_id, fmt, **layout), encoding="utf-8")
     except ServerUnreachable:
         raise
     except ApiError as exc:
@@ -153,7 +154,7 @@ def run_jobs(client: ApiClient, jobs: list[Job], args: argparse.Namespace) -> No
     while any(j.state not in FINAL for j in jobs):
         time.sleep(args.interval)
         for job in jobs:
-            _poll(client, job, args.format)
+            _poll(client, job, args.format, layout_params(args))
         display.update([j.item() for j in jobs])
 
 
@@ -196,9 +197,40 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_layout_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("subtitles (srt, vtt)")
+    group.add_argument(
+        "--max-line-width",
+        type=non_negative_int,
+        metavar="N",
+        help="characters a line (server default 42; 0: no limit)",
+    )
+    group.add_argument(
+        "--max-line-count",
+        type=non_negative_int,
+        metavar="N",
+        help="lines a cue (server default 2; 0: no limit)",
+    )
+
+
+def layout_params(args: argparse.Namespace) -> dict[str, int | None]:
+    return {"max_line_width": args.max_line_width, "max_line_count": args.max_line_count}
+
+
+def format_name(text: str) -> str:
+    """A result format in any case (`SRT`)."""
+    name = text.strip().lower()
+    if name not in FORMATS:
+        raise argparse.ArgumentTypeError(
+            f"invalid format {text!r}: choose from {', '.join(FORMATS)}"
+        )
+    return name
+
+
 def cmd_result(args: argparse.Namespace) -> int:
+    fmt = "verbose_json" if args.json else args.format
     with client_for(args) as client:
-        text = client.result(args.id, args.format)
+        text = client.result(args.id, fmt, **layout_params(args))
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
     else:
@@ -238,7 +270,13 @@ def _transcribe_parser(sub: Any) -> None:
         "Exits 1 if any file failed, saying why.",
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="audio or video files")
-    p.add_argument("--format", choices=FORMATS, default="text", help="result format (default text)")
+    p.add_argument(
+        "--format",
+        type=format_name,
+        default="text",
+        metavar="FORMAT",
+        help=f"result format, one of {', '.join(FORMATS)} (default text)",
+    )
     p.add_argument(
         "--output-dir",
         default=".",
@@ -253,6 +291,7 @@ def _transcribe_parser(sub: Any) -> None:
         help="how often to ask the server for progress (default 0.5)",
     )
     _json_flag(p, "print a JSON summary of the files, tasks and outputs on stdout")
+    add_layout_options(p)
     add_task_options(p)
     add_server_flag(p)
     p.set_defaults(handler=cmd_transcribe)
@@ -288,8 +327,16 @@ def _simple_parsers(sub: Any) -> None:
         description="Fetch a completed task's result in a format.",
     )
     p.add_argument("id", metavar="ID", help="task id")
-    p.add_argument("--format", choices=FORMATS, default="text", help="result format (default text)")
+    p.add_argument(
+        "--format",
+        type=format_name,
+        default="text",
+        metavar="FORMAT",
+        help=f"result format, one of {', '.join(FORMATS)} (default text)",
+    )
     p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+    _json_flag(p, "print the result as JSON (verbose_json: text, segments, words, language)")
+    add_layout_options(p)
     add_server_flag(p)
     p.set_defaults(handler=cmd_result)
 

@@ -120,7 +120,17 @@ def gpus_table(gpus: Sequence[Row]) -> str:
 NODE_HEADERS = ["NODE", "HEARTBEAT"]
 
 
-TASK_HEADERS = ["ID", "STATE", "PRIORITY", "MODEL", "GPU", "PROGRESS", "AUDIO", "CREATED", "ERROR"]
+TASK_HEADERS = [
+    "ID", "STATE", "PRIORITY", "MODEL", "DEVICE", "PROGRESS", "AUDIO", "CREATED", "ERROR",
+]  # fmt: skip
+
+
+def device_label(task: Row) -> str:
+    """Where a task runs or ran: `cpu`, `gpu 0`, or `-`."""
+    if task.get("gpu_uuid") == "cpu":
+        return "cpu"
+    index = task.get("gpu")
+    return "-" if index is None else f"gpu {index}"
 
 
 def task_row(task: Row) -> list[str]:
@@ -130,7 +140,7 @@ def task_row(task: Row) -> list[str]:
         str(task.get("state", "?")),
         str(task.get("priority", "?")),
         str(task.get("model", "?")),
-        optional(task.get("gpu")),
+        device_label(task),
         _percent(100.0 * float(task.get("progress") or 0.0)),
         seconds(task.get("audio_seconds")),
         timestamp(task.get("created_at")),
@@ -153,7 +163,7 @@ def task_details(task: Row) -> str:
         ("progress", f"{progress:.0f}%"),
         ("priority", optional(task.get("priority"))),
         ("model", f"{task.get('model', '?')} ({task.get('engine', '?')})"),
-        ("gpu", optional(task.get("gpu"))),
+        ("device", device_label(task)),
         ("audio", seconds(task.get("audio_seconds"))),
         ("memory estimate", f"{gib(task.get('memory_estimate_bytes'), 2)} GiB"),
         ("memory peak", f"{gib(task.get('memory_peak_bytes'), 2)} GiB"),
@@ -162,7 +172,7 @@ def task_details(task: Row) -> str:
         ("started", timestamp(task.get("started_at"))),
         ("finished", timestamp(task.get("finished_at"))),
     ]
-    for key in ("wait_reason", "error"):
+    for key in ("wait_reason", "error", "last_error"):
         if task.get(key):
             pairs.append((key.replace("_", " "), str(task[key])))
     width = max(len(k) for k, _ in pairs)
