@@ -6,7 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 
 from gpuscribe import __version__
 from gpuscribe.api import routes_openai, routes_system, routes_tasks
@@ -26,10 +29,11 @@ def create_app(backend: Backend) -> FastAPI:
         title=TITLE,
         version=__version__,
         description=DESCRIPTION,
-        docs_url="/docs",
+        docs_url=None,  # served below, with Swagger UI's files from the package, not a CDN
         openapi_url="/openapi.json",
         redoc_url=None,
     )
+    install_docs(app)
     app.state.backend = backend
     routers = (routes_tasks.router, routes_openai.router, routes_system.router)
     for router in routers:
@@ -41,6 +45,27 @@ def create_app(backend: Backend) -> FastAPI:
         app.add_middleware(ApiKeyMiddleware, keys=keys)
     app.openapi = lambda: _openapi(app, secured=bool(keys))  # type: ignore[method-assign]
     return app
+
+
+DOCS_STATIC = "/docs/static"
+
+
+def install_docs(app: FastAPI) -> None:
+    """`/docs`: Swagger UI, its scripts and styles served from the installed
+    `swagger-ui-bundle-v2` package, so the page works without the internet."""
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount(DOCS_STATIC, StaticFiles(directory=swagger_ui_path), name="swagger-ui")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title=f"{TITLE} API",
+            swagger_js_url=f"{DOCS_STATIC}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_STATIC}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_STATIC}/favicon-32x32.png",
+        )
 
 
 def _openapi(app: FastAPI, *, secured: bool) -> dict[str, Any]:
