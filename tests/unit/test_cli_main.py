@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from gpuscribe import __version__
 from gpuscribe.cli.main import build_parser, main
 
 COMMANDS = [
@@ -45,6 +46,13 @@ def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]
         main([command, "--help"])
     assert exit_info.value.code == 0
     assert f"usage: gpuscribe {command}" in capsys.readouterr().out
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"gpuscribe {__version__}\n"
 
 
 def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

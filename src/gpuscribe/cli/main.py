@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from gpuscribe import __version__
 from gpuscribe.cli import (
     CommandError,
     commands_bench,
@@ -32,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="gpuscribe",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"gpuscribe {__version__}", help="print the version"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     commands_server.register(sub)
