@@ -71,6 +71,7 @@ class Node:
         self._upkeep = parts.upkeep
         self._started_at = clock()
         self._heartbeat_at: float | None = None
+        self._kinds_cache: tuple[float, set[DeviceKind]] | None = None
 
     @property
     def default_engine(self) -> str:
@@ -78,8 +79,18 @@ class Node:
             return self.settings.default_engine
         kinds = {s.kind for s in self.slots.values()}
         if not self.slots:  # an API-only node: the engine the cluster's devices take
-            kinds = {v.reading.kind for v in self.devices()}
+            kinds = self._cluster_kinds()
         return "transformers" if DeviceKind.CUDA in kinds else "faster-whisper"
+
+    def _cluster_kinds(self) -> set[DeviceKind]:
+        """The kinds of the cluster's devices, read at most once per heartbeat interval (each
+        submission to an API-only node asks)."""
+        now = self._clock()
+        cached = self._kinds_cache
+        if cached is None or now - cached[0] > self.settings.heartbeat_seconds:
+            kinds = {DeviceKind(d["kind"]) for n in self.store.nodes(now=now) for d in n.devices}
+            self._kinds_cache = cached = (now, kinds)
+        return cached[1]
 
     # --- life -------------------------------------------------------------------------------
     def start(self) -> None:
