@@ -194,6 +194,12 @@ def test_three_nodes_share_nothing_but_postgres(cluster: dict[str, Node], audio:
         own.unlink()
     view = gpus(api.url)
     assert all(g["heartbeat_at"] and g["kind"] == "cpu" for g in view)
+    shown = subprocess.run(
+        [sys.executable, "-m", "gpuscribe", "gpus", "--server", api.url],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout.splitlines()  # fmt: skip
+    assert shown[1].split()[:3] == ["NODE", "HEARTBEAT", "GPU"], shown
+    assert [line.split()[0] for line in shown[2:]] == ["node-b", "node-c"], shown
 
     long_text = " ".join(audio.sentences)
     jobs = [(audio.long_speech(repeats=1), long_text) for _ in range(2)]

@@ -217,12 +217,16 @@ def test_start_sweeps_orphan_audio_but_keeps_audio_of_live_tasks(
     (audio / ".upload-x.part").write_bytes(b"half an upload")
     (audio / "orphan.wav").write_bytes(b"RIFF")
     (audio / "subdir").mkdir()
+    spool = Path(settings.data_dir) / "spool"  # a worker's spooled copy, left by a crash
+    spool.mkdir()
+    (spool / "spool-1234.wav").write_bytes(b"RIFF")
 
     node = make_node(store=store, simulation_speed=1.0)
     node.start()
 
     left = sorted(p.name for p in audio.iterdir())
     assert left == ["queued.wav", "running-elsewhere.wav", "subdir"]
+    assert list(spool.iterdir()) == []
     queued_id = next(t.id for t in store.list(limit=10) if t.audio_path == queued.audio_path)
     wait_dispatched(node, queued_id)
 

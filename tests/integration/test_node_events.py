@@ -5,7 +5,7 @@ the workers themselves are real simulated workers that are never started."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -358,6 +358,22 @@ def test_a_node_local_failure_requeues_at_once_naming_the_node(rig: Rig) -> None
     assert rig.store.history(r.task_id)[-1].detail == f"retry: {task.error}"
     assert rig.counter("gpuscribe_task_retries_total", reason="node_local") == 1
     assert rig.audio(r.task_id).exists()
+
+
+def test_a_task_that_failed_on_a_device_now_unhealthy_goes_to_another_node(rig: Rig) -> None:
+    r = rig.start_task()
+    slot = rig.slots[r.device_uuid]
+    slot.reading = replace(slot.reading, healthy=False, error="GPU is lost")
+    rig.handler.handle(
+        r.device_uuid, TaskFailed(r.task_id, r.token, FailureKind.TRANSIENT, "worker died")
+    )
+    task = rig.store.get(r.task_id)
+    assert task is not None and task.state is TaskState.QUEUED
+    assert task.not_before == rig.clock.now  # no backoff: another node may take it now
+    assert task.error == local_failure_error(
+        "node-a", f"GPU 0 ({r.device_uuid}) is unhealthy (GPU is lost): worker died"
+    )
+    assert rig.counter("gpuscribe_task_retries_total", reason="node_local") == 1
 
 
 def test_a_node_local_failure_on_the_last_attempt_fails_the_task(rig: Rig) -> None:

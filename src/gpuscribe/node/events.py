@@ -169,6 +169,8 @@ class EventHandler:
         now = self._clock()
         if task.stop_reason == "timeout":
             event = self._timed_out(event)
+        elif event.kind is FailureKind.TRANSIENT and not slot.reading.healthy:
+            event = self._device_lost(slot, event)
         current = self._store.get(event.task_id)
         if event.kind is FailureKind.CANCELLED or (
             current is not None and current.cancel_requested
@@ -199,6 +201,15 @@ class EventHandler:
         return TaskFailed(
             event.task_id, event.lease_token, FailureKind.TIMEOUT,
             f"the task ran past its timeout of {limit:g} s and was stopped", event.peak_bytes,
+        )  # fmt: skip
+
+    def _device_lost(self, slot: DeviceSlot, event: TaskFailed) -> TaskFailed:
+        """A task that failed on a device this node now reads as unhealthy (a GPU it lost) is
+        this node's problem, not the task's: another node may run it at once."""
+        error = f"GPU {slot.device.index} ({slot.uuid}) is unhealthy ({slot.reading.error}): "
+        return TaskFailed(
+            event.task_id, event.lease_token, FailureKind.NODE_LOCAL, error + event.error,
+            event.peak_bytes,
         )  # fmt: skip
 
     def _retry_at(

@@ -201,6 +201,10 @@ class Node:
             if path.is_file() and path.name not in live:
                 path.unlink(missing_ok=True)
                 removed += 1
+        spool = Path(self.settings.data_dir) / "spool"  # copies workers decoded (PostgreSQL audio)
+        for path in spool.glob("spool-*") if spool.is_dir() else ():
+            path.unlink(missing_ok=True)
+            removed += 1
         if removed:
             log.warning("removed %d audio file(s) that no live task refers to", removed)
 
