@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import multiprocessing.connection
 import signal
 import threading
 from dataclasses import dataclass, field
@@ -38,6 +39,14 @@ MAX_BACKOFF_SECONDS = 30.0
 TERMINATE_GRACE_SECONDS = 2.0
 # The worker gives its running tasks SHUTDOWN_JOIN_SECONDS to stop; the parent waits longer.
 STOP_TIMEOUT_SECONDS = SHUTDOWN_JOIN_SECONDS + 5.0
+
+
+def ended(process: BaseProcess, timeout: float) -> bool:
+    """Whether the process has ended, waiting at most `timeout`. Read from its sentinel, which
+    says so even when another thread (the reader's join) reaps the process first: then
+    `is_alive()` can still say True for a moment, and a clean exit looked like a hang."""
+    sentinel = process.sentinel
+    return bool(multiprocessing.connection.wait([sentinel], timeout))
 
 
 def worker_entry(device: DeviceRef, settings: Settings, conn: Connection) -> None:
@@ -168,16 +177,14 @@ class ProcessWorker:
             )
         self._send(current, Shutdown())
         process = current.process
-        process.join(timeout)
-        if process.is_alive():
+        if not ended(process, timeout):
             log.warning(
                 "worker pid %s did not shut down in %.0f s: terminating", process.pid, timeout
             )
             process.terminate()
-            process.join(TERMINATE_GRACE_SECONDS)
-        if process.is_alive():
-            process.kill()
-            process.join(TERMINATE_GRACE_SECONDS)
+            if not ended(process, TERMINATE_GRACE_SECONDS):
+                process.kill()
+        process.join(TERMINATE_GRACE_SECONDS)
         reader = current.reader
         if reader is not None and reader is not threading.current_thread():
             reader.join(timeout=TERMINATE_GRACE_SECONDS)

@@ -274,7 +274,10 @@ class Worker:
             return
         running.stop.set()
 
-    def shutdown(self, join_seconds: float = SHUTDOWN_JOIN_SECONDS) -> None:
+    def shutdown(self, join_seconds: float = SHUTDOWN_JOIN_SECONDS) -> int:
+        """Stop the running tasks (they stop between segments) and unload the models. Returns
+        how many task threads are still inside the engine after `join_seconds`: their models
+        are then left loaded, as unloading one waits for the engine's running work."""
         with self._lock:
             tasks = list(self._tasks.values())
         for running in tasks:
@@ -284,8 +287,11 @@ class Worker:
         for running in tasks:
             if running.thread is not None:
                 running.thread.join(timeout=max(0.0, deadline - time.monotonic()))
-        self.models.clear()
+        stuck = sum(1 for r in tasks if r.thread is not None and r.thread.is_alive())
+        if not stuck:
+            self.models.clear()
         self.sampler.stop()
+        return stuck
 
     # one task
     def _task_thread(self, running: _Running) -> None:
@@ -462,8 +468,14 @@ def worker_main(device: DeviceRef, settings: Settings, conn: Connection) -> None
     try:
         serve(worker, conn)
     finally:
-        worker.shutdown()
+        stuck = worker.shutdown()
         conn.close()
+    if stuck:
+        # A task still inside the engine cannot be stopped, and would hold the interpreter's
+        # exit as long as it runs; the parent puts its task back in the queue when we end.
+        log.info("%d task(s) still inside the engine: exiting without them", stuck)
+        logging.shutdown()
+        os._exit(0)
 
 
 def serve(worker: Worker, conn: Connection) -> None:
