@@ -57,6 +57,8 @@ class Upkeep:
         )
         for t in tasks:
             if t.task_id not in held:
+                if self._running.get(t.task_id) is not t:
+                    continue  # it finished while the leases were renewed: nothing was lost
                 log.warning("lease of task %s lost; stopping it here", t.task_id)
                 t.stop_reason = t.stop_reason or "lease lost"
                 self._stop(t.task_id, now)
