@@ -1,0 +1,223 @@
+"""The continuous batch against a `generate` loop and the plain-PyTorch ceiling, in one process
+on one GPU (random weights, benchmark only). Run on a GPU machine with `PYTHONPATH=src`:
+
+  python3 benchmarks/gpu_batching.py --out OUT --model large-v3 --tasks 300 --threads 5,64
+
+  ceiling   the encoder at batch 64, then one static-cache decode step captured in a CUDA graph
+            over 256 rows (no decoding rules, argmax only): audio-s/s at the stream's mean tokens
+  generate  Hugging Face `generate` over the stream's windows at batch 16/64/128, each batch
+            decoding its longest window's token count (what a plain loop must do)
+  engine    the engine a worker runs (`TransformersEngine` -> `BatchedModel`), the stream's tasks
+            run by N threads at once (what a worker does at MAX_TASKS_PER_GPU=N)
+
+The stream: task lengths log-uniform from 5 s to 20 min (seeded), tokens per 30 s window drawn
+per window (mean about 100, 10 to 224) so that rows end at different steps. Figures are
+audio seconds per wall second, and ratios between parts of the same run; JSON goes to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import queue
+import random
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gpuscribe.domain import TranscriptionOptions
+from gpuscribe.telemetry.base import DeviceKind
+from gpuscribe.workers.engines.transformers_engine import TransformersEngine
+from gpuscribe.workers.messages import DeviceRef
+
+SAMPLE_RATE = 16000
+WINDOW = 30
+
+
+def stream_lengths(tasks: int, seed: int = 7) -> list[float]:
+    rng = random.Random(seed)
+    return [math.exp(rng.uniform(math.log(5), math.log(1200))) for _ in range(tasks)]
+
+
+def window_tokens(model: Any, lengths: list[float]) -> list[int]:
+    """The tokens each window of the stream decodes (the engine's own draw)."""
+    tokens = []
+    for seconds in lengths:
+        audio = np.zeros(int(seconds * SAMPLE_RATE), dtype=np.float32)
+        draw = model._forced_lengths(audio)
+        tokens += [draw(i) for i in range(math.ceil(seconds / WINDOW))]
+    return tokens
+
+
+def load(model_name: str, rows: int) -> Any:
+    device = DeviceRef(DeviceKind.CUDA, "GPU-bench", 0, "bench")
+    engine = TransformersEngine(benchmark_only=True, benchmark_tokens=0, batch_rows=rows)
+    return engine.load(model_name, device, "float16")
+
+
+def part_ceiling(model: Any, mean_tokens: float) -> dict[str, Any]:
+    results = {}
+    for kind in ("sdpa", "bmm"):
+        model.decoder.set_attention(kind)
+        results[kind] = _ceiling(model, mean_tokens)
+    return results
+
+
+def _ceiling(model: Any, mean_tokens: float) -> dict[str, Any]:
+    import torch
+
+    decoder = model.decoder
+    features = torch.randn(64, model.backend.n_mels, 3000, device="cuda")
+    timings = {}
+    for _ in range(2):
+        hidden = decoder.encode(features)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(4):
+        hidden = decoder.encode(features)
+    torch.cuda.synchronize()
+    encoder_per_window = (time.perf_counter() - start) / (4 * 64)
+    rows = decoder.rows
+    index = torch.arange(rows, device="cuda")
+    decoder.fill_cross(index, hidden.repeat(math.ceil(rows / 64), 1, 1)[:rows])
+    for batch in [b for b in (32, 64, 128, 256) if b <= rows]:
+        decoder.tokens[:batch] = 1
+        decoder.positions[:batch] = 60
+        for _ in range(3):
+            logits = decoder.step(batch, 100)
+            logits.argmax(-1)
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        steps = 50
+        for i in range(steps):
+            decoder.positions[:batch] = 4 + i * 2
+            logits = decoder.step(batch, 4 + i * 2)
+            decoder.tokens[:batch] = logits.argmax(-1)
+        torch.cuda.synchronize()
+        step = (time.perf_counter() - start) / steps
+        per_window = encoder_per_window + mean_tokens * step / batch
+        timings[batch] = {"step_ms": step * 1000, "audio_s_per_s": WINDOW / per_window}
+    return {"encoder_ms_per_window": encoder_per_window * 1000, "by_rows": timings}
+
+
+def part_generate(model: Any, tokens: list[int], batches: tuple[int, ...]) -> dict[str, Any]:
+    import torch
+
+    whisper = model.decoder._encoder  # noqa: F841 (same weights as the engine)
+    hf = model._whisper
+    n_mels = model.backend.n_mels
+    results = {}
+    for batch in batches:
+        windows = tokens[: max(batch * 2, 128)]
+        with torch.inference_mode():
+            warm = torch.randn(batch, n_mels, 3000, device="cuda", dtype=torch.float16)
+            hf.generate(warm, min_new_tokens=4, max_new_tokens=4)
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            for first in range(0, len(windows), batch):
+                group = windows[first : first + batch]
+                features = torch.randn(len(group), n_mels, 3000, device="cuda", dtype=torch.float16)
+                longest = max(group)
+                hf.generate(features, min_new_tokens=longest, max_new_tokens=longest)
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
+        results[batch] = {"windows": len(windows), "audio_s_per_s": len(windows) * WINDOW / elapsed}
+    return results
+
+
+def part_engine(model: Any, lengths: list[float], threads: int, beam: int) -> dict[str, Any]:
+    work: queue.Queue[float] = queue.Queue()
+    for seconds in lengths:
+        work.put(seconds)
+    failures: list[str] = []
+    options = TranscriptionOptions(engine="transformers", model="bench", beam_size=beam)
+
+    def worker() -> None:
+        while True:
+            try:
+                seconds = work.get_nowait()
+            except queue.Empty:
+                return
+            audio = np.zeros(int(seconds * SAMPLE_RATE), dtype=np.float32)
+            try:
+                model.transcribe(audio, options, lambda s, p: None, lambda: False)
+            except Exception as exc:  # reported, not raised: one failure must not stop the run
+                failures.append(repr(exc))
+
+    steps_before = model.batcher.steps
+    seconds_before = dict(model.batcher.seconds)
+    start = time.perf_counter()
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    elapsed = time.perf_counter() - start
+    return {
+        "threads": threads,
+        "beam": beam,
+        "tasks": len(lengths),
+        "audio_seconds": sum(lengths),
+        "wall_seconds": elapsed,
+        "audio_s_per_s": sum(lengths) / elapsed,
+        "steps": model.batcher.steps - steps_before,
+        "batcher_seconds": {
+            k: round(v - seconds_before[k], 3) for k, v in model.batcher.seconds.items()
+        },
+        "failures": failures[:5],
+        "failure_count": len(failures),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--model", default="large-v3")
+    parser.add_argument("--tasks", type=int, default=300)
+    parser.add_argument("--rows", type=int, default=256)
+    parser.add_argument("--threads", default="5,64")
+    parser.add_argument("--beam", type=int, default=1)
+    parser.add_argument("--parts", default="ceiling,generate,engine")
+    parser.add_argument("--generate-batches", default="16,64,128")
+    parser.add_argument("--attention", default="sdpa", help="the engine's attention: sdpa, bmm")
+    args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = load(args.model, args.rows)
+    model.decoder.set_attention(args.attention)
+    lengths = stream_lengths(args.tasks)
+    tokens = window_tokens(model, lengths)
+    report: dict[str, Any] = {
+        "model": args.model,
+        "rows": args.rows,
+        "tasks": args.tasks,
+        "windows": len(tokens),
+        "mean_tokens": float(np.mean(tokens)),
+        "audio_seconds": sum(lengths),
+    }
+    path = out / f"batching-{args.model}-beam{args.beam}.json"
+
+    def save(part: str, value: Any) -> None:  # after each part: a later failure loses nothing
+        report[part] = value
+        path.write_text(json.dumps(report, indent=2))
+        print(part, json.dumps(value), flush=True)
+
+    if "engine" in parts:
+        runs = []
+        for threads in args.threads.split(","):
+            runs.append(part_engine(model, lengths, int(threads), args.beam))
+            save("engine", runs)
+    if "ceiling" in parts:  # after the engine: it replaces the engine's captured graphs
+        save("ceiling", part_ceiling(model, report["mean_tokens"]))
+    if "generate" in parts:
+        batches = tuple(int(b) for b in args.generate_batches.split(","))
+        save("generate", part_generate(model, tokens, batches))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,653 @@
+"""One continuous batch per loaded model: every task's windows decode in the same steps.
+
+Task threads call `generate` (and `detect_language`, `align`) and wait; one batcher thread owns
+the device. It encodes waiting windows in batches, writes their cross-attention into free cache
+rows, runs their prompts, and then steps every active row at once; a window whose rows end frees
+them for the next waiting window (higher priority first, then first come) at the next step.
+All device work happens on the batcher thread, which keeps CUDA graph capture safe.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from gpuscribe.workers.base import TaskCancelled
+from gpuscribe.workers.engines.batched.decoder import StaticDecoder
+from gpuscribe.workers.engines.batched.features import MelFeatures
+from gpuscribe.workers.engines.batched.search import (
+    NO_TIMESTAMP_RULES,
+    DecodeOptions,
+    Group,
+    Row,
+    RuleConstants,
+    RuleInputs,
+    Vocabulary,
+    apply_rules,
+    suppress_ids,
+)
+
+log = logging.getLogger(__name__)
+
+ENCODER_BATCH = 64
+CANCEL_CHECK_STEPS = 8
+# The batcher thread waits on the device every step, and task threads run meanwhile; with
+# Python's default 5 ms switch interval it could wait that long for the interpreter lock each
+# step once the device is done. A worker process that runs a batch switches threads sooner.
+SWITCH_INTERVAL_SECONDS = 0.0002
+
+
+class EncoderInput:
+    """Windows to encode: mel features, or raw audio chunks (at most 30 s each) whose features
+    the batcher computes on the device. Encoded on first use by the batcher thread and kept for
+    the handle's lifetime (word alignment and language detection need the output again)."""
+
+    def __init__(
+        self,
+        features: np.ndarray[Any, Any] | None = None,
+        audio: list[np.ndarray[Any, Any]] | None = None,
+    ) -> None:
+        if (features is None) == (audio is None):
+            raise ValueError("give either features or audio")
+        self.features = features
+        self.audio = audio
+        count = len(audio) if audio is not None else int(features.shape[0])  # type: ignore[union-attr]
+        self.hidden: list[Any] = [None] * count
+
+    def __len__(self) -> int:
+        return len(self.hidden)
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationResult:
+    """What CTranslate2's `WhisperGenerationResult` carries, for faster-whisper's code."""
+
+    sequences_ids: list[list[int]]
+    scores: list[float]
+    no_speech_prob: float = 0.0
+
+
+@dataclass(eq=False)
+class _Request:
+    priority: int
+    order: int
+    should_stop: Callable[[], bool]
+    done: threading.Event = field(default_factory=threading.Event)
+    results: list[Any] = field(default_factory=list)
+    error: BaseException | None = None
+    pending: int = 0
+
+    def fail(self, error: BaseException) -> None:
+        if self.error is None:
+            self.error = error
+        self.done.set()
+
+
+class Pending:
+    """Windows queued by `Batcher.submit`."""
+
+    def __init__(self, request: _Request) -> None:
+        self._request = request
+
+    def done(self) -> bool:
+        return self._request.done.is_set()
+
+    def result(self) -> list[GenerationResult]:
+        request = self._request
+        request.done.wait()
+        if request.error is not None:
+            raise request.error
+        return list(request.results)
+
+
+@dataclass(eq=False)
+class _Call:
+    """A closure run on the batcher thread (language detection, alignment)."""
+
+    run: Callable[[], Any]
+    request: _Request
+
+
+class Batcher:
+    """The continuous batch of one model on one device."""
+
+    def __init__(self, decoder: StaticDecoder, vocabulary: Vocabulary, n_mels: int) -> None:
+        import torch
+
+        self._torch = torch
+        self.decoder = decoder
+        self._mel = MelFeatures(n_mels, decoder.device)
+        self.vocabulary = vocabulary
+        self._lock = threading.Condition()
+        self._waiting: list[tuple[int, int, int, Group, EncoderInput]] = []
+        self._calls: list[_Call] = []
+        self._rows: list[Row] = []
+        self._order = itertools.count()
+        self._closed = False
+        self._suppress_cache: dict[tuple[int, ...], Any] = {}
+        self._constants = RuleConstants.of(torch, vocabulary, decoder.device)
+        self.steps = 0
+        self.seconds: dict[str, float] = {"calls": 0.0, "admit": 0.0, "step": 0.0, "select": 0.0}
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_SECONDS))
+        self._thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
+        self._thread.start()
+
+    # --- task threads -----------------------------------------------------------------------
+    def generate(
+        self,
+        encoded: EncoderInput,
+        prompts: list[list[int]],
+        options: DecodeOptions,
+        *,
+        priority: int = 0,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> list[GenerationResult]:
+        return self.submit(
+            encoded, prompts, options, priority=priority, should_stop=should_stop
+        ).result()
+
+    def submit(
+        self,
+        encoded: EncoderInput,
+        prompts: list[list[int]],
+        options: DecodeOptions,
+        *,
+        priority: int = 0,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> Pending:
+        """Queue windows for decoding and return at once; `Pending.result()` waits."""
+        if len(prompts) != len(encoded):
+            raise ValueError(f"{len(prompts)} prompts for {len(encoded)} windows")
+        if options.rows > self.decoder.rows:
+            raise ValueError(f"{options.rows} rows per window, the batch holds {self.decoder.rows}")
+        request = _Request(priority, next(self._order), should_stop)
+        request.results = [None] * len(prompts)
+        request.pending = len(prompts)
+        groups = [self._group(request, i, p, options) for i, p in enumerate(prompts)]
+        with self._lock:
+            self._check_open()
+            for group in groups:
+                entry = (-priority, request.order, group.index, group, encoded)
+                heapq.heappush(self._waiting, entry)
+            self._lock.notify()
+        return Pending(request)
+
+    def call(
+        self, run: Callable[[], Any], *, should_stop: Callable[[], bool] = lambda: False
+    ) -> Any:
+        """Run `run` on the batcher thread between steps and return its result."""
+        request = _Request(0, next(self._order), should_stop)
+        with self._lock:
+            self._check_open()
+            self._calls.append(_Call(run, request))
+            self._lock.notify()
+        self._wait(request)
+        return request.results[0]
+
+    def hidden(self, encoded: EncoderInput) -> list[Any]:
+        """Encoder output of every window of `encoded` (on the batcher thread only)."""
+        self._encode([(encoded, i) for i, h in enumerate(encoded.hidden) if h is None])
+        return encoded.hidden
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._lock.notify()
+        self._thread.join(timeout=30)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the model was unloaded")
+
+    def _wait(self, request: _Request) -> None:
+        request.done.wait()
+        if request.error is not None:
+            raise request.error
+
+    def _group(self, request: _Request, index: int, prompt: list[int], o: DecodeOptions) -> Group:
+        v = self.vocabulary
+        if v.sot not in prompt:
+            raise ValueError("the prompt has no <|startoftranscript|> token")
+        timestamps = prompt[-1] != v.no_timestamps
+        limit = min(o.max_length // 2, o.max_length - (len(prompt) - 1))
+        if len(prompt) >= self.decoder.shape.max_len:
+            raise ValueError(f"a prompt of {len(prompt)} tokens leaves no room to decode")
+        limit = max(1, min(limit, self.decoder.shape.max_len - len(prompt)))
+        if o.forced_length:
+            limit = min(limit, o.forced_length)
+        return Group(request, index, list(prompt), o, timestamps, limit)
+
+    # --- the batcher thread -----------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not (self._closed or self._waiting or self._calls or self._rows):
+                    self._lock.wait()
+                if self._closed:
+                    self._fail_everything(RuntimeError("the model was unloaded"))
+                    return
+                calls, self._calls = self._calls, []
+            try:
+                started = time.perf_counter()
+                for call in calls:
+                    self._run_call(call)
+                admitted = time.perf_counter()
+                self._admit()
+                self._compact()
+                self.seconds["calls"] += admitted - started
+                self.seconds["admit"] += time.perf_counter() - admitted
+                if self._rows:
+                    self._step()
+            except Exception as exc:  # out of memory, a kernel failure: fail what is in flight
+                log.exception("the batch failed; failing its windows")
+                self._fail_rows(exc)
+
+    def _run_call(self, call: _Call) -> None:
+        try:
+            call.request.results = [call.run()]
+        except Exception as exc:
+            call.request.error = exc
+        call.request.done.set()
+
+    def _free_rows(self) -> int:
+        return self.decoder.rows - len(self._rows)
+
+    def _admit(self) -> None:
+        free = self._free_rows()
+        with self._lock:
+            if not self._waiting:
+                return
+            # Few free rows while many are busy: wait for more, so the encoder runs in batches.
+            wanted = self._waiting[0][3].options.rows
+            threshold = min(max(1, self.decoder.rows // 8), len(self._waiting) * wanted)
+            if self._rows and free < threshold:
+                return
+            taken: list[tuple[Group, EncoderInput]] = []
+            while self._waiting and len(taken) < ENCODER_BATCH:
+                group = self._waiting[0][3]
+                if group.options.rows > free:
+                    break
+                _, _, _, group, encoded = heapq.heappop(self._waiting)
+                free -= group.options.rows
+                taken.append((group, encoded))
+        taken = [(g, e) for g, e in taken if not self._cancelled(g)]
+        if taken:
+            self._start(taken)
+
+    def _cancelled(self, group: Group) -> bool:
+        request = group.request
+        if request.error is not None:
+            return True
+        if request.should_stop():
+            request.fail(TaskCancelled("cancelled while decoding"))
+            return True
+        return False
+
+    def _start(self, taken: list[tuple[Group, EncoderInput]]) -> None:
+        torch = self._torch
+        self._encode_all(taken)
+        first_row = len(self._rows)
+        new_rows: list[Row] = []
+        hidden: list[Any] = []
+        for group, encoded in taken:
+            for _ in range(group.options.rows):
+                row = Row(group)
+                group.rows.append(row)
+                new_rows.append(row)
+                hidden.append(encoded.hidden[group.index])
+        indices = torch.arange(first_row, first_row + len(new_rows), device=self.decoder.device)
+        self.decoder.fill_cross(indices, torch.stack(hidden))
+        self._rows.extend(new_rows)
+        self._prefill(new_rows, first_row)
+
+    def _encode_all(self, taken: list[tuple[Group, EncoderInput]]) -> None:
+        """Encode every window about to start that has no encoder output yet."""
+        self._encode([(e, g.index) for g, e in taken if e.hidden[g.index] is None])
+
+    def _encode(self, windows: list[tuple[EncoderInput, int]]) -> None:
+        """Encoder output for `windows`, in batches of up to `ENCODER_BATCH` that may mix
+        tasks; features from raw audio are computed on the device first."""
+        torch = self._torch
+        for first in range(0, len(windows), ENCODER_BATCH):
+            chunk = windows[first : first + ENCODER_BATCH]
+            from_audio = [(e, i) for e, i in chunk if e.audio is not None]
+            from_features = [(e, i) for e, i in chunk if e.audio is None]
+            parts = []
+            if from_audio:
+                parts.append(self._mel([e.audio[i] for e, i in from_audio]))  # type: ignore[index]
+            if from_features:
+                stacked = np.stack([e.features[i] for e, i in from_features])  # type: ignore[index]
+                parts.append(torch.from_numpy(np.ascontiguousarray(stacked)))
+            out = self.decoder.encode(torch.cat([p.to(self.decoder.device) for p in parts]))
+            for k, (e, i) in enumerate(from_audio + from_features):
+                e.hidden[i] = out[k]
+
+    def _prefill(self, rows: list[Row], first_row: int) -> None:
+        """Run each new row's prompt (rows of one prompt length together) and choose its first
+        token from the last prompt position's logits."""
+        torch = self._torch
+        device = self.decoder.device
+        by_length: dict[int, list[int]] = {}
+        for offset, row in enumerate(rows):
+            by_length.setdefault(len(row.group.prompt), []).append(offset)
+        for length, offsets in by_length.items():
+            tokens = torch.tensor([rows[o].group.prompt for o in offsets], device=device)
+            cache_rows = torch.tensor([first_row + o for o in offsets], device=device)
+            lengths = torch.full((len(offsets),), length, device=device)
+            logits = self.decoder.prefill(cache_rows, tokens, lengths)
+            chosen = [rows[o] for o in offsets]
+            self._no_speech(chosen, logits)
+            for row in chosen:
+                row.position = length
+            self._select(chosen, logits[:, -1])
+
+    def _no_speech(self, rows: list[Row], logits: Any) -> None:
+        v = self.vocabulary
+        wanted = [i for i, r in enumerate(rows) if r.group.options.return_no_speech_prob]
+        if not wanted:
+            return
+        positions = [rows[i].group.prompt.index(v.sot) for i in wanted]
+        picked = logits[wanted, positions]
+        probs = picked.softmax(-1)[:, v.no_speech].tolist()
+        for i, p in zip(wanted, probs, strict=True):
+            rows[i].group.no_speech_prob = float(p)
+
+    def _step(self) -> None:
+        torch = self._torch
+        n = len(self._rows)
+        tokens = [r.next_token for r in self._rows]
+        positions = [r.position for r in self._rows]
+        self.decoder.tokens[:n].copy_(torch.tensor(tokens), non_blocking=True)
+        self.decoder.positions[:n].copy_(torch.tensor(positions), non_blocking=True)
+        started = time.perf_counter()
+        logits = self.decoder.step(n, max(positions))
+        self.steps += 1
+        for row in self._rows:
+            row.position += 1
+        launched = time.perf_counter()
+        self._select(list(self._rows), logits)
+        self.seconds["step"] += launched - started
+        self.seconds["select"] += time.perf_counter() - launched
+        if self.steps % CANCEL_CHECK_STEPS == 0:
+            for group in {id(r.group): r.group for r in self._rows}.values():
+                if self._cancelled(group):
+                    self._drop(group)
+        self._compact()
+
+    # --- choosing tokens --------------------------------------------------------------------
+    def _rule_inputs(self, rows: list[Row]) -> RuleInputs:
+        """Each row's rule state packed into one array, sent to the device in one copy."""
+        torch = self._torch
+        v = self.vocabulary
+        packed = np.array(
+            [
+                (
+                    not r.tokens,
+                    r.group.options.suppress_blank,
+                    r.group.timestamps,
+                    r.tokens[-1] if r.tokens else -1,
+                    r.tokens[-2] if len(r.tokens) > 1 else -1,
+                    r.last_timestamp,
+                    v.timestamp_begin + r.group.options.max_initial_timestamp_index,
+                    bool(r.group.options.forced_length) and len(r.tokens) >= r.group.max_new_tokens,
+                    bool(r.group.options.forced_length) and len(r.tokens) < r.group.max_new_tokens,
+                )
+                for r in rows
+            ],
+            dtype=np.int64,
+        )
+        state = torch.from_numpy(packed).to(self.decoder.device, non_blocking=True)
+        keys = {r.group.options.suppress_tokens for r in rows}
+        if len(keys) == 1:
+            suppress = self._suppress_mask(rows[0].group.options)[None, :]
+        else:
+            suppress = torch.stack([self._suppress_mask(r.group.options) for r in rows])
+        flags = state[:, [0, 1, 2, 7, 8]].bool()
+        return RuleInputs(
+            suppress=suppress,
+            first=flags[:, 0],
+            blank=flags[:, 1],
+            timestamps=flags[:, 2],
+            last=state[:, 3],
+            penultimate=state[:, 4],
+            last_timestamp=state[:, 5],
+            max_initial=state[:, 6],
+            force_end=flags[:, 3],
+            forbid_end=flags[:, 4],
+        )
+
+    def _suppress_mask(self, options: DecodeOptions) -> Any:
+        key = options.suppress_tokens
+        mask = self._suppress_cache.get(key)
+        if mask is None:
+            torch = self._torch
+            mask = torch.zeros(self.vocabulary.size, dtype=torch.bool, device=self.decoder.device)
+            ids = suppress_ids(options, self.vocabulary)
+            if ids:
+                mask[ids] = True
+            self._suppress_cache[key] = mask
+        return mask
+
+    def _select(self, rows: list[Row], logits: Any) -> None:
+        torch = self._torch
+        rules = self._rule_inputs(rows)
+        logprobs, masked = apply_rules(torch, logits, rules, self.vocabulary, self._constants)
+        beams = any(r.group.options.beam_size > 1 for r in rows)
+        if beams:
+            width = max(2 * r.group.options.beam_size for r in rows)
+            top_lp, top_id = logprobs.topk(width, dim=-1)
+        else:
+            best_lp, best_id = logprobs.max(dim=-1)
+            top_lp, top_id = best_lp[:, None], best_id[:, None]
+        sampled = self._sample(rows, masked, logprobs)
+        # One transfer (and one wait for the device) for the whole step.
+        both = torch.cat([top_lp.double(), top_id.double()], dim=1).cpu().numpy()
+        width = top_lp.shape[1]
+        lps, ids = both[:, :width], both[:, width:].astype(np.int64)
+        if not beams:
+            self._advance_greedy(rows, ids[:, 0].tolist(), lps[:, 0].tolist(), sampled)
+            return
+        by_group: dict[int, list[int]] = {}
+        for i, row in enumerate(rows):
+            by_group.setdefault(id(row.group), []).append(i)
+        for indices in by_group.values():
+            group = rows[indices[0]].group
+            if group.done:
+                continue
+            if group.options.beam_size > 1:
+                self._advance_beams(
+                    group,
+                    [rows[i] for i in indices],
+                    [lps[i].tolist() for i in indices],
+                    [ids[i].tolist() for i in indices],
+                )
+            else:
+                tokens, scores = ids[indices, 0].tolist(), lps[indices, 0].tolist()
+                self._advance_greedy(
+                    [rows[i] for i in indices],
+                    tokens,
+                    scores,
+                    {k: sampled[i] for k, i in enumerate(indices) if i in sampled},
+                )
+
+    def _advance_greedy(
+        self,
+        rows: list[Row],
+        tokens: list[int],
+        scores: list[float],
+        sampled: dict[int, tuple[int, float]],
+    ) -> None:
+        closing = []
+        for i, row in enumerate(rows):
+            group = row.group
+            if group.done:
+                continue
+            token, lp = sampled.get(i, (tokens[i], scores[i]))
+            self._advance(row, token, lp)
+            if row.finished:
+                closing.append(group)
+        for group in closing:
+            if not group.done and all(r.finished for r in group.rows):
+                self._close(group)
+
+    def _sample(self, rows: list[Row], masked: Any, logprobs: Any) -> dict[int, tuple[int, float]]:
+        torch = self._torch
+        picked = [i for i, r in enumerate(rows) if r.group.options.sampling]
+        if not picked:
+            return {}
+        temperatures = torch.tensor(
+            [rows[i].group.options.sampling_temperature for i in picked], device=masked.device
+        )
+        probs = (masked[picked] / temperatures[:, None]).softmax(-1)
+        tokens = torch.multinomial(probs, 1)[:, 0]
+        lps = logprobs[picked].gather(1, tokens[:, None])[:, 0]
+        return {
+            i: (int(t), float(lp))
+            for i, t, lp in zip(picked, tokens.tolist(), lps.tolist(), strict=True)
+        }
+
+    def _advance(self, row: Row, token: int, logprob: float) -> None:
+        if row.finished:
+            return
+        v = self.vocabulary
+        group = row.group
+        row.logprob += logprob
+        if token == v.eot:
+            row.finished = True
+            group.finish(row.tokens, row.logprob)
+            return
+        row.tokens.append(token)
+        if token >= v.timestamp_begin:
+            row.last_timestamp = token
+        row.next_token = token
+        if len(row.tokens) >= group.max_new_tokens and not group.options.forced_length:
+            row.finished = True
+            group.finish(row.tokens, row.logprob)
+
+    def _advance_beams(
+        self, group: Group, rows: list[Row], top_lp: list[list[float]], top_id: list[list[int]]
+    ) -> None:
+        """Beam search over one window's rows: the best `beam_size` continuations of all beams
+        stay; an end token finishes a hypothesis."""
+        v = self.vocabulary
+        beam = group.options.beam_size
+        first = not rows[0].tokens and rows[0].logprob == 0.0
+        candidates: list[tuple[float, int, int]] = []
+        sources = rows[:1] if first else rows
+        for parent, row in enumerate(sources):
+            for lp, token in zip(top_lp[parent], top_id[parent], strict=True):
+                candidates.append((row.logprob + lp, parent, token))
+        candidates.sort(key=lambda c: c[0], reverse=True)
+        survivors: list[tuple[float, int, int]] = []
+        for score, parent, token in candidates:
+            if token == v.eot:
+                if len(group.finished) < group.max_candidates:
+                    group.finish(sources[parent].tokens, score)
+            else:
+                survivors.append((score, parent, token))
+            if len(survivors) >= beam:
+                break
+        at_limit = len(rows[0].tokens) + 1 >= group.max_new_tokens
+        if len(group.finished) >= group.max_candidates or not survivors or at_limit:
+            if at_limit:
+                for score, parent, token in survivors:
+                    group.finish([*sources[parent].tokens, token], score)
+            self._close(group)
+            return
+        while len(survivors) < beam:
+            survivors.append(survivors[-1])
+        self._reorder(rows, sources, survivors)
+
+    def _reorder(
+        self, rows: list[Row], sources: list[Row], survivors: list[tuple[float, int, int]]
+    ) -> None:
+        torch = self._torch
+        index = {id(r): i for i, r in enumerate(self._rows)}
+        old = [(list(s.tokens), s.logprob, s.last_timestamp) for s in sources]
+        moves_from: list[int] = []
+        moves_to: list[int] = []
+        for row, (score, parent, token) in zip(rows, survivors, strict=True):
+            tokens, _, last_ts = old[parent]
+            if sources[parent] is not row:
+                moves_from.append(index[id(sources[parent])])
+                moves_to.append(index[id(row)])
+            row.tokens = [*tokens, token]
+            row.logprob = score
+            row.last_timestamp = token if token >= self.vocabulary.timestamp_begin else last_ts
+            row.next_token = token
+        if moves_from:
+            device = self.decoder.device
+            self.decoder.copy_self_rows(
+                torch.tensor(moves_from, device=device), torch.tensor(moves_to, device=device)
+            )
+
+    # --- ending windows ---------------------------------------------------------------------
+    def _close(self, group: Group) -> None:
+        if group.done:
+            return
+        group.done = True
+        for row in group.rows:
+            row.finished = True
+        request = group.request
+        best = group.best()
+        result = GenerationResult(
+            sequences_ids=[h.tokens for h in best],
+            scores=[h.normalized for h in best],
+            no_speech_prob=group.no_speech_prob,
+        )
+        request.results[group.index] = result
+        request.pending -= 1
+        if request.pending == 0:
+            request.done.set()
+
+    def _drop(self, group: Group) -> None:
+        group.done = True
+        for row in group.rows:
+            row.finished = True
+
+    def _compact(self) -> None:
+        """Remove finished rows, moving the last live rows into the holes (one copy)."""
+        rows = self._rows
+        keep = [r for r in rows if not (r.finished or r.group.done)]
+        if len(keep) == len(rows):
+            return
+        n = len(keep)
+        position = {id(r): i for i, r in enumerate(rows)}
+        holes = [i for i in range(n) if rows[i].finished or rows[i].group.done]
+        movers = [r for r in rows[n:] if not (r.finished or r.group.done)]
+        if movers:
+            torch = self._torch
+            device = self.decoder.device
+            sources = torch.tensor([position[id(r)] for r in movers], device=device)
+            targets = torch.tensor(holes, device=device)
+            self.decoder.copy_rows(sources, targets)
+        new = rows[:n]
+        for hole, mover in zip(holes, movers, strict=True):
+            new[hole] = mover
+        self._rows = new
+
+    def _fail_rows(self, error: BaseException) -> None:
+        for row in self._rows:
+            row.group.request.fail(error)
+        self._rows = []
+
+    def _fail_everything(self, error: BaseException) -> None:
+        self._fail_rows(error)
+        for *_, group, _ in self._waiting:
+            group.request.fail(error)
+        self._waiting = []
+        for call in self._calls:
+            call.request.fail(error)
+        self._calls = []
+
+
+__all__ = ["NO_TIMESTAMP_RULES", "Batcher", "EncoderInput", "GenerationResult", "Pending"]

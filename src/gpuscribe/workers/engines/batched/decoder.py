@@ -1,0 +1,331 @@
+"""Whisper's decoder over a static, slot-addressed key/value cache.
+
+The Hugging Face model keeps its weights; this module runs them its own way, because a
+continuous batch needs what `generate` cannot give: every row of the batch at its own position,
+rows that come and go between steps, and a step whose shapes never change so that it can be
+captured in a CUDA graph and replayed without Python in the way.
+
+Layout: rows `0..n-1` of the cache are the active sequences (the batcher keeps them compact).
+Self-attention keys/values: `[layers, rows, heads, max_len, head_dim]`; cross-attention
+keys/values (computed once per window from the encoder output): `[layers, rows, heads, frames,
+head_dim]`. A step feeds one token per row at that row's position and writes that position's
+keys/values before attending to positions `<= pos`; what lies beyond a row's position is
+never read, so rows need no clearing when they are reused.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+LENGTH_BUCKETS = (64, 128, 256, 448)
+
+
+def batch_buckets(max_rows: int) -> tuple[int, ...]:
+    """Row counts a step is run (and, on CUDA, captured) at: powers of two up to `max_rows`,
+    and `max_rows` itself."""
+    sizes = []
+    size = 1
+    while size < max_rows:
+        sizes.append(size)
+        size *= 2
+    sizes.append(max_rows)
+    return tuple(sizes)
+
+
+def bucket_for(value: int, buckets: tuple[int, ...]) -> int:
+    for size in buckets:
+        if value <= size:
+            return size
+    raise ValueError(f"{value} is above the largest bucket {buckets[-1]}")
+
+
+@dataclass(frozen=True, slots=True)
+class DecoderShape:
+    layers: int
+    heads: int
+    head_dim: int
+    d_model: int
+    vocab: int
+    max_len: int
+    frames: int
+
+    def row_bytes(self, element_size: int) -> int:
+        """Cache bytes one row (one sequence) holds: self- and cross-attention keys and values."""
+        per_layer = 2 * self.heads * self.head_dim * (self.max_len + self.frames)
+        return self.layers * per_layer * element_size
+
+
+class _Layer:
+    """One decoder layer's weights, with the self-attention projections fused into one matmul."""
+
+    def __init__(self, torch: Any, layer: Any) -> None:
+        attn = layer.self_attn
+        zero = torch.zeros_like(attn.q_proj.bias)
+        self.qkv_w = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
+        self.qkv_b = torch.cat([attn.q_proj.bias, zero, attn.v_proj.bias])
+        self.out_w, self.out_b = attn.out_proj.weight, attn.out_proj.bias
+        self.ln1 = layer.self_attn_layer_norm
+        cross = layer.encoder_attn
+        self.xq_w, self.xq_b = cross.q_proj.weight, cross.q_proj.bias
+        self.xk_w = cross.k_proj.weight
+        self.xv_w, self.xv_b = cross.v_proj.weight, cross.v_proj.bias
+        self.xout_w, self.xout_b = cross.out_proj.weight, cross.out_proj.bias
+        self.ln2 = layer.encoder_attn_layer_norm
+        self.fc1_w, self.fc1_b = layer.fc1.weight, layer.fc1.bias
+        self.fc2_w, self.fc2_b = layer.fc2.weight, layer.fc2.bias
+        self.ln3 = layer.final_layer_norm
+
+
+class StaticDecoder:
+    """The decoder of a loaded `WhisperForConditionalGeneration`, over `rows` cache rows."""
+
+    def __init__(self, whisper: Any, rows: int, *, use_graphs: bool) -> None:
+        import torch
+
+        self._torch = torch
+        decoder = whisper.model.decoder
+        config = whisper.config
+        heads = int(config.decoder_attention_heads)
+        d_model = int(config.d_model)
+        self.shape = DecoderShape(
+            layers=int(config.decoder_layers),
+            heads=heads,
+            head_dim=d_model // heads,
+            d_model=d_model,
+            vocab=int(decoder.embed_tokens.weight.shape[0]),
+            max_len=int(config.max_target_positions),
+            frames=int(config.max_source_positions),
+        )
+        self.rows = rows
+        weight = decoder.embed_tokens.weight
+        self.device, self.dtype = weight.device, weight.dtype
+        self._embed = weight
+        self._positions = decoder.embed_positions.weight
+        self._final_ln = decoder.layer_norm
+        self._encoder = whisper.model.encoder
+        with torch.no_grad():
+            self._layers = [_Layer(torch, layer) for layer in decoder.layers]
+        s = self.shape
+        cache = (s.layers, rows, s.heads)
+        options = {"device": self.device, "dtype": self.dtype}
+        self.self_k = torch.zeros(*cache, s.max_len, s.head_dim, **options)
+        self.self_v = torch.zeros_like(self.self_k)
+        self.cross_k = torch.zeros(*cache, s.frames, s.head_dim, **options)
+        self.cross_v = torch.zeros_like(self.cross_k)
+        # The step's static inputs and output (graphs read and write these addresses).
+        self.tokens = torch.zeros(rows, dtype=torch.long, device=self.device)
+        self.positions = torch.zeros(rows, dtype=torch.long, device=self.device)
+        self.logits = torch.zeros(rows, s.vocab, dtype=torch.float32, device=self.device)
+        self._arange = torch.arange(s.max_len, device=self.device)
+        self._rows_index = torch.arange(rows, device=self.device)
+        self.use_graphs = use_graphs and self.device.type == "cuda"
+        self._graphs: dict[tuple[int, int], Any] = {}
+        self._pool: Any = None
+        self.batch_buckets = batch_buckets(rows)
+        self.attention = "sdpa"
+
+    def set_attention(self, kind: str) -> None:
+        """How a step attends: "sdpa" (PyTorch's fused kernels) or "bmm" (two batched matrix
+        products around a softmax, which can read one query row's keys faster). Captured graphs
+        are dropped."""
+        if kind not in ("sdpa", "bmm"):
+            raise ValueError(f"unknown attention {kind!r}")
+        self.attention = kind
+        self._graphs.clear()
+        self._pool = None  # a pool outlives its graphs only to be reused by new captures
+
+    # --- encoder and cross-attention -------------------------------------------------------
+    def encode(self, features: Any) -> Any:
+        """Encoder hidden states `[batch, frames, d_model]` of mel features `[batch, mels,
+        3000]`."""
+        torch = self._torch
+        with torch.inference_mode():
+            features = features.to(self.device, self.dtype)
+            return self._encoder(features).last_hidden_state
+
+    def fill_cross(self, rows: Any, hidden: Any) -> None:
+        """Write the cross-attention keys/values of `hidden` (`[len(rows), frames, d]`) into
+        cache `rows` (a long tensor)."""
+        torch = self._torch
+        s = self.shape
+        n = hidden.shape[0]
+        with torch.inference_mode():
+            for index, layer in enumerate(self._layers):
+                k = torch.nn.functional.linear(hidden, layer.xk_w)
+                v = torch.nn.functional.linear(hidden, layer.xv_w, layer.xv_b)
+                k = k.view(n, s.frames, s.heads, s.head_dim).transpose(1, 2)
+                v = v.view(n, s.frames, s.heads, s.head_dim).transpose(1, 2)
+                self.cross_k[index].index_copy_(0, rows, k)
+                self.cross_v[index].index_copy_(0, rows, v)
+
+    def copy_rows(self, source: Any, target: Any) -> None:
+        """Cache rows `source` copied onto rows `target` (compaction and beam reordering)."""
+        for cache in (self.self_k, self.self_v, self.cross_k, self.cross_v):
+            cache[:, target] = cache[:, source]
+
+    def copy_self_rows(self, source: Any, target: Any) -> None:
+        """Only the self-attention rows (beams of one window share their cross-attention)."""
+        for cache in (self.self_k, self.self_v):
+            cache[:, target] = cache[:, source]
+
+    # --- prompt (many positions at once, eager) ---------------------------------------------
+    def prefill(self, rows: Any, tokens: Any, lengths: Any) -> Any:
+        """Run prompts `tokens` (`[n, P]`, right-padded; `lengths[i]` real tokens) on cache
+        `rows` from position 0, writing their keys/values. Returns float32 logits `[n, P,
+        vocab]`."""
+        torch = self._torch
+        F = torch.nn.functional
+        n, length = tokens.shape
+        with torch.inference_mode():
+            x = F.embedding(tokens, self._embed) + self._positions[:length]
+            causal = torch.ones(length, length, dtype=torch.bool, device=self.device).tril()
+            for index, layer in enumerate(self._layers):
+                h = layer.ln1(x)
+                q, k, v = self._split_heads(F.linear(h, layer.qkv_w, layer.qkv_b), n, length)
+                self.self_k[index, rows, :, :length] = k
+                self.self_v[index, rows, :, :length] = v
+                a = F.scaled_dot_product_attention(q, k, v, attn_mask=causal)
+                x = x + F.linear(self._merge(a, n, length), layer.out_w, layer.out_b)
+                x = x + self._cross(layer, index, x, rows, n, length)
+                x = x + self._mlp(layer, x)
+            x = self._final_ln(x)
+            return F.linear(x, self._embed).float()
+
+    def teacher_forced(
+        self, hidden: Any, tokens: Any, heads: list[tuple[int, int]]
+    ) -> tuple[Any, Any]:
+        """A pass over `tokens` (`[n, P]`, causal) attending to encoder output `hidden` (`[n,
+        frames, d]`), touching no cache: float32 logits `[n, P, vocab]` and the scaled
+        cross-attention scores (before softmax) of `heads`, (layer, head) pairs, as `[n,
+        len(heads), P, frames]` (None when no heads are asked for)."""
+        torch = self._torch
+        F = torch.nn.functional
+        s = self.shape
+        n, length = tokens.shape
+        collected: dict[tuple[int, int], Any] = {}
+        with torch.inference_mode():
+            hidden = hidden.to(self.dtype)
+            x = F.embedding(tokens, self._embed) + self._positions[:length]
+            causal = torch.ones(length, length, dtype=torch.bool, device=self.device).tril()
+            for index, layer in enumerate(self._layers):
+                h = layer.ln1(x)
+                q, k, v = self._split_heads(F.linear(h, layer.qkv_w, layer.qkv_b), n, length)
+                a = F.scaled_dot_product_attention(q, k, v, attn_mask=causal)
+                x = x + F.linear(self._merge(a, n, length), layer.out_w, layer.out_b)
+                frames = hidden.shape[1]
+                keys = F.linear(hidden, layer.xk_w).view(n, frames, s.heads, s.head_dim)
+                values = F.linear(hidden, layer.xv_w, layer.xv_b).view(
+                    n, frames, s.heads, s.head_dim
+                )
+                keys, values = keys.transpose(1, 2), values.transpose(1, 2)
+                q = self._heads(F.linear(layer.ln2(x), layer.xq_w, layer.xq_b), n, length)
+                for layer_index, head in heads:
+                    if layer_index == index:
+                        qk = q[:, head].float() @ keys[:, head].float().transpose(-1, -2)
+                        collected[(layer_index, head)] = qk / math.sqrt(s.head_dim)
+                a = F.scaled_dot_product_attention(q, keys, values)
+                x = x + F.linear(self._merge(a, n, length), layer.xout_w, layer.xout_b)
+                x = x + self._mlp(layer, x)
+            logits = F.linear(self._final_ln(x), self._embed).float()
+        if not heads:
+            return logits, None
+        return logits, torch.stack([collected[pair] for pair in heads], dim=1)
+
+    # --- one step over the first `count` rows ----------------------------------------------
+    def step(self, count: int, max_position: int) -> Any:
+        """One decoding step of rows `0..count-1` with the tokens and positions already written
+        to `self.tokens` / `self.positions`; returns float32 logits `[count, vocab]` (a view of
+        a static buffer of at least `count` rows: read it before the next step)."""
+        batch = bucket_for(count, self.batch_buckets)
+        length = bucket_for(max_position + 1, LENGTH_BUCKETS)
+        if not self.use_graphs:
+            self._step_into(batch, length)
+            return self.logits[:count]
+        graph = self._graphs.get((batch, length))
+        if graph is None:
+            graph = self._capture(batch, length)
+        graph.replay()
+        return self.logits[:count]
+
+    def _capture(self, batch: int, length: int) -> Any:
+        torch = self._torch
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # warm-up outside the graph (kernel choices, workspaces)
+                self._step_into(batch, length)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        with torch.cuda.graph(graph, pool=self._pool):
+            self._step_into(batch, length)
+        self._graphs[(batch, length)] = graph
+        log.info("captured a decode step: %d rows, %d positions", batch, length)
+        return graph
+
+    def _step_into(self, batch: int, length: int) -> None:
+        torch = self._torch
+        F = torch.nn.functional
+        with torch.inference_mode():
+            tokens = self.tokens[:batch]
+            positions = self.positions[:batch]
+            rows = self._rows_index[:batch]
+            x = (F.embedding(tokens, self._embed) + self._positions[positions]).unsqueeze(1)
+            visible = (self._arange[:length][None, :] <= positions[:, None])[:, None, None, :]
+            for index, layer in enumerate(self._layers):
+                h = layer.ln1(x)
+                q, k, v = self._split_heads(F.linear(h, layer.qkv_w, layer.qkv_b), batch, 1)
+                self.self_k[index, rows, :, positions] = k[:, :, 0]
+                self.self_v[index, rows, :, positions] = v[:, :, 0]
+                keys = self.self_k[index, :batch, :, :length]
+                values = self.self_v[index, :batch, :, :length]
+                a = self._attend(q, keys, values, visible)
+                x = x + F.linear(self._merge(a, batch, 1), layer.out_w, layer.out_b)
+                x = x + self._cross(layer, index, x, slice(0, batch), batch, 1)
+                x = x + self._mlp(layer, x)
+            x = self._final_ln(x[:, 0])
+            self.logits[:batch] = F.linear(x, self._embed).float()
+
+    # --- pieces -----------------------------------------------------------------------------
+    def _cross(self, layer: _Layer, index: int, x: Any, rows: Any, n: int, length: int) -> Any:
+        F = self._torch.nn.functional
+        h = layer.ln2(x)
+        q = self._heads(F.linear(h, layer.xq_w, layer.xq_b), n, length)
+        keys, values = self.cross_k[index, rows], self.cross_v[index, rows]
+        a = (
+            self._attend(q, keys, values, None)
+            if length == 1
+            else F.scaled_dot_product_attention(q, keys, values)
+        )
+        return F.linear(self._merge(a, n, length), layer.xout_w, layer.xout_b)
+
+    def _attend(self, q: Any, keys: Any, values: Any, visible: Any) -> Any:
+        F = self._torch.nn.functional
+        if self.attention == "sdpa":
+            return F.scaled_dot_product_attention(q, keys, values, attn_mask=visible)
+        scores = (q @ keys.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
+        if visible is not None:
+            scores = scores.masked_fill(~visible, -math.inf)
+        return scores.float().softmax(-1).to(values.dtype) @ values
+
+    def _mlp(self, layer: _Layer, x: Any) -> Any:
+        F = self._torch.nn.functional
+        h = F.gelu(F.linear(layer.ln3(x), layer.fc1_w, layer.fc1_b))
+        return F.linear(h, layer.fc2_w, layer.fc2_b)
+
+    def _heads(self, x: Any, n: int, length: int) -> Any:
+        s = self.shape
+        return x.view(n, length, s.heads, s.head_dim).transpose(1, 2)
+
+    def _split_heads(self, qkv: Any, n: int, length: int) -> tuple[Any, Any, Any]:
+        q, k, v = qkv.split(self.shape.d_model, dim=-1)
+        return self._heads(q, n, length), self._heads(k, n, length), self._heads(v, n, length)
+
+    def _merge(self, a: Any, n: int, length: int) -> Any:
+        return a.transpose(1, 2).reshape(n, length, self.shape.d_model)
