@@ -222,6 +222,22 @@ def test_heartbeat_renews_the_leases_of_running_tasks(make_rig: Callable[..., Ri
     assert rig.wakes == []
 
 
+def test_progress_of_all_running_tasks_is_written_in_one_flush(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(f"2x24GiB:{GPU_NAME}")
+    a, b = rig.place("a"), rig.place("b")
+    running_a, running_b = rig.running.get(a), rig.running.get(b)
+    assert running_a is not None and running_b is not None
+    running_a.progress, running_b.progress = 0.4, 0.7
+    rig.upkeep.flush_progress()
+    assert [rig.store.get(i).progress for i in (a, b)] == [0.4, 0.7]  # type: ignore[union-attr]
+    assert running_a.progress is None and running_b.progress is None  # written: nothing pending
+    rig.store.set_progress(a, running_a.token, 0.5)
+    rig.upkeep.flush_progress()  # nothing new: nothing written over it
+    assert rig.store.get(a).progress == 0.5  # type: ignore[union-attr]
+
+
 def test_heartbeat_with_nothing_running_does_nothing(make_rig: Callable[..., Rig]) -> None:
     rig = make_rig()
     rig.upkeep.heartbeat()

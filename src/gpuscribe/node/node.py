@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
@@ -25,6 +26,8 @@ from gpuscribe.telemetry.cache import CachedTelemetry
 from gpuscribe.telemetry.detect import open_telemetry
 
 log = logging.getLogger(__name__)
+
+PROGRESS_FLUSH_SECONDS = 1.0  # workers' progress reports reach the store this often, batched
 
 
 class Node:
@@ -107,6 +110,7 @@ class Node:
         ]
         if self.role.has_workers:
             loops.append(("devices", self._upkeep.watch_devices, 1.0))
+            loops.append(("progress", self._upkeep.flush_progress, PROGRESS_FLUSH_SECONDS))
             self._spawn("scheduler", self._schedule_forever)
         for name, fn, every in loops:
             self._spawn(name, functools.partial(self._every, fn, every))
@@ -118,6 +122,8 @@ class Node:
             thread.join(timeout=10)
         for slot in self.slots.values():  # their last events still reach the open store
             slot.worker.stop()
+        with contextlib.suppress(Exception):
+            self._upkeep.flush_progress()
         try:
             self.store.remove_node(self.settings.node_name)  # it leaves the cluster's view now
         except Exception:

@@ -20,6 +20,7 @@ class RunningTask:
     cancel_sent_at: float | None = None
     killed: bool = False
     stop_reason: str | None = None  # "timeout" or "lease lost"; None for a client's cancel
+    progress: float | None = None  # reported by the worker, not yet written (Upkeep.flush_progress)
 
 
 class RunningTasks:

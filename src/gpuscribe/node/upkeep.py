@@ -75,6 +75,19 @@ class Upkeep:
                 t.stop_reason = t.stop_reason or "timeout"
                 self._stop(t.task_id, now)
 
+    def flush_progress(self) -> None:
+        """Write the progress workers reported since the last flush, all tasks in one
+        transaction (the store ignores a lease that moved on)."""
+        pending = [(t, t.progress) for t in self._running.all() if t.progress is not None]
+        if not pending:
+            return
+        self._store.set_progress_many(
+            [(t.task_id, t.token, p) for t, p in pending if p is not None]
+        )
+        for t, p in pending:
+            if t.progress == p:  # a newer report waits for the next flush
+                t.progress = None
+
     def _stop(self, task_id: str, now: float) -> None:
         """Cancel first; a task that ignores the cancel past the grace period is killed."""
         task = self._running.get(task_id)

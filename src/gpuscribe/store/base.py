@@ -119,6 +119,10 @@ class TaskStore(Protocol):
 
     def set_progress(self, task_id: str, token: str, progress: float) -> bool: ...
 
+    def set_progress_many(self, updates: Sequence[tuple[str, str, float]]) -> None:
+        """(task_id, token, progress) for many tasks in one transaction; stale leases skipped."""
+        ...
+
     def complete(
         self, task_id: str, token: str, result: Transcript, *, peak_bytes: int | None, now: float
     ) -> bool:

@@ -159,6 +159,11 @@ class InMemoryStore:
             task.progress = progress
             return True
 
+    def set_progress_many(self, updates: Sequence[tuple[str, str, float]]) -> None:
+        with self._lock:
+            for task_id, token, progress in updates:
+                self.set_progress(task_id, token, progress)
+
     def complete(
         self, task_id: str, token: str, result: Transcript, *, peak_bytes: int | None, now: float
     ) -> bool:

@@ -276,6 +276,12 @@ class SqlTaskStore(abc.ABC):
         with self._write() as s:
             return s.run("set_progress", params) == 1
 
+    def set_progress_many(self, updates: Sequence[tuple[str, str, float]]) -> None:
+        if not updates:
+            return
+        with self._write() as s:
+            s.many("set_progress", ({"id": i, "token": k, "progress": p} for i, k, p in updates))
+
     def complete(
         self, task_id: str, token: str, result: Transcript, *, peak_bytes: int | None, now: float
     ) -> bool:
