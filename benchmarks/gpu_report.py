@@ -133,27 +133,61 @@ def _write_wav(path: Path, seconds: float, seed: int) -> None:
         w.writeframes(samples.tobytes())
 
 
-def _stream_tasks(n: int, seed: int, folder: Path) -> list[dict[str, Any]]:
-    rng = random.Random(seed)
-    lengths = [10.0, 20 * 60.0] + [math.exp(rng.uniform(math.log(10), math.log(20 * 60)))
-                                    for _ in range(n - 2)]  # fmt: skip
+def _stream_tasks(args: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
+    """Lengths log-uniform from --min-seconds to 20 min (the shortest and longest included),
+    models and beams drawn from --models and --beams, priorities in turn."""
+    rng = random.Random(args.seed)
+    low, high = math.log(args.min_seconds), math.log(20 * 60)
+    n = args.tasks
+    lengths = [args.min_seconds, 20 * 60.0] + [math.exp(rng.uniform(low, high))
+                                               for _ in range(n - 2)]  # fmt: skip
+    models = args.models.split(",") if args.models else STREAM_MODELS
+    beams = [int(b) for b in args.beams.split(",")]
     tasks = []
     for i, seconds in enumerate(lengths):
         path = folder / f"clip{i:03d}.wav"
         _write_wav(path, round(seconds, 1), i)
-        beam = rng.choice([1, 2, 5])
+        beam = rng.choice(beams)
         batch = rng.choice([b for b in (1, 2, 4, 8, 16) if b * beam <= 32])
         tasks.append(
             {
                 "path": path,
                 "seconds": seconds,
-                "model": rng.choice(STREAM_MODELS),
+                "model": rng.choice(models),
                 "batch_size": batch,
                 "beam_size": beam,
                 "priority": PRIORITIES[i % 4],
             }
         )
     return tasks
+
+
+def _urgent_probe(url: str, folder: Path, count: int, delay: float) -> list[dict[str, Any]]:
+    """`count` urgent 30 s tasks submitted one after another into the running stream, `delay`
+    seconds after it starts: how long each waits to start (claimed and handed to its engine)
+    and to finish."""
+    time.sleep(delay)
+    path = folder / "urgent.wav"
+    _write_wav(path, 30.0, 999)
+    probes = []
+    with httpx.Client(timeout=120) as client:
+        for _ in range(count):
+            sent = time.monotonic()
+            with open(path, "rb") as f:
+                r = client.post(url + "/v1/tasks", files={"file": ("urgent.wav", f, "audio/wav")},
+                                data={"priority": "urgent", "beam_size": "1"})  # fmt: skip
+            r.raise_for_status()
+            task_id = r.json()["id"]
+            started = finished = None
+            while finished is None and time.monotonic() - sent < 120:
+                t = client.get(f"{url}/v1/tasks/{task_id}").json()
+                if started is None and t["state"] != "queued":
+                    started = time.monotonic() - sent
+                if t["state"] in ("completed", "failed", "cancelled"):
+                    finished = time.monotonic() - sent
+                time.sleep(0.05)
+            probes.append({"to_start_s": started, "to_finish_s": finished, "id": task_id})
+    return probes
 
 
 class _Sampler(threading.Thread):
@@ -231,7 +265,7 @@ def _nvml_used() -> dict[str, int]:
 def cmd_stream(args: argparse.Namespace) -> None:
     out = Path(args.out)
     work = Path(tempfile.mkdtemp(prefix="gpuscribe-stream-"))
-    tasks = _stream_tasks(args.tasks, args.seed, work)
+    tasks = _stream_tasks(args, work)
     foreign = _foreign(args.foreign, args.devices) if args.foreign > 0 else None
     used_before = _nvml_used()  # what the GPUs hold before the service starts
     port = 8800 + random.randint(0, 99)
@@ -245,6 +279,10 @@ def cmd_stream(args: argparse.Namespace) -> None:
         "GPUSCRIBE_TASK_TIMEOUT_SECONDS": "3000",
     }
     env["GPUSCRIBE_BENCHMARK_TOKENS"] = str(args.tokens)
+    if args.max_tasks:
+        env["MAX_TASKS_PER_GPU"] = str(args.max_tasks)
+    if args.batch_rows:
+        env["GPUSCRIBE_BATCH_ROWS"] = str(args.batch_rows)
     log = open(out / f"serve-{args.name}.log", "wb")  # noqa: SIM115
     serve = subprocess.Popen(
         [sys.executable, "-m", "gpuscribe", "serve", "--port", str(port), "--data-dir",
@@ -256,7 +294,14 @@ def cmd_stream(args: argparse.Namespace) -> None:
         _wait_ready(url)
         sampler = _Sampler(url, samples)
         sampler.start()
+        probes: list[dict[str, Any]] = []
+        prober = threading.Thread(
+            target=lambda: probes.extend(_urgent_probe(url, work, args.urgent, args.urgent_after)),
+            daemon=True,
+        )
         started = time.monotonic()
+        if args.urgent:
+            prober.start()
         ids = _submit_all(url, tasks)
         final = _wait_all(url, ids, args.max_seconds)
         wall = time.monotonic() - started
@@ -268,6 +313,9 @@ def cmd_stream(args: argparse.Namespace) -> None:
         serve.wait(30)
         if foreign:
             foreign.kill()
+    if args.urgent:
+        prober.join(timeout=60)
+    args.probes = probes
     _report_stream(args, out, tasks, final, samples, wall, metrics, used_before)
 
 
@@ -353,6 +401,8 @@ def _report_stream(args: argparse.Namespace, out: Path, tasks: list[dict[str, An
         "wall_seconds": wall, "audio_seconds": audio, "audio_seconds_per_second": audio / wall,
         "sample_rate_hz": len(samples) / max(1e-9, samples[-1]["t"]) if samples else 0,
         "per_gpu": per_gpu, "cap_fraction": args.cap, "foreign_fraction": args.foreign,
+        "max_tasks_per_gpu": args.max_tasks, "models": args.models, "beams": args.beams,
+        "urgent_probes": getattr(args, "probes", []),
     }  # fmt: skip
     (out / f"stream-{args.name}.json").write_text(json.dumps(report, indent=1))
     _plot(out / f"stream-{args.name}.png", samples, gpus, args.name, used_before)
@@ -414,7 +464,19 @@ def main() -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--cap", type=float, default=0.9)
     s.add_argument("--foreign", type=float, default=0.0, help="fraction held by a foreign process")
-    s.add_argument("--tokens", type=int, default=24, help="tokens decoded per window")
+    s.add_argument(
+        "--tokens",
+        type=int,
+        default=24,
+        help="tokens decoded per window (0: drawn per window, mean 100, 10-224)",
+    )
+    s.add_argument("--models", default="", help="comma-separated; default: a mix of six")
+    s.add_argument("--beams", default="1,2,5")
+    s.add_argument("--min-seconds", type=float, default=10.0)
+    s.add_argument("--max-tasks", type=int, default=0, help="MAX_TASKS_PER_GPU (0: default)")
+    s.add_argument("--batch-rows", type=int, default=0, help="GPUSCRIBE_BATCH_ROWS (0: auto)")
+    s.add_argument("--urgent", type=int, default=0, help="urgent 30 s tasks sent mid-stream")
+    s.add_argument("--urgent-after", type=float, default=60.0)
     s.add_argument("--max-seconds", type=float, default=3600, help="report what finished by then")
     s.set_defaults(fn=cmd_stream)
     args = parser.parse_args()

@@ -55,11 +55,14 @@ class EncoderInput:
         self,
         features: np.ndarray[Any, Any] | None = None,
         audio: list[np.ndarray[Any, Any]] | None = None,
+        *,
+        keep: bool = True,
     ) -> None:
         if (features is None) == (audio is None):
             raise ValueError("give either features or audio")
         self.features = features
         self.audio = audio
+        self.keep = keep  # False: the encoder output is dropped once the window is in its rows
         count = len(audio) if audio is not None else int(features.shape[0])  # type: ignore[union-attr]
         self.hidden: list[Any] = [None] * count
 
@@ -110,6 +113,14 @@ class Pending:
 
 
 @dataclass(eq=False)
+class _Encoding:
+    """Windows whose rows are reserved while the encoder runs on the side stream."""
+
+    taken: list[tuple[Group, EncoderInput]]
+    done: Any  # torch.cuda.Event
+
+
+@dataclass(eq=False)
 class _Call:
     """A closure run on the batcher thread (language detection, alignment)."""
 
@@ -120,7 +131,14 @@ class _Call:
 class Batcher:
     """The continuous batch of one model on one device."""
 
-    def __init__(self, decoder: StaticDecoder, vocabulary: Vocabulary, n_mels: int) -> None:
+    def __init__(
+        self,
+        decoder: StaticDecoder,
+        vocabulary: Vocabulary,
+        n_mels: int,
+        *,
+        overlap_encoder: bool = True,
+    ) -> None:
         import torch
 
         self._torch = torch
@@ -135,6 +153,9 @@ class Batcher:
         self._closed = False
         self._suppress_cache: dict[tuple[int, ...], Any] = {}
         self._constants = RuleConstants.of(torch, vocabulary, decoder.device)
+        self._encoding: _Encoding | None = None
+        cuda = decoder.device.type == "cuda"
+        self._side_stream = torch.cuda.Stream() if cuda and overlap_encoder else None
         self.steps = 0
         self.seconds: dict[str, float] = {"calls": 0.0, "admit": 0.0, "step": 0.0, "select": 0.0}
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_SECONDS))
@@ -230,7 +251,9 @@ class Batcher:
     def _loop(self) -> None:
         while True:
             with self._lock:
-                while not (self._closed or self._waiting or self._calls or self._rows):
+                while not (
+                    self._closed or self._waiting or self._calls or self._rows or self._encoding
+                ):
                     self._lock.wait()
                 if self._closed:
                     self._fail_everything(RuntimeError("the model was unloaded"))
@@ -259,18 +282,59 @@ class Batcher:
         call.request.done.set()
 
     def _free_rows(self) -> int:
-        return self.decoder.rows - len(self._rows)
+        reserved = sum(g.options.rows for g, _ in self._encoding.taken) if self._encoding else 0
+        return self.decoder.rows - len(self._rows) - reserved
 
     def _admit(self) -> None:
+        """Start the windows whose encoding is done; then take the next waiting windows that
+        fit the free rows and encode them (on a second CUDA stream, overlapping the decode
+        steps that go on meanwhile, where `overlap_encoder`)."""
+        pending = self._encoding
+        if pending is not None:
+            if not self._encoded(pending):
+                return
+            self._encoding = None
+            self._start(pending.taken)
+        taken = self._take()
+        if not taken:
+            return
+        if self._side_stream is None:
+            self._encode_all(taken)
+            self._start(taken)
+            return
+        torch = self._torch
+        self._side_stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self._side_stream):
+            self._encode_all(taken)
+            done = torch.cuda.Event()
+            done.record(self._side_stream)
+        self._encoding = _Encoding(taken, done)
+
+    def _encoded(self, pending: _Encoding) -> bool:
+        """Whether `pending`'s encoder output is ready; then the decode stream waits on it, and
+        its tensors are marked as used there (they were allocated on the side stream)."""
+        if not pending.done.query() and self._rows:
+            return False  # the batch has work meanwhile: step it, look again after
+        torch = self._torch
+        current = torch.cuda.current_stream()
+        current.wait_event(pending.done)
+        for group, encoded in pending.taken:
+            hidden = encoded.hidden[group.index]
+            if hidden is not None:
+                hidden.record_stream(current)
+        return True
+
+    def _take(self) -> list[tuple[Group, EncoderInput]]:
+        """The next waiting windows (best priority first) that fit the free rows, once enough
+        rows are free for the encoder to run a real batch."""
         free = self._free_rows()
         with self._lock:
             if not self._waiting:
-                return
-            # Few free rows while many are busy: wait for more, so the encoder runs in batches.
+                return []
             wanted = self._waiting[0][3].options.rows
-            threshold = min(max(1, self.decoder.rows // 8), len(self._waiting) * wanted)
+            threshold = min(max(1, self.decoder.rows // 4), len(self._waiting) * wanted)
             if self._rows and free < threshold:
-                return
+                return []
             taken: list[tuple[Group, EncoderInput]] = []
             while self._waiting and len(taken) < ENCODER_BATCH:
                 group = self._waiting[0][3]
@@ -279,9 +343,7 @@ class Batcher:
                 _, _, _, group, encoded = heapq.heappop(self._waiting)
                 free -= group.options.rows
                 taken.append((group, encoded))
-        taken = [(g, e) for g, e in taken if not self._cancelled(g)]
-        if taken:
-            self._start(taken)
+        return [(g, e) for g, e in taken if not self._cancelled(g)]
 
     def _cancelled(self, group: Group) -> bool:
         request = group.request
@@ -293,8 +355,12 @@ class Batcher:
         return False
 
     def _start(self, taken: list[tuple[Group, EncoderInput]]) -> None:
+        """Put encoded windows into rows: cross-attention, prompt, first token. Encoder output
+        no caller will ask for again is let go here (it is 3.8 MB a window for large-v3)."""
         torch = self._torch
-        self._encode_all(taken)
+        taken = [(g, e) for g, e in taken if not self._cancelled(g)]
+        if not taken:
+            return
         first_row = len(self._rows)
         new_rows: list[Row] = []
         hidden: list[Any] = []
@@ -306,6 +372,10 @@ class Batcher:
                 hidden.append(encoded.hidden[group.index])
         indices = torch.arange(first_row, first_row + len(new_rows), device=self.decoder.device)
         self.decoder.fill_cross(indices, torch.stack(hidden))
+        del hidden
+        for group, encoded in taken:
+            if not encoded.keep:
+                encoded.hidden[group.index] = None
         self._rows.extend(new_rows)
         self._prefill(new_rows, first_row)
 
@@ -639,6 +709,10 @@ class Batcher:
         for row in self._rows:
             row.group.request.fail(error)
         self._rows = []
+        if self._encoding is not None:
+            for group, _ in self._encoding.taken:
+                group.request.fail(error)
+            self._encoding = None
 
     def _fail_everything(self, error: BaseException) -> None:
         self._fail_rows(error)

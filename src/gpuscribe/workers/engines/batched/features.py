@@ -33,10 +33,10 @@ class MelFeatures:
         """`[len(chunks), n_mels, 3000]` float32 features of audio chunks of at most 30 s."""
         torch = self._torch
         lengths = [min(int(c.size), SAMPLES) for c in chunks]
-        audio = np.zeros((len(chunks), SAMPLES + HOP), dtype=np.float32)
+        batch = torch.zeros(len(chunks), SAMPLES + HOP, device=self._device)
         for i, chunk in enumerate(chunks):
-            audio[i, : lengths[i]] = chunk[: lengths[i]]
-        batch = torch.from_numpy(audio).to(self._device)
+            samples = np.ascontiguousarray(chunk[: lengths[i]], dtype=np.float32)
+            batch[i, : lengths[i]].copy_(torch.from_numpy(samples))
         stft = torch.stft(
             batch, N_FFT, HOP, window=self._window, center=True, pad_mode="reflect",
             return_complex=True,

@@ -27,7 +27,7 @@ from gpuscribe.workers.engines.batched.search import Vocabulary
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
-IN_FLIGHT = 16  # windows of one task queued on the batch at once, at least
+IN_FLIGHT = 256  # windows of one task queued on the batch at once, at most
 BENCHMARK_TOKENS_MEAN = 100
 BENCHMARK_TOKENS_RANGE = (10, 224)
 
@@ -133,7 +133,7 @@ class BatchedModel:
                 self._shell,
                 audio,
                 options,
-                in_flight=max(IN_FLIGHT, options.batch_size),
+                in_flight=IN_FLIGHT,
                 priority=priority,
                 should_stop=should_stop,
                 cut_at_pauses=not self.benchmark_only,

@@ -226,7 +226,10 @@ class WindowedTranscription:
         if self._should_stop():
             raise TaskCancelled(f"cancelled before window {index + 1} of {len(self._chunks)}")
         meta = self._metadata[index]
-        encoded = EncoderInput(audio=[np.asarray(self._chunks[index], dtype=np.float32)])
+        encoded = EncoderInput(
+            audio=[np.asarray(self._chunks[index], dtype=np.float32)],
+            keep=self._options.word_timestamps,  # word timing reads the encoder output again
+        )
         return _Window(
             index, meta["offset"], meta["duration"], encoded, self._submit(index, encoded, 0)
         )
