@@ -105,5 +105,39 @@ class Metrics:
             registry=r,
         )
 
+        # The whole cluster, refreshed from the nodes' heartbeat records at each scrape (any API
+        # node behind a load balancer shows every node's devices).
+        node_gpu = ["node", "gpu", "uuid"]
+        self.cluster_memory_used = Gauge(
+            "gpuscribe_cluster_gpu_memory_used_bytes",
+            "Memory in use on each live node's devices, as its last heartbeat reported it.",
+            node_gpu,
+            registry=r,
+        )
+        self.cluster_memory_reserved = Gauge(
+            "gpuscribe_cluster_gpu_memory_reserved_bytes",
+            "Memory gpuscribe has admitted on each live node's devices.",
+            node_gpu,
+            registry=r,
+        )
+        self.cluster_memory_cap = Gauge(
+            "gpuscribe_cluster_gpu_memory_cap_bytes",
+            "The memory cap of each live node's devices.",
+            node_gpu,
+            registry=r,
+        )
+        self.cluster_tasks_running = Gauge(
+            "gpuscribe_cluster_gpu_tasks_running",
+            "Tasks running on each live node's devices.",
+            node_gpu,
+            registry=r,
+        )
+        self.cluster_heartbeat = Gauge(
+            "gpuscribe_cluster_node_heartbeat_timestamp_seconds",
+            "Each live node's last heartbeat (seconds since the epoch).",
+            ["node"],
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -10,8 +10,10 @@ from typing import Any
 
 import psycopg
 import pytest
+from fastapi.testclient import TestClient
 from test_store_contract import pg_ok, pg_url  # noqa: F401  (fixtures)
 
+from gpuscribe.api.app import create_app
 from gpuscribe.api.backend import QueueFull
 from gpuscribe.config import GIB, Settings, load_settings
 from gpuscribe.domain import NewTask, Priority, Task, TaskState, TranscriptionOptions
@@ -363,9 +365,17 @@ def test_an_api_node_queues_a_worker_node_runs_any_node_answers(
         ("node-gpu", 1),
     ]
     assert api.default_engine == "faster-whisper"  # simulated devices are not CUDA
+    with TestClient(create_app(api)) as client:  # the API node's /metrics: the whole cluster
+        text = client.get("/metrics").text
+    for gpu in (0, 1):
+        labels = f'gpu="{gpu}",node="node-gpu",uuid="{views[gpu].reading.uuid}"'
+        assert f"gpuscribe_cluster_gpu_memory_cap_bytes{{{labels}}}" in text
+    assert 'gpuscribe_cluster_node_heartbeat_timestamp_seconds{node="node-gpu"}' in text
 
     worker.stop()  # a node that stops leaves the view at once
     assert api.devices() == []
+    with TestClient(create_app(api)) as client:
+        assert 'node="node-gpu"' not in client.get("/metrics").text
 
 
 def test_a_node_that_stops_heart_beating_leaves_the_view_when_its_lease_ends(

@@ -63,8 +63,10 @@ def healthz(backend: BackendDep) -> JSONResponse:
     responses={200: {"content": {CONTENT_TYPE_PLAIN_0_0_4: {"schema": {"type": "string"}}}}},
 )
 def metrics(backend: BackendDep) -> Response:
-    """Prometheus exposition; queue gauges are refreshed from the store at each scrape."""
+    """Prometheus exposition; queue and cluster gauges are refreshed from the store at each
+    scrape."""
     refresh_queue_gauges(backend)
+    refresh_cluster_gauges(backend)
     return Response(backend.metrics.render(), media_type=CONTENT_TYPE_PLAIN_0_0_4)
 
 
@@ -77,6 +79,25 @@ def refresh_queue_gauges(backend: Backend) -> None:
     for state in TaskState:
         if state is not TaskState.QUEUED:
             gauge.labels(state.value, "any").set(counts.by_state.get(state.value, 0))
+
+
+def refresh_cluster_gauges(backend: Backend) -> None:
+    """Every live node's devices and heartbeat; nodes that left the cluster leave the gauges."""
+    m = backend.metrics
+    gauges = (
+        m.cluster_memory_used, m.cluster_memory_reserved, m.cluster_memory_cap,
+        m.cluster_tasks_running, m.cluster_heartbeat,
+    )  # fmt: skip
+    for gauge in gauges:
+        gauge.clear()
+    for view in backend.devices():
+        labels = (view.node, str(view.reading.index), view.reading.uuid)
+        m.cluster_memory_used.labels(*labels).set(view.reading.memory_used_bytes)
+        m.cluster_memory_reserved.labels(*labels).set(view.memory_reserved_bytes)
+        m.cluster_memory_cap.labels(*labels).set(view.memory_cap_bytes)
+        m.cluster_tasks_running.labels(*labels).set(view.tasks_running)
+        if view.heartbeat_at is not None:
+            m.cluster_heartbeat.labels(view.node).set(view.heartbeat_at)
 
 
 @router.get("/v1/models", response_model=ModelList, responses=error_responses(401))
