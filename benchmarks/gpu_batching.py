@@ -104,6 +104,34 @@ def _ceiling(model: Any, mean_tokens: float) -> dict[str, Any]:
     return {"encoder_ms_per_window": encoder_per_window * 1000, "by_rows": timings}
 
 
+def part_profile(model: Any, rows: int = 256) -> list[dict[str, Any]]:
+    """Where one decode step's time goes: the step run eagerly (graphs off) under the
+    profiler, kernels by total device time."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    decoder = model.decoder
+    decoder.use_graphs = False
+    rows = min(rows, decoder.rows)
+    decoder.tokens[:rows] = 1
+    decoder.positions[:rows] = 60
+    decoder.step(rows, 100)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            decoder.step(rows, 100)
+        torch.cuda.synchronize()
+    decoder.use_graphs = True
+    table = []
+    for event in prof.key_averages():
+        device_us = getattr(event, "device_time_total", 0) or getattr(event, "cuda_time_total", 0)
+        if device_us > 0:
+            table.append({"name": event.key[:120], "ms_per_step": device_us / 5 / 1000,
+                          "calls_per_step": event.count / 5})  # fmt: skip
+    table.sort(key=lambda e: e["ms_per_step"], reverse=True)
+    return table[:25]
+
+
 def part_generate(model: Any, tokens: list[int], batches: tuple[int, ...]) -> dict[str, Any]:
     import torch
 
@@ -181,7 +209,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=256)
     parser.add_argument("--threads", default="5,64")
     parser.add_argument("--beam", type=int, default=1)
-    parser.add_argument("--parts", default="ceiling,generate,engine")
+    parser.add_argument("--parts", default="engine,ceiling,profile,generate")
     parser.add_argument("--generate-batches", default="16,64,128")
     parser.add_argument("--attention", default="sdpa", help="the engine's attention: sdpa, bmm")
     args = parser.parse_args()
@@ -212,11 +240,20 @@ def main() -> None:
         for threads in args.threads.split(","):
             runs.append(part_engine(model, lengths, int(threads), args.beam))
             save("engine", runs)
+
+    def attempt(part: str, run: Any) -> None:  # one part failing must not lose the others
+        try:
+            save(part, run())
+        except Exception as exc:
+            save(part, {"error": repr(exc)})
+
     if "ceiling" in parts:  # after the engine: it replaces the engine's captured graphs
-        save("ceiling", part_ceiling(model, report["mean_tokens"]))
+        attempt("ceiling", lambda: part_ceiling(model, report["mean_tokens"]))
+    if "profile" in parts:
+        attempt("profile", lambda: part_profile(model))
     if "generate" in parts:
         batches = tuple(int(b) for b in args.generate_batches.split(","))
-        save("generate", part_generate(model, tokens, batches))
+        attempt("generate", lambda: part_generate(model, tokens, batches))
 
 
 if __name__ == "__main__":
