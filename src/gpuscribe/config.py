@@ -73,6 +73,7 @@ class Settings:
     # benchmark-only: tokens decoded per 30 s window (224: worst case; 0: drawn per window, mean
     # about 100, 10 to 224, so that a batch's rows end at different steps)
     benchmark_tokens: int = 224
+    batch_rows: int = 0  # rows of a model's GPU batch (transformers); 0: memory/batch.py decides
     allow_downloads: bool = False  # fetch absent models from the hub (never in tests)
     simulation_speed: float = 200.0  # simulated GPUs: audio seconds transcribed per second
     # Scheduling.
@@ -135,6 +136,7 @@ _RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("cpu_max_tasks", lambda v: v >= 1, "at least 1"),
     ("simulation_speed", lambda v: v > 0, "more than 0"),
     ("benchmark_tokens", lambda v: 0 <= v <= 224, "between 0 (drawn per window) and 224"),
+    ("batch_rows", lambda v: v >= 0, "zero (chosen from the GPU's memory) or more"),
     ("scheduler_interval_seconds", lambda v: v > 0, "more than 0"),
     ("aging_seconds", lambda v: v > 0, "more than 0"),
     ("starvation_seconds", lambda v: v > 0, "more than 0"),

@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import numpy.typing as npt
 import pytest
 
 from gpuscribe.config import Settings
-from gpuscribe.domain import InvalidRequest, Segment, Transcript, TranscriptionOptions
+from gpuscribe.domain import InvalidRequest, Priority, Segment, Transcript, TranscriptionOptions
 from gpuscribe.memory.types import ModelKey
 from gpuscribe.telemetry.base import DeviceKind
 from gpuscribe.workers.base import TaskCancelled
@@ -42,6 +43,7 @@ from gpuscribe.workers.process import (
     ModelCache,
     Outbox,
     Worker,
+    accepts,
     classify_failure,
     prepare_environment,
 )
@@ -306,6 +308,85 @@ def test_worker_loop_cancel_and_shutdown(loop: Loop) -> None:
     assert stopped.error == "worker shut down while the task ran"
     rest = [conn.recv() for _ in iter(lambda: conn.poll(0.1), False)]
     assert rest == [ModelUnloaded(CPU.uuid, TINY)]
+
+
+class BatchedFakeModel(FakeModel):
+    """What the batched transformers engine adds: a cache held beside the weights, and the
+    task's priority."""
+
+    cache_bytes = 4000
+
+    def __init__(self) -> None:
+        self.priorities: list[int] = []
+
+    def transcribe(  # type: ignore[override]
+        self,
+        audio: npt.NDArray[np.float32],
+        options: TranscriptionOptions,
+        on_segment: Callable[[Segment, float], None],
+        should_stop: Callable[[], bool],
+        priority: int = 0,
+    ) -> Transcript:
+        self.priorities.append(priority)
+        return super().transcribe(audio, options, on_segment, should_stop)
+
+
+class BatchedFakeEngine:
+    name = "transformers"
+
+    def __init__(self, memory: FakeMemory) -> None:
+        self.memory = memory
+        self.rows: list[int] = []
+        self.model = BatchedFakeModel()
+
+    def load(
+        self, model: str, device: DeviceRef, compute_type: str, batch_rows: int = 0
+    ) -> BatchedFakeModel:
+        self.rows.append(batch_rows)
+        self.memory.held += 500 + self.model.cache_bytes  # weights and the batch's cache
+        return self.model
+
+
+def test_accepts_reads_a_callables_parameters() -> None:
+    assert accepts(BatchedFakeEngine.load, "batch_rows")
+    assert not accepts(FakeEngine().load, "batch_rows")
+    assert accepts(BatchedFakeModel().transcribe, "priority")
+    assert not accepts(FakeModel().transcribe, "priority")
+    assert not accepts(len, "priority")
+
+
+def test_the_batch_gets_the_ledgers_rows_and_the_tasks_priority(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """On a GPU the ledger's rows reach the engine's load, the task's priority its transcribe,
+    and the model's cache is not reported as weights (the ledger charges it with the batch)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.wav").write_bytes(b"RIFF")
+    decode_module = importlib.import_module("gpuscribe.audio.decode")
+    registry_module = importlib.import_module("gpuscribe.workers.engines.registry")
+    monkeypatch.setattr(
+        decode_module, "decode", lambda path, sample_rate=16000: np.zeros(16000, np.float32)
+    )
+    memory = FakeMemory()
+    engine = BatchedFakeEngine(memory)
+    monkeypatch.setattr(registry_module, "create_engine", lambda name, settings: engine)
+    ours, theirs = multiprocessing.Pipe()
+    worker = Worker(GPU, Settings(), Outbox(theirs), memory)
+    try:
+        options = TranscriptionOptions(engine="transformers", model="large-v3")
+        command = run_task("urgent", "a.wav", options)
+        worker.handle(replace(command, batch_rows=48, priority=int(Priority.URGENT)))
+        seen, final = receive_final(ours, "urgent")
+        assert isinstance(final, TaskCompleted)
+        assert engine.rows == [48]
+        assert engine.model.priorities == [int(Priority.URGENT)]
+        assert next(e for e in seen if isinstance(e, ModelLoaded)).weights_bytes == 500
+        worker.handle(replace(command, task_id="low", priority=int(Priority.LOW)))
+        receive_final(ours, "low")
+        assert engine.rows == [48]  # loaded once
+        assert engine.model.priorities == [int(Priority.URGENT), int(Priority.LOW)]
+    finally:
+        worker.shutdown(join_seconds=2.0)
 
 
 # --- a real worker process on the CPU ---------------------------------------------------------

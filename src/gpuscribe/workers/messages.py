@@ -11,7 +11,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-from gpuscribe.domain import TranscriptionOptions
+from gpuscribe.domain import Priority, TranscriptionOptions
 from gpuscribe.memory.types import ModelKey
 from gpuscribe.telemetry.base import DeviceKind
 
@@ -48,6 +48,10 @@ class RunTask:
         int  # what the ledger admitted for this worker process in total, this task included
     )
     evict: tuple[ModelKey, ...] = ()  # idle models to unload before loading this task's model
+    # Rows of the model's batch (transformers on a GPU: memory/batch.py), as the ledger charged
+    # them; 0: the engine's default (the CPU, engines without a batch).
+    batch_rows: int = 0
+    priority: int = int(Priority.NORMAL)  # the task's; lower runs sooner (Priority.URGENT = 0)
 
 
 @dataclass(frozen=True, slots=True)

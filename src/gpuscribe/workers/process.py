@@ -8,6 +8,7 @@ inside the process it is always `cuda:0`. The worker never writes to the store: 
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import threading
@@ -106,6 +107,15 @@ def describe(exc: BaseException) -> str:
 def model_key(command: RunTask) -> ModelKey:
     options = command.options
     return ModelKey(options.engine, options.model, options.compute_type)
+
+
+def accepts(function: Callable[..., object], name: str) -> bool:
+    """Whether `function` takes a parameter called `name` (engines differ: only the batched
+    transformers engine takes `batch_rows` and `priority`)."""
+    try:
+        return name in inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 # --- model cache ------------------------------------------------------------------------------
@@ -236,6 +246,7 @@ class Worker:
         self._tasks: dict[str, _Running] = {}
         self._lock = threading.Lock()
         self._audio_stores: dict[bool, AudioStore] = {}  # by "in PostgreSQL", opened once
+        self._batch_rows: dict[ModelKey, int] = {}  # what the ledger charged, from RunTask
 
     # commands
     def handle(self, command: object) -> bool:
@@ -259,6 +270,8 @@ class Worker:
                 return
             running = _Running(command)
             self._tasks[command.task_id] = running
+            if command.batch_rows > 0:
+                self._batch_rows[model_key(command)] = command.batch_rows
         self.memory.limit(command.admitted_bytes)
         thread = threading.Thread(
             target=self._task_thread, args=(running,), name=f"task-{command.task_id}", daemon=True
@@ -360,7 +373,16 @@ class Worker:
                     self.outbox.send(TaskProgress(command.task_id, command.lease_token, value))
 
             samples = np.asarray(audio, dtype=np.float32)
-            return model.transcribe(samples, command.options, on_segment, running.stop.is_set)
+            transcribe: Callable[..., Transcript] = model.transcribe
+            if accepts(transcribe, "priority"):  # the batch admits urgent windows first
+                return transcribe(
+                    samples,
+                    command.options,
+                    on_segment,
+                    running.stop.is_set,
+                    priority=command.priority,
+                )
+            return transcribe(samples, command.options, on_segment, running.stop.is_set)
         finally:
             self.models.release(key)
 
@@ -412,9 +434,18 @@ class Worker:
         engine = self._engine(key.engine)
         before = self.memory.held_bytes()
         started = time.monotonic()
-        model = engine.load(key.model, self.device, key.compute_type)
+        rows = self._batch_rows.get(key, 0)
+        load: Callable[..., LoadedModel] = engine.load
+        if rows and accepts(load, "batch_rows"):
+            model = load(key.model, self.device, key.compute_type, batch_rows=rows)
+        else:
+            model = load(key.model, self.device, key.compute_type)
         seconds = time.monotonic() - started
         measured = self.memory.held_bytes() - before
+        if self.device.kind is DeviceKind.CUDA:
+            # A batched model's cache is charged with its batch (memory/batch.py), not as
+            # weights: ModelLoaded reports the weights alone.
+            measured -= int(getattr(model, "cache_bytes", 0))
         weights = measured if measured > 0 else model.weights_bytes
         log.info("loaded %s in %.1f s: %d bytes", key, seconds, weights)
         self.outbox.send(ModelLoaded(self.device.uuid, key, weights, seconds))

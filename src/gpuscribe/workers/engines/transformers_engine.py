@@ -74,7 +74,11 @@ class TransformersEngine:
         self.benchmark_only = benchmark_only or tiny_config_for_tests
         self.tiny_config_for_tests = tiny_config_for_tests
 
-    def load(self, model: str, device: DeviceRef, compute_type: str) -> BatchedModel:
+    def load(
+        self, model: str, device: DeviceRef, compute_type: str, batch_rows: int = 0
+    ) -> BatchedModel:
+        """`batch_rows`: the rows the scheduler's ledger charged for this model's batch on this
+        device (`memory/batch.py`); 0: this engine's `batch_rows`, else its default."""
         import torch
 
         source = resolve_model(
@@ -102,7 +106,7 @@ class TransformersEngine:
             whisper, info = _build_random(arch, target), _random_info(arch)
         whisper.eval()
         weights = _parameter_bytes(whisper)
-        rows = self.batch_rows or (DEFAULT_ROWS_CUDA if cuda else DEFAULT_ROWS_CPU)
+        rows = batch_rows or self.batch_rows or (DEFAULT_ROWS_CUDA if cuda else DEFAULT_ROWS_CPU)
         model_ = BatchedModel(
             whisper,
             info,
