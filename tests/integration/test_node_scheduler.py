@@ -28,8 +28,9 @@ from gpuscribe.node.scheduler import LOCAL_FAILURE_AVOID_SECONDS, SchedulerPass
 from gpuscribe.store.audio import LocalAudioStore
 from gpuscribe.store.base import Claim, NodeRecord, TaskStore
 from gpuscribe.store.memory import InMemoryStore
+from gpuscribe.telemetry.base import DeviceKind
 from gpuscribe.telemetry.simulated import SimulatedGpus
-from gpuscribe.workers.messages import ModelLoaded
+from gpuscribe.workers.messages import DeviceRef, ModelLoaded, RunTask
 from support.clock import Clock
 
 T0 = 1_000_000.0
@@ -436,3 +437,74 @@ def test_a_task_too_large_for_every_live_node_fails_naming_the_largest_cap(
     assert task.error.endswith(
         f"the largest cap in the cluster is 5.0 GiB ({GPU_NAME} on node node-6)"
     ), task.error
+
+
+# --- a batched model on a real GPU ------------------------------------------------------------
+class RecordingWorker:
+    """A worker that records what it is given and runs nothing."""
+
+    def __init__(self, device: DeviceRef) -> None:
+        self.device = device
+        self.commands: list[RunTask] = []
+
+    def start(self) -> None: ...
+
+    def run(self, command: RunTask) -> None:
+        self.commands.append(command)
+
+    def cancel(self, task_id: str) -> None: ...
+
+    def kill_task(self, task_id: str) -> None: ...
+
+    def alive(self) -> bool:
+        return True
+
+    def pids(self) -> set[int]:
+        return set()
+
+    def stop(self, timeout: float = 10.0) -> None: ...
+
+
+def test_a_batched_model_is_charged_its_batch_once_and_its_tasks_name_its_rows(
+    make_rig: Any,
+) -> None:
+    """The transformers engine on a CUDA GPU: the ledger charges the model's batch (rows from
+    the GPU's memory) once with its weights, each task a small working figure; every RunTask
+    names the rows charged and its task's priority."""
+    rig = make_rig(f"1x141GiB:{GPU_NAME}")
+    slot = next(iter(rig.slots.values()))
+    slot.device = replace(slot.device, kind=DeviceKind.CUDA)
+    worker = RecordingWorker(slot.device)
+    slot.worker = worker
+    slot.ready = True
+    ids = []
+    for priority in (Priority.LOW, Priority.URGENT, Priority.NORMAL):
+        audio = rig.audio_dir / f"{priority.label}.wav"
+        audio.write_bytes(b"RIFF")
+        task, _ = rig.store.add(
+            NewTask(priority, LARGE, str(audio), LONG_AUDIO, "wav"), now=rig.clock()
+        )
+        ids.append(task.id)
+        rig.clock.now += 0.001
+    assert rig.scheduler().run_once() == 3
+    key = ProfileKey(GPU_NAME, "transformers", "large-v3", "float16", 1, 5)
+    est = rig.estimator.estimate(
+        key, LONG_AUDIO, device_kind=DeviceKind.CUDA, total_bytes=slot.ledger.total_bytes
+    )
+    assert est.batch_rows == 256 and est.batch_bytes > 70 * GIB
+    assert [c.batch_rows for c in worker.commands] == [256, 256, 256]
+    assert [c.priority for c in worker.commands] == [
+        int(Priority.URGENT),
+        int(Priority.NORMAL),
+        int(Priority.LOW),
+    ]
+    snap = slot.ledger.snapshot()
+    assert [(m.batch_rows, m.batch_bytes) for m in snap.models] == [(256, est.batch_bytes)]
+    assert slot.ledger.admitted_bytes == (
+        est.context_bytes + est.weights_bytes + est.batch_bytes + 3 * est.working_bytes
+    )
+    assert slot.ledger.admitted_bytes <= slot.ledger.cap_bytes
+    # the worker measured the weights: the batch keeps its charge
+    rig.handler.handle(slot.uuid, ModelLoaded(slot.uuid, ModelKey(
+        "transformers", "large-v3", "float16"), 3 * GIB, 1.0))  # fmt: skip
+    assert slot.ledger.snapshot().models[0].batch_bytes == est.batch_bytes

@@ -5,7 +5,13 @@ import threading
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gpuscribe.memory.calibration import CalibrationBook, window_estimate
+from gpuscribe.memory.batch import Workspace
+from gpuscribe.memory.calibration import (
+    OCCUPANCY_BEAM,
+    CalibrationBook,
+    occupancy_sample,
+    window_estimate,
+)
 from gpuscribe.memory.types import CalibrationSample, ModelKey, ProfileKey
 
 KEY = ProfileKey("NVIDIA H200", "transformers", "tiny", "float16", 1, 1)
@@ -116,3 +122,55 @@ def test_concurrent_adds_and_reads_finish() -> None:
     assert not any(t.is_alive() for t in threads)
     assert book.working(KEY) is not None
     assert book.working(KEY)[1] == 50  # type: ignore[index]
+
+
+# --- occupancy samples of a batched model -----------------------------------------------------
+LARGE = ModelKey("transformers", "large-v3", "float16")
+
+
+def occupied(
+    rows: int, workspace: int, *, at: float = 0.0, model: ModelKey = LARGE
+) -> CalibrationSample:
+    return occupancy_sample(
+        "NVIDIA H200", model, rows_in_use=rows, workspace_bytes=workspace,
+        weights_bytes=3_000, context_bytes=700, measured_at=at,
+    )  # fmt: skip
+
+
+def test_occupancy_samples_are_marked_by_beam_zero() -> None:
+    s = occupied(64, 5_000)
+    assert (s.key.batch_size, s.key.beam_size) == (64, OCCUPANCY_BEAM)
+    assert s.key.model_key == LARGE and s.working_bytes == 5_000
+
+
+def test_occupancy_samples_fit_the_batch_workspace_and_stay_out_of_task_windows() -> None:
+    book = CalibrationBook(5, 1.2)
+    assert book.batch_workspace("NVIDIA H200", LARGE) is None
+    book.add(occupied(16, 1_160))
+    assert book.batch_workspace("NVIDIA H200", LARGE) is None  # one occupancy: no slope
+    book.load([occupied(64, 1_640, at=1.0), occupied(256, 3_560, at=2.0)])
+    found = book.batch_workspace("NVIDIA H200", LARGE)
+    assert found == (Workspace(1_000, 10), 3)
+    assert book.rows() == []  # not a task's key: /v1/calibration lists tasks' windows only
+    assert book.weights("NVIDIA H200", LARGE) == (3_000, 3)
+    assert book.context("NVIDIA H200", LARGE) == (700, 3)
+    assert book.batch_workspace("NVIDIA H100 80GB HBM3", LARGE) is None
+
+
+def test_a_tasks_model_names_find_the_calibrated_batch() -> None:
+    book = CalibrationBook(5, 1.2)
+    book.load([occupied(16, 1_160), occupied(64, 1_640)])
+    for asked in ("large", "large-v3"):
+        for compute_type in ("default", "float16"):
+            key = ModelKey("transformers", asked, compute_type)
+            assert book.batch_workspace("NVIDIA H200", key) is not None
+    assert book.batch_workspace("NVIDIA H200", ModelKey("transformers", "large", "float32")) is None
+
+
+def test_each_occupancy_keeps_its_newest_samples() -> None:
+    book = CalibrationBook(2, 1.2)
+    book.load(
+        [occupied(16, 9_000, at=0.0), occupied(16, 1_160, at=1.0), occupied(16, 1_160, at=2.0)]
+    )
+    book.add(occupied(64, 1_640, at=3.0))
+    assert book.batch_workspace("NVIDIA H200", LARGE) == (Workspace(1_000, 10), 3)

@@ -9,8 +9,10 @@ import pytest
 
 from gpuscribe.cli.main import main
 from gpuscribe.config import default_data_dir
+from gpuscribe.memory.batch import shape_of
+from gpuscribe.memory.calibration import occupancy_sample
 from gpuscribe.memory.prior import CPU_RUNTIME_BYTES
-from gpuscribe.memory.types import GIB, CalibrationSample, ProfileKey
+from gpuscribe.memory.types import GIB, CalibrationSample, ModelKey, ProfileKey
 from gpuscribe.store.open import open_store
 
 FIELDS = {
@@ -36,6 +38,7 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         "GPUSCRIBE_DATA_DIR",
         "GPUSCRIBE_SIMULATE_GPUS",
         "GPUSCRIBE_DEFAULT_ENGINE",
+        "GPUSCRIBE_BATCH_ROWS",
     ):
         monkeypatch.delenv(var, raising=False)
 
@@ -48,13 +51,48 @@ def run_json(argv: list[str], capsys: pytest.CaptureFixture[str]) -> dict[str, o
 
 
 def test_json_fields_and_total(capsys: pytest.CaptureFixture[str]) -> None:
-    data = run_json(["--model", "large-v3", "--gpu-name", "NVIDIA A100-SXM4-80GB"], capsys)
-    assert set(data) >= FIELDS
-    parts = [data["weights_bytes"], data["working_bytes"], data["context_bytes"]]
+    argv = ["--model", "large-v3", "--gpu-name", "NVIDIA A100-SXM4-80GB", "--gpu-memory", "80"]
+    data = run_json(argv, capsys)
+    assert set(data) >= FIELDS | {"batch_bytes", "batch_rows"}
+    parts = [data[f"{p}_bytes"] for p in ("weights", "batch", "working", "context")]
     assert all(isinstance(p, int) and p > 0 for p in parts)
     assert data["total_bytes"] == sum(parts)  # type: ignore[arg-type]
     assert data["source"] == "prior"
     assert (data["model"], data["engine"]) == ("large-v3", "transformers")
+    assert data["batch_rows"] == 168  # memory/batch.py's rule on 80 GiB at the 0.9 cap
+
+
+@pytest.mark.parametrize(
+    ("model", "gib", "rows"),
+    [("large-v3", "24", 32), ("large-v3", "141", 256), ("turbo", "24", 208)],
+)
+def test_the_batch_rows_follow_the_gpus_memory(
+    model: str, gib: str, rows: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--model", model, "--gpu-name", "NVIDIA X", "--gpu-memory", gib]
+    data = run_json(argv, capsys)
+    assert data["batch_rows"] == rows
+    assert data["total_bytes"] <= float(gib) * GIB * 0.9  # type: ignore[operator]
+
+
+def test_the_batch_rows_setting_wins(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("GPUSCRIBE_BATCH_ROWS", "48")
+    data = run_json(
+        ["--model", "large-v3", "--gpu-name", "NVIDIA X", "--gpu-memory", "141"], capsys
+    )
+    assert data["batch_rows"] == 48
+
+
+def test_the_text_names_the_batch(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["estimate", "--model", "large-v3", "--gpu-name", "NVIDIA X", "--gpu-memory", "24"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "32 rows of cache, and workspace" in out
+    no_batch = ["estimate", "--gpu-name", "NVIDIA X", "--engine", "faster-whisper"]
+    assert main(no_batch) == 0
+    assert "rows of cache" not in capsys.readouterr().out
 
 
 def test_h100_profile_measured_by_calibrate_is_shipped(capsys: pytest.CaptureFixture[str]) -> None:
@@ -105,10 +143,18 @@ def test_the_data_dir_does_not_depend_on_the_current_directory(
 def test_calibration_samples_come_from_the_store(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    key = ProfileKey("NVIDIA L4", "transformers", "small", "float16", 1, 5)
+    key = ProfileKey("NVIDIA L4", "faster-whisper", "small", "float16", 1, 5)
     store = open_store(f"sqlite:///{tmp_path / 'data' / 'gpuscribe.db'}")
     for i in range(3):
         store.add_sample(CalibrationSample(key, GIB + i, None, None, measured_at=float(i)))
+    model = ModelKey("transformers", "small", "float16")
+    for rows in (16, 64):
+        store.add_sample(
+            occupancy_sample(
+                "NVIDIA L4", model, rows_in_use=rows, workspace_bytes=GIB + rows * 1024**2,
+                weights_bytes=None, context_bytes=None, measured_at=1.0,
+            )
+        )  # fmt: skip
     store.close()
     argv = [
         "--data-dir",
@@ -120,12 +166,20 @@ def test_calibration_samples_come_from_the_store(
         "--compute-type",
         "float16",
         "--engine",
-        "transformers",
+        "faster-whisper",
     ]
     data = run_json(argv, capsys)
     assert data["source"] == "calibrated"
     assert data["sample_count"] == 3
     assert data["working_bytes"] >= GIB + 2  # type: ignore[operator]
+    argv[-1] = "transformers"  # the batch: its workspace from the occupancy samples
+    data = run_json([*argv, "--gpu-memory", "22.5"], capsys)
+    assert (data["source"], data["sample_count"]) == ("calibrated", 2)
+    shape = shape_of("small", "float16")
+    assert shape is not None
+    batch_rows = data["batch_rows"]
+    assert isinstance(batch_rows, int)
+    assert data["batch_bytes"] == batch_rows * shape.row_bytes + GIB + batch_rows * 1024**2
 
 
 def test_absent_store_is_not_created(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

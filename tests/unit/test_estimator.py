@@ -3,7 +3,15 @@ import math
 import pytest
 
 from gpuscribe.domain import TranscriptionOptions
-from gpuscribe.memory.calibration import CalibrationBook
+from gpuscribe.memory.batch import (
+    MAX_ROWS,
+    OccupancySample,
+    fit_workspace,
+    plan_batch,
+    shape_of,
+    task_working_bytes,
+)
+from gpuscribe.memory.calibration import CalibrationBook, occupancy_sample
 from gpuscribe.memory.estimator import Estimator, profile_key_for
 from gpuscribe.memory.prior import CPU_RUNTIME_BYTES, prior_estimate
 from gpuscribe.memory.profiles import (
@@ -12,7 +20,7 @@ from gpuscribe.memory.profiles import (
     reference_weights_bytes,
     reference_working_bytes,
 )
-from gpuscribe.memory.types import CalibrationSample, EstimateSource, ProfileKey
+from gpuscribe.memory.types import CalibrationSample, EstimateSource, ModelKey, ProfileKey
 from gpuscribe.telemetry.base import DeviceKind
 
 H200 = ProfileKey("NVIDIA H200", "transformers", "large-v3", "float16", 1, 1)
@@ -29,8 +37,13 @@ def estimator(book: CalibrationBook | None = None) -> Estimator:
     )
 
 
+# The per-task model (profiles, prior, per-key samples) is what simulated GPUs, the CPU and
+# faster-whisper use; the transformers engine on a real GPU runs a batch (tests further down).
+SIMULATED = DeviceKind.SIMULATED
+
+
 def test_profile_when_no_samples() -> None:
-    est = estimator().estimate(H200, 30, device_kind=DeviceKind.CUDA)
+    est = estimator().estimate(H200, 30, device_kind=SIMULATED)
     assert est.source is EstimateSource.PROFILE
     assert est.working_bytes == with_margin(reference_working_bytes("large-v3", 1, 1))
     assert est.weights_bytes == with_margin(reference_weights_bytes("large-v3"))
@@ -38,7 +51,7 @@ def test_profile_when_no_samples() -> None:
 
 
 def test_prior_when_no_profile() -> None:
-    est = estimator().estimate(A100, 400, device_kind=DeviceKind.CUDA)
+    est = estimator().estimate(A100, 400, device_kind=SIMULATED)
     expected = prior_estimate(
         A100, 400, confidence_factor=1.2, context_bytes=CUDA_CONTEXT, cuda=True
     )
@@ -50,7 +63,7 @@ def test_calibrated_wins_over_profile_and_prior() -> None:
     e = estimator(book)
     for key in (H200, A100):
         book.add(CalibrationSample(key, 12345, None, None, 0.0))
-        est = e.estimate(key, 30, device_kind=DeviceKind.CUDA)
+        est = e.estimate(key, 30, device_kind=SIMULATED)
         assert est.source is EstimateSource.CALIBRATED
         assert (est.working_bytes, est.sample_count) == (12345, 1)
 
@@ -118,3 +131,111 @@ def with_margin(measured: int) -> int:
     from gpuscribe.memory.profiles import PROFILE_MARGIN
 
     return math.ceil(measured * PROFILE_MARGIN)
+
+
+# --- the transformers engine on a GPU: one batch per resident model ---------------------------
+H200_TOTAL = 143_771 * 1024**2
+TURBO = ProfileKey("NVIDIA H200", "transformers", "large-v3-turbo", "default", 1, 5)
+
+
+def test_a_batched_model_is_charged_its_batch_once_and_a_small_working_figure() -> None:
+    est = estimator().estimate(H200, 30, device_kind=DeviceKind.CUDA, total_bytes=H200_TOTAL)
+    shape = shape_of("large-v3", "float16")
+    assert shape is not None
+    assert est.batch_rows == 256
+    assert est.batch_bytes == plan_batch(256, shape).batch_bytes
+    assert est.working_bytes == task_working_bytes(shape, 1)
+    assert est.weights_bytes == with_margin(reference_weights_bytes("large-v3"))
+    assert est.context_bytes == REFERENCE_CONTEXT_BYTES
+    assert est.source is EstimateSource.PROFILE  # context and weights: the H200 profile
+    assert est.resident_bytes == est.weights_bytes + est.batch_bytes
+    assert est.total_bytes == (
+        est.context_bytes + est.weights_bytes + est.batch_bytes + est.working_bytes
+    )
+    assert est.total_bytes <= H200_TOTAL * 0.9
+
+
+def test_the_rows_follow_the_devices_memory_and_the_setting() -> None:
+    e = estimator()
+    small = e.estimate(A100, 30, device_kind=DeviceKind.CUDA, total_bytes=24 * 1024**3)
+    assert small.batch_rows == 32 and small.source is EstimateSource.PRIOR
+    assert small.total_bytes <= 24 * 1024**3 * 0.9
+    unknown = e.estimate(A100, 30, device_kind=DeviceKind.CUDA)
+    assert unknown.batch_rows == MAX_ROWS
+    turbo = e.estimate(TURBO, 30, device_kind=DeviceKind.CUDA, total_bytes=24 * 1024**3)
+    assert turbo.batch_rows > small.batch_rows
+    fixed = Estimator(
+        CalibrationBook(10, 1.2),
+        ProfileBook(),
+        confidence_factor=1.2,
+        cuda_context_bytes=CUDA_CONTEXT,
+        batch_rows=48,
+    )
+    for total in (None, 24 * 1024**3, H200_TOTAL):
+        assert (
+            fixed.estimate(H200, 30, device_kind=DeviceKind.CUDA, total_bytes=total).batch_rows
+            == 48
+        )
+
+
+def test_a_lower_cap_gives_a_smaller_batch() -> None:
+    low = Estimator(
+        CalibrationBook(10, 1.2),
+        ProfileBook(),
+        confidence_factor=1.2,
+        cuda_context_bytes=CUDA_CONTEXT,
+        cap_fraction=0.5,
+    )
+    est = low.estimate(A100, 30, device_kind=DeviceKind.CUDA, total_bytes=80 * 1024**3)
+    assert (
+        est.batch_rows
+        < estimator()
+        .estimate(A100, 30, device_kind=DeviceKind.CUDA, total_bytes=80 * 1024**3)
+        .batch_rows
+    )
+    assert est.total_bytes <= 80 * 1024**3 * 0.5
+
+
+def test_per_task_samples_do_not_set_a_batched_tasks_working_figure() -> None:
+    book = CalibrationBook(10, 0.0)
+    book.add(CalibrationSample(H200, 5 * 1024**3, None, None, 0.0))  # a batch's workspace
+    est = estimator(book).estimate(H200, 30, device_kind=DeviceKind.CUDA, total_bytes=H200_TOTAL)
+    shape = shape_of("large-v3", "float16")
+    assert shape is not None
+    assert est.working_bytes == task_working_bytes(shape, 1)
+    assert est.source is EstimateSource.PROFILE
+
+
+def test_occupancy_samples_replace_the_workspace_formula() -> None:
+    book = CalibrationBook(10, 1.2)
+    model = ModelKey("transformers", "large-v3", "float16")
+    for rows, workspace in ((16, 2_000_000_000), (64, 2_500_000_000), (128, 3_000_000_000)):
+        book.add(
+            occupancy_sample(
+                "NVIDIA H200", model, rows_in_use=rows, workspace_bytes=workspace,
+                weights_bytes=None, context_bytes=None, measured_at=0.0,
+            )
+        )  # fmt: skip
+    key = ProfileKey("NVIDIA H200", "transformers", "large", "default", 1, 5)  # alias, default
+    est = estimator(book).estimate(key, 30, device_kind=DeviceKind.CUDA, total_bytes=H200_TOTAL)
+    fit = fit_workspace(
+        [
+            OccupancySample(16, 2_000_000_000),
+            OccupancySample(64, 2_500_000_000),
+            OccupancySample(128, 3_000_000_000),
+        ]
+    )
+    shape = shape_of("large-v3", "float16")
+    assert fit is not None and shape is not None
+    assert est.source is EstimateSource.CALIBRATED and est.sample_count == 3
+    assert est.batch_bytes == est.batch_rows * shape.row_bytes + fit.at(est.batch_rows)
+    # no per-task estimate of the old engine is involved
+    assert book.working(key) is None
+
+
+def test_other_engines_and_devices_have_no_batch() -> None:
+    fw = ProfileKey("NVIDIA H200", "faster-whisper", "large-v3", "float16", 1, 5)
+    e = estimator()
+    for key, kind in ((fw, DeviceKind.CUDA), (H200, SIMULATED), (CPU, DeviceKind.CPU)):
+        est = e.estimate(key, 30, device_kind=kind, total_bytes=H200_TOTAL)
+        assert (est.batch_bytes, est.batch_rows) == (0, 0)

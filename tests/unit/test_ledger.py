@@ -34,7 +34,7 @@ def ledger(
 def recomputed(snap: LedgerSnapshot) -> int:
     return (
         snap.context_bytes
-        + sum(m.weights_bytes for m in snap.models)
+        + sum(m.resident_bytes for m in snap.models)
         + sum(t.working_bytes for t in snap.tasks)
     )
 
@@ -55,6 +55,60 @@ def test_need_counts_only_what_is_not_yet_charged() -> None:
     led.admit("a", est(1, weights=2, context=1), TINY, foreign_bytes=0)
     assert led.fit(est(1, weights=2, context=1), TINY, foreign_bytes=0).need_bytes == GIB
     assert led.fit(est(1, weights=2, context=1), BASE, foreign_bytes=0).need_bytes == 3 * GIB
+
+
+def batched(working: float, weights: float, batch: float, rows: int) -> MemoryEstimate:
+    return MemoryEstimate(
+        0, int(weights * GIB), int(working * GIB), EstimateSource.PRIOR,
+        batch_bytes=int(batch * GIB), batch_rows=rows,
+    )  # fmt: skip
+
+
+def test_a_batched_models_batch_is_charged_once_with_its_weights() -> None:
+    led = ledger(100)
+    assert led.fit(batched(0.1, 3, 80, 256), LARGE, foreign_bytes=0).need_bytes == int(83.1 * GIB)
+    led.admit("a", batched(0.1, 3, 80, 256), LARGE, foreign_bytes=0)
+    assert led.batch_rows(LARGE) == 256
+    for task in ("b", "c", "d", "e"):
+        fit = led.admit(task, batched(0.1, 3, 80, 256), LARGE, foreign_bytes=0)
+        assert fit.need_bytes == int(0.1 * GIB)
+    assert led.admitted_bytes == int(3 * GIB) + int(80 * GIB) + 5 * int(0.1 * GIB)
+    snap = led.snapshot()
+    assert [(m.batch_bytes, m.batch_rows) for m in snap.models] == [(int(80 * GIB), 256)]
+    assert recomputed(snap) == led.admitted_bytes
+
+
+def test_a_batch_is_never_admitted_past_the_cap() -> None:
+    led = ledger(100)
+    with pytest.raises(NotAdmitted, match=r"needs 93\.1 GiB, 90\.0 GiB available"):
+        led.admit("a", batched(0.1, 3, 90, 256), LARGE, foreign_bytes=0)
+    assert led.admitted_bytes == 0 and led.batch_rows(LARGE) == 0
+
+
+def test_the_first_charge_of_a_batch_names_its_rows() -> None:
+    """Later tasks' estimates may name other rows (a context measured since): the resident
+    model keeps the rows it was charged with, which its worker allocated."""
+    led = ledger(100)
+    led.admit("a", batched(0.1, 3, 40, 128), LARGE, foreign_bytes=0)
+    led.admit("b", batched(0.1, 3, 50, 160), LARGE, foreign_bytes=0)
+    assert led.batch_rows(LARGE) == 128
+    assert led.admitted_bytes == int(3 * GIB) + int(40 * GIB) + 2 * int(0.1 * GIB)
+
+
+def test_measured_weights_keep_the_batch_and_eviction_frees_both() -> None:
+    led = ledger(100)
+    led.admit("a", batched(0.1, 3, 40, 128), LARGE, foreign_bytes=0)
+    led.set_weights(LARGE, int(2.9 * GIB))
+    assert led.admitted_bytes == int(2.9 * GIB) + int(40 * GIB) + int(0.1 * GIB)
+    led.release("a")
+    # an idle batched model is evicted whole for a model that needs its room
+    fit = led.admit("b", est(1, weights=50), BASE, foreign_bytes=0)
+    assert fit.evict == (LARGE,)
+    assert led.admitted_bytes == int(50 * GIB) + int(1 * GIB)
+    assert led.batch_rows(LARGE) == 0
+    led.release("b")
+    assert led.evict(BASE)
+    assert led.admitted_bytes == 0
 
 
 def test_available_is_the_design_formula() -> None:

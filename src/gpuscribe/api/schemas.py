@@ -217,6 +217,8 @@ class EstimateOut(BaseModel):
     total_bytes: int
     source: Literal["prior", "profile", "calibrated"]
     sample_count: int
+    batch_bytes: int = 0  # a batched model's cache rows and workspace, once per resident model
+    batch_rows: int = 0
 
     @classmethod
     def of(cls, estimate: MemoryEstimate) -> EstimateOut:
@@ -227,6 +229,8 @@ class EstimateOut(BaseModel):
             total_bytes=estimate.total_bytes,
             source=estimate.source.value,
             sample_count=estimate.sample_count,
+            batch_bytes=estimate.batch_bytes,
+            batch_rows=estimate.batch_rows,
         )
 
 

@@ -18,7 +18,7 @@ from gpuscribe.memory.architectures import canonical_model_name, known_model_nam
 from gpuscribe.memory.calibration import CalibrationBook
 from gpuscribe.memory.estimator import Estimator
 from gpuscribe.memory.profiles import REFERENCE_CONTEXT_BYTES, ProfileBook
-from gpuscribe.memory.types import MemoryEstimate, ProfileKey
+from gpuscribe.memory.types import GIB, MemoryEstimate, ProfileKey
 from gpuscribe.telemetry.base import DeviceKind
 
 log = logging.getLogger(__name__)
@@ -34,13 +34,18 @@ SOURCE_TEXT = {
 class Device:
     name: str
     kind: DeviceKind
+    total_bytes: int | None = None  # its memory, where known: a batched model's rows follow
 
 
-def local_device(settings: Settings, gpu_name: str | None) -> Device:
-    """The named GPU model, else the first device this machine has (NVML, simulated or CPU)."""
+def local_device(
+    settings: Settings, gpu_name: str | None, gpu_memory_gib: float | None = None
+) -> Device:
+    """The named GPU model (of `gpu_memory_gib`, where given), else the first device this
+    machine has (NVML, simulated or CPU)."""
+    total = None if gpu_memory_gib is None else int(gpu_memory_gib * GIB)
     if gpu_name:
         kind = DeviceKind.CPU if gpu_name.strip().upper().startswith("CPU") else DeviceKind.CUDA
-        return Device(gpu_name, kind)
+        return Device(gpu_name, kind, total)
     from gpuscribe.telemetry.detect import open_telemetry
 
     telemetry = open_telemetry(settings)
@@ -48,7 +53,7 @@ def local_device(settings: Settings, gpu_name: str | None) -> Device:
         first = telemetry.discover()[0]
     finally:
         telemetry.close()
-    return Device(first.name, first.kind)
+    return Device(first.name, first.kind, total or first.memory_total_bytes)
 
 
 def load_book(settings: Settings) -> CalibrationBook:
@@ -73,7 +78,7 @@ def load_book(settings: Settings) -> CalibrationBook:
 def estimate_for(
     args: argparse.Namespace, settings: Settings
 ) -> tuple[ProfileKey, Device, MemoryEstimate]:
-    device = local_device(settings, args.gpu_name)
+    device = local_device(settings, args.gpu_name, getattr(args, "gpu_memory", None))
     default_engine = "transformers" if device.kind is DeviceKind.CUDA else "faster-whisper"
     model = args.model or settings.default_model
     canonical = canonical_model_name(model)
@@ -93,8 +98,13 @@ def estimate_for(
         ProfileBook(),
         confidence_factor=settings.memory_confidence_factor,
         cuda_context_bytes=REFERENCE_CONTEXT_BYTES,
+        cap_fraction=settings.max_memory_utilization,
+        batch_rows=settings.batch_rows,
     )
-    return key, device, estimator.estimate(key, args.audio_seconds, device_kind=device.kind)
+    estimate = estimator.estimate(
+        key, args.audio_seconds, device_kind=device.kind, total_bytes=device.total_bytes
+    )
+    return key, device, estimate
 
 
 def estimate_json(key: ProfileKey, device: Device, estimate: MemoryEstimate) -> dict[str, Any]:
@@ -107,6 +117,8 @@ def estimate_json(key: ProfileKey, device: Device, estimate: MemoryEstimate) -> 
         "gpu_name": key.gpu_name,
         "device_kind": device.kind.value,
         "weights_bytes": estimate.weights_bytes,
+        "batch_bytes": estimate.batch_bytes,
+        "batch_rows": estimate.batch_rows,
         "working_bytes": estimate.working_bytes,
         "context_bytes": estimate.context_bytes,
         "total_bytes": estimate.total_bytes,
@@ -123,6 +135,14 @@ def estimate_text(data: dict[str, Any]) -> str:
     lines = [
         head,
         f"  weights   {gib(data['weights_bytes'], 2):>8} GiB  once per device per model",
+        *(
+            [
+                f"  batch     {gib(data['batch_bytes'], 2):>8} GiB  once per device per model: "
+                f"{data['batch_rows']} rows of cache, and workspace"
+            ]
+            if data.get("batch_rows")
+            else []
+        ),
         f"  working   {gib(data['working_bytes'], 2):>8} GiB  per running task",
         f"  context   {gib(data['context_bytes'], 2):>8} GiB  once per worker process "
         f"({'its own memory beyond the weights' if data['device_kind'] == 'cpu' else 'CUDA'})",
@@ -174,6 +194,13 @@ def register(sub: Any) -> None:
         "(default: this machine's first device)",
     )
     p.add_argument(
+        "--gpu-memory",
+        type=float,
+        metavar="GIB",
+        help="the GPU's memory in GiB, which decides the transformers engine's batch rows "
+        "(default: this machine's first device's; without either, GPUSCRIBE_BATCH_ROWS or 256)",
+    )
+    p.add_argument(
         "--audio-seconds",
         type=float,
         default=60.0,
@@ -183,7 +210,8 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--json",
         action="store_true",
-        help="print weights_bytes, working_bytes, context_bytes, total_bytes, source",
+        help="print weights_bytes, batch_bytes, batch_rows, working_bytes, context_bytes, "
+        "total_bytes, source",
     )
     add_settings_flags(p, LOCAL_FLAGS)
     p.set_defaults(handler=cmd_estimate)

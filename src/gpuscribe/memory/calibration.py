@@ -5,6 +5,11 @@ The estimate of a window is `mean + pstdev x confidence_factor`, never below the
 memory is windowed per ProfileKey; weights and the CUDA context per (GPU name, model), from the
 samples that carry them.
 
+Occupancy samples of a batched model (`gpuscribe calibrate` on the transformers engine: the
+batch's workspace at its peak with a number of rows decoding, `memory/batch.py`) are stored as
+samples whose `beam_size` is `OCCUPANCY_BEAM` (0, never a task's) and whose `batch_size` is the
+number of rows in use; they are kept per occupancy and fitted as `fixed + per_row x rows`.
+
 One non-reentrant lock guards every window. No method that holds it calls another public
 method (the design's sketch deadlocked that way): the helpers below take plain data.
 """
@@ -18,9 +23,35 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from gpuscribe.memory.architectures import canonical_model_name
+from gpuscribe.memory.batch import OccupancySample, Workspace, fit_workspace
 from gpuscribe.memory.types import CalibrationSample, ModelKey, ProfileKey
 
 ModelSlot = tuple[str, ModelKey]  # (GPU name, model)
+OCCUPANCY_BEAM = 0  # the beam size that marks a batch occupancy sample
+
+
+def occupancy_sample(
+    gpu_name: str,
+    model: ModelKey,
+    *,
+    rows_in_use: int,
+    workspace_bytes: int,
+    weights_bytes: int | None,
+    context_bytes: int | None,
+    measured_at: float,
+) -> CalibrationSample:
+    """A batch's workspace measured with `rows_in_use` rows decoding, as a stored sample."""
+    key = ProfileKey(
+        gpu_name, model.engine, model.model, model.compute_type, rows_in_use, OCCUPANCY_BEAM
+    )
+    return CalibrationSample(key, workspace_bytes, weights_bytes, context_bytes, measured_at)
+
+
+def _slot(gpu_name: str, model: ModelKey) -> ModelSlot:
+    """Models by canonical name (`turbo` and `large-v3-turbo` share their samples)."""
+    name = canonical_model_name(model.model) or model.model
+    return gpu_name, ModelKey(model.engine, name, model.compute_type)
 
 
 def window_estimate(values: Sequence[int], confidence_factor: float) -> int:
@@ -58,6 +89,7 @@ class CalibrationBook:
         self._working: dict[ProfileKey, _Window] = {}
         self._weights: dict[ModelSlot, deque[int]] = {}
         self._context: dict[ModelSlot, deque[int]] = {}
+        self._occupancy: dict[ModelSlot, dict[int, deque[int]]] = {}
 
     def add(self, sample: CalibrationSample) -> None:
         with self._lock:
@@ -72,11 +104,24 @@ class CalibrationBook:
 
     def _add_locked(self, sample: CalibrationSample) -> None:
         size = self.sample_size
+        if sample.key.beam_size == OCCUPANCY_BEAM:
+            by_rows = self._occupancy.setdefault(
+                _slot(sample.key.gpu_name, sample.key.model_key), {}
+            )
+            by_rows.setdefault(sample.key.batch_size, deque(maxlen=size)).append(
+                sample.working_bytes
+            )
+            self._add_model_locked(sample)
+            return
         window = self._working.get(sample.key)
         if window is None:
             window = self._working[sample.key] = _Window(deque(maxlen=size), deque(maxlen=size))
         window.working.append(sample.working_bytes)
         window.ratios.append(_ratio(sample))
+        self._add_model_locked(sample)
+
+    def _add_model_locked(self, sample: CalibrationSample) -> None:
+        size = self.sample_size
         slot = (sample.key.gpu_name, sample.key.model_key)
         if sample.weights_bytes is not None:
             self._weights.setdefault(slot, deque(maxlen=size)).append(sample.weights_bytes)
@@ -89,6 +134,28 @@ class CalibrationBook:
             window = self._working.get(key)
             values = list(window.working) if window is not None else []
         return self._summarise(values)
+
+    def batch_workspace(self, gpu_name: str, model: ModelKey) -> tuple[Workspace, int] | None:
+        """(the fit of a batched model's workspace, sample count) from its occupancy samples,
+        or None before two occupancies were measured. `default` is float16 (a GPU's)."""
+        types = [model.compute_type]
+        if model.compute_type in ("default", "auto"):
+            types.append("float16")
+        with self._lock:
+            for compute_type in types:
+                slot = _slot(gpu_name, ModelKey(model.engine, model.model, compute_type))
+                by_rows = self._occupancy.get(slot)
+                if by_rows:
+                    samples = [
+                        OccupancySample(rows, value)
+                        for rows, values in by_rows.items()
+                        for value in values
+                    ]
+                    break
+            else:
+                return None
+        fit = fit_workspace(samples)
+        return None if fit is None else (fit, len(samples))
 
     def weights(self, gpu_name: str, model: ModelKey) -> tuple[int, int] | None:
         with self._lock:

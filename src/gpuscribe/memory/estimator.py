@@ -2,17 +2,37 @@
 
 Each part comes from the most specific source that knows it: samples measured here
 (calibrated), then a profile shipped for this GPU model, then the design's prior table.
+
+The transformers engine on a GPU runs each model as one continuous batch (`memory/batch.py`):
+what a task there needs is the model's resident batch (its cache rows and workspace, charged
+once per resident model with the weights) and a small working figure of its own. The batch's
+rows follow from the device's total memory (`choose_rows`), its workspace from the formula or,
+where `gpuscribe calibrate` measured it, from the fit of peaks at several occupancies. The
+per-task samples of that engine (tasks that ran alone) are not used for it: with a batch, a
+task's peak above the loaded model measures the batch's workspace (already charged), not the
+task. The profiles' working figures were measured with the earlier per-task engine and are not
+used for it either; their context and weights are.
 """
 
 from __future__ import annotations
 
 from gpuscribe.domain import TranscriptionOptions
 from gpuscribe.memory.architectures import canonical_model_name
+from gpuscribe.memory.batch import (
+    MAX_ROWS,
+    BatchShape,
+    choose_rows,
+    plan_batch,
+    shape_of,
+    task_working_bytes,
+)
 from gpuscribe.memory.calibration import CalibrationBook
 from gpuscribe.memory.prior import CPU_RUNTIME_BYTES, prior_estimate
 from gpuscribe.memory.profiles import ProfileBook
 from gpuscribe.memory.types import EstimateSource, MemoryEstimate, ProfileKey
 from gpuscribe.telemetry.base import DeviceKind
+
+BATCHED_ENGINE = "transformers"  # the engine that runs a continuous batch per model on a GPU
 
 
 def profile_key_for(options: TranscriptionOptions, gpu_name: str) -> ProfileKey:
@@ -37,11 +57,17 @@ class Estimator:
         *,
         confidence_factor: float,
         cuda_context_bytes: int,
+        cap_fraction: float = 0.9,
+        batch_rows: int = 0,
     ) -> None:
+        """`cap_fraction` (MAX_MEMORY_UTILIZATION) and `batch_rows` (GPUSCRIBE_BATCH_ROWS, 0:
+        auto) decide the rows of a batched model's batch on a device."""
         self.book = book
         self.profiles = profiles
         self.confidence_factor = confidence_factor
         self.cuda_context_bytes = cuda_context_bytes
+        self.cap_fraction = cap_fraction
+        self.batch_rows = batch_rows
 
     def estimate(
         self,
@@ -50,8 +76,11 @@ class Estimator:
         *,
         device_kind: DeviceKind,
         min_working_bytes: int = 0,
+        total_bytes: int | None = None,
     ) -> MemoryEstimate:
-        """`min_working_bytes` raises the working figure (a retry after an out-of-memory)."""
+        """`min_working_bytes` raises the working figure (a retry after an out-of-memory).
+        `total_bytes` is the device's memory, from which a batched model's rows are chosen
+        (unknown: GPUSCRIBE_BATCH_ROWS, else the most rows, 256)."""
         fallback = self.profiles.lookup(key) or prior_estimate(
             key,
             audio_seconds,
@@ -59,6 +88,9 @@ class Estimator:
             context_bytes=self.cuda_context_bytes,
             cuda=device_kind is not DeviceKind.CPU,
         )
+        shape = shape_of(key.model, key.compute_type) if self.batched(key, device_kind) else None
+        if shape is not None:
+            return self._batched(key, shape, fallback, device_kind, min_working_bytes, total_bytes)
         working, source, count = fallback.working_bytes, fallback.source, 0
         calibrated = self.book.working(key)
         if calibrated is not None:
@@ -70,6 +102,48 @@ class Estimator:
             working_bytes=max(working, min_working_bytes),
             source=source,
             sample_count=count,
+        )
+
+    @staticmethod
+    def batched(key: ProfileKey, device_kind: DeviceKind) -> bool:
+        """Whether tasks of this key run on a continuous batch (the transformers engine on a
+        real GPU; simulated GPUs and the CPU keep the per-task model)."""
+        return key.engine == BATCHED_ENGINE and device_kind is DeviceKind.CUDA
+
+    def _batched(
+        self,
+        key: ProfileKey,
+        shape: BatchShape,
+        fallback: MemoryEstimate,
+        device_kind: DeviceKind,
+        min_working_bytes: int,
+        total_bytes: int | None,
+    ) -> MemoryEstimate:
+        context = self._context(key, fallback, device_kind)
+        weights = self._weights(key, fallback)
+        fitted = self.book.batch_workspace(key.gpu_name, key.model_key)
+        workspace, count = fitted if fitted is not None else (None, 0)
+        if total_bytes is None:
+            rows = self.batch_rows or MAX_ROWS
+        else:
+            rows = choose_rows(
+                total_bytes=total_bytes,
+                cap_fraction=self.cap_fraction,
+                context_bytes=context,
+                weights_bytes=weights,
+                shape=shape,
+                workspace=workspace,
+                batch_rows=self.batch_rows,
+            )
+        plan = plan_batch(rows, shape, workspace)
+        return MemoryEstimate(
+            context_bytes=context,
+            weights_bytes=weights,
+            working_bytes=max(task_working_bytes(shape, key.batch_size), min_working_bytes),
+            source=EstimateSource.CALIBRATED if workspace is not None else fallback.source,
+            sample_count=count,
+            batch_bytes=plan.batch_bytes,
+            batch_rows=rows,
         )
 
     def _weights(self, key: ProfileKey, fallback: MemoryEstimate) -> int:

@@ -1,7 +1,8 @@
 """The memory ledger of one device: what gpuscribe has admitted on it.
 
-It charges the worker process's CUDA context once, each resident model's weights once (however
-many tasks use the model), and each running task's working memory. A task is admitted when it
+It charges the worker process's CUDA context once, each resident model's weights and batch
+(a batched model's static cache and workspace, `memory/batch.py`) once (however many tasks use the
+model), and each running task's working memory. A task is admitted when it
 needs no more than the design's available memory,
 `max(0, min(total x cap - admitted, total - reserve - admitted))`, fewer than `max_tasks` tasks
 run, and the device really has room: `foreign + admitted + need <= total x cap`, where `foreign`
@@ -48,6 +49,12 @@ class ResidentModel:
     model: ModelKey
     weights_bytes: int
     running: int
+    batch_bytes: int = 0  # its batch: cache rows and workspace (0: none)
+    batch_rows: int = 0
+
+    @property
+    def resident_bytes(self) -> int:
+        return self.weights_bytes + self.batch_bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +84,12 @@ class LedgerSnapshot:
 class _Resident:
     weights_bytes: int
     running: int
+    batch_bytes: int = 0
+    batch_rows: int = 0
+
+    @property
+    def bytes(self) -> int:
+        return self.weights_bytes + self.batch_bytes
 
 
 class DeviceLedger:
@@ -144,7 +157,8 @@ class DeviceLedger:
                 max_tasks=self.max_tasks,
                 tasks=tuple(self._tasks.values()),
                 models=tuple(
-                    ResidentModel(k, r.weights_bytes, r.running) for k, r in self._models.items()
+                    ResidentModel(k, r.weights_bytes, r.running, r.batch_bytes, r.batch_rows)
+                    for k, r in self._models.items()
                 ),
             )
 
@@ -161,14 +175,16 @@ class DeviceLedger:
             if not fit.ok:
                 raise NotAdmitted(fit)
             for key in fit.evict:
-                self._admitted -= self._models.pop(key).weights_bytes
+                self._admitted -= self._models.pop(key).bytes
             if self._context is None:
                 self._context = estimate.context_bytes
                 self._admitted += estimate.context_bytes
             resident = self._models.pop(model, None)
             if resident is None:
-                resident = _Resident(estimate.weights_bytes, 0)
-                self._admitted += estimate.weights_bytes
+                resident = _Resident(
+                    estimate.weights_bytes, 0, estimate.batch_bytes, estimate.batch_rows
+                )
+                self._admitted += resident.bytes
             resident.running += 1
             self._models[model] = resident
             self._tasks[task_id] = TaskCharge(task_id, model, estimate.working_bytes)
@@ -194,8 +210,16 @@ class DeviceLedger:
             self._admitted += context_bytes - (self._context or 0)
             self._context = context_bytes
 
+    def batch_rows(self, model: ModelKey) -> int:
+        """The rows charged for a resident model's batch (0: none, or not resident): what its
+        worker must allocate."""
+        with self._lock:
+            resident = self._models.get(model)
+            return 0 if resident is None else resident.batch_rows
+
     def set_weights(self, model: ModelKey, measured_bytes: int) -> None:
-        """The worker measured a loaded model's weights: correct (or add) its charge."""
+        """The worker measured a loaded model's weights: correct (or add) its charge. Its batch
+        keeps the charge it was admitted with (the worker allocates exactly those rows)."""
         with self._lock:
             resident = self._models.get(model)
             if resident is None:
@@ -212,7 +236,7 @@ class DeviceLedger:
             if resident is None or resident.running > 0:
                 return False
             del self._models[model]
-            self._admitted -= resident.weights_bytes
+            self._admitted -= resident.bytes
             return True
 
     def reset(self) -> None:
@@ -228,7 +252,7 @@ class DeviceLedger:
         resident = self._models.get(model)
         need = estimate.working_bytes
         if resident is None:
-            need += estimate.weights_bytes
+            need += estimate.resident_bytes
         if self._context is None:
             need += estimate.context_bytes
         room = self.limit_bytes - self._admitted
@@ -246,13 +270,14 @@ class DeviceLedger:
         return Fit(False, need, available, (), self._reason_locked(need, room, foreign))
 
     def _evictable_locked(self, keep: ModelKey, short: int) -> tuple[ModelKey, ...] | None:
-        """Idle models, least recently used first, whose weights free `short` bytes."""
+        """Idle models, least recently used first, whose weights and batches free `short`
+        bytes."""
         chosen: list[ModelKey] = []
         freed = 0
         for key, resident in self._models.items():
             if resident.running == 0 and key != keep:
                 chosen.append(key)
-                freed += resident.weights_bytes
+                freed += resident.bytes
                 if freed >= short:
                     return tuple(chosen)
         return None

@@ -44,8 +44,10 @@ class ProfileKey:
 class MemoryEstimate:
     """What the worker process will hold on the device at its peak for one task.
 
-    `context_bytes` is paid once per worker process (the CUDA context), `weights_bytes` once per
-    model loaded on the device, `working_bytes` by every task.
+    `context_bytes` is paid once per worker process (the CUDA context), `weights_bytes` and
+    `batch_bytes` once per model loaded on the device, `working_bytes` by every task.
+    `batch_bytes` is the continuous batch a batched model owns on a GPU (its static cache of
+    `batch_rows` rows and its workspace, `memory/batch.py`); 0 for engines without one.
     """
 
     context_bytes: int
@@ -53,10 +55,17 @@ class MemoryEstimate:
     working_bytes: int
     source: EstimateSource
     sample_count: int = 0
+    batch_bytes: int = 0
+    batch_rows: int = 0  # 0: the engine's own default (no batch, or the CPU)
+
+    @property
+    def resident_bytes(self) -> int:
+        """What the model holds once loaded, whatever the number of its tasks."""
+        return self.weights_bytes + self.batch_bytes
 
     @property
     def total_bytes(self) -> int:
-        return self.context_bytes + self.weights_bytes + self.working_bytes
+        return self.context_bytes + self.weights_bytes + self.batch_bytes + self.working_bytes
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,13 +18,17 @@ def calibration_rows(
     book: CalibrationBook, estimator: Estimator, slots: Iterable[DeviceSlot]
 ) -> list[CalibrationRow]:
     kinds = {slot.device.name: slot.kind for slot in slots}
+    totals = {slot.device.name: slot.ledger.total_bytes for slot in slots}
     rows = []
     for stats in book.rows():
         kind = kinds.get(stats.key.gpu_name, DeviceKind.CUDA)
+        estimate = estimator.estimate(
+            stats.key, WINDOW_SECONDS, device_kind=kind, total_bytes=totals.get(stats.key.gpu_name)
+        )
         rows.append(
             CalibrationRow(
                 key=stats.key,
-                estimate=estimator.estimate(stats.key, WINDOW_SECONDS, device_kind=kind),
+                estimate=estimate,
                 sample_count=stats.sample_count,
                 mean_working_bytes=stats.mean_working_bytes,
                 max_working_bytes=stats.max_working_bytes,

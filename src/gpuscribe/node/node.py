@@ -289,10 +289,12 @@ class Node:
         return calibration_rows(self.book, self.estimator, self.slots.values())
 
     def estimate(self, key: ProfileKey, audio_seconds: float) -> MemoryEstimate:
-        kind = next(
-            (s.kind for s in self.slots.values() if s.device.name == key.gpu_name), DeviceKind.CUDA
+        slot = next((s for s in self.slots.values() if s.device.name == key.gpu_name), None)
+        if slot is None:
+            return self.estimator.estimate(key, audio_seconds, device_kind=DeviceKind.CUDA)
+        return self.estimator.estimate(
+            key, audio_seconds, device_kind=slot.kind, total_bytes=slot.ledger.total_bytes
         )
-        return self.estimator.estimate(key, audio_seconds, device_kind=kind)
 
     def healthy(self) -> bool:
         if not self.role.has_workers:

@@ -73,6 +73,8 @@ def build_parts(
         ProfileBook(),
         confidence_factor=settings.memory_confidence_factor,
         cuda_context_bytes=REFERENCE_CONTEXT_BYTES,
+        cap_fraction=settings.max_memory_utilization,
+        batch_rows=settings.batch_rows,
     )
     oom_floors: dict[str, int] = {}
     slots: dict[str, DeviceSlot] = {}

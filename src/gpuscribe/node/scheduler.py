@@ -12,7 +12,7 @@ from collections.abc import Callable
 from gpuscribe.config import Settings
 from gpuscribe.domain import Task
 from gpuscribe.memory.estimator import Estimator
-from gpuscribe.memory.types import MemoryEstimate, ProfileKey
+from gpuscribe.memory.types import MemoryEstimate, ModelKey, ProfileKey
 from gpuscribe.metrics import Metrics
 from gpuscribe.node.devices import DeviceSlot
 from gpuscribe.node.events import local_failure_error
@@ -144,6 +144,7 @@ class SchedulerPass:
                     task.audio_seconds,
                     device_kind=DeviceKind(device["kind"]),
                     min_working_bytes=self._oom_floors.get(task.id, 0),
+                    total_bytes=int(device["memory_total_bytes"]),
                 ).total_bytes
                 if need <= limit:
                     return record.name, (
@@ -199,6 +200,7 @@ class SchedulerPass:
             task.audio_seconds,
             device_kind=device.kind,
             min_working_bytes=self._oom_floors.get(task.id, 0),
+            total_bytes=device.ledger.total_bytes,
         )
 
     def _claim_of(self, placement: Placement) -> Claim:
@@ -232,15 +234,20 @@ class SchedulerPass:
         )
         self._wait_reasons.pop(task.id, None)
         self._metrics.scheduling_attempts.labels("placed").inc()
+        o = task.options
         slot.worker.run(
             RunTask(
                 task_id=task.id,
                 lease_token=token,
                 audio_path=task.audio_path,
                 audio_seconds=task.audio_seconds,
-                options=task.options,
+                options=o,
                 admitted_bytes=slot.ledger.admitted_bytes,
                 evict=tuple(placement.fit.evict),
+                # the rows the ledger charged when the model became resident, whichever task
+                # that was: every task of a resident model names the same batch
+                batch_rows=slot.ledger.batch_rows(ModelKey(o.engine, o.model, o.compute_type)),
+                priority=int(task.priority),
             )
         )
         return 1
