@@ -8,6 +8,7 @@ from gpuscribe.memory.architectures import ARCHITECTURES, weights_bytes
 from gpuscribe.memory.batch import (
     BATCH_SHARE,
     MAX_ROWS,
+    MIN_ROWS,
     ROW_STEP,
     OccupancySample,
     Workspace,
@@ -86,13 +87,13 @@ def test_auto_rows_at_the_default_cap(model: str, gpu: str, rows: int) -> None:
 def test_auto_rows_fit_in_the_share_of_the_cap(model: str, total_gib: int) -> None:
     total = total_gib * GIB
     rows = rows_for(model, total)
-    assert 1 <= rows <= MAX_ROWS
-    assert rows < ROW_STEP or rows % ROW_STEP == 0
+    assert MIN_ROWS <= rows <= MAX_ROWS
+    assert rows % ROW_STEP == 0
     shape = shape_of(model, "float16")
     assert shape is not None
     plan = plan_batch(rows, shape)
     weights = weights_bytes(model, "float16", cuda=True) or 0
-    if rows > 1:
+    if rows > MIN_ROWS:
         assert CONTEXT + weights + plan.batch_bytes <= total * 0.9 * BATCH_SHARE
     if rows < MAX_ROWS:  # one more step of rows would not have fitted
         more = plan_batch(rows + ROW_STEP, shape)
@@ -110,8 +111,8 @@ def test_a_set_number_of_rows_is_taken_as_given() -> None:
     assert rows_for("large-v3", 141 * GIB, batch_rows=3) == 3
 
 
-def test_a_gpu_too_small_for_one_row_still_gets_one_for_the_ledger_to_refuse() -> None:
-    assert rows_for("large-v3", 4 * GIB) == 1
+def test_a_gpu_too_small_still_gets_the_smallest_batch_for_the_ledger_to_refuse() -> None:
+    assert rows_for("large-v3", 4 * GIB) == MIN_ROWS == 8  # a window's 5 beams fit
 
 
 def test_a_calibrated_workspace_replaces_the_formula() -> None:

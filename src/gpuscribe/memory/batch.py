@@ -24,9 +24,10 @@ occupancies and the fit (`fit_workspace`) replaces `fixed` and `per_row` where i
 Rows (`choose_rows`): `GPUSCRIBE_BATCH_ROWS` when set (>0); otherwise (0, auto) the most rows, in
 steps of `ROW_STEP`, up to `MAX_ROWS`, such that the worker's context and the resident model fit
 within `BATCH_SHARE` of the device's cap (`MAX_MEMORY_UTILIZATION` x total). The rest of the cap
-(15 %) is left to the running tasks' own working memory and to the allocator's slack. With the
-default cap of 0.9: large-v3 gets 32 rows on a 24 GiB GPU, 160 on an 80 GB H100 and 256 on a
-141 GB H200; large-v3-turbo gets 256 on all three (see tests/unit/test_memory_batch.py).
+(15 %) is left to the running tasks' own working memory and to the allocator's slack; at least
+`MIN_ROWS`. With the default cap of 0.9 and a 1.2 GiB context: large-v3 gets 32 rows on a 24 GiB
+GPU, 160 on an 80 GB one (168 on an H100, whose measured context is 0.75 GiB) and 256 on a 141 GB
+H200; large-v3-turbo 208 on 24 GiB and 256 on the others (tests/unit/test_memory_batch.py).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ from gpuscribe.memory.architectures import ARCHITECTURES, WhisperArchitecture, c
 from gpuscribe.memory.types import MIB
 
 MAX_ROWS = 256  # the most rows the auto rule gives (the decode step's speed levels off there)
-ROW_STEP = 8  # auto rows are a multiple of this (at least 1 when fewer than 8 fit)
+ROW_STEP = 8  # auto rows are a multiple of this
+MIN_ROWS = 8  # and never fewer: a window takes up to 5 rows (beams, or best-of candidates)
 BATCH_SHARE = 0.85  # of the cap: context + resident model; the rest is left to running tasks
 ENCODER_BATCH = 64  # windows the batcher encodes at once (engines/batched/batcher.py)
 ENCODER_WIDTHS = 12  # encoder activations of one window at its peak, in frames x d_model units
@@ -138,8 +140,8 @@ def choose_rows(
 ) -> int:
     """The rows of a model's batch on a device (see the module docstring). `batch_rows` > 0 is
     taken as given (the ledger then decides whether it fits); `workspace` replaces the formula's
-    (a calibration fit). Never below 1: a model whose single row does not fit is the ledger's
-    to refuse."""
+    (a calibration fit). Never below `MIN_ROWS`: a model whose smallest batch does not fit is
+    the ledger's to refuse."""
     if batch_rows > 0:
         return batch_rows
     ws = workspace or shape.workspace
@@ -148,9 +150,8 @@ def choose_rows(
     per_row = shape.row_bytes + ws.per_row_bytes
     fitting = int(budget // per_row) if budget > 0 else 0
     rows = min(MAX_ROWS, fitting)
-    if rows >= ROW_STEP:
-        rows -= rows % ROW_STEP
-    return max(1, rows)
+    rows -= rows % ROW_STEP
+    return max(MIN_ROWS, rows)
 
 
 def plan_batch(rows: int, shape: BatchShape, workspace: Workspace | None = None) -> BatchPlan:
