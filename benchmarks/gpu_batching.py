@@ -61,7 +61,7 @@ def load(model_name: str, rows: int) -> Any:
 
 def part_ceiling(model: Any, mean_tokens: float) -> dict[str, Any]:
     results = {}
-    for kind in ("sdpa", "bmm"):
+    for kind in ("sdpa", "bmm", "kq"):
         model.decoder.set_attention(kind)
         results[kind] = _ceiling(model, mean_tokens)
     return results
@@ -211,7 +211,9 @@ def main() -> None:
     parser.add_argument("--beam", type=int, default=1)
     parser.add_argument("--parts", default="engine,ceiling,profile,generate")
     parser.add_argument("--generate-batches", default="16,64,128")
-    parser.add_argument("--attention", default="sdpa", help="the engine's attention: sdpa, bmm")
+    parser.add_argument(
+        "--attention", default="auto", help="the engine's attention: auto, sdpa, bmm, kq"
+    )
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     out = Path(args.out)

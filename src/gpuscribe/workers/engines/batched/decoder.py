@@ -23,6 +23,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 LENGTH_BUCKETS = (64, 128, 256, 448)
+ATTENTION_KINDS = ("sdpa", "bmm", "kq")
+TUNE_REPLAYS = 3
 
 
 def batch_buckets(max_rows: int) -> tuple[int, ...]:
@@ -127,16 +129,21 @@ class StaticDecoder:
         self._graphs: dict[tuple[int, int], Any] = {}
         self._pool: Any = None
         self.batch_buckets = batch_buckets(rows)
-        self.attention = "sdpa"
+        # "auto" on CUDA: each captured step shape keeps the fastest kind, timed at capture.
+        self.attention = "auto" if self.use_graphs else "sdpa"
+        self.chosen: dict[tuple[int, int], str] = {}
+        self._kind = "sdpa"  # the kind a capture in progress uses (under "auto")
 
     def set_attention(self, kind: str) -> None:
-        """How a step attends: "sdpa" (PyTorch's fused kernels) or "bmm" (two batched matrix
-        products around a softmax, which can read one query row's keys faster). Captured graphs
-        are dropped."""
-        if kind not in ("sdpa", "bmm"):
+        """How a step attends to one query row: "sdpa" (PyTorch's fused kernels), "bmm" (q·Kᵀ
+        and the weights·V as batched products), "kq" (K·q, which reads the keys as the big
+        operand of a matrix-vector product, as the weights·V product already does), or "auto".
+        Captured graphs are dropped."""
+        if kind not in (*ATTENTION_KINDS, "auto"):
             raise ValueError(f"unknown attention {kind!r}")
         self.attention = kind
         self._graphs.clear()
+        self.chosen.clear()
         self._pool = None  # a pool outlives its graphs only to be reused by new captures
 
     # --- encoder and cross-attention -------------------------------------------------------
@@ -253,6 +260,34 @@ class StaticDecoder:
         return self.logits[:count]
 
     def _capture(self, batch: int, length: int) -> Any:
+        if self.attention != "auto":
+            return self._capture_kind(batch, length, self.attention)
+        timed = []
+        for kind in ATTENTION_KINDS:
+            graph = self._capture_kind(batch, length, kind)
+            timed.append((self._time(graph), kind, graph))
+        seconds, kind, graph = min(timed, key=lambda t: t[0])
+        self._graphs[(batch, length)] = graph
+        self.chosen[(batch, length)] = kind
+        log.info(
+            "decode step of %d rows, %d positions: %s attention (%s)", batch, length, kind,
+            ", ".join(f"{k} {t * 1000:.2f} ms" for t, k, _ in timed),
+        )  # fmt: skip
+        return graph
+
+    def _time(self, graph: Any) -> float:
+        torch = self._torch
+        graph.replay()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(TUNE_REPLAYS):
+            graph.replay()
+        end.record()
+        end.synchronize()
+        return float(start.elapsed_time(end)) / 1000 / TUNE_REPLAYS
+
+    def _capture_kind(self, batch: int, length: int, kind: str) -> Any:
+        self._kind = kind
         torch = self._torch
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
@@ -266,7 +301,7 @@ class StaticDecoder:
         with torch.cuda.graph(graph, pool=self._pool):
             self._step_into(batch, length)
         self._graphs[(batch, length)] = graph
-        log.info("captured a decode step: %d rows, %d positions", batch, length)
+        log.debug("captured a decode step: %d rows, %d positions, %s", batch, length, kind)
         return graph
 
     def _step_into(self, batch: int, length: int) -> None:
@@ -306,10 +341,16 @@ class StaticDecoder:
         return F.linear(self._merge(a, n, length), layer.xout_w, layer.xout_b)
 
     def _attend(self, q: Any, keys: Any, values: Any, visible: Any) -> Any:
+        """Attention of one query row per sequence (`q` `[n, heads, 1, d]`)."""
         F = self._torch.nn.functional
-        if self.attention == "sdpa":
+        kind = self._kind if self.attention == "auto" else self.attention
+        if kind == "sdpa":
             return F.scaled_dot_product_attention(q, keys, values, attn_mask=visible)
-        scores = (q @ keys.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
+        scale = q.shape[-1] ** -0.5
+        if kind == "kq":
+            scores = (keys @ q.transpose(-1, -2)).transpose(-1, -2) * scale
+        else:
+            scores = (q @ keys.transpose(-1, -2)) * scale
         if visible is not None:
             scores = scores.masked_fill(~visible, -math.inf)
         return scores.float().softmax(-1).to(values.dtype) @ values
