@@ -266,7 +266,7 @@ class StaticDecoder:
         for kind in ATTENTION_KINDS:
             graph = self._capture_kind(batch, length, kind)
             timed.append((self._time(graph), kind, graph))
-        seconds, kind, graph = min(timed, key=lambda t: t[0])
+        _, kind, graph = min(timed, key=lambda t: t[0])
         self._graphs[(batch, length)] = graph
         self.chosen[(batch, length)] = kind
         log.info(
