@@ -155,7 +155,7 @@ class Batcher:
         self._constants = RuleConstants.of(torch, vocabulary, decoder.device)
         self._encoding: _Encoding | None = None
         cuda = decoder.device.type == "cuda"
-        self._side_stream = torch.cuda.Stream() if cuda and overlap_encoder else None
+        self._side_stream = torch.cuda.Stream() if cuda and overlap_encoder else None  # type: ignore[no-untyped-call]
         self.steps = 0
         self.seconds: dict[str, float] = {"calls": 0.0, "admit": 0.0, "step": 0.0, "select": 0.0}
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_SECONDS))
