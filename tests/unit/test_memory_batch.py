@@ -15,6 +15,7 @@ from gpuscribe.memory.batch import (
     batch_shape,
     choose_rows,
     fit_workspace,
+    occupancy_levels,
     plan_batch,
     row_bytes,
     shape_of,
@@ -181,3 +182,13 @@ def test_one_occupancy_is_no_fit() -> None:
     assert fit_workspace([]) is None
     assert fit_workspace([OccupancySample(64, 1), OccupancySample(64, 2)]) is None
     assert fit_workspace([OccupancySample(0, 1), OccupancySample(64, 2)]) is None
+
+
+@pytest.mark.parametrize(
+    ("rows", "levels"),
+    [(256, (32, 64, 128, 256)), (160, (20, 40, 80, 160)), (32, (8, 16, 32)), (8, (8,)), (3, (3,))],
+)
+def test_calibration_measures_a_batch_at_several_occupancies(
+    rows: int, levels: tuple[int, ...]
+) -> None:
+    assert occupancy_levels(rows) == levels

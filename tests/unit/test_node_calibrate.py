@@ -4,12 +4,22 @@ shipped profile."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
+from gpuscribe.config import Settings
+from gpuscribe.memory.batch import Workspace
+from gpuscribe.memory.calibration import OCCUPANCY_BEAM, CalibrationBook
 from gpuscribe.memory.profiles import PROFILE_FORMAT, GpuProfile, ProfileBook
-from gpuscribe.memory.types import MIB, EstimateSource, ProfileKey
-from gpuscribe.node.calibrate import _split_jobs, profile_from_rows, sample_from_row
+from gpuscribe.memory.types import MIB, EstimateSource, ModelKey, ProfileKey
+from gpuscribe.node.calibrate import (
+    _split_jobs,
+    batch_rows_for,
+    profile_from_rows,
+    sample_from_row,
+)
+from gpuscribe.telemetry.base import DeviceKind, DeviceReading
 from gpuscribe.telemetry.simulated import SimulatedGpus
 from gpuscribe.workers.calibrate import CalibrationJob, CalibrationRow
 
@@ -137,3 +147,65 @@ def test_the_profile_written_loads_as_a_shipped_profile() -> None:
     assert found is not None and found.source is EstimateSource.PROFILE
     assert found.context_bytes == 500 * MIB
     assert found.working_bytes >= 300 * MIB  # the measured point, with the profile's margin
+
+
+# --- batched models: their batch at several occupancies ---------------------------------------
+def cuda(name: str = "NVIDIA H200", total: int = 143_771 * MIB) -> DeviceReading:
+    return DeviceReading(0, "GPU-1", name, DeviceKind.CUDA, total, 0, total, 0.0)
+
+
+def test_batched_models_get_the_rows_the_scheduler_would_give_them() -> None:
+    settings = Settings()
+    found = batch_rows_for(
+        settings, cuda(), "transformers", "float16", ["large-v3", "large-v3-turbo"]
+    )
+    assert found == (("large-v3", 256), ("large-v3-turbo", 256))
+    small = batch_rows_for(settings, cuda("NVIDIA X", 24 * 1024**3), "transformers",
+                           "float16", ["large-v3"])  # fmt: skip
+    assert small == (("large-v3", 32),)
+    fixed = replace(settings, batch_rows=48)
+    assert batch_rows_for(fixed, cuda(), "transformers", "float16", ["tiny"]) == (("tiny", 48),)
+    assert batch_rows_for(settings, cuda(), "faster-whisper", "float16", ["tiny"]) == ()
+    simulated = replace(cuda(), kind=DeviceKind.SIMULATED)
+    assert batch_rows_for(settings, simulated, "transformers", "float16", ["tiny"]) == ()
+
+
+def test_each_job_names_the_rows_of_its_own_models() -> None:
+    devices = SimulatedGpus(f"2x80GiB:{GPU}").discover()
+    rows = (("tiny.en", 256), ("base", 256), ("large-v3", 168))
+    jobs = _split_jobs(
+        devices, ["tiny.en", "base", "large-v3"], "transformers", "float16", [1], [5],
+        batch_rows=rows,
+    )  # fmt: skip
+    assert jobs[0][1].batch_rows == (("tiny.en", 256), ("large-v3", 168))
+    assert jobs[0][1].rows_of("large-v3") == 168 and jobs[0][1].rows_of("base") == 0
+    assert jobs[1][1].batch_rows == (("base", 256),)
+
+
+def occupancy_row(rows_in_use: int, workspace: int, model: str = "large-v3") -> CalibrationRow:
+    return replace(
+        row(model, rows_in_use, OCCUPANCY_BEAM, working=workspace, weights=3 * 1024**3),
+        batch_rows=256,
+    )
+
+
+def test_occupancy_rows_are_stored_as_occupancy_samples_the_estimator_fits() -> None:
+    rows = [occupancy_row(k, 1_000 * MIB + k * 10 * MIB) for k in (32, 64, 128, 256)]
+    book = CalibrationBook(50, 1.2)
+    book.load(sample_from_row(r, measured_at=1.0) for r in rows)
+    found = book.batch_workspace(GPU, ModelKey("transformers", "large-v3", "default"))
+    assert found == (Workspace(1_000 * MIB, 10 * MIB), 4)
+    assert book.weights(GPU, ModelKey("transformers", "large-v3", "float16")) == (3 * 1024**3, 4)
+
+
+def test_a_profile_keeps_a_batched_models_occupancies_and_their_fit() -> None:
+    rows = [occupancy_row(k, 1_000 * MIB + k * 10 * MIB) for k in (64, 32)]
+    rows.append(row("tiny.en", 1, 1))
+    profile = json.loads(json.dumps(profile_from_rows(rows)))
+    batch = profile["models"]["large-v3"]["batch"]
+    assert profile["models"]["large-v3"]["points"] == []
+    assert batch["rows"] == 256
+    assert [p["rows_in_use"] for p in batch["points"]] == [32, 64]
+    assert batch["fit"] == {"fixed_bytes": 1_000 * MIB, "per_row_bytes": 10 * MIB}
+    loaded = GpuProfile.from_json(profile)  # the batched-only model has no task curve
+    assert loaded.model("tiny.en") is not None and "large-v3" not in loaded.models

@@ -177,6 +177,13 @@ class OccupancySample:
     workspace_bytes: int
 
 
+def occupancy_levels(rows: int) -> tuple[int, ...]:
+    """Rows in use at which calibration measures a batch of `rows` rows: an eighth, a quarter,
+    half and all of it (at least `MIN_ROWS` each; fewer levels for a small batch)."""
+    wanted = {max(MIN_ROWS, rows // d) for d in (8, 4, 2)} | {rows}
+    return tuple(sorted(level for level in wanted if 0 < level <= rows))
+
+
 def fit_workspace(samples: Sequence[OccupancySample]) -> Workspace | None:
     """`workspace = fixed + per_row x rows_in_use` from peaks at several occupancies: the slope
     by least squares (never negative), the intercept raised until the line covers every

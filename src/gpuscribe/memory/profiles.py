@@ -32,6 +32,14 @@ PROFILE_FORMAT = 1
 # from a profile carry this margin (calibrated estimates carry mean + std x k instead).
 PROFILE_MARGIN = 1.05
 _REFERENCE = "h200-transformers-float16.json"  # the measured truth of simulated GPUs
+PER_TASK_ENGINE_NOTE = (  # what the shipped profiles say of the batched engine
+    " Measured with the per-task transformers engine, before the continuous batch (commit "
+    "bed4514); not re-measured with the batched engine (no GPU time was left for it). For the "
+    "transformers engine on a real GPU the estimator uses only context_bytes and weights_bytes "
+    "of this profile: the batch is charged by the formula of memory/batch.py until `gpuscribe "
+    "calibrate` has measured its occupancies on this GPU model. The working points are still "
+    "the ground truth of simulated GPUs."
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +97,11 @@ class GpuProfile:
     def from_json(cls, data: Mapping[str, Any]) -> GpuProfile:
         if data.get("format") != PROFILE_FORMAT:
             raise ValueError(f"unsupported profile format {data.get('format')!r}")
-        measured = {name: _model_from_json(entry) for name, entry in data["models"].items()}
+        measured = {  # a model measured only as a batch (no task points) has no task curve
+            name: _model_from_json(entry)
+            for name, entry in data["models"].items()
+            if entry.get("points")
+        }
         return cls(
             gpu_name_contains=str(data["gpu_name_contains"]),
             engine=str(data["engine"]),
@@ -162,7 +174,7 @@ def convert_measurements(
         "compute_types": ["default", "float16"],
         "context_bytes": round(float(data["ctx_used_gb"]) * GIB),
         "note": "working_bytes = peak reserved - weights, greedy decoding of one 30 s window "
-        "per batch item; beam search = effective batch of batch x beams",
+        "per batch item; beam search = effective batch of batch x beams" + PER_TASK_ENGINE_NOTE,
         "models": dict(sorted(models.items())),
     }
 

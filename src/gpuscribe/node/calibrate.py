@@ -4,6 +4,11 @@ samples, and optionally write them as a profile to ship for that GPU model.
 Each device runs its share of the models in a process of its own (the caller never creates a
 CUDA context). Devices of one GPU model split the models between them, so four GPUs measure a
 grid about four times faster.
+
+With the transformers engine on GPUs each model runs as one batch: it is loaded with the rows
+the scheduler would give it on this GPU (`batch_rows_for`: the formula's rows, before any
+calibration) and its batch is measured at several occupancies instead of the task grid
+(`workers/calibrate.py`); the stored samples are fitted by the estimator.
 """
 
 from __future__ import annotations
@@ -18,7 +23,10 @@ from typing import Any
 
 from gpuscribe.config import ConfigError, Settings
 from gpuscribe.domain import InvalidRequest
-from gpuscribe.memory.profiles import PROFILE_FORMAT
+from gpuscribe.memory.batch import OccupancySample, fit_workspace
+from gpuscribe.memory.calibration import CalibrationBook
+from gpuscribe.memory.estimator import Estimator
+from gpuscribe.memory.profiles import PROFILE_FORMAT, REFERENCE_CONTEXT_BYTES, ProfileBook
 from gpuscribe.memory.types import CalibrationSample, ProfileKey
 from gpuscribe.node.devices import select_devices
 from gpuscribe.store.open import open_store
@@ -45,7 +53,16 @@ def run_calibration(
     )
     compute_type = "float16" if devices[0].kind is DeviceKind.CUDA else "default"
     names = [_available(settings, m, engine, devices[0]) for m in models]
-    jobs = _split_jobs(devices, names, engine, compute_type, batch_sizes, beam_sizes)
+    batch_rows = batch_rows_for(settings, devices[0], engine, compute_type, names)
+    if batch_rows:
+        log.info(
+            "batched models: measuring their batch at several occupancies (rows: %s), not the "
+            "batch/beam grid",
+            ", ".join(f"{m} {r}" for m, r in batch_rows),
+        )
+    jobs = _split_jobs(
+        devices, names, engine, compute_type, batch_sizes, beam_sizes, batch_rows=batch_rows
+    )
     rows = _run_jobs(settings, jobs)
     if not any(r.error is None for r in rows):
         reasons = sorted({r.error for r in rows if r.error}) or [
@@ -98,6 +115,34 @@ def _devices(settings: Settings) -> list[DeviceReading]:
     return cuda or found[:1]
 
 
+def batch_rows_for(
+    settings: Settings,
+    device: DeviceReading,
+    engine: str,
+    compute_type: str,
+    models: Sequence[str],
+) -> tuple[tuple[str, int], ...]:
+    """(model, rows) for the models that run as a batch on this device (none elsewhere): the
+    rows a node's scheduler gives them on it before any calibration."""
+    estimator = Estimator(
+        CalibrationBook(settings.calibration_sample_size, settings.memory_confidence_factor),
+        ProfileBook(),
+        confidence_factor=settings.memory_confidence_factor,
+        cuda_context_bytes=REFERENCE_CONTEXT_BYTES,
+        cap_fraction=settings.max_memory_utilization,
+        batch_rows=settings.batch_rows,
+    )
+    found = []
+    for model in models:
+        key = ProfileKey(device.name, engine, model, compute_type, 1, 1)
+        estimate = estimator.estimate(
+            key, 30.0, device_kind=device.kind, total_bytes=device.memory_total_bytes
+        )
+        if estimate.batch_rows:
+            found.append((model, estimate.batch_rows))
+    return tuple(found)
+
+
 def _split_jobs(
     devices: Sequence[DeviceReading],
     models: Sequence[str],
@@ -105,6 +150,8 @@ def _split_jobs(
     compute_type: str,
     batch_sizes: Sequence[int],
     beam_sizes: Sequence[int],
+    *,
+    batch_rows: Sequence[tuple[str, int]] = (),
 ) -> list[tuple[DeviceReading, CalibrationJob]]:
     """Round-robin the models over the devices of the first device's GPU model."""
     same = [d for d in devices if d.name == devices[0].name]
@@ -113,7 +160,8 @@ def _split_jobs(
         shares[i % len(same)].append(model)
     return [
         (device, CalibrationJob(engine, compute_type, tuple(share), tuple(batch_sizes),
-                                tuple(beam_sizes)))
+                                tuple(beam_sizes),
+                                tuple((m, r) for m, r in batch_rows if m in share)))
         for device, share in zip(same, shares, strict=True)
         if share
     ]  # fmt: skip
@@ -177,17 +225,31 @@ def sample_from_row(row: CalibrationRow, *, measured_at: float) -> CalibrationSa
 
 def profile_from_rows(rows: Sequence[CalibrationRow]) -> dict[str, Any]:
     """The rows as a shipped profile (`memory/profiles/*.json`): per model its weights and its
-    working memory at each measured (batch, beam)."""
+    working memory at each measured (batch, beam); a batched model's occupancy rows as its
+    `batch` (rows, the workspace at each occupancy, and their fit)."""
     good = [r for r in rows if r.error is None]
     if not good:
         raise ValueError("no successful measurement to make a profile of")
     models: dict[str, dict[str, Any]] = {}
     for row in sorted(good, key=lambda r: (r.model, r.beam_size, r.batch_size)):
         entry = models.setdefault(row.model, {"weights_bytes": row.weights_bytes, "points": []})
+        if row.occupancy:
+            batch = entry.setdefault("batch", {"rows": row.batch_rows, "points": []})
+            batch["points"].append(
+                {"rows_in_use": row.batch_size, "workspace_bytes": row.working_bytes}
+            )
+            continue
         entry["points"].append(
             {"batch_size": row.batch_size, "beam_size": row.beam_size,
              "working_bytes": row.working_bytes}
         )  # fmt: skip
+    for entry in models.values():
+        batch = entry.get("batch")
+        fit = batch and fit_workspace(
+            [OccupancySample(p["rows_in_use"], p["workspace_bytes"]) for p in batch["points"]]
+        )
+        if batch and fit:
+            batch["fit"] = {"fixed_bytes": fit.fixed_bytes, "per_row_bytes": fit.per_row_bytes}
     return {
         "format": PROFILE_FORMAT,
         "gpu_name_contains": good[0].gpu_name,

@@ -4,6 +4,16 @@ For each model: the context (NVML's figure for this process, before any model), 
 the process holds after loading, less before), and for each (batch size, beam size) the peak while
 transcribing `batch_size` 30 s windows at once, less what it held before. Random-weight models
 decode the full 224 tokens per window (the worst case), so the peak is the most a task can take.
+
+A batched model (the transformers engine on a GPU: the job names its rows) is loaded with the
+rows the scheduler would give it, and instead of the task grid its batch is measured at several
+occupancies (`memory.batch.occupancy_levels`): that many one-row windows (greedy) submitted at
+once, the peak less the context, the weights and the cache being the batch's workspace at that
+occupancy. Those rows carry `beam_size` 0 (`OCCUPANCY_BEAM`) and the rows in use as
+`batch_size`; stored, they are what the estimator fits (`memory.batch.fit_workspace`). The rows in
+use are those asked for: windows that end early (a real model on noise) make them fewer, which is
+why calibration is run with random weights (`GPUSCRIBE_BENCHMARK_ONLY=1`, every window decodes
+`benchmark_tokens`).
 """
 
 from __future__ import annotations
@@ -20,6 +30,8 @@ import numpy as np
 
 from gpuscribe.config import Settings
 from gpuscribe.domain import TranscriptionOptions
+from gpuscribe.memory.batch import occupancy_levels
+from gpuscribe.memory.calibration import OCCUPANCY_BEAM
 from gpuscribe.telemetry.base import DeviceKind
 from gpuscribe.workers.measure import CpuMemory, CudaMemory, DeviceMemory
 from gpuscribe.workers.messages import DeviceRef
@@ -39,6 +51,10 @@ class CalibrationJob:
     models: tuple[str, ...]
     batch_sizes: tuple[int, ...]
     beam_sizes: tuple[int, ...]
+    batch_rows: tuple[tuple[str, int], ...] = ()  # (model, rows) of batched models
+
+    def rows_of(self, model: str) -> int:
+        return dict(self.batch_rows).get(model, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,9 +69,15 @@ class CalibrationRow:
     context_bytes: int
     weights_bytes: int
     working_bytes: int  # peak less what the process held with the model loaded and idle
+    # (an occupancy row: the batch's workspace, the peak less context, weights and cache)
     peak_bytes: int  # what the process held at its peak, context included
     seconds: float
     error: str | None = None
+    batch_rows: int = 0  # the rows of the model's batch (0: no batch)
+
+    @property
+    def occupancy(self) -> bool:
+        return self.beam_size == OCCUPANCY_BEAM
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -115,23 +137,43 @@ def measure(device: DeviceRef, settings: Settings, job: CalibrationJob) -> list[
     for model in job.models:
         memory.release_cached()
         before = memory.held_bytes()
-        loaded = engine.load(model, device, job.compute_type)
+        batch_rows = job.rows_of(model)
+        loaded = _load(engine, model, device, job.compute_type, batch_rows)
         memory.release_cached()
-        weights = max(0, memory.held_bytes() - before)
-        for batch in job.batch_sizes:
-            for beam in job.beam_sizes:
-                row = _measure_one(device, memory, loaded, model, job, batch, beam, weights)
-                rows.append(replace(row, context_bytes=context))
+        cache = int(getattr(loaded, "cache_bytes", 0))  # a batch's cache is not weights
+        weights = max(0, memory.held_bytes() - before - cache)
+        if batch_rows:
+            for level in occupancy_levels(batch_rows):
+                row = _measure_occupancy(
+                    device, memory, loaded, model, job, level, context + weights + cache
+                )
+                rows.append(
+                    replace(
+                        row, context_bytes=context, weights_bytes=weights, batch_rows=batch_rows
+                    )
+                )
                 log.info("%s", rows[-1])
+        else:
+            for batch in job.batch_sizes:
+                for beam in job.beam_sizes:
+                    row = _measure_one(device, memory, loaded, model, job, batch, beam, weights)
+                    rows.append(replace(row, context_bytes=context))
+                    log.info("%s", rows[-1])
         loaded.unload()
     return rows
+
+
+def _load(engine: Any, model: str, device: DeviceRef, compute_type: str, batch_rows: int) -> Any:
+    if batch_rows:
+        return engine.load(model, device, compute_type, batch_rows=batch_rows)
+    return engine.load(model, device, compute_type)
 
 
 def _warm_up(engine: Any, device: DeviceRef, memory: DeviceMemory, job: CalibrationJob) -> int:
     """Run one window once, so that what the first task of a process leaves behind for good
     (library handles and workspaces) counts as the process's context, not as the first
     model's weights or the first configuration's working memory. Returns that context."""
-    loaded = engine.load(job.models[0], device, job.compute_type)
+    loaded = _load(engine, job.models[0], device, job.compute_type, job.rows_of(job.models[0]))
     _measure_one(device, memory, loaded, job.models[0], job, 1, 1, 0)
     loaded.unload()
     memory.release_cached()
@@ -170,3 +212,22 @@ def _measure_one(
         working_bytes=max(0, peak.bytes - baseline), peak_bytes=peak.bytes,
         seconds=time.perf_counter() - started, error=error,
     )  # fmt: skip
+
+
+def _measure_occupancy(
+    device: DeviceRef,
+    memory: DeviceMemory,
+    loaded: Any,
+    model: str,
+    job: CalibrationJob,
+    rows_in_use: int,
+    held_idle: int,
+) -> CalibrationRow:
+    """The batch's peak with `rows_in_use` greedy windows submitted at once; its workspace is
+    the peak less `held_idle` (context, weights and cache)."""
+    row = _measure_one(device, memory, loaded, model, job, rows_in_use, 1, 0)
+    return replace(
+        row,
+        beam_size=OCCUPANCY_BEAM,
+        working_bytes=max(0, row.peak_bytes - held_idle),
+    )
