@@ -331,24 +331,28 @@ def _wait_ready(url: str) -> None:
     raise RuntimeError("service did not become ready")
 
 
-def _submit_all(url: str, tasks: list[dict[str, Any]]) -> list[str]:
-    ids = []
-    with httpx.Client(timeout=120) as client:
-        for t in tasks:
-            with open(t["path"], "rb") as f:
-                r = client.post(
-                    url + "/v1/tasks",
-                    files={"file": (t["path"].name, f, "audio/wav")},
-                    data={
-                        "model": t["model"],
-                        "batch_size": str(t["batch_size"]),
-                        "beam_size": str(t["beam_size"]),
-                        "priority": t["priority"],
-                    },
-                )
-            r.raise_for_status()
-            ids.append(r.json()["id"])
-    return ids
+def _submit_all(url: str, tasks: list[dict[str, Any]], clients: int = 8) -> list[str]:
+    """Every task, uploaded by `clients` clients at once (a stream arrives from many users);
+    ids in the tasks' order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def submit(t: dict[str, Any]) -> str:
+        with httpx.Client(timeout=120) as client, open(t["path"], "rb") as f:
+            r = client.post(
+                url + "/v1/tasks",
+                files={"file": (t["path"].name, f, "audio/wav")},
+                data={
+                    "model": t["model"],
+                    "batch_size": str(t["batch_size"]),
+                    "beam_size": str(t["beam_size"]),
+                    "priority": t["priority"],
+                },
+            )
+        r.raise_for_status()
+        return str(r.json()["id"])
+
+    with ThreadPoolExecutor(clients) as pool:
+        return list(pool.map(submit, tasks))
 
 
 def _wait_all(url: str, ids: list[str], max_seconds: float) -> list[dict[str, Any]]:
