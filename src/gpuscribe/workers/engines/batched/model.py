@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from gpuscribe.domain import Segment, Transcript, TranscriptionOptions
+from gpuscribe.domain import Priority, Segment, Transcript, TranscriptionOptions
 from gpuscribe.workers.base import TaskCancelled
 from gpuscribe.workers.engines.batched.backend import BatchedWhisper, TaskContext, set_context
 from gpuscribe.workers.engines.batched.batcher import Batcher
@@ -30,6 +30,13 @@ SAMPLE_RATE = 16000
 IN_FLIGHT = 256  # windows of one task queued on the batch at once, at most
 BENCHMARK_TOKENS_MEAN = 100
 BENCHMARK_TOKENS_RANGE = (10, 224)
+
+
+def batch_priority(priority: int) -> int:
+    """The batcher's priority of a task of gpuscribe `priority`. The batcher admits higher
+    numbers first; gpuscribe runs lower ones sooner (`Priority.URGENT` = 0 ... `LOW` = 3):
+    URGENT -> 3, HIGH -> 2, NORMAL -> 1, LOW -> 0, so that urgent windows take rows first."""
+    return int(Priority.LOW) - int(priority)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,21 +127,24 @@ class BatchedModel:
         options: TranscriptionOptions,
         on_segment: Callable[[Segment, float], None],
         should_stop: Callable[[], bool],
-        priority: int = 0,
+        priority: int = int(Priority.NORMAL),
     ) -> Transcript:
+        """`priority` is the task's gpuscribe priority (lower runs sooner), mapped to the
+        batcher's by `batch_priority`."""
         from gpuscribe.workers.engines.faster_whisper_engine import _segment
 
         if should_stop():
             raise TaskCancelled("cancelled before it started")
         forced = self._forced_lengths(audio) if self.benchmark_only else None
-        set_context(TaskContext(priority=priority, should_stop=should_stop))
+        queued = batch_priority(priority)
+        set_context(TaskContext(priority=queued, should_stop=should_stop))
         try:
             run = WindowedTranscription(
                 self._shell,
                 audio,
                 options,
                 in_flight=IN_FLIGHT,
-                priority=priority,
+                priority=queued,
                 should_stop=should_stop,
                 cut_at_pauses=not self.benchmark_only,
                 forced_lengths=forced,
