@@ -128,3 +128,20 @@ def test_pull_offline_fails_with_a_message(tmp_path: Path) -> None:
         assert "Traceback" not in proc.stderr
         assert f"cannot download small for {engine}" in proc.stderr
         assert not (tmp_path / "models" / engine / "small").exists()
+
+
+@pytest.mark.parametrize(
+    ("model", "engine", "repository"),
+    [
+        ("large-v3", "faster-whisper", "Systran/faster-whisper-large-v3"),
+        ("large-v3-turbo", "faster-whisper", "mobiuslabsgmbh/faster-whisper-large-v3-turbo"),
+        ("tiny.en", "faster-whisper", "Systran/faster-whisper-tiny.en"),
+        ("large-v3", "transformers", "openai/whisper-large-v3"),
+    ],
+)
+def test_pull_fetches_the_repository_the_engine_uses(
+    model: str, engine: str, repository: str
+) -> None:
+    found, patterns = commands_models.hub_repository(model, engine)
+    assert found == repository
+    assert ("model.bin" in patterns) == (engine == "faster-whisper")

