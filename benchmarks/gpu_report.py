@@ -162,7 +162,9 @@ def _stream_tasks(args: argparse.Namespace, folder: Path) -> list[dict[str, Any]
     return tasks
 
 
-def _urgent_probe(url: str, folder: Path, count: int, delay: float) -> list[dict[str, Any]]:
+def _urgent_probe(
+    url: str, folder: Path, count: int, delay: float, model: str
+) -> list[dict[str, Any]]:
     """`count` urgent 30 s tasks submitted one after another into the running stream, `delay`
     seconds after it starts: how long each waits to start (claimed and handed to its engine)
     and to finish."""
@@ -174,8 +176,9 @@ def _urgent_probe(url: str, folder: Path, count: int, delay: float) -> list[dict
         for _ in range(count):
             sent = time.monotonic()
             with open(path, "rb") as f:
-                r = client.post(url + "/v1/tasks", files={"file": ("urgent.wav", f, "audio/wav")},
-                                data={"priority": "urgent", "beam_size": "1"})  # fmt: skip
+                form = {"priority": "urgent", "beam_size": "1", "model": model}
+                files = {"file": ("urgent.wav", f, "audio/wav")}
+                r = client.post(url + "/v1/tasks", files=files, data=form)
             r.raise_for_status()
             task_id = r.json()["id"]
             started = finished = None
@@ -296,7 +299,9 @@ def cmd_stream(args: argparse.Namespace) -> None:
         sampler.start()
         probes: list[dict[str, Any]] = []
         prober = threading.Thread(
-            target=lambda: probes.extend(_urgent_probe(url, work, args.urgent, args.urgent_after)),
+            target=lambda: probes.extend(
+                _urgent_probe(url, work, args.urgent, args.urgent_after, tasks[0]["model"])
+            ),
             daemon=True,
         )
         started = time.monotonic()
