@@ -16,15 +16,15 @@ from gpuscribe.workers.models import canonical_name, check_engine, resolve_model
 def bind_listener(host: str, port: int) -> socket.socket:
     """A listening socket on host:port, for uvicorn to serve on. Binding it first means a busy
     port is reported before the node opens its store or starts a worker."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn binds
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        address = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)[0][4]
     except socket.gaierror as exc:
         raise ConfigError(
             f"invalid setting host={host!r} ({env_name('host')}, --host): {exc.strerror}",
             "host",
         ) from exc
-    family, kind, proto, _, address = infos[0]
-    sock = socket.socket(family, kind, proto)
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
