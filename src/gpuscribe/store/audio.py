@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -238,9 +239,9 @@ def _fsync_dir(directory: Path) -> None:
 
 def open_audio_store(store: object, audio_dir: Path) -> AudioStore:
     """The node's audio store: in PostgreSQL beside a PostgreSQL task store (sharing its
-    connections), else files under `audio_dir`."""
-    from gpuscribe.store.postgres import PostgresStore
-
-    if isinstance(store, PostgresStore):
+    connections), else files under `audio_dir`. (A PostgreSQL store exists only once its module
+    was imported, so a SQLite node never imports psycopg here.)"""
+    postgres = sys.modules.get("gpuscribe.store.postgres")
+    if postgres is not None and isinstance(store, postgres.PostgresStore):
         return PostgresAudioStore(store.pool)
     return LocalAudioStore(audio_dir)
