@@ -412,22 +412,25 @@ class Batcher:
         for length, offsets in by_length.items():
             tokens = torch.tensor([rows[o].group.prompt for o in offsets], device=device)
             cache_rows = torch.tensor([first_row + o for o in offsets], device=device)
-            lengths = torch.full((len(offsets),), length, device=device)
-            logits = self.decoder.prefill(cache_rows, tokens, lengths)
             chosen = [rows[o] for o in offsets]
-            self._no_speech(chosen, logits)
+            sot = self.vocabulary.sot
+            at = torch.tensor(
+                [[r.group.prompt.index(sot), length - 1] for r in chosen], device=device
+            )
+            logits = self.decoder.prefill(cache_rows, tokens, at=at)
+            self._no_speech(chosen, logits[:, 0])
             for row in chosen:
                 row.position = length
-            self._select(chosen, logits[:, -1])
+            self._select(chosen, logits[:, 1])
 
-    def _no_speech(self, rows: list[Row], logits: Any) -> None:
+    def _no_speech(self, rows: list[Row], sot_logits: Any) -> None:
+        """The no-speech probability of each row's window, from the logits after its
+        <|startoftranscript|> token."""
         v = self.vocabulary
         wanted = [i for i, r in enumerate(rows) if r.group.options.return_no_speech_prob]
         if not wanted:
             return
-        positions = [rows[i].group.prompt.index(v.sot) for i in wanted]
-        picked = logits[wanted, positions]
-        probs = picked.softmax(-1)[:, v.no_speech].tolist()
+        probs = sot_logits[wanted].softmax(-1)[:, v.no_speech].tolist()
         for i, p in zip(wanted, probs, strict=True):
             rows[i].group.no_speech_prob = float(p)
 

@@ -181,10 +181,12 @@ class StaticDecoder:
             cache[:, target] = cache[:, source]
 
     # --- prompt (many positions at once, eager) ---------------------------------------------
-    def prefill(self, rows: Any, tokens: Any, lengths: Any) -> Any:
-        """Run prompts `tokens` (`[n, P]`, right-padded; `lengths[i]` real tokens) on cache
-        `rows` from position 0, writing their keys/values. Returns float32 logits `[n, P,
-        vocab]`."""
+    def prefill(self, rows: Any, tokens: Any, lengths: Any = None, *, at: Any = None) -> Any:
+        """Run prompts `tokens` (`[n, P]`) on cache `rows` from position 0, writing their
+        keys/values. Returns float32 logits `[n, P, vocab]`, or with `at` (`[n, k]` positions)
+        only those `[n, k, vocab]`: a long prompt's logits at every position would take
+        P x vocab x 4 bytes a row, and decoding needs two of them. (`lengths` is unused: rows
+        of one call share their prompt length.)"""
         torch = self._torch
         F = torch.nn.functional
         n, length = tokens.shape
@@ -200,6 +202,8 @@ class StaticDecoder:
                 x = x + F.linear(self._merge(a, n, length), layer.out_w, layer.out_b)
                 x = x + self._cross(layer, index, x, rows, n, length)
                 x = x + self._mlp(layer, x)
+            if at is not None:
+                x = x.gather(1, at[:, :, None].expand(-1, -1, x.shape[-1]))
             x = self._final_ln(x)
             return F.linear(x, self._embed).float()
 

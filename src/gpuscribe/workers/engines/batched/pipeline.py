@@ -38,6 +38,9 @@ COMPRESSION_RATIO_THRESHOLD = 2.4
 LOG_PROB_THRESHOLD = -1.0
 NO_SPEECH_THRESHOLD = 0.6
 BEST_OF = 5
+# A window whose tokens end in two timestamps at least this long before its end is decoded on
+# from that timestamp (faster-whisper seeks there): the model left the rest of the audio.
+MIN_REST_SECONDS = 1.0
 # faster-whisper's defaults: punctuation merged into the word before or after it.
 PREPEND_PUNCTUATIONS = "\"'“¿([{-"
 APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"  # noqa: RUF001 (CJK punctuation, on purpose)
@@ -88,6 +91,7 @@ class _Window:
     encoded: EncoderInput
     pending: Pending
     temperature_index: int = 0
+    skip: float = 0.0  # seconds of its chunk before this window (the rest of a window)
 
 
 class WindowedTranscription:
@@ -202,7 +206,19 @@ class WindowedTranscription:
         from faster_whisper.transcribe import restore_speech_timestamps
 
         raw = self._windows()
-        yield from restore_speech_timestamps(raw, self._clips, SAMPLE_RATE)
+        for segment in restore_speech_timestamps(raw, self._clips, SAMPLE_RATE):
+            yield self._within_audio(segment)
+
+    def _within_audio(self, segment: Any) -> Any:
+        """A timestamp token may point past a window's last sample (its 30 s frame is padded):
+        times are kept inside the audio."""
+        end = round(self.duration, 3)
+        segment.start = min(segment.start, end)
+        segment.end = min(max(segment.end, segment.start), end)
+        for word in segment.words or ():
+            word.start = min(max(word.start, segment.start), segment.end)
+            word.end = min(max(word.end, word.start), segment.end)
+        return segment
 
     def _windows(self) -> Iterator[Any]:
         queue: deque[_Window] = deque()
@@ -215,8 +231,11 @@ class WindowedTranscription:
         while queue:
             window = queue.popleft()
             result = self._finish(window)
-            following = next(upcoming, None)
-            if following is not None:
+            rest = self._rest(window, result)
+            following = next(upcoming, None) if rest is None else None
+            if rest is not None:
+                queue.appendleft(rest)
+            elif following is not None:
                 queue.append(self._start(following))
             for segment in self._segments_of(window, result):
                 count += 1
@@ -233,6 +252,27 @@ class WindowedTranscription:
         return _Window(
             index, meta["offset"], meta["duration"], encoded, self._submit(index, encoded, 0)
         )
+
+    def _rest(self, window: _Window, result: dict[str, Any] | None) -> _Window | None:
+        """The rest of a window whose tokens end in two timestamps well before its end: the
+        model stopped at a sentence it saw cut off and left it for the next window (the
+        sequential Whisper seeks to that timestamp). Decoded as a window of its own."""
+        if result is None or self._forced is not None:
+            return None
+        tokens, begin = result["tokens"], self._tokenizer.timestamp_begin
+        if len(tokens) < 2 or tokens[-2] < begin or tokens[-1] < begin:
+            return None
+        done = (tokens[-1] - begin) * self._shell.time_precision
+        if done <= 0 or window.duration - done < MIN_REST_SECONDS:
+            return None
+        skip = window.skip + done
+        chunk = np.asarray(self._chunks[window.index], dtype=np.float32)
+        encoded = EncoderInput(
+            audio=[chunk[round(skip * SAMPLE_RATE) :]], keep=self._options.word_timestamps
+        )
+        pending = self._submit(window.index, encoded, 0)
+        offset, duration = window.offset + done, window.duration - done
+        return _Window(window.index, offset, duration, encoded, pending, skip=skip)
 
     def _finish(self, window: _Window) -> dict[str, Any] | None:
         """The window's decoding, after whatever fallback it needed; None for silence."""
