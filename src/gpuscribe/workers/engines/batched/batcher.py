@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 ENCODER_BATCH = 64
 CANCEL_CHECK_STEPS = 8
+STOP_POLL_SECONDS = 0.2  # how often a waiting task thread looks at its stop flag
 # The batcher thread waits on the device every step, and task threads run meanwhile; with
 # Python's default 5 ms switch interval it could wait that long for the interpreter lock each
 # step once the device is done. A worker process that runs a batch switches threads sooner.
@@ -105,8 +106,13 @@ class Pending:
         return self._request.done.is_set()
 
     def result(self) -> list[GenerationResult]:
+        """The results, once every window has ended. A stop asked for while waiting ends the
+        wait at once (windows still queued are skipped when their turn comes; windows in rows
+        are dropped at the batcher's next check)."""
         request = self._request
-        request.done.wait()
+        while not request.done.wait(STOP_POLL_SECONDS):
+            if request.should_stop():
+                request.fail(TaskCancelled("cancelled while waiting for the batch"))
         if request.error is not None:
             raise request.error
         return list(request.results)
@@ -230,9 +236,7 @@ class Batcher:
             raise RuntimeError("the model was unloaded")
 
     def _wait(self, request: _Request) -> None:
-        request.done.wait()
-        if request.error is not None:
-            raise request.error
+        Pending(request).result()
 
     def _group(self, request: _Request, index: int, prompt: list[int], o: DecodeOptions) -> Group:
         v = self.vocabulary
