@@ -663,8 +663,11 @@ class Batcher:
             row.next_token = token
         if moves_from:
             device = self.decoder.device
+            written = max(r.position for r in rows)  # the next step writes at `position`
             self.decoder.copy_self_rows(
-                torch.tensor(moves_from, device=device), torch.tensor(moves_to, device=device)
+                torch.tensor(moves_from, device=device),
+                torch.tensor(moves_to, device=device),
+                written,
             )
 
     # --- ending windows ---------------------------------------------------------------------

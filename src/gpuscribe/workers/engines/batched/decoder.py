@@ -175,10 +175,12 @@ class StaticDecoder:
         for cache in (self.self_k, self.self_v, self.cross_k, self.cross_v):
             cache[:, target] = cache[:, source]
 
-    def copy_self_rows(self, source: Any, target: Any) -> None:
-        """Only the self-attention rows (beams of one window share their cross-attention)."""
+    def copy_self_rows(self, source: Any, target: Any, length: int | None = None) -> None:
+        """Only the self-attention rows (beams of one window share their cross-attention), and
+        only their first `length` positions where no row has written past them."""
+        end = self.shape.max_len if length is None else min(length, self.shape.max_len)
         for cache in (self.self_k, self.self_v):
-            cache[:, target] = cache[:, source]
+            cache[:, target, :, :end] = cache[:, source, :, :end]
 
     # --- prompt (many positions at once, eager) ---------------------------------------------
     def prefill(self, rows: Any, tokens: Any, lengths: Any = None, *, at: Any = None) -> Any:
