@@ -1,100 +1,240 @@
-"""TransformersEngine with a very small random config, on the CPU."""
+"""TransformersEngine (the continuous batch) with the real bundled tiny.en on the CPU, against
+the faster-whisper engine on the same clips and settings: accuracy, segments, word times,
+results independent of what else runs, cancellation; and the benchmark-only random model."""
 
 from __future__ import annotations
 
+import itertools
+import statistics
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 
-from gpuscribe.bench.speech import samples, short_clip
-from gpuscribe.domain import Segment, TranscriptionOptions
+from gpuscribe.bench.speech import continuous_speech, samples, short_clip, speech_clips
+from gpuscribe.domain import Segment, Transcript, TranscriptionOptions
 from gpuscribe.telemetry.base import DeviceKind
 from gpuscribe.workers.base import TaskCancelled
-from gpuscribe.workers.engines.transformers_engine import TransformersEngine, TransformersModel
+from gpuscribe.workers.engines.batched.model import BatchedModel
+from gpuscribe.workers.engines.faster_whisper_engine import FasterWhisperEngine, FasterWhisperModel
+from gpuscribe.workers.engines.transformers_engine import TransformersEngine
 from gpuscribe.workers.messages import DeviceRef
+from support.wer import normalise, word_error_rate
 
-pytest.importorskip("torch")
+torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
+
 CPU = DeviceRef(DeviceKind.CPU, "cpu", 0, "cpu")
-GREEDY_PAIRS = TranscriptionOptions(engine="transformers", beam_size=1, batch_size=2)
+CLIPS = speech_clips()
+# The service's defaults (beam 5, temperature fallback), as the faster-whisper engine runs them.
+OURS = TranscriptionOptions(engine="transformers")
+THEIRS = TranscriptionOptions(engine="faster-whisper")
+WORDS = 0.5  # s: how far a matching segment's or word's start and end may be from faster-whisper's
+Samples = npt.NDArray[np.float32]
 
 
 @pytest.fixture(scope="module")
-def audio_65s() -> npt.NDArray[np.float32]:
-    """Speech padded with silence to exactly 65 s."""
-    speech = samples(short_clip().path)
-    return np.pad(speech, (0, 65 * 16000 - speech.size))
+def threads() -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
-def model() -> Iterator[TransformersModel]:
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a tiny model: more threads only contend with other tests
-    loaded = TransformersEngine(tiny_config_for_tests=True).load("tiny.en", CPU, "default")
-    yield loaded
-    loaded.unload()
-    torch.set_num_threads(threads)
+def ours(threads: None) -> Iterator[BatchedModel]:
+    model = TransformersEngine().load("tiny.en", CPU, "default")
+    assert not model.benchmark_only
+    yield model
+    model.unload()
 
 
-def _run(model: TransformersModel, audio: Any, options: TranscriptionOptions) -> Any:
-    seen: list[tuple[Segment, float]] = []
-    result = model.transcribe(audio, options, lambda s, p: seen.append((s, p)), lambda: False)
-    return result, seen
+@pytest.fixture(scope="module")
+def theirs() -> Iterator[FasterWhisperModel]:
+    model = FasterWhisperEngine(cpu_threads=2).load("tiny.en", CPU, "default")
+    yield model
+    model.unload()
 
 
-def test_one_segment_per_window_in_batches_of_two(model: Any, audio_65s: Any) -> None:
-    assert audio_65s.size == 65 * 16000
-    result, seen = _run(model, audio_65s, GREEDY_PAIRS)
-    assert [(s.start, s.end) for s in result.segments] == [(0.0, 30.0), (30.0, 60.0), (60.0, 65.0)]
-    assert [p for _, p in seen] == pytest.approx([1 / 3, 2 / 3, 1.0])
-    assert result.duration == 65.0
-    assert all(len(s.tokens) > 0 for s in result.segments)
+def _run(model: Any, audio: Samples, options: TranscriptionOptions, **kw: Any) -> Transcript:
+    result: Transcript = model.transcribe(audio, options, lambda s, p: None, lambda: False, **kw)
+    return result
 
 
-def test_marked_benchmark_only(model: Any, audio_65s: Any) -> None:
-    result, _ = _run(model, audio_65s[: 16000 * 5], GREEDY_PAIRS)
+@pytest.fixture(scope="module")
+def audio() -> list[Samples]:
+    return [samples(c.path) for c in CLIPS]
+
+
+@pytest.fixture(scope="module")
+def alone(ours: BatchedModel, audio: list[Samples]) -> list[Transcript]:
+    """Every speech clip through the batch, one at a time."""
+    return [_run(ours, a, OURS) for a in audio]
+
+
+@pytest.fixture(scope="module")
+def continuous(ours: BatchedModel, theirs: FasterWhisperModel) -> tuple[Any, Any, Any]:
+    """The 2-minute clip with word timestamps: (ours, faster-whisper's, the spoken sentences)."""
+    speech = continuous_speech()
+    audio = samples(speech.path)
+    options = TranscriptionOptions(engine="transformers", word_timestamps=True)
+    mine = _run(ours, audio, options)
+    reference = _run(theirs, audio, TranscriptionOptions(word_timestamps=True))
+    return mine, reference, speech
+
+
+def test_word_error_rate_is_faster_whispers(
+    alone: list[Transcript], theirs: FasterWhisperModel, audio: list[Samples]
+) -> None:
+    ours_wer = [word_error_rate(c.text, t.text) for c, t in zip(CLIPS, alone, strict=True)]
+    theirs_wer = [
+        word_error_rate(c.text, _run(theirs, a, THEIRS).text)
+        for c, a in zip(CLIPS, audio, strict=True)
+    ]
+    assert statistics.mean(ours_wer) <= statistics.mean(theirs_wer) + 0.03, (ours_wer, theirs_wer)
+    assert statistics.mean(ours_wer) < 0.25  # tiny.en on espeak, numbers spelled out
+    for transcript in alone:
+        assert transcript.language == "en"
+        assert not transcript.benchmark_only
+        assert [s.start for s in transcript.segments] == sorted(
+            s.start for s in transcript.segments
+        )
+
+
+def test_short_clip(ours: BatchedModel) -> None:
+    clip = short_clip()
+    result = _run(ours, samples(clip.path), OURS)
+    assert word_error_rate(clip.text, result.text) <= 0.25, result.text
+
+
+def test_continuous_speech_loses_nothing(continuous: tuple[Any, Any, Any]) -> None:
+    mine, reference, speech = continuous
+    ours_wer = word_error_rate(speech.text, mine.text)
+    theirs_wer = word_error_rate(speech.text, reference.text)
+    assert ours_wer <= theirs_wer + 0.03, (ours_wer, theirs_wer, mine.text)
+
+
+def test_continuous_speech_gives_sentence_sized_segments(continuous: tuple[Any, Any, Any]) -> None:
+    mine, _, speech = continuous
+    lengths = [s.end - s.start for s in mine.segments]
+    assert len(lengths) >= 20
+    assert statistics.median(lengths) <= 15
+    assert max(lengths) <= 30
+    starts = [s.start for s in mine.segments]
+    assert all(a < b for a, b in itertools.pairwise(starts)), starts
+    assert all(s.end > s.start for s in mine.segments)
+    assert mine.duration == pytest.approx(samples(speech.path).size / 16000, abs=0.01)
+    assert mine.segments[-1].end <= mine.duration + 0.5
+
+
+def test_words_lie_inside_their_segments(continuous: tuple[Any, Any, Any]) -> None:
+    mine, _, _ = continuous
+    for segment in mine.segments:
+        assert segment.words, segment.text
+        for word in segment.words:
+            assert segment.start - 0.01 <= word.start <= word.end <= segment.end + 0.01
+            assert 0.0 <= word.probability <= 1.0
+        starts = [w.start for w in segment.words]
+        assert starts == sorted(starts)
+        assert normalise("".join(w.word for w in segment.words)) == normalise(segment.text)
+
+
+def _matches(mine: Transcript, reference: Transcript) -> list[tuple[Segment, Segment]]:
+    """Each of faster-whisper's segments with ours of (almost) the same text that overlaps it."""
+    pairs = []
+    for theirs in reference.segments:
+        for segment in mine.segments:
+            overlap = min(segment.end, theirs.end) - max(segment.start, theirs.start)
+            if overlap > 0 and word_error_rate(theirs.text, segment.text) <= 0.35:
+                pairs.append((segment, theirs))
+                break
+    return pairs
+
+
+def test_segments_and_words_are_faster_whispers(continuous: tuple[Any, Any, Any]) -> None:
+    mine, reference, _ = continuous
+    pairs = _matches(mine, reference)
+    assert len(pairs) >= 0.9 * len(reference.segments), (len(pairs), len(reference.segments))
+    same_words = 0
+    for segment, theirs in pairs:
+        assert segment.start == pytest.approx(theirs.start, abs=WORDS), (segment, theirs)
+        assert segment.end == pytest.approx(theirs.end, abs=WORDS), (segment, theirs)
+        if [normalise(w.word) for w in segment.words] != [normalise(w.word) for w in theirs.words]:
+            continue  # different words: their times need not match one to one
+        same_words += 1
+        for word, other in zip(segment.words, theirs.words, strict=True):
+            assert word.start == pytest.approx(other.start, abs=WORDS), (word, other)
+            assert word.end == pytest.approx(other.end, abs=WORDS), (word, other)
+    assert same_words >= 0.7 * len(pairs)
+
+
+def test_text_does_not_depend_on_the_other_tasks(
+    ours: BatchedModel, alone: list[Transcript], audio: list[Samples]
+) -> None:
+    """Four clips at once from four threads at the four priorities, beside a greedy task."""
+    chosen = [0, 3, 5, 7]
+    greedy = TranscriptionOptions(engine="transformers", beam_size=1)
+    with ThreadPoolExecutor(len(chosen) + 1) as pool:
+        other = pool.submit(_run, ours, samples(continuous_speech().path)[: 30 * 16000], greedy)
+        futures = [
+            pool.submit(_run, ours, audio[i], OURS, priority=priority)
+            for priority, i in enumerate(chosen)
+        ]
+        together = [f.result(timeout=240) for f in futures]
+        assert other.result(timeout=240).text
+    for i, result in zip(chosen, together, strict=True):
+        assert word_error_rate(alone[i].text, result.text) <= 0.02, (alone[i].text, result.text)
+
+
+def test_cancelling_stops_the_task_and_the_model_keeps_serving(
+    ours: BatchedModel, alone: list[Transcript], audio: list[Samples]
+) -> None:
+    with pytest.raises(TaskCancelled, match="before it started"):
+        ours.transcribe(audio[0], OURS, lambda s, p: None, lambda: True)
+    long = samples(continuous_speech().path)[: 60 * 16000]  # two windows of 7 sentences
+    batcher = ours.batcher
+    reported: list[float] = []
+    first_step = batcher.steps
+
+    def should_stop() -> bool:  # a few steps into decoding, before any window can end
+        return batcher.steps >= first_step + 12
+
+    started = time.monotonic()
+    with pytest.raises(TaskCancelled):
+        ours.transcribe(long, OURS, lambda s, p: reported.append(p), should_stop)
+    assert reported == []
+    assert time.monotonic() - started < 60
+    deadline = time.monotonic() + 10
+    while batcher._rows and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not batcher._rows  # its rows are free again
+    assert batcher.steps < first_step + 12 + 2 * 8  # stopped within a cancellation check or two
+    assert _run(ours, audio[0], OURS).text == alone[0].text
+
+
+# --- benchmark only -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def random_model() -> Iterator[BatchedModel]:
+    engine = TransformersEngine(tiny_config_for_tests=True, benchmark_tokens=16, batch_rows=8)
+    model = engine.load("tiny.en", CPU, "default")
+    yield model
+    model.unload()
+
+
+def test_random_weights_run_and_are_marked_benchmark_only(random_model: BatchedModel) -> None:
+    audio = np.random.default_rng(0).normal(scale=0.1, size=65 * 16000).astype(np.float32)
+    seen: list[float] = []
+    result = random_model.transcribe(audio, OURS, lambda s, p: seen.append(p), lambda: False)
+    assert random_model.benchmark_only
     assert result.benchmark_only is True
     assert result.to_dict()["benchmark_only"] is True
     assert result.language == "en"
-
-
-def test_beam_search(model: Any, audio_65s: Any) -> None:
-    options = TranscriptionOptions(engine="transformers", beam_size=2, batch_size=1)
-    result, seen = _run(model, audio_65s[: 16000 * 10], options)
-    assert len(result.segments) == 1
-    assert seen[-1][1] == 1.0
-
-
-def test_cancel_between_batches(model: Any, audio_65s: Any) -> None:
-    reported: list[float] = []
-    with pytest.raises(TaskCancelled, match="after 2 of 3 windows"):
-        model.transcribe(
-            audio_65s, GREEDY_PAIRS, lambda s, p: reported.append(p), lambda: bool(reported)
-        )
-    assert len(reported) == 2  # the first batch of two windows, then nothing
-
-
-def test_cancel_stops_generation(model: Any, audio_65s: Any) -> None:
-    """should_stop() turning true mid-generate stops decoding at once."""
-    calls = [0]
-
-    def should_stop() -> bool:
-        calls[0] += 1
-        return calls[0] > 5
-
-    options = TranscriptionOptions(engine="transformers", beam_size=1, batch_size=3)
-    started = time.perf_counter()
-    with pytest.raises(TaskCancelled, match="during generation"):
-        model.transcribe(audio_65s, options, lambda s, p: None, should_stop)
-    assert calls[0] < 20  # about one call per decoded token, not 224
-    assert time.perf_counter() - started < 30
-
-
-def test_weights_are_the_tensors(model: Any) -> None:
-    assert 5 * 1024**2 < model.weights_bytes < 50 * 1024**2
+    assert result.duration == 65.0
+    assert seen == sorted(seen)
+    assert result.segments  # random text, but three windows decoded
+    assert all(0 <= s.start <= s.end <= result.duration for s in result.segments)
+    assert 5 * 1024**2 < random_model.weights_bytes < 50 * 1024**2

@@ -1,0 +1,349 @@
+"""batched/batcher.py on a tiny random Whisper, on the CPU: a window's greedy result does not
+depend on what shares its batch; beams keep their scores right through row reordering;
+sampling gives its hypotheses; urgent windows take the first free rows; cancelling frees rows;
+a failed step fails only what was in flight."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from gpuscribe.workers.base import TaskCancelled
+from gpuscribe.workers.engines.batched.batcher import Batcher, EncoderInput, GenerationResult
+from gpuscribe.workers.engines.batched.decoder import StaticDecoder
+from gpuscribe.workers.engines.batched.model import vocabulary_from_tokenizer
+from gpuscribe.workers.engines.batched.search import DecodeOptions, Vocabulary
+from gpuscribe.workers.engines.transformers_engine import (
+    TEST_ARCHITECTURE,
+    _build_random,
+    _random_info,
+    _Target,
+)
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+FRAMES = 2 * TEST_ARCHITECTURE.max_source_positions
+# max_length 24: at most 12 new tokens a window (Whisper's half), so that tests stay short.
+GREEDY = DecodeOptions(beam_size=1, max_length=24, suppress_tokens=())
+WAIT = 60.0
+
+
+@pytest.fixture(scope="module")
+def whisper() -> Iterator[Any]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    model = _build_random(TEST_ARCHITECTURE, _Target(torch.device("cpu"), torch.float32))
+    model.eval()
+    yield model
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def vocabulary(whisper: Any) -> Vocabulary:
+    info = _random_info(TEST_ARCHITECTURE)
+    return vocabulary_from_tokenizer(info.tokenizer_file, TEST_ARCHITECTURE.vocab_size, info)
+
+
+@pytest.fixture
+def make(whisper: Any, vocabulary: Vocabulary) -> Iterator[Callable[[int], Batcher]]:
+    made: list[Batcher] = []
+
+    def make_batcher(rows: int) -> Batcher:
+        decoder = StaticDecoder(whisper, rows, use_graphs=False)
+        batcher = Batcher(decoder, vocabulary, TEST_ARCHITECTURE.n_mels)
+        made.append(batcher)
+        return batcher
+
+    yield make_batcher
+    for batcher in made:
+        batcher.close()
+
+
+def _windows(count: int, seed: int) -> EncoderInput:
+    rng = np.random.default_rng(seed)
+    features = rng.normal(size=(count, TEST_ARCHITECTURE.n_mels, FRAMES)).astype(np.float32)
+    return EncoderInput(features=features)
+
+
+def _prompt(v: Vocabulary, timestamps: bool = False) -> list[int]:
+    return [v.sot] if timestamps else [v.sot, v.no_timestamps]
+
+
+def _wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.002)
+
+
+def _teacher_forced_score(batcher: Batcher, encoded: EncoderInput, tokens: list[int]) -> float:
+    """Sum of the log-probabilities of `tokens` after the no-timestamps prompt, no rule
+    masking anything (no suppression, no timestamps, blank allowed)."""
+    v = batcher.vocabulary
+    prompt = _prompt(v)
+    hidden = encoded.hidden[0][None]
+    ids = torch.tensor([[*prompt, *tokens]])
+    logits, _ = batcher.decoder.teacher_forced(hidden, ids, [])
+    logprobs = logits[0].log_softmax(-1)
+    positions = range(len(prompt) - 1, len(prompt) - 1 + len(tokens))
+    return float(sum(logprobs[p, t] for p, t in zip(positions, tokens, strict=True)))
+
+
+# --- results do not depend on the batch -----------------------------------------------------
+def test_greedy_alone_equals_greedy_in_a_mixed_batch(make: Callable[[int], Batcher]) -> None:
+    batcher = make(16)
+    v = batcher.vocabulary
+    mine = _windows(2, 0)
+    prompts = [_prompt(v), _prompt(v, timestamps=True)]
+    alone = batcher.generate(mine, prompts, GREEDY)
+    assert all(len(r.sequences_ids[0]) > 0 for r in alone)
+    # The same windows again, now among other windows of every kind, submitted from threads.
+    others: list[tuple[EncoderInput, list[list[int]], DecodeOptions]] = [
+        (_windows(3, 1), [_prompt(v)] * 3, GREEDY),
+        (_windows(1, 2), [_prompt(v, True)], DecodeOptions(beam_size=3, max_length=30)),
+        (
+            _windows(2, 3),
+            [_prompt(v)] * 2,
+            DecodeOptions(beam_size=1, sampling_topk=0, num_hypotheses=2, max_length=20),
+        ),
+        (_windows(1, 4), [[v.sot, 220, 764, v.no_timestamps]], GREEDY),  # a longer prompt
+    ]
+    results: dict[int, list[GenerationResult]] = {}
+
+    def run(index: int, job: tuple[EncoderInput, list[list[int]], DecodeOptions]) -> None:
+        results[index] = batcher.generate(*job)
+
+    threads = [threading.Thread(target=run, args=(i, job)) for i, job in enumerate(others)]
+    for thread in threads:
+        thread.start()
+    together = batcher.generate(_windows(2, 0), prompts, GREEDY)
+    for thread in threads:
+        thread.join(WAIT)
+    assert len(results) == len(others)
+    assert [r.sequences_ids for r in together] == [r.sequences_ids for r in alone]
+    scores = [r.scores[0] for r in alone]
+    assert [r.scores[0] for r in together] == pytest.approx(scores, abs=1e-4)
+
+
+def test_greedy_score_is_the_sequence_log_probability(make: Callable[[int], Batcher]) -> None:
+    batcher = make(4)
+    encoded = _windows(1, 5)
+    options = DecodeOptions(beam_size=1, max_length=24, suppress_tokens=(), suppress_blank=False)
+    (result,) = batcher.generate(encoded, [_prompt(batcher.vocabulary)], options)
+    tokens = result.sequences_ids[0]
+    assert 0 < len(tokens) <= 12  # at most half of max_length
+    score = _teacher_forced_score(batcher, encoded, tokens)
+    assert result.scores[0] * len(tokens) == pytest.approx(score, abs=1e-3)
+
+
+# --- beams, sampling, forced length --------------------------------------------------------
+def test_beam_scores_survive_row_reordering(make: Callable[[int], Batcher]) -> None:
+    """Every returned hypothesis scores what a full forward pass over it gives: the beams'
+    cache rows followed their prefixes through every reordering."""
+    batcher = make(8)
+    encoded = _windows(1, 6)
+    options = DecodeOptions(
+        beam_size=4,
+        num_hypotheses=4,
+        length_penalty=0.0,  # scores are cumulative log-probabilities
+        max_length=24,
+        suppress_tokens=(),
+        suppress_blank=False,
+    )
+    (result,) = batcher.generate(encoded, [_prompt(batcher.vocabulary)], options)
+    assert len(result.sequences_ids) == 4
+    assert result.scores == sorted(result.scores, reverse=True)
+    assert len({tuple(s) for s in result.sequences_ids}) == 4
+    for tokens, score in zip(result.sequences_ids, result.scores, strict=True):
+        assert score == pytest.approx(_teacher_forced_score(batcher, encoded, tokens), abs=1e-3)
+    greedy = batcher.generate(
+        encoded,
+        [_prompt(batcher.vocabulary)],
+        DecodeOptions(
+            beam_size=1, max_length=24, suppress_tokens=(), suppress_blank=False, length_penalty=0.0
+        ),
+    )[0]
+    if len(greedy.sequences_ids[0]) == len(result.sequences_ids[0]):
+        assert result.scores[0] >= greedy.scores[0] * len(greedy.sequences_ids[0]) - 1e-4
+    _wait_for(lambda: not batcher._rows, "every row to be freed")
+
+
+def test_sampling_gives_its_hypotheses(make: Callable[[int], Batcher]) -> None:
+    batcher = make(8)
+    options = DecodeOptions(
+        beam_size=1, sampling_topk=0, sampling_temperature=1.0, num_hypotheses=3, max_length=24
+    )
+    torch.manual_seed(0)
+    results = batcher.generate(_windows(2, 7), [_prompt(batcher.vocabulary)] * 2, options)
+    assert len(results) == 2
+    for result in results:
+        assert len(result.sequences_ids) == 3
+        assert len(result.scores) == 3
+        assert result.scores == sorted(result.scores, reverse=True)
+    # At temperature 1 over 51,864 tokens of a random model, samples differ.
+    assert len({tuple(s) for r in results for s in r.sequences_ids}) > 1
+
+
+def test_forced_length_decodes_exactly_that_many_tokens(make: Callable[[int], Batcher]) -> None:
+    batcher = make(4)
+    v = batcher.vocabulary
+    for length in (1, 7):
+        options = DecodeOptions(beam_size=1, forced_length=length)
+        results = batcher.generate(_windows(2, 8), [_prompt(v), _prompt(v, True)], options)
+        assert [len(r.sequences_ids[0]) for r in results] == [length, length]
+        assert v.eot not in results[0].sequences_ids[0]
+
+
+def test_no_speech_probability_is_returned_when_asked(make: Callable[[int], Batcher]) -> None:
+    batcher = make(4)
+    encoded = _windows(1, 9)
+    v = batcher.vocabulary
+    options = DecodeOptions(beam_size=2, max_length=10, return_no_speech_prob=True)
+    (result,) = batcher.generate(encoded, [_prompt(v, True)], options)
+    logits, _ = batcher.decoder.teacher_forced(encoded.hidden[0][None], torch.tensor([[v.sot]]), [])
+    expected = float(logits[0, 0].softmax(-1)[v.no_speech])
+    assert result.no_speech_prob == pytest.approx(expected, rel=1e-4)
+
+
+def test_bad_requests_are_refused(make: Callable[[int], Batcher]) -> None:
+    batcher = make(2)
+    v = batcher.vocabulary
+    with pytest.raises(ValueError, match="prompts for"):
+        batcher.submit(_windows(2, 0), [_prompt(v)], GREEDY)
+    with pytest.raises(ValueError, match="rows per window"):
+        batcher.submit(_windows(1, 0), [_prompt(v)], DecodeOptions(beam_size=3))
+    with pytest.raises(ValueError, match="startoftranscript"):
+        batcher.submit(_windows(1, 0), [[v.no_timestamps]], GREEDY)
+
+
+# --- priorities -----------------------------------------------------------------------------
+def test_an_urgent_window_takes_the_first_free_row(make: Callable[[int], Batcher]) -> None:
+    batcher = make(2)
+    v = batcher.vocabulary
+
+    def forced(length: int) -> DecodeOptions:
+        return DecodeOptions(beam_size=1, forced_length=length, max_length=448)
+
+    finished: list[str] = []
+    lock = threading.Lock()
+
+    def watch(name: str, pending: Any) -> threading.Thread:
+        def wait() -> None:
+            try:
+                pending.result()
+            finally:
+                with lock:
+                    finished.append(name)
+
+        thread = threading.Thread(target=wait)
+        thread.start()
+        return thread
+
+    threads = [
+        watch("short", batcher.submit(_windows(1, 10), [_prompt(v)], forced(10))),
+        watch("long", batcher.submit(_windows(1, 11), [_prompt(v)], forced(60))),
+    ]
+    _wait_for(lambda: len(batcher._rows) == 2, "both rows to be busy")
+    entered, gate = threading.Event(), threading.Event()
+
+    def hold() -> None:  # the batcher waits here while the rest is queued
+        entered.set()
+        gate.wait(WAIT)
+
+    holder = threading.Thread(target=lambda: batcher.call(hold))
+    holder.start()
+    try:
+        assert entered.wait(WAIT)
+        assert len(batcher._rows) == 2
+        for name, seed in (("normal-1", 12), ("normal-2", 13)):
+            threads.append(watch(name, batcher.submit(_windows(1, seed), [_prompt(v)], forced(5))))
+        urgent = batcher.submit(_windows(1, 14), [_prompt(v)], forced(5), priority=3)
+        threads.append(watch("urgent", urgent))
+    finally:
+        gate.set()
+    holder.join(WAIT)
+    for thread in threads:
+        thread.join(WAIT)
+    assert finished == ["short", "urgent", "normal-1", "normal-2", "long"]
+
+
+# --- cancellation and failures --------------------------------------------------------------
+def test_cancelling_frees_the_rows_and_raises(make: Callable[[int], Batcher]) -> None:
+    batcher = make(4)
+    v = batcher.vocabulary
+    stop = threading.Event()
+    long = DecodeOptions(beam_size=2, forced_length=200, max_length=448)
+    pending = batcher.submit(_windows(2, 15), [_prompt(v)] * 2, long, should_stop=stop.is_set)
+    _wait_for(lambda: batcher.steps >= 3, "decoding to start")
+    assert len(batcher._rows) == 4
+    stop.set()
+    started = time.monotonic()
+    with pytest.raises(TaskCancelled):
+        pending.result()
+    assert time.monotonic() - started < 10  # within a few steps, not 200
+    _wait_for(lambda: not batcher._rows, "the rows to be freed")
+    steps = batcher.steps
+    time.sleep(0.05)
+    assert batcher.steps == steps  # nothing left decoding
+    (result,) = batcher.generate(_windows(1, 16), [_prompt(v)], GREEDY)  # still serving
+    assert result.sequences_ids[0]
+
+
+def test_cancelled_before_admission(make: Callable[[int], Batcher]) -> None:
+    batcher = make(2)
+    pending = batcher.submit(
+        _windows(1, 17), [_prompt(batcher.vocabulary)], GREEDY, should_stop=lambda: True
+    )
+    with pytest.raises(TaskCancelled):
+        pending.result()
+    assert batcher.steps == 0
+
+
+def test_a_failed_step_fails_only_what_was_in_flight(make: Callable[[int], Batcher]) -> None:
+    batcher = make(1)
+    v = batcher.vocabulary
+    decoder = batcher.decoder
+    real_step = decoder.step
+    fail = threading.Event()
+
+    def step(count: int, max_position: int) -> Any:
+        if fail.is_set():
+            fail.clear()
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real_step(count, max_position)
+
+    decoder.step = step  # type: ignore[method-assign]
+    running = batcher.submit(
+        _windows(1, 18), [_prompt(v)], DecodeOptions(beam_size=1, forced_length=100)
+    )
+    _wait_for(lambda: batcher.steps > 0, "the first step")
+    waiting = batcher.submit(_windows(1, 19), [_prompt(v)], GREEDY)  # no free row: queued
+    fail.set()
+    with pytest.raises(RuntimeError, match="simulated"):
+        running.result()
+    (result,) = waiting.result()
+    assert result.sequences_ids[0]
+    (again,) = batcher.generate(_windows(1, 19), [_prompt(v)], GREEDY)
+    assert again.sequences_ids == result.sequences_ids
+
+
+def test_calls_run_on_the_batcher_thread_and_close_fails_the_rest(
+    make: Callable[[int], Batcher],
+) -> None:
+    batcher = make(2)
+    assert batcher.call(lambda: threading.current_thread().name) == "batcher"
+    with pytest.raises(ZeroDivisionError):
+        batcher.call(lambda: 1 / 0)
+    encoded = _windows(2, 20)
+    hidden = batcher.call(lambda: batcher.hidden(encoded))
+    assert len(hidden) == 2
+    assert hidden[0].shape == (TEST_ARCHITECTURE.max_source_positions, TEST_ARCHITECTURE.d_model)
+    batcher.close()
+    with pytest.raises(RuntimeError, match="unloaded"):
+        batcher.submit(_windows(1, 0), [_prompt(batcher.vocabulary)], GREEDY)
