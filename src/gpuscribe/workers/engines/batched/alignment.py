@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 Array = npt.NDArray[np.float64]
+AnyFloats = npt.NDArray[np.floating[Any]]  # float32 from the device, or float64
 
 
 def softmax(x: Array, axis: int = -1) -> Array:
@@ -31,7 +32,7 @@ def median_filter(x: Array, width: int) -> Array:
     return result
 
 
-def alignment_matrix(scores: Array, num_frames: int, median_width: int) -> Array:
+def alignment_matrix(scores: AnyFloats, num_frames: int, median_width: int) -> Array:
     """`scores` `[heads, tokens, frames]` (scaled, before softmax) to the `[tokens, frames]`
     matrix DTW runs on: cropped to the audio's frames, softmax over frames, standardised over
     tokens, median-filtered over frames, averaged over heads."""
@@ -45,7 +46,7 @@ def alignment_matrix(scores: Array, num_frames: int, median_width: int) -> Array
     return result
 
 
-def negative_dtw(matrix: Array) -> list[tuple[int, int]]:
+def negative_dtw(matrix: AnyFloats) -> list[tuple[int, int]]:
     """The monotonic path through `-matrix` of least cost, as (token, frame) pairs from the
     start. Cells of one anti-diagonal are independent, so each diagonal is one numpy step."""
     x = -np.asarray(matrix, dtype=np.float64)
