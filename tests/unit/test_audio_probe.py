@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import struct
 import wave
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +16,8 @@ from gpuscribe.audio.probe import AudioInfo, probe
 from gpuscribe.bench.speech import samples, speech_clips
 from gpuscribe.domain import InvalidRequest
 from support.audio import encode, tone_samples, write_jpeg, write_video
+
+probe_module = importlib.import_module("gpuscribe.audio.probe")  # the package exports probe()
 
 # Speech at 22.05 kHz, not Whisper's 16 kHz: the rate must be read from the file.
 RATE = 22050
@@ -193,3 +197,115 @@ def test_longer_than_allowed_stops_early(media: Path) -> None:
         probe(media / "speech.mp3", max_seconds=1.0)
     assert caught.value.code == "audio_too_long"
     assert probe(media / "speech.mp3", max_seconds=60.0).duration_seconds > 4.0
+
+
+# --- plain 16-bit PCM WAV: described from its header, exactly as FFmpeg would ------------------
+def _pcm_wav(path: Path, seconds: float, *, rate: int = 16000, channels: int = 1,
+             width: int = 2) -> Path:  # fmt: skip
+    frames = round(seconds * rate)
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(channels)
+        out.setsampwidth(width)
+        out.setframerate(rate)
+        out.writeframes(os.urandom(frames * channels * width))
+    return path
+
+
+def _by_ffmpeg(path: Path, monkeypatch: pytest.MonkeyPatch) -> AudioInfo:
+    with monkeypatch.context() as patched:
+        patched.setattr(probe_module, "_plain_pcm_wav", lambda file, size: None)
+        return probe(path)
+
+
+@pytest.mark.parametrize(
+    ("rate", "channels", "seconds"),
+    [(16000, 1, 1.0), (8000, 1, 0.3), (22050, 2, 2.5), (44100, 2, 0.01), (48000, 6, 1.5)],
+)
+def test_plain_wav_is_described_as_ffmpeg_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rate: int, channels: int, seconds: float
+) -> None:
+    made_by_wave = _pcm_wav(tmp_path / "plain.wav", seconds, rate=rate, channels=channels)
+    made_by_ffmpeg = encode(
+        tmp_path / "lavf.wav",
+        tone_samples(seconds, rate),
+        "wav",
+        rate=rate,
+        channels=min(2, channels),
+    )  # FFmpeg's muxer puts a LIST chunk before the data
+    for path in (made_by_wave, made_by_ffmpeg):
+        assert probe_module._plain_pcm_wav(path, path.stat().st_size) is not None
+        assert probe(path) == _by_ffmpeg(path, monkeypatch)
+
+
+def test_speech_wav_takes_the_plain_path(media: Path) -> None:
+    path = media / "speech.wav"
+    assert probe_module._plain_pcm_wav(path, path.stat().st_size) == probe(path)
+
+
+def _with_trailing_chunk(path: Path) -> Path:
+    with path.open("ab") as out:
+        out.write(b"LIST" + struct.pack("<I", 4) + b"INFO")
+    return path
+
+
+def _with_spdif_burst(path: Path) -> Path:
+    data = bytearray(path.read_bytes())
+    data[-400:-396] = b"\x72\xf8\x1f\x4e"
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda d: _pcm_wav(d / "u8.wav", 1.0, width=1),
+        lambda d: _pcm_wav(d / "s24.wav", 1.0, width=3),
+        lambda d: _pcm_wav(d / "s32.wav", 1.0, width=4),
+        lambda d: _cut(_pcm_wav(d / "a.wav", 1.0), d / "cut.wav", 20001),
+        lambda d: _cut(_pcm_wav(d / "a.wav", 3.0), d / "cut.wav", 30000),
+        lambda d: _with_trailing_chunk(_pcm_wav(d / "trailing.wav", 1.0)),
+        lambda d: _with_spdif_burst(_pcm_wav(d / "spdif.wav", 1.0)),
+        lambda d: encode(d / "float.wav", tone_samples(1.0), "flac"),
+    ],
+)
+def test_every_other_file_goes_to_ffmpeg(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make: Any
+) -> None:
+    path = make(tmp_path)
+    assert probe_module._plain_pcm_wav(path, path.stat().st_size) is None
+    try:
+        expected: AudioInfo | str = _by_ffmpeg(path, monkeypatch)
+    except InvalidRequest as exc:
+        expected = exc.code
+    try:
+        got: AudioInfo | str = probe(path)
+    except InvalidRequest as exc:
+        got = exc.code
+    assert got == expected
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        _wav_header(32000, rate=0),
+        _wav_header(32000, channels=0),
+        _wav_header(32000, channels=65535),
+        _wav_header(0xFFFFFFFF),
+        _wav_header(0),
+        _wav_header(32000)[:-8],  # no data chunk
+        _wav_header(32000).replace(b"fmt ", b"fmt_"),
+        _wav_header(32000).replace(b"\x01\x00\x01\x00", b"\xfe\xff\x01\x00"),  # extensible
+    ],
+)
+def test_odd_wav_headers_go_to_ffmpeg(tmp_path: Path, header: bytes) -> None:
+    path = tmp_path / "odd.wav"
+    path.write_bytes(header + bytes(32000))
+    assert probe_module._plain_pcm_wav(path, path.stat().st_size) is None
+
+
+def test_plain_wav_longer_than_allowed(tmp_path: Path) -> None:
+    path = _pcm_wav(tmp_path / "long.wav", 3.0)
+    with pytest.raises(InvalidRequest) as caught:
+        probe(path, max_seconds=2.0)
+    assert caught.value.code == "audio_too_long"
+    assert probe(path, max_seconds=3.0).duration_seconds == pytest.approx(3.0)
