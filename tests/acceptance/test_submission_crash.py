@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gpuscribe.api.uploads import WRITE_BATCH_BYTES
 from support.audio import AudioSet
 from support.server import ServiceProcess, wait_all_done
 
@@ -156,8 +157,12 @@ def test_uploads_cut_off_by_a_crash_leave_no_temp_files_after_restart(
     audio: AudioSet, tmp_path: Path
 ) -> None:
     """Uploads streaming when the service dies never become tasks; their temp files must not
-    pile up in data/audio across crashes: a restart sweeps them."""
-    wav = audio.tone(5.0, "wav").read_bytes()
+    pile up in data/audio across crashes: a restart sweeps them. (A temp file is created with
+    the first batch written, so these uploads send more than a batch before they stall; a
+    smaller upload cut off leaves nothing on disk at all.)"""
+    wav = audio.tone(60.0, "wav").read_bytes()
+    first = WRITE_BATCH_BYTES + 4096
+    assert len(wav) > first
     service = ServiceProcess(tmp_path / "data", simulate_gpus="1x24GiB")
     service.start()
     audio_dir = service.data_dir / "audio"
@@ -170,9 +175,9 @@ def test_uploads_cut_off_by_a_crash_leave_no_temp_files_after_restart(
         ).encode()
 
         def body() -> Iterator[bytes]:
-            yield head + wav[:4096]
+            yield head + wav[:first]
             release.wait(60)  # never finishes before the kill
-            yield wav[4096:] + b"\r\n--b--\r\n"
+            yield wav[first:] + b"\r\n--b--\r\n"
 
         with contextlib.suppress(httpx.HTTPError):
             httpx.post(

@@ -171,6 +171,7 @@ class Completer:
 def make_app(data_dir: str, **overrides: object) -> tuple[ApiTestBackend, FastAPI]:
     """A test backend with settings (data under `data_dir`) and the app over it."""
     settings = Settings(data_dir=data_dir, **overrides)  # type: ignore[arg-type]
+    settings.audio_dir.mkdir(parents=True, exist_ok=True)  # as a Node makes it at start
     backend = ApiTestBackend(settings.validate())
     return backend, create_app(backend)
 

@@ -89,14 +89,23 @@ async def translations(request: Request, backend: BackendDep) -> Response:
 async def _serve(request: Request, backend: Backend, kind: TaskKind) -> Response:
     key = idempotency_key(request)
     received = await receive(request, backend.settings)
-    try:
-        form, submission = await run_in_threadpool(_submission, received, backend, kind, key)
-    except BaseException:
-        await run_in_threadpool(remove_quietly, received.path)
-        raise
-    task, _ = await run_in_threadpool(submit_audio, backend, received, submission)
+    form, task = await run_in_threadpool(_submit, received, backend, kind, key)
     final = await wait_final(request, backend, task.id)
     return await run_in_threadpool(_answer, backend, final, form)
+
+
+def _submit(
+    received: Received, backend: Backend, kind: TaskKind, key: str | None
+) -> tuple[OpenAIForm, Task]:
+    """The form checked, then the audio probed and stored and the task submitted, in one trip
+    to the threadpool. Blocking. The audio file is deleted on any rejection."""
+    try:
+        form, submission = _submission(received, backend, kind, key)
+    except BaseException:
+        remove_quietly(received.path)
+        raise
+    task, _ = submit_audio(backend, received, submission)
+    return form, task
 
 
 def _submission(

@@ -66,16 +66,22 @@ async def create_task(request: Request, backend: BackendDep) -> JSONResponse:
     """Multipart: `file` and the form fields below; header `Idempotency-Key` (optional)."""
     key = idempotency_key(request)
     received = await receive(request, backend.settings)
-    try:
-        submission = await run_in_threadpool(task_submission, received, backend, key)
-    except BaseException:
-        await run_in_threadpool(remove_quietly, received.path)
-        raise
-    task, created = await run_in_threadpool(submit_audio, backend, received, submission)
+    task, created = await run_in_threadpool(_submit, received, backend, key)
     headers = {"Location": f"/v1/tasks/{task.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"
     return JSONResponse(task_body(task), status_code=202, headers=headers)
+
+
+def _submit(received: Received, backend: Backend, key: str | None) -> tuple[Task, bool]:
+    """The form checked, then the audio probed and stored and the task submitted, in one trip
+    to the threadpool. Blocking. The audio file is deleted on any rejection."""
+    try:
+        submission = task_submission(received, backend, key)
+    except BaseException:
+        remove_quietly(received.path)
+        raise
+    return submit_audio(backend, received, submission)
 
 
 def task_submission(received: Received, backend: Backend, key: str | None) -> Submission:

@@ -1,9 +1,11 @@
 """Uploads: multipart body -> durable, probed audio file under a name the service chose.
 
 The body is parsed as it streams in (python-multipart), the `file` part written to a temporary
-file inside `settings.audio_dir` in batches on the threadpool, its size checked as it grows. Then
-the file is probed (decoded end to end), renamed `<uuid>.<ext>` after its real container and
-fsync'ed with its directory: nothing is acknowledged before the audio is durable. Any rejection
+file inside `settings.audio_dir` in batches on the threadpool, its size checked as it grows. The
+file is created with its first batch: a small upload is created, written and fsync'ed in one
+trip to the threadpool, once it has all arrived. Then the file is probed (decoded end to end),
+renamed `<uuid>.<ext>` after its real container and fsync'ed with its directory, and the task
+committed, in one more trip: nothing is acknowledged before the audio is durable. Any rejection
 deletes the file. The client's filename is kept only as metadata, stripped of path and control
 characters.
 """
@@ -224,20 +226,36 @@ def _check_length(request: Request, max_file_bytes: int) -> None:
         raise too_large(max_file_bytes)
 
 
-def _open_temp(audio_dir: Path) -> tuple[Path, IO[bytes]]:
-    audio_dir.mkdir(parents=True, exist_ok=True)
-    path = audio_dir / f".upload-{uuid.uuid4().hex}.part"
-    return path, path.open("xb")
+class _TempFile:
+    """The temporary file of one upload, created at its first write. Blocking methods."""
 
+    def __init__(self, audio_dir: Path) -> None:
+        self.audio_dir = audio_dir
+        self.path = audio_dir / f".upload-{uuid.uuid4().hex}.part"
+        self.handle: IO[bytes] | None = None
 
-def _append(handle: IO[bytes], data: bytes) -> None:
-    handle.write(data)
+    def _open(self) -> IO[bytes]:
+        if self.handle is None:
+            self.audio_dir.mkdir(parents=True, exist_ok=True)
+            self.handle = self.path.open("xb")
+        return self.handle
 
+    def append(self, data: bytes) -> None:
+        self._open().write(data)
 
-def _finish_file(handle: IO[bytes]) -> None:
-    handle.flush()
-    os.fsync(handle.fileno())
-    handle.close()
+    def finish(self, data: bytes) -> None:
+        """The last bytes written, then the file flushed, fsync'ed and closed."""
+        handle = self._open()
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+        handle.close()
+
+    def discard(self) -> None:
+        if self.handle is not None:
+            with contextlib.suppress(OSError):
+                self.handle.close()
+        remove_quietly(self.path)
 
 
 def remove_quietly(path: Path) -> None:
@@ -250,43 +268,37 @@ async def receive(request: Request, settings: Settings) -> Received:
     On any failure the temp file is deleted and the error raised."""
     boundary = _boundary(request)
     _check_length(request, settings.max_upload_bytes)
-    path, handle = await run_in_threadpool(_open_temp, settings.audio_dir)
-    received = Received(path=path)
+    temp = _TempFile(settings.audio_dir)
+    received = Received(path=temp.path)
     try:
-        await _stream(request, boundary, received, handle, settings.max_upload_bytes)
-        await run_in_threadpool(_finish_file, handle)
+        rest = await _stream(request, boundary, received, temp, settings.max_upload_bytes)
+        await run_in_threadpool(temp.finish, rest)
     except BaseException:
-        await run_in_threadpool(_discard, handle, path)
+        await run_in_threadpool(temp.discard)
         raise
     return received
 
 
-def _discard(handle: IO[bytes], path: Path) -> None:
-    with contextlib.suppress(OSError):
-        handle.close()
-    remove_quietly(path)
-
-
 async def _stream(
-    request: Request, boundary: bytes, received: Received, handle: IO[bytes], limit: int
-) -> None:
+    request: Request, boundary: bytes, received: Received, temp: _TempFile, limit: int
+) -> bytes:
+    """Parse the body, writing the file part in batches; the bytes of the last batch, unwritten."""
     sink = _PartSink(received, limit)
     parser = MultipartParser(boundary, _callbacks(sink))
     try:
         async for chunk in request.stream():
             parser.write(chunk)
             if sink.pending_bytes >= WRITE_BATCH_BYTES:
-                await run_in_threadpool(_append, handle, sink.take_pending())
+                await run_in_threadpool(temp.append, sink.take_pending())
         parser.finalize()
     except FormParserError as exc:
         raise ApiError(400, f"malformed multipart body: {exc}") from exc
     except ClientDisconnect:
         log.info("client disconnected during an upload")
         raise
-    if sink.pending:
-        await run_in_threadpool(_append, handle, sink.take_pending())
     if not sink.ended:
         raise ApiError(400, "malformed multipart body: it ends before its closing boundary")
+    return sink.take_pending()
 
 
 def _callbacks(sink: _PartSink) -> MultipartCallbacks:
