@@ -29,7 +29,6 @@ from gpuscribe.api.uploads import (
     idempotency_key,
     parse_form,
     receive,
-    remove_quietly,
     resolve_model_name,
     submit_audio,
 )
@@ -98,11 +97,11 @@ def _submit(
     received: Received, backend: Backend, kind: TaskKind, key: str | None
 ) -> tuple[OpenAIForm, Task]:
     """The form checked, then the audio probed and stored and the task submitted, in one trip
-    to the threadpool. Blocking. The audio file is deleted on any rejection."""
+    to the threadpool. Blocking. The upload is deleted on any rejection."""
     try:
         form, submission = _submission(received, backend, kind, key)
     except BaseException:
-        remove_quietly(received.path)
+        received.discard()
         raise
     task, _ = submit_audio(backend, received, submission)
     return form, task

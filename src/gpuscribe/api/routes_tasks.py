@@ -25,7 +25,6 @@ from gpuscribe.api.uploads import (
     idempotency_key,
     parse_form,
     receive,
-    remove_quietly,
     resolve_model_name,
     submit_audio,
 )
@@ -75,11 +74,11 @@ async def create_task(request: Request, backend: BackendDep) -> JSONResponse:
 
 def _submit(received: Received, backend: Backend, key: str | None) -> tuple[Task, bool]:
     """The form checked, then the audio probed and stored and the task submitted, in one trip
-    to the threadpool. Blocking. The audio file is deleted on any rejection."""
+    to the threadpool. Blocking. The upload is deleted on any rejection."""
     try:
         submission = task_submission(received, backend, key)
     except BaseException:
-        remove_quietly(received.path)
+        received.discard()
         raise
     return submit_audio(backend, received, submission)
 

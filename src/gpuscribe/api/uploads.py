@@ -2,11 +2,11 @@
 
 The body is parsed as it streams in (python-multipart), the `file` part written to a temporary
 file inside `settings.audio_dir` in batches on the threadpool, its size checked as it grows. The
-file is created with its first batch: a small upload is created, written and fsync'ed in one
-trip to the threadpool, once it has all arrived. Then the file is probed (decoded end to end),
-renamed `<uuid>.<ext>` after its real container and fsync'ed with its directory, and the task
-committed, in one more trip: nothing is acknowledged before the audio is durable. Any rejection
-deletes the file. The client's filename is kept only as metadata, stripped of path and control
+file is created with its first batch, and the last batch is written by the one blocking call that
+then fsyncs the file, probes it (decodes it end to end), renames it `<uuid>.<ext>` after its real
+container, fsyncs its directory and commits the task: a small upload costs one trip to the
+threadpool, and nothing is acknowledged before the audio is durable. Any rejection deletes the
+file. The client's filename is kept only as metadata, stripped of path and control
 characters.
 """
 
@@ -55,13 +55,32 @@ FormT = TypeVar("FormT", bound=BaseModel)
 
 @dataclass(slots=True)
 class Received:
-    """What a multipart body held: text fields, and the file part written to `path`."""
+    """What a multipart body held: text fields, and the file part, bound for `path`. Its last
+    bytes may still be in memory: `finish_file` writes them and fsyncs the file, `discard`
+    deletes it (both blocking)."""
 
     path: Path
     fields: dict[str, list[str]] = field(default_factory=dict)
     filename: str | None = None
     has_file: bool = False
     size: int = 0
+    temp: _TempFile | None = field(default=None, repr=False)
+    rest: bytes = field(default=b"", repr=False)
+
+    def finish_file(self) -> None:
+        """The file part complete and fsync'ed at `path` (once)."""
+        if self.temp is not None:
+            temp, self.temp = self.temp, None
+            temp.finish(self.rest)
+            self.rest = b""
+
+    def discard(self) -> None:
+        """The file closed and deleted, wherever it got to."""
+        if self.temp is not None:
+            self.temp.discard()
+            self.temp = None
+        self.rest = b""
+        remove_quietly(self.path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,18 +283,20 @@ def remove_quietly(path: Path) -> None:
 
 
 async def receive(request: Request, settings: Settings) -> Received:
-    """Stream the multipart body; the `file` part goes to a temp file in `settings.audio_dir`.
-    On any failure the temp file is deleted and the error raised."""
+    """Stream the multipart body; the `file` part goes to a temp file in `settings.audio_dir`,
+    but for its last batch, which `Received.finish_file` writes (with the probe, on the
+    threadpool). On any failure the temp file is deleted and the error raised."""
     boundary = _boundary(request)
     _check_length(request, settings.max_upload_bytes)
     temp = _TempFile(settings.audio_dir)
     received = Received(path=temp.path)
     try:
         rest = await _stream(request, boundary, received, temp, settings.max_upload_bytes)
-        await run_in_threadpool(temp.finish, rest)
     except BaseException:
-        await run_in_threadpool(temp.discard)
+        if temp.handle is not None:  # nothing is on disk before the first batch
+            await run_in_threadpool(temp.discard)
         raise
+    received.temp, received.rest = temp, rest
     return received
 
 
@@ -339,12 +360,14 @@ def parse_form(
 
 # --- audio --------------------------------------------------------------------------------------
 def check_audio(received: Received, settings: Settings) -> StoredAudio:
-    """Probe the received file; rename it `<uuid>.<ext>`; make it durable. Blocking: run it on
-    the threadpool. Deletes the file and raises ApiError when it is not acceptable audio."""
+    """Write the rest of the received file and fsync it; probe it; rename it `<uuid>.<ext>`;
+    make the name durable. Blocking: run it on the threadpool. Deletes the file and raises
+    ApiError when it is not acceptable audio."""
     try:
+        received.finish_file()
         return _store(received, settings)
     except BaseException:
-        remove_quietly(received.path)
+        received.discard()
         raise
 
 
