@@ -106,9 +106,10 @@ def _plain_pcm_wav(file: Path, size: int) -> AudioInfo | None:
     samples from such a file: the same description, without its per-file probing cost.
     """
     with file.open("rb") as handle:
-        head = handle.read(_WAV_HEAD_BYTES + _SPDIF_SCAN_BYTES)
-    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-        return None
+        head = handle.read(_WAV_HEAD_BYTES)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        head += handle.read(_SPDIF_SCAN_BYTES)
     offset = 12
     fmt: tuple[int, ...] | None = None
     for _ in range(_WAV_MAX_CHUNKS):
