@@ -21,6 +21,7 @@ import functools
 import inspect
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -157,9 +158,14 @@ def main(argv: list[str] | None = None) -> int:
         before = _cpu_ticks(proc.pid)
         result = asyncio.run(run_load(url, body, args.submissions, args.concurrency))
         after = _cpu_ticks(proc.pid)
-    finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
+        stats = json.loads(figures.read_text())
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(data_dir, ignore_errors=True)
     ticks = os.sysconf("SC_CLK_TCK")
     user, system = (
         (b - a) / ticks / args.submissions * 1000 for a, b in zip(before, after, strict=True)
@@ -172,7 +178,6 @@ def main(argv: list[str] | None = None) -> int:
         f"system {system:.2f} ms"
     )
     print(f"{'stage (warm-up included)':48} {'calls':>6} {'wall ms':>8} {'CPU ms':>7}")
-    stats = json.loads(figures.read_text())
     for label, (calls, wall, cpu) in sorted(stats.items(), key=lambda item: -item[1][1]):
         cpu_text = "" if cpu != cpu else f"{cpu / calls * 1000:7.3f}"  # NaN: async, wall only
         print(f"{label:48} {calls:6d} {wall / calls * 1000:8.3f} {cpu_text:>7}")
