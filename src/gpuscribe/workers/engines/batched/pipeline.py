@@ -52,6 +52,50 @@ def temperatures(first: float) -> tuple[float, ...]:
     return (first, *rest)
 
 
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One decoding of a window at one temperature, judged by Whisper's rules."""
+
+    tokens: list[int]
+    avg_logprob: float
+    no_speech_prob: float
+    compression_ratio: float
+    temperature: float
+
+    @classmethod
+    def of(cls, result: GenerationResult, temperature: float, tokenizer: Any) -> Attempt:
+        """faster-whisper's figures of a result: the average log-probability over the tokens
+        and the end token, and the gzip compression ratio of the text."""
+        from faster_whisper.transcribe import get_compression_ratio
+
+        tokens = list(result.sequences_ids[0]) if result.sequences_ids else []
+        cumulative = result.scores[0] * len(tokens) if result.scores else 0.0
+        text = tokenizer.decode([t for t in tokens if t < tokenizer.eot])
+        ratio = get_compression_ratio(text) if text else 0.0
+        average = cumulative / (len(tokens) + 1)
+        return cls(tokens, average, result.no_speech_prob, ratio, temperature)
+
+    @property
+    def silent(self) -> bool:
+        """No speech: the no-speech token was likely and the text unlikely."""
+        return self.no_speech_prob > NO_SPEECH_THRESHOLD and self.avg_logprob < LOG_PROB_THRESHOLD
+
+    @property
+    def needs_fallback(self) -> bool:
+        """Too repetitive or too unlikely to keep (silence is dropped, not retried)."""
+        if self.silent:
+            return False
+        too_repetitive = self.compression_ratio > COMPRESSION_RATIO_THRESHOLD
+        return too_repetitive or self.avg_logprob < LOG_PROB_THRESHOLD
+
+
+def final_attempt(attempts: list[Attempt]) -> Attempt:
+    """When every temperature fell back: the likeliest attempt among those not too repetitive,
+    else among all (faster-whisper's choice)."""
+    readable = [a for a in attempts if a.compression_ratio <= COMPRESSION_RATIO_THRESHOLD]
+    return max(readable or attempts, key=lambda a: a.avg_logprob)
+
+
 def make_shell(backend: BatchedWhisper, tokenizer_file: str) -> Any:
     """faster-whisper's `WhisperModel`, its CTranslate2 model replaced by `backend`."""
     import tokenizers
@@ -276,33 +320,26 @@ class WindowedTranscription:
 
     def _finish(self, window: _Window) -> dict[str, Any] | None:
         """The window's decoding, after whatever fallback it needed; None for silence."""
-        from faster_whisper.transcribe import get_compression_ratio
-
+        attempts: list[Attempt] = []
         while True:
             result: GenerationResult = window.pending.result()[0]
-            tokens = result.sequences_ids[0] if result.sequences_ids else []
-            length = len(tokens)
-            cumulative = result.scores[0] * (length**1.0) if result.scores else 0.0
-            avg_logprob = cumulative / (length + 1)
-            text = self._tokenizer.decode([t for t in tokens if t < self._tokenizer.eot])
-            ratio = get_compression_ratio(text) if text else 0.0
-            silent = (
-                result.no_speech_prob > NO_SPEECH_THRESHOLD and avg_logprob < LOG_PROB_THRESHOLD
-            )
-            needs_fallback = ratio > COMPRESSION_RATIO_THRESHOLD or avg_logprob < LOG_PROB_THRESHOLD
+            temperature = self._temperatures[window.temperature_index]
+            attempt = Attempt.of(result, temperature, self._tokenizer)
+            attempts.append(attempt)
             last = window.temperature_index + 1 >= len(self._temperatures)
-            if silent or not needs_fallback or last or self._forced is not None:
+            if not attempt.needs_fallback or last or self._forced is not None:
                 break
             window.temperature_index += 1
             window.pending = self._submit(window.index, window.encoded, window.temperature_index)
-        if silent:
+        chosen = attempt if not attempt.needs_fallback else final_attempt(attempts)
+        if chosen.silent:
             return None
         return {
-            "tokens": tokens,
-            "avg_logprob": avg_logprob,
-            "no_speech_prob": result.no_speech_prob,
-            "compression_ratio": ratio,
-            "temperature": self._temperatures[window.temperature_index],
+            "tokens": chosen.tokens,
+            "avg_logprob": chosen.avg_logprob,
+            "no_speech_prob": chosen.no_speech_prob,
+            "compression_ratio": chosen.compression_ratio,
+            "temperature": chosen.temperature,
         }
 
     def _segments_of(self, window: _Window, result: dict[str, Any] | None) -> list[dict[str, Any]]:
