@@ -13,10 +13,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from gpuscribe.domain import Priority
 from gpuscribe.workers.base import TaskCancelled
 from gpuscribe.workers.engines.batched.batcher import Batcher, EncoderInput, GenerationResult
 from gpuscribe.workers.engines.batched.decoder import StaticDecoder
-from gpuscribe.workers.engines.batched.model import vocabulary_from_tokenizer
+from gpuscribe.workers.engines.batched.model import batch_priority, vocabulary_from_tokenizer
 from gpuscribe.workers.engines.batched.search import DecodeOptions, Vocabulary
 from gpuscribe.workers.engines.transformers_engine import (
     TEST_ARCHITECTURE,
@@ -261,9 +262,11 @@ def test_an_urgent_window_takes_the_first_free_row(make: Callable[[int], Batcher
     try:
         assert entered.wait(WAIT)
         assert len(batcher._rows) == 2
+        normal, most_urgent = batch_priority(Priority.NORMAL), batch_priority(Priority.URGENT)
         for name, seed in (("normal-1", 12), ("normal-2", 13)):
-            threads.append(watch(name, batcher.submit(_windows(1, seed), [_prompt(v)], forced(5))))
-        urgent = batcher.submit(_windows(1, 14), [_prompt(v)], forced(5), priority=3)
+            queued = batcher.submit(_windows(1, seed), [_prompt(v)], forced(5), priority=normal)
+            threads.append(watch(name, queued))
+        urgent = batcher.submit(_windows(1, 14), [_prompt(v)], forced(5), priority=most_urgent)
         threads.append(watch("urgent", urgent))
     finally:
         gate.set()
