@@ -21,9 +21,7 @@ from gpuscribe.workers.engines.batched.model import batch_priority, vocabulary_f
 from gpuscribe.workers.engines.batched.search import DecodeOptions, Vocabulary
 from gpuscribe.workers.engines.transformers_engine import (
     TEST_ARCHITECTURE,
-    _build_random,
     _random_info,
-    _Target,
 )
 
 torch = pytest.importorskip("torch")
@@ -33,16 +31,6 @@ FRAMES = 2 * TEST_ARCHITECTURE.max_source_positions
 # max_length 24: at most 12 new tokens a window (Whisper's half), so that tests stay short.
 GREEDY = DecodeOptions(beam_size=1, max_length=24, suppress_tokens=())
 WAIT = 60.0
-
-
-@pytest.fixture(scope="module")
-def whisper() -> Iterator[Any]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    model = _build_random(TEST_ARCHITECTURE, _Target(torch.device("cpu"), torch.float32))
-    model.eval()
-    yield model
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

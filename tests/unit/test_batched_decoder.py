@@ -5,7 +5,6 @@ hold; copying rows moves whole sequences."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,8 +17,6 @@ from gpuscribe.workers.engines.batched.decoder import (
 )
 from gpuscribe.workers.engines.transformers_engine import (
     TEST_ARCHITECTURE,
-    _build_random,
-    _Target,
 )
 
 torch = pytest.importorskip("torch")
@@ -28,16 +25,6 @@ pytest.importorskip("transformers")
 ROWS = 6
 TOLERANCE = 2e-4  # float32, logits of magnitude about 1
 SOT, NO_TIMESTAMPS = 50257, 50362
-
-
-@pytest.fixture(scope="module")
-def whisper() -> Iterator[Any]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    model = _build_random(TEST_ARCHITECTURE, _Target(torch.device("cpu"), torch.float32))
-    model.eval()
-    yield model
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -129,7 +116,7 @@ def test_prefill_then_steps_equal_teacher_forcing(decoder: StaticDecoder) -> Non
     decoder.fill_cross(rows, hidden)
     prompts = (3, 5)
     for row, length in enumerate(prompts):
-        logits = decoder.prefill(rows[row : row + 1], tokens[row : row + 1, :length], None)
+        logits = decoder.prefill(rows[row : row + 1], tokens[row : row + 1, :length])
         assert torch.allclose(logits[0], expected[row, :length], atol=TOLERANCE)
     positions = list(prompts)
     while max(positions) < tokens.shape[1]:
@@ -215,7 +202,7 @@ def test_copy_rows_moves_a_sequence(decoder: StaticDecoder) -> None:
     hidden, tokens = _hidden(1, 14), _tokens(1, 8, 15)
     expected, _ = decoder.teacher_forced(hidden, tokens, [])
     decoder.fill_cross(torch.tensor([4]), hidden)
-    decoder.prefill(torch.tensor([4]), tokens[:, :6], None)
+    decoder.prefill(torch.tensor([4]), tokens[:, :6])
     decoder.fill_cross(torch.tensor([0]), _hidden(1, 16))  # something else in row 0
     decoder.copy_rows(torch.tensor([4]), torch.tensor([0]))
     logits = _step(decoder, [int(tokens[0, 6])], [6])
@@ -226,8 +213,8 @@ def test_copy_self_rows_keeps_the_target_cross_attention(decoder: StaticDecoder)
     """Beams of one window: the prefix moves, the (shared) audio stays."""
     hidden, tokens = _hidden(1, 17), _tokens(1, 8, 18)
     decoder.fill_cross(torch.tensor([0, 1]), hidden.expand(2, -1, -1))
-    decoder.prefill(torch.tensor([1]), tokens[:, :5], None)
-    decoder.prefill(torch.tensor([0]), _tokens(1, 5, 19), None)  # another prefix in row 0
+    decoder.prefill(torch.tensor([1]), tokens[:, :5])
+    decoder.prefill(torch.tensor([0]), _tokens(1, 5, 19))  # another prefix in row 0
     decoder.copy_self_rows(torch.tensor([1]), torch.tensor([0]))
     expected, _ = decoder.teacher_forced(hidden, tokens, [])
     logits = _step(decoder, [int(tokens[0, 5])] * 2, [5, 5])

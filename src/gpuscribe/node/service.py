@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import signal
@@ -59,12 +60,12 @@ def run_service(settings: Settings, *, with_api: bool, with_workers: bool = True
     previous = {sig: signal.signal(sig, _request_stop) for sig in STOP_SIGNALS}
     try:
         try:
-            if listener is not None:
-                _serve_http(node, listener)
-            else:
-                _wait_for_signal()
-        except StopRequested:
-            pass  # the signal that stopped uvicorn, raised again once it has shut down
+            # StopRequested: the signal that stopped uvicorn, raised again once it has shut down.
+            with contextlib.suppress(StopRequested):
+                if listener is not None:
+                    _serve_http(node, listener)
+                else:
+                    _wait_for_signal()
         finally:
             log.info("stopping: running tasks go back to the queue")
             node.stop()  # a second Ctrl-C here interrupts it: exit 130, workers terminated

@@ -24,7 +24,6 @@ from gpuscribe.workers.engines.batched.search import DecodeOptions
 class TaskContext:
     priority: int = 0
     should_stop: Callable[[], bool] = field(default=lambda: False)
-    forced_length: int = 0  # benchmark only
 
 
 _context = threading.local()
@@ -116,7 +115,6 @@ class BatchedWhisper:
             num_hypotheses=max(1, num_hypotheses),
             max_initial_timestamp_index=max_initial_timestamp_index,
             return_no_speech_prob=return_no_speech_prob,
-            forced_length=context.forced_length,
         )
         return self.batcher.generate(
             encoder_output,

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from gpuscribe.domain import TaskKind, TranscriptionOptions
+from gpuscribe.domain import TranscriptionOptions
 from gpuscribe.workers.base import TaskCancelled
 from gpuscribe.workers.engines.batched.backend import BatchedWhisper
 from gpuscribe.workers.engines.batched.batcher import EncoderInput, GenerationResult, Pending
@@ -398,7 +398,3 @@ class WindowedTranscription:
             words=[Word(**w) for w in words] if words is not None else None,
             temperature=segment["temperature"],
         )
-
-
-def task_value(options: TranscriptionOptions) -> str:
-    return TaskKind(options.task).value
