@@ -50,13 +50,13 @@ test-gpu:
 	PYTHONPATH=src $(PYTHON) -m pytest -p no:cacheprovider -m gpu tests/gpu
 
 lint: $(TEST_STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks tools
+	$(BIN)/ruff format --check src tests benchmarks tools
 	$(BIN)/mypy
 
 format: $(TEST_STAMP)
-	$(BIN)/ruff format src tests benchmarks
-	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks tools
+	$(BIN)/ruff check --fix src tests benchmarks tools
 
 bench: $(SERVE_STAMP)
 	$(BIN)/gpuscribe bench

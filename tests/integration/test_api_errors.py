@@ -110,7 +110,7 @@ def test_bad_audio_is_422(
     [
         ({"model": "gpt-17"}, "model", "unknown model 'gpt-17'"),
         ({"model": "large-v3"}, "model", "not available"),
-        ({"engine": "espeak"}, "engine", "unknown engine"),
+        ({"engine": "sphinx"}, "engine", "unknown engine"),
         ({"priority": "asap"}, "priority", "invalid priority"),
         ({"task": "summarise"}, "task", "'transcribe' or 'translate'"),
         ({"beam_size": "0"}, "beam_size", "greater than or equal to 1"),

@@ -1,6 +1,6 @@
 """The speech clips shipped with gpuscribe (`bench/clips/`), for `gpuscribe bench` and the tests.
 
-The clips were spoken once by espeak-ng and committed (`tests/fixtures/make_speech_clips.py`
+The clips were spoken once by espeak-ng and committed (`tools/make_speech_clips.py`
 made them): 16 kHz mono Ogg/Opus, with their texts in `clips.json`. Nothing here needs a
 system tool: the clips are decoded with PyAV, like any upload.
 
