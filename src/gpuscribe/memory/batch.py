@@ -27,7 +27,7 @@ within `BATCH_SHARE` of the device's cap (`MAX_MEMORY_UTILIZATION` x total). The
 (15 %) is left to the running tasks' own working memory and to the allocator's slack; at least
 `MIN_ROWS`. With the default cap of 0.9 and a 1.2 GiB context: large-v3 gets 32 rows on a 24 GiB
 GPU, 160 on an 80 GB one (168 on an H100, whose measured context is 0.75 GiB) and 256 on a 141 GB
-H200; large-v3-turbo 208 on 24 GiB and 256 on the others (tests/unit/test_memory_batch.py).
+H200; large-v3-turbo 200 on 24 GiB and 256 on the others (tests/unit/test_memory_batch.py).
 """
 
 from __future__ import annotations
