@@ -219,5 +219,5 @@ def list_tasks(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     """Tasks, newest first, optionally in one state."""
-    tasks = backend.store.list(state=state, limit=limit)
+    tasks = backend.store.list_tasks(state=state, limit=limit)
     return {"tasks": [task_body(t) for t in tasks]}

@@ -183,7 +183,7 @@ class Node:
         """Tasks this node was running when it died cannot still be running: requeue them now
         rather than waiting for their leases to run out."""
         now = self._clock()
-        for task in self.store.list(state=TaskState.RUNNING, limit=100_000):
+        for task in self.store.list_tasks(state=TaskState.RUNNING, limit=100_000):
             if task.node == self.settings.node_name and task.lease_token:
                 self.store.fail(
                     task.id,
@@ -200,7 +200,7 @@ class Node:
         live = {
             Path(t.audio_path).name
             for state in (TaskState.QUEUED, TaskState.RUNNING)
-            for t in self.store.list(state=state, limit=10 * self.settings.max_queue_length)
+            for t in self.store.list_tasks(state=state, limit=10 * self.settings.max_queue_length)
         }
         removed = 0
         for path in self.settings.audio_dir.iterdir():
