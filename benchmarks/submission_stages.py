@@ -50,7 +50,7 @@ STAGES = [
     ("gpuscribe.api.uploads", "_fsync_dir", "directory fsync"),
     ("gpuscribe.node.node", "Node.submit", "Node.submit"),
     ("gpuscribe.store.sqlbase", "SqlTaskStore.add", "store.add (durable commit)"),
-    ("gpuscribe.store.sqlbase", "SqlTaskStore._by_key", "idempotency key read"),
+    ("gpuscribe.store.sqlbase", "SqlTaskStore.task_by_key", "idempotency key read"),
 ]
 
 

@@ -145,6 +145,13 @@ def test_repeated_idempotency_key_returns_the_first_task(store: TaskStore) -> No
     assert created_no_key and no_key_1.id != no_key_2.id
 
 
+def test_a_task_is_found_by_its_idempotency_key(store: TaskStore) -> None:
+    first, _ = store.add(new_task("k1"), now=1.0)
+    found = store.task_by_key("k1")
+    assert found is not None and found.id == first.id
+    assert store.task_by_key("k2") is None
+
+
 def test_concurrent_adds_of_one_key_make_one_task(factory: StoreFactory) -> None:
     stores = [factory(), factory()]
     barrier = threading.Barrier(8)

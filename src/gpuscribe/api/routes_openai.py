@@ -168,7 +168,7 @@ async def wait_final(request: Request, backend: Backend, task_id: str) -> Task:
     start = time.monotonic()
     next_check = start + DISCONNECT_CHECK_SECONDS
     while True:
-        task = await run_in_threadpool(backend.store.get, task_id)
+        task = await run_in_threadpool(backend.task, task_id)
         if task is None:
             raise ApiError(500, f"task {task_id} disappeared from the store", headers=NO_RETRY)
         if task.state.is_final:
@@ -205,7 +205,7 @@ def _answer(backend: Backend, task: Task, form: OpenAIForm) -> Response:
         raise ApiError(
             409, f"task {task.id} was cancelled", code="task_cancelled", headers=NO_RETRY
         )
-    transcript = backend.store.result(task.id)
+    transcript = backend.result(task.id)
     if transcript is None:
         raise ApiError(
             500, f"task {task.id} is completed but its result is missing", headers=NO_RETRY

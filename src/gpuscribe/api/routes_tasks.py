@@ -106,7 +106,7 @@ def task_submission(received: Received, backend: Backend, key: str | None) -> Su
 
 
 def _task_or_404(backend: Backend, task_id: str) -> Task:
-    task = backend.store.get(task_id)
+    task = backend.task(task_id)
     if task is None:
         raise ApiError(404, f"no task with id {task_id!r}", code="task_not_found", param="id")
     return task
@@ -116,7 +116,7 @@ def _task_or_404(backend: Backend, task_id: str) -> Task:
 def get_task(task_id: str, backend: BackendDep) -> dict[str, Any]:
     """One task, with its history."""
     task = _task_or_404(backend, task_id)
-    history = backend.store.history(task_id)
+    history = backend.history(task_id)
     return TaskOut.of(task, history).model_dump(mode="json")
 
 
@@ -164,7 +164,7 @@ def get_result(
     task = _task_or_404(backend, task_id)
     if task.state is not TaskState.COMPLETED:
         raise _not_ready(task)
-    transcript = backend.store.result(task_id)
+    transcript = backend.result(task_id)
     if transcript is None:
         raise ApiError(
             500, f"task {task_id} is completed but its result is missing", code="result_missing"
@@ -219,5 +219,5 @@ def list_tasks(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     """Tasks, newest first, optionally in one state."""
-    tasks = backend.store.list_tasks(state=state, limit=limit)
+    tasks = backend.tasks(state=state, limit=limit)
     return {"tasks": [task_body(t) for t in tasks]}

@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from gpuscribe.api.backend import CalibrationRow, DeviceView, QueueFull
+from gpuscribe.api.reads import StoreReads
 from gpuscribe.config import Settings
 from gpuscribe.domain import NewTask, Task, TaskState
 from gpuscribe.memory.types import MemoryEstimate, ProfileKey
@@ -30,11 +31,12 @@ log = logging.getLogger(__name__)
 PROGRESS_FLUSH_SECONDS = 1.0  # workers' progress reports reach the store this often, batched
 
 
-class Node:
+class Node(StoreReads):
     """One machine's share of gpuscribe. Thread-safe; start() then stop().
 
     Its `role` says what it runs: `serve` (the API and workers on its devices), `api` (the API
-    only: no device, no scheduler) or `worker` (workers only; the caller serves no HTTP)."""
+    only: no device, no scheduler) or `worker` (workers only; the caller serves no HTTP).
+    The API reads through it (`StoreReads`), from its store."""
 
     def __init__(
         self,

@@ -71,6 +71,10 @@ class TaskStore(Protocol):
 
     def get(self, task_id: str) -> Task | None: ...
 
+    def task_by_key(self, key: str) -> Task | None:
+        """The task stored with this idempotency key, if any."""
+        ...
+
     def list_tasks(self, *, state: TaskState | None = None, limit: int = 100) -> list[Task]:
         """Newest first."""
         ...

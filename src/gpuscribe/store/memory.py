@@ -68,6 +68,11 @@ class InMemoryStore:
             task = self._tasks.get(task_id)
             return None if task is None else replace(task)
 
+    def task_by_key(self, key: str) -> Task | None:
+        with self._lock:
+            task_id = self._keys.get(key)
+            return None if task_id is None else replace(self._tasks[task_id])
+
     def list_tasks(self, *, state: TaskState | None = None, limit: int = 100) -> list[Task]:
         with self._lock:
             found = [t for t in self._tasks.values() if state is None or t.state == state]

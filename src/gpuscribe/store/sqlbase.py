@@ -156,7 +156,7 @@ class SqlTaskStore(abc.ABC):
     # --- submission and reading -------------------------------------------------------------
     def add(self, new: NewTask, *, now: float, max_queued: int | None = None) -> tuple[Task, bool]:
         if new.idempotency_key is not None:
-            existing = self._by_key(new.idempotency_key)
+            existing = self.task_by_key(new.idempotency_key)
             if existing is not None:
                 return existing, False
         task_id = rows.new_task_id()
@@ -173,12 +173,12 @@ class SqlTaskStore(abc.ABC):
         if row is not None:
             return rows.task_from_row(row), True
         # Another add with this key committed first: ours did nothing (ON CONFLICT DO NOTHING).
-        existing = self._by_key(new.idempotency_key or "")
+        existing = self.task_by_key(new.idempotency_key or "")
         if existing is None:
             raise RuntimeError(f"idempotency key {new.idempotency_key!r} conflicts but is absent")
         return existing, False
 
-    def _by_key(self, key: str) -> Task | None:
+    def task_by_key(self, key: str) -> Task | None:
         with self._read() as s:
             row = s.one("task_by_key", {"key": key})
         return None if row is None else rows.task_from_row(row)
