@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
+from functools import partial
 
 import anyio
 from fastapi import APIRouter, Request
@@ -21,17 +23,10 @@ from starlette.concurrency import run_in_threadpool
 from gpuscribe.api import formats
 from gpuscribe.api.backend import Backend
 from gpuscribe.api.errors import ApiError
+from gpuscribe.api.form_values import parse_form, resolve_model_name
 from gpuscribe.api.routes_tasks import BackendDep, error_responses
 from gpuscribe.api.schemas import OpenAIForm, OpenAITranscription, multipart_schema
-from gpuscribe.api.uploads import (
-    Received,
-    Submission,
-    idempotency_key,
-    parse_form,
-    receive,
-    resolve_model_name,
-    submit_audio,
-)
+from gpuscribe.api.submission import Submission, accept
 from gpuscribe.config import Settings
 from gpuscribe.domain import (
     InvalidRequest,
@@ -86,31 +81,16 @@ async def translations(request: Request, backend: BackendDep) -> Response:
 
 
 async def _serve(request: Request, backend: Backend, kind: TaskKind) -> Response:
-    key = idempotency_key(request)
-    received = await receive(request, backend.settings)
-    form, task = await run_in_threadpool(_submit, received, backend, kind, key)
-    final = await wait_final(request, backend, task.id)
-    return await run_in_threadpool(_answer, backend, final, form)
-
-
-def _submit(
-    received: Received, backend: Backend, kind: TaskKind, key: str | None
-) -> tuple[OpenAIForm, Task]:
-    """The form checked, then the audio probed and stored and the task submitted, in one trip
-    to the threadpool. Blocking. The upload is deleted on any rejection."""
-    try:
-        form, submission = _submission(received, backend, kind, key)
-    except BaseException:
-        received.discard()
-        raise
-    task, _ = submit_audio(backend, received, submission)
-    return form, task
+    accepted = await accept(request, backend, partial(_submission, backend, kind))
+    final = await wait_final(request, backend, accepted.task.id)
+    return await run_in_threadpool(_answer, backend, final, accepted.form)
 
 
 def _submission(
-    received: Received, backend: Backend, kind: TaskKind, key: str | None
+    backend: Backend, kind: TaskKind, raw: Mapping[str, list[str]]
 ) -> tuple[OpenAIForm, Submission]:
-    fields = dict(received.fields)
+    """The form fields, validated, with the model resolved. Blocking (model lookup)."""
+    fields = dict(raw)
     if "timestamp_granularities" in fields:
         fields.setdefault(GRANULARITIES, []).extend(fields.pop("timestamp_granularities"))
     form = parse_form(fields, OpenAIForm, lists=(GRANULARITIES,))
@@ -137,7 +117,7 @@ def _submission(
         initial_prompt=form.prompt,
         temperature=form.temperature,
     )
-    return form, Submission(options, Priority.parse(form.priority), key)
+    return form, Submission(options, Priority.parse(form.priority))
 
 
 def openai_model(name: str, engine: str, settings: Settings) -> str:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
-from starlette.concurrency import run_in_threadpool
 
 from gpuscribe.api import formats
 from gpuscribe.api.backend import Backend
 from gpuscribe.api.errors import ApiError
+from gpuscribe.api.form_values import parse_form, resolve_model_name
 from gpuscribe.api.schemas import (
     ErrorResponse,
     OpenAITranscription,
@@ -19,15 +21,7 @@ from gpuscribe.api.schemas import (
     TaskOut,
     multipart_schema,
 )
-from gpuscribe.api.uploads import (
-    Received,
-    Submission,
-    idempotency_key,
-    parse_form,
-    receive,
-    resolve_model_name,
-    submit_audio,
-)
+from gpuscribe.api.submission import Submission, accept
 from gpuscribe.domain import Priority, Task, TaskKind, TaskState, TranscriptionOptions
 from gpuscribe.languages import check_language
 
@@ -63,29 +57,19 @@ def task_body(task: Task) -> dict[str, Any]:
 )
 async def create_task(request: Request, backend: BackendDep) -> JSONResponse:
     """Multipart: `file` and the form fields below; header `Idempotency-Key` (optional)."""
-    key = idempotency_key(request)
-    received = await receive(request, backend.settings)
-    task, created = await run_in_threadpool(_submit, received, backend, key)
+    accepted = await accept(request, backend, partial(task_submission, backend))
+    task = accepted.task
     headers = {"Location": f"/v1/tasks/{task.id}"}
-    if not created:
+    if not accepted.created:
         headers["Idempotent-Replayed"] = "true"
     return JSONResponse(task_body(task), status_code=202, headers=headers)
 
 
-def _submit(received: Received, backend: Backend, key: str | None) -> tuple[Task, bool]:
-    """The form checked, then the audio probed and stored and the task submitted, in one trip
-    to the threadpool. Blocking. The upload is deleted on any rejection."""
-    try:
-        submission = task_submission(received, backend, key)
-    except BaseException:
-        received.discard()
-        raise
-    return submit_audio(backend, received, submission)
-
-
-def task_submission(received: Received, backend: Backend, key: str | None) -> Submission:
+def task_submission(
+    backend: Backend, fields: Mapping[str, list[str]]
+) -> tuple[TaskForm, Submission]:
     """The form fields, validated, with the model resolved. Blocking (model lookup)."""
-    form = parse_form(received.fields, TaskForm)
+    form = parse_form(fields, TaskForm)
     settings = backend.settings
     engine = form.engine or backend.default_engine
     model = resolve_model_name(form.model or settings.default_model, engine, settings)
@@ -102,7 +86,7 @@ def task_submission(received: Received, backend: Backend, key: str | None) -> Su
         initial_prompt=form.initial_prompt,
         temperature=form.temperature,
     )
-    return Submission(options, Priority.parse(form.priority), key)
+    return form, Submission(options, Priority.parse(form.priority))
 
 
 def _task_or_404(backend: Backend, task_id: str) -> Task:
