@@ -1,6 +1,6 @@
 """OpenAI-compatible `POST /v1/audio/transcriptions` and `/v1/audio/translations`.
 
-They take OpenAI's form fields, submit a normal-priority task and wait for it (polling the store
+They take OpenAI's form fields, submit a normal-priority task and wait for it (asking the node
 without blocking the event loop, up to `settings.task_timeout_seconds`), then answer in OpenAI's
 shapes, so the official `openai` client works unchanged. `whisper-1` means the default model; an
 unknown model is OpenAI's 404 `model_not_found`. gpuscribe's own fields (priority, beam_size, ...)
@@ -142,8 +142,9 @@ def openai_model(name: str, engine: str, settings: Settings) -> str:
 
 
 async def wait_final(request: Request, backend: Backend, task_id: str) -> Task:
-    """Poll the store until the task is final. 504 after `task_timeout_seconds` (the task goes
-    on); a client that hangs up has its task cancelled."""
+    """Ask the node until the task is final: the API's one poll (a task may finish on any
+    node of the cluster, which only the store sees). 504 after `task_timeout_seconds` (the
+    task goes on); a client that hangs up has its task cancelled."""
     timeout = backend.settings.task_timeout_seconds
     start = time.monotonic()
     next_check = start + DISCONNECT_CHECK_SECONDS
