@@ -48,9 +48,16 @@ STAGES = [
     ("gpuscribe.api.uploads", "check_audio", "audio: probe, rename, dir fsync"),
     ("gpuscribe.api.uploads", "_probe", "probe"),
     ("gpuscribe.api.uploads", "_fsync_dir", "directory fsync"),
+    ("gpuscribe.api.submission", "_submit", "the blocking call (form, audio, commit)"),
+    ("gpuscribe.api.submission", "receive", "receive (event loop, wall only)"),
+    ("gpuscribe.api.staging", "StagedUpload.flush", "temp file written (own thread trip)"),
+    ("gpuscribe.api.staging", "StagedUpload.finish", "temp file written + fsync'ed"),
+    ("gpuscribe.api.submission", "probe_upload", "probe"),
+    ("gpuscribe.api.staging", "StagedUpload.place", "rename + directory fsync"),
+    ("gpuscribe.api.staging", "_fsync_dir", "directory fsync"),
     ("gpuscribe.node.node", "Node.submit", "Node.submit"),
     ("gpuscribe.store.sqlbase", "SqlTaskStore.add", "store.add (durable commit)"),
-    ("gpuscribe.store.sqlbase", "SqlTaskStore._by_key", "idempotency key read"),
+    ("gpuscribe.store.sqlbase", "SqlTaskStore.task_by_key", "idempotency key read"),
 ]
 
 
@@ -95,7 +102,10 @@ def _instrument(out: str) -> None:
             setattr(owner, name, timed)
 
     for module_name, path, label in STAGES:
-        owner: Any = importlib.import_module(module_name)
+        try:
+            owner: Any = importlib.import_module(module_name)
+        except ModuleNotFoundError:  # a module of older or newer code
+            continue
         *parents, name = path.split(".")
         with contextlib.suppress(AttributeError):
             for parent in parents:

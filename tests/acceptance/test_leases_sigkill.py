@@ -221,7 +221,7 @@ def test_second_node_takes_over_after_leases_expire(audio: AudioSet, tmp_path: P
 
         store = open_store(store_url)
         try:
-            orphans = {t.id: t for t in store.list(state=TaskState.RUNNING, limit=1000)}
+            orphans = {t.id: t for t in store.list_tasks(state=TaskState.RUNNING, limit=1000)}
             assert orphans, "nothing was running on node-a when it was killed"
             for task in orphans.values():
                 assert task.node == "node-a" and task.lease_expires_at is not None, task

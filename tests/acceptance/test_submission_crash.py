@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gpuscribe.api.uploads import WRITE_BATCH_BYTES
+from gpuscribe.api.staging import WRITE_BATCH_BYTES
 from support.audio import AudioSet
 from support.server import ServiceProcess, wait_all_done
 

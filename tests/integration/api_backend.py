@@ -22,6 +22,7 @@ from fastapi import FastAPI
 
 from gpuscribe.api.app import create_app
 from gpuscribe.api.backend import CalibrationRow, DeviceView, QueueFull
+from gpuscribe.api.reads import StoreReads
 from gpuscribe.config import GIB, Settings
 from gpuscribe.domain import NewTask, Segment, Task, Transcript, Word
 from gpuscribe.memory.types import EstimateSource, MemoryEstimate, ProfileKey
@@ -55,7 +56,7 @@ def sample_transcript(task: Task) -> Transcript:
 
 
 @dataclass
-class ApiTestBackend:
+class ApiTestBackend(StoreReads):
     """`Backend` over a real store, without scheduler or workers."""
 
     settings: Settings

@@ -179,7 +179,7 @@ def test_timeout_is_504_naming_the_task(
     assert err.value.status_code == 504
     assert "GET /v1/tasks/" in str(err.value)
     assert len(backend.submitted) == before + 1
-    backend.cancel(backend.store.list(limit=1)[0].id)
+    backend.cancel(backend.store.list_tasks(limit=1)[0].id)
 
 
 def test_client_hanging_up_cancels_its_task(tmp_path: Path, audio: AudioSet) -> None:
@@ -190,7 +190,7 @@ def test_client_hanging_up_cancels_its_task(tmp_path: Path, audio: AudioSet) -> 
             httpx.post(f"{url}/v1/audio/transcriptions", files=files, timeout=0.5)
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
-            (task,) = backend.store.list()
+            (task,) = backend.store.list_tasks()
             if task.state.value == "cancelled":
                 break
             time.sleep(0.05)

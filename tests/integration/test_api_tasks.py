@@ -361,6 +361,20 @@ def test_idempotency_key_returns_the_same_task(
     assert other.json()["id"] != first.json()["id"]
 
 
+def test_a_repeated_key_is_answered_without_storing_its_file(
+    client: TestClient, backend: ApiTestBackend, audio: AudioSet, tmp_path: Path
+) -> None:
+    first = post(client, audio.speech(0).path, idempotency_key="seen")
+    not_audio = tmp_path / "notes.txt"
+    not_audio.write_bytes(b"not audio at all " * 100_000)  # over a write batch; never probed
+    again = post(client, not_audio, idempotency_key="seen")
+    assert again.status_code == 202 and again.json()["id"] == first.json()["id"]
+    assert again.headers["idempotent-replayed"] == "true"
+    assert len(backend.submitted) == 1
+    files = sorted(p.name for p in backend.settings.audio_dir.iterdir())
+    assert files == [Path(backend.submitted[0].audio_path).name]
+
+
 def test_full_queue_is_429_with_retry_after(tmp_path: Path, audio: AudioSet) -> None:
     backend, app = make_app(str(tmp_path / "data"), max_queue_length=1)
     client = TestClient(app)

@@ -18,7 +18,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from gpuscribe.cli.client import ApiClient, ApiError, ServerUnreachable
+from gpuscribe.cli.client import ApiClient, ApiError, ClientError, ServerUnreachable
 from gpuscribe.cli.main import main
 
 API_KEY = "secret"
@@ -378,3 +378,9 @@ def test_gpus_watch_redraws_until_interrupted(
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2
     assert sleeps == [0.5, 0.5]
+
+
+def test_transport_failures_and_error_answers_are_siblings() -> None:
+    with client(f"127.0.0.1:{free_port()}") as api, pytest.raises(ClientError) as info:
+        api.health()
+    assert isinstance(info.value, ServerUnreachable) and not isinstance(info.value, ApiError)

@@ -229,7 +229,7 @@ def test_start_sweeps_orphan_audio_but_keeps_audio_of_live_tasks(
     left = sorted(p.name for p in audio.iterdir())
     assert left == ["queued.wav", "running-elsewhere.wav", "subdir"]
     assert list(spool.iterdir()) == []
-    queued_id = next(t.id for t in store.list(limit=10) if t.audio_path == queued.audio_path)
+    queued_id = next(t.id for t in store.list_tasks(limit=10) if t.audio_path == queued.audio_path)
     wait_dispatched(node, queued_id)
 
 

@@ -101,7 +101,7 @@ class Rig:
         return TaskCompleted(
             task_id=r.task_id,
             lease_token=r.token,
-            transcript=simulated_transcript(30.0).to_dict(),
+            transcript=simulated_transcript(30.0),
             peak_bytes=REFERENCE_CONTEXT_BYTES + (working or 0),
             working_bytes=working,
             ran_alone=ran_alone,

@@ -145,6 +145,13 @@ def test_repeated_idempotency_key_returns_the_first_task(store: TaskStore) -> No
     assert created_no_key and no_key_1.id != no_key_2.id
 
 
+def test_a_task_is_found_by_its_idempotency_key(store: TaskStore) -> None:
+    first, _ = store.add(new_task("k1"), now=1.0)
+    found = store.task_by_key("k1")
+    assert found is not None and found.id == first.id
+    assert store.task_by_key("k2") is None
+
+
 def test_concurrent_adds_of_one_key_make_one_task(factory: StoreFactory) -> None:
     stores = [factory(), factory()]
     barrier = threading.Barrier(8)
@@ -204,10 +211,10 @@ def test_queued_is_oldest_first_and_ready_only(store: TaskStore) -> None:
 def test_list_is_newest_first_by_state(store: TaskStore) -> None:
     ids = [store.add(new_task(), now=float(t))[0].id for t in range(4)]
     store.cancel(ids[0], now=9.0)
-    assert [t.id for t in store.list()] == ids[::-1]
-    assert [t.id for t in store.list(limit=2)] == ids[:1:-1]
-    assert [t.id for t in store.list(state=TaskState.QUEUED)] == ids[:0:-1]
-    assert [t.id for t in store.list(state=TaskState.CANCELLED)] == [ids[0]]
+    assert [t.id for t in store.list_tasks()] == ids[::-1]
+    assert [t.id for t in store.list_tasks(limit=2)] == ids[:1:-1]
+    assert [t.id for t in store.list_tasks(state=TaskState.QUEUED)] == ids[:0:-1]
+    assert [t.id for t in store.list_tasks(state=TaskState.CANCELLED)] == [ids[0]]
 
 
 def test_counts_by_state_and_queued_priority(store: TaskStore) -> None:
@@ -467,7 +474,7 @@ def test_prune_deletes_old_final_tasks_with_their_rows(store: TaskStore) -> None
     assert all(store.get(t.id) is None for t in pruned)
     assert store.result(old_done) is None and store.history(old_done) == []
     assert store.result(recent_done) == TRANSCRIPT
-    assert {t.id for t in store.list()} == {recent_done, still_running, still_queued.id}
+    assert {t.id for t in store.list_tasks()} == {recent_done, still_running, still_queued.id}
     again, created = store.add(new_task("key-1"), now=600.0)
     assert created and again.id != old_cancelled.id
 

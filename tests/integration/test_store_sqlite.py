@@ -187,7 +187,7 @@ def test_two_processes_claim_each_task_once(tmp_path: Path) -> None:
     for child in children:
         child.join()
     assert sorted(won) == sorted(ids)
-    assert {t.node for t in store.list(state=TaskState.RUNNING, limit=100)} <= {"n0", "n1"}
+    assert {t.node for t in store.list_tasks(state=TaskState.RUNNING, limit=100)} <= {"n0", "n1"}
     store.close()
 
 

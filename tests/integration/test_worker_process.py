@@ -266,7 +266,7 @@ def test_worker_loop_completes_with_progress_and_a_sample(loop: Loop) -> None:
     assert isinstance(seen[0], TaskStarted) and isinstance(final, TaskCompleted)
     assert [e.progress for e in seen if isinstance(e, TaskProgress)] == [0.5, 1.0]
     assert next(e for e in seen if isinstance(e, ModelLoaded)).weights_bytes == 500  # no RSS rise
-    assert final.transcript["text"] == "hello" and final.ran_alone and final.working_bytes == 0
+    assert final.transcript.text == "hello" and final.ran_alone and final.working_bytes == 0
     assert memory.limits == [2 * 1024**3]
 
 
@@ -430,7 +430,7 @@ def test_process_transcribes_two_tasks_with_one_model_load(
     for task_id in ("one", "two"):
         done = events.final(task_id)
         assert isinstance(done, TaskCompleted), done
-        words = Transcript.from_dict(done.transcript).text.lower()
+        words = done.transcript.text.lower()
         assert all(word in words for word in ("river", "children", "afternoon")), words
         assert done.peak_bytes is not None and done.peak_bytes > 0
         assert done.working_bytes is not None and done.working_bytes >= 0

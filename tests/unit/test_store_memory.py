@@ -17,7 +17,7 @@ def test_callers_get_copies_not_the_stored_task() -> None:
     store = InMemoryStore()
     task, _ = store.add(NEW, now=1.0)
     task.state = TaskState.FAILED
-    listed = store.list()[0]
+    listed = store.list_tasks()[0]
     listed.progress = 0.9
     stored = store.get(task.id)
     assert stored is not None and stored.state == TaskState.QUEUED and stored.progress == 0.0

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from gpuscribe.config import Settings
-from gpuscribe.domain import Transcript, TranscriptionOptions
+from gpuscribe.domain import TranscriptionOptions
 from gpuscribe.memory.profiles import (
     REFERENCE_CONTEXT_BYTES,
     reference_weights_bytes,
@@ -106,7 +106,7 @@ def test_memory_rises_while_a_task_runs_and_falls_after(sim: Sim) -> None:
     assert done.working_bytes == working()
     assert done.ran_alone is True
     assert done.seconds >= 65.0 / SPEED * 0.9
-    transcript = Transcript.from_dict(done.transcript)
+    transcript = done.transcript
     assert transcript.simulated and transcript.duration == 65.0
     assert [s.text for s in transcript.segments] == ["[simulated]"] * 3
 

@@ -1,16 +1,17 @@
-"""What the HTTP layer needs from a running node. The node implements it; tests may use a node
-built on the in-memory store and simulated GPUs."""
+"""What the HTTP layer needs from a running node: its writes (submit, cancel), its reads
+(`TaskReads`) and its devices. The node implements it; tests may use a node built on the
+in-memory store and simulated GPUs. Routes never reach past it to a store."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Protocol
 
+from gpuscribe.api.reads import TaskReads
 from gpuscribe.config import Settings
 from gpuscribe.domain import NewTask, Task
 from gpuscribe.memory.types import MemoryEstimate, ProfileKey
 from gpuscribe.metrics import Metrics
-from gpuscribe.store.base import TaskStore
 from gpuscribe.telemetry.base import DeviceReading
 
 
@@ -47,9 +48,8 @@ class CalibrationRow:
     mean_error_ratio: float | None  # mean of estimate / measured over the samples that have both
 
 
-class Backend(Protocol):
+class Backend(TaskReads, Protocol):
     settings: Settings
-    store: TaskStore
     metrics: Metrics
 
     @property

@@ -1,6 +1,6 @@
 """OpenAI-compatible `POST /v1/audio/transcriptions` and `/v1/audio/translations`.
 
-They take OpenAI's form fields, submit a normal-priority task and wait for it (polling the store
+They take OpenAI's form fields, submit a normal-priority task and wait for it (asking the node
 without blocking the event loop, up to `settings.task_timeout_seconds`), then answer in OpenAI's
 shapes, so the official `openai` client works unchanged. `whisper-1` means the default model; an
 unknown model is OpenAI's 404 `model_not_found`. gpuscribe's own fields (priority, beam_size, ...)
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
+from functools import partial
 
 import anyio
 from fastapi import APIRouter, Request
@@ -21,17 +23,10 @@ from starlette.concurrency import run_in_threadpool
 from gpuscribe.api import formats
 from gpuscribe.api.backend import Backend
 from gpuscribe.api.errors import ApiError
+from gpuscribe.api.form_values import parse_form, resolve_model_name
 from gpuscribe.api.routes_tasks import BackendDep, error_responses
 from gpuscribe.api.schemas import OpenAIForm, OpenAITranscription, multipart_schema
-from gpuscribe.api.uploads import (
-    Received,
-    Submission,
-    idempotency_key,
-    parse_form,
-    receive,
-    resolve_model_name,
-    submit_audio,
-)
+from gpuscribe.api.submission import Submission, accept
 from gpuscribe.config import Settings
 from gpuscribe.domain import (
     InvalidRequest,
@@ -86,31 +81,16 @@ async def translations(request: Request, backend: BackendDep) -> Response:
 
 
 async def _serve(request: Request, backend: Backend, kind: TaskKind) -> Response:
-    key = idempotency_key(request)
-    received = await receive(request, backend.settings)
-    form, task = await run_in_threadpool(_submit, received, backend, kind, key)
-    final = await wait_final(request, backend, task.id)
-    return await run_in_threadpool(_answer, backend, final, form)
-
-
-def _submit(
-    received: Received, backend: Backend, kind: TaskKind, key: str | None
-) -> tuple[OpenAIForm, Task]:
-    """The form checked, then the audio probed and stored and the task submitted, in one trip
-    to the threadpool. Blocking. The upload is deleted on any rejection."""
-    try:
-        form, submission = _submission(received, backend, kind, key)
-    except BaseException:
-        received.discard()
-        raise
-    task, _ = submit_audio(backend, received, submission)
-    return form, task
+    accepted = await accept(request, backend, partial(_submission, backend, kind))
+    final = await wait_final(request, backend, accepted.task.id)
+    return await run_in_threadpool(_answer, backend, final, accepted.form)
 
 
 def _submission(
-    received: Received, backend: Backend, kind: TaskKind, key: str | None
+    backend: Backend, kind: TaskKind, raw: Mapping[str, list[str]]
 ) -> tuple[OpenAIForm, Submission]:
-    fields = dict(received.fields)
+    """The form fields, validated, with the model resolved. Blocking (model lookup)."""
+    fields = dict(raw)
     if "timestamp_granularities" in fields:
         fields.setdefault(GRANULARITIES, []).extend(fields.pop("timestamp_granularities"))
     form = parse_form(fields, OpenAIForm, lists=(GRANULARITIES,))
@@ -137,7 +117,7 @@ def _submission(
         initial_prompt=form.prompt,
         temperature=form.temperature,
     )
-    return form, Submission(options, Priority.parse(form.priority), key)
+    return form, Submission(options, Priority.parse(form.priority))
 
 
 def openai_model(name: str, engine: str, settings: Settings) -> str:
@@ -162,13 +142,14 @@ def openai_model(name: str, engine: str, settings: Settings) -> str:
 
 
 async def wait_final(request: Request, backend: Backend, task_id: str) -> Task:
-    """Poll the store until the task is final. 504 after `task_timeout_seconds` (the task goes
-    on); a client that hangs up has its task cancelled."""
+    """Ask the node until the task is final: the API's one poll (a task may finish on any
+    node of the cluster, which only the store sees). 504 after `task_timeout_seconds` (the
+    task goes on); a client that hangs up has its task cancelled."""
     timeout = backend.settings.task_timeout_seconds
     start = time.monotonic()
     next_check = start + DISCONNECT_CHECK_SECONDS
     while True:
-        task = await run_in_threadpool(backend.store.get, task_id)
+        task = await run_in_threadpool(backend.task, task_id)
         if task is None:
             raise ApiError(500, f"task {task_id} disappeared from the store", headers=NO_RETRY)
         if task.state.is_final:
@@ -205,7 +186,7 @@ def _answer(backend: Backend, task: Task, form: OpenAIForm) -> Response:
         raise ApiError(
             409, f"task {task.id} was cancelled", code="task_cancelled", headers=NO_RETRY
         )
-    transcript = backend.store.result(task.id)
+    transcript = backend.result(task.id)
     if transcript is None:
         raise ApiError(
             500, f"task {task.id} is completed but its result is missing", headers=NO_RETRY

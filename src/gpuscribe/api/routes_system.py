@@ -33,7 +33,7 @@ router = APIRouter(tags=["system"])
 @router.get("/v1/queue", response_model=QueueOut, responses=error_responses(401))
 def get_queue(backend: BackendDep) -> QueueOut:
     """Tasks by state, queued tasks by priority."""
-    counts = backend.store.counts()
+    counts = backend.counts()
     return queue_out(counts.by_state, counts.by_priority, backend.settings.max_queue_length)
 
 
@@ -63,7 +63,7 @@ def healthz(backend: BackendDep) -> JSONResponse:
     responses={200: {"content": {CONTENT_TYPE_PLAIN_0_0_4: {"schema": {"type": "string"}}}}},
 )
 def metrics(backend: BackendDep) -> Response:
-    """Prometheus exposition; queue and cluster gauges are refreshed from the store at each
+    """Prometheus exposition; queue and cluster gauges are refreshed from the node at each
     scrape."""
     refresh_queue_gauges(backend)
     refresh_cluster_gauges(backend)
@@ -72,7 +72,7 @@ def metrics(backend: BackendDep) -> Response:
 
 def refresh_queue_gauges(backend: Backend) -> None:
     """Queued tasks per priority; other states under priority `any` (sums stay exact)."""
-    counts = backend.store.counts()
+    counts = backend.counts()
     gauge = backend.metrics.queue_length
     for priority in Priority:
         gauge.labels("queued", priority.label).set(counts.by_priority.get(priority.label, 0))

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
-from starlette.concurrency import run_in_threadpool
 
 from gpuscribe.api import formats
 from gpuscribe.api.backend import Backend
 from gpuscribe.api.errors import ApiError
+from gpuscribe.api.form_values import parse_form, resolve_model_name
 from gpuscribe.api.schemas import (
     ErrorResponse,
     OpenAITranscription,
@@ -19,15 +21,7 @@ from gpuscribe.api.schemas import (
     TaskOut,
     multipart_schema,
 )
-from gpuscribe.api.uploads import (
-    Received,
-    Submission,
-    idempotency_key,
-    parse_form,
-    receive,
-    resolve_model_name,
-    submit_audio,
-)
+from gpuscribe.api.submission import Submission, accept
 from gpuscribe.domain import Priority, Task, TaskKind, TaskState, TranscriptionOptions
 from gpuscribe.languages import check_language
 
@@ -63,29 +57,19 @@ def task_body(task: Task) -> dict[str, Any]:
 )
 async def create_task(request: Request, backend: BackendDep) -> JSONResponse:
     """Multipart: `file` and the form fields below; header `Idempotency-Key` (optional)."""
-    key = idempotency_key(request)
-    received = await receive(request, backend.settings)
-    task, created = await run_in_threadpool(_submit, received, backend, key)
+    accepted = await accept(request, backend, partial(task_submission, backend))
+    task = accepted.task
     headers = {"Location": f"/v1/tasks/{task.id}"}
-    if not created:
+    if not accepted.created:
         headers["Idempotent-Replayed"] = "true"
     return JSONResponse(task_body(task), status_code=202, headers=headers)
 
 
-def _submit(received: Received, backend: Backend, key: str | None) -> tuple[Task, bool]:
-    """The form checked, then the audio probed and stored and the task submitted, in one trip
-    to the threadpool. Blocking. The upload is deleted on any rejection."""
-    try:
-        submission = task_submission(received, backend, key)
-    except BaseException:
-        received.discard()
-        raise
-    return submit_audio(backend, received, submission)
-
-
-def task_submission(received: Received, backend: Backend, key: str | None) -> Submission:
+def task_submission(
+    backend: Backend, fields: Mapping[str, list[str]]
+) -> tuple[TaskForm, Submission]:
     """The form fields, validated, with the model resolved. Blocking (model lookup)."""
-    form = parse_form(received.fields, TaskForm)
+    form = parse_form(fields, TaskForm)
     settings = backend.settings
     engine = form.engine or backend.default_engine
     model = resolve_model_name(form.model or settings.default_model, engine, settings)
@@ -102,11 +86,11 @@ def task_submission(received: Received, backend: Backend, key: str | None) -> Su
         initial_prompt=form.initial_prompt,
         temperature=form.temperature,
     )
-    return Submission(options, Priority.parse(form.priority), key)
+    return form, Submission(options, Priority.parse(form.priority))
 
 
 def _task_or_404(backend: Backend, task_id: str) -> Task:
-    task = backend.store.get(task_id)
+    task = backend.task(task_id)
     if task is None:
         raise ApiError(404, f"no task with id {task_id!r}", code="task_not_found", param="id")
     return task
@@ -116,7 +100,7 @@ def _task_or_404(backend: Backend, task_id: str) -> Task:
 def get_task(task_id: str, backend: BackendDep) -> dict[str, Any]:
     """One task, with its history."""
     task = _task_or_404(backend, task_id)
-    history = backend.store.history(task_id)
+    history = backend.history(task_id)
     return TaskOut.of(task, history).model_dump(mode="json")
 
 
@@ -164,7 +148,7 @@ def get_result(
     task = _task_or_404(backend, task_id)
     if task.state is not TaskState.COMPLETED:
         raise _not_ready(task)
-    transcript = backend.store.result(task_id)
+    transcript = backend.result(task_id)
     if transcript is None:
         raise ApiError(
             500, f"task {task_id} is completed but its result is missing", code="result_missing"
@@ -219,5 +203,5 @@ def list_tasks(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     """Tasks, newest first, optionally in one state."""
-    tasks = backend.store.list(state=state, limit=limit)
+    tasks = backend.tasks(state=state, limit=limit)
     return {"tasks": [task_body(t) for t in tasks]}

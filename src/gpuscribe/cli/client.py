@@ -18,18 +18,29 @@ API_KEY_ENV = "GPUSCRIBE_API_KEY"
 FieldValue = str | int | float | bool | None
 
 
-class ApiError(Exception):
-    """The server answered with an error, or could not be reached (`status` 0)."""
+class ClientError(Exception):
+    """Any failure of a request: what the command line reports and exits 1 on."""
 
-    def __init__(self, status: int, message: str, code: str | None = None) -> None:
+    def __init__(self, message: str, code: str | None = None) -> None:
         super().__init__(message)
-        self.status = status
         self.message = message
         self.code = code
 
 
-class ServerUnreachable(ApiError):
-    """Nothing answers at the server's address."""
+class ApiError(ClientError):
+    """The server answered with an error status."""
+
+    def __init__(self, status: int, message: str, code: str | None = None) -> None:
+        super().__init__(message, code)
+        self.status = status
+
+
+class ServerUnreachable(ClientError):
+    """Nothing answers at the server's address: no request can succeed."""
+
+
+class NoAnswer(ClientError):
+    """The server was reached but this exchange failed (a timeout, a broken connection)."""
 
 
 def default_server(env: dict[str, str] | None = None) -> str:
@@ -90,7 +101,8 @@ def _unwrap(payload: Any, key: str) -> Any:
 
 
 class ApiClient:
-    """Raises `ApiError` for every error answer, `ServerUnreachable` when nothing answers."""
+    """Raises `ApiError` for every error answer, `ServerUnreachable` when nothing answers at
+    the address, `NoAnswer` when an exchange fails; siblings, all `ClientError`s."""
 
     def __init__(
         self,
@@ -125,14 +137,14 @@ class ApiClient:
             response = self._http.request(method, path, **kwargs)
         except httpx.ConnectError as exc:
             raise ServerUnreachable(
-                0, f"the server is not running at {self.server} ({exc})", "unreachable"
+                f"the server is not running at {self.server} ({exc})", "unreachable"
             ) from exc
         except httpx.TimeoutException as exc:
-            raise ApiError(
-                0, f"the server at {self.server} did not answer in time", "timeout"
+            raise NoAnswer(
+                f"the server at {self.server} did not answer in time", "timeout"
             ) from exc
         except httpx.HTTPError as exc:
-            raise ApiError(0, f"cannot talk to the server at {self.server}: {exc}", "http") from exc
+            raise NoAnswer(f"cannot talk to the server at {self.server}: {exc}", "http") from exc
         if response.status_code >= 400:
             raise _error_from(response)
         return response

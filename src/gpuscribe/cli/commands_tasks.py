@@ -9,25 +9,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gpuscribe.api.formats import JSON_FORMATS, RESULT_FORMATS
 from gpuscribe.cli import CommandError
 from gpuscribe.cli.args import non_negative_int
-from gpuscribe.cli.client import ApiClient, ApiError, ServerUnreachable, add_server_flag, client_for
-from gpuscribe.cli.output import error, show
+from gpuscribe.cli.client import ApiClient, ApiError, NoAnswer, add_server_flag, client_for
+from gpuscribe.cli.output import error, show, show_document
 from gpuscribe.cli.progress import ProgressDisplay, ProgressItem
 from gpuscribe.cli.tables import device_label, task_details, tasks_table, to_json
+from gpuscribe.domain import FINAL_STATES, Priority, TaskState
 
-FORMATS = ("json", "verbose_json", "text", "srt", "vtt", "tsv")
-EXTENSIONS = {
-    "json": "json",
-    "verbose_json": "json",
-    "text": "txt",
-    "srt": "srt",
-    "vtt": "vtt",
-    "tsv": "tsv",
-}
-STATES = ("queued", "running", "completed", "failed", "cancelled")
-FINAL = frozenset({"completed", "failed", "cancelled"})
-PRIORITIES = ("urgent", "high", "normal", "low")
+# The server's own names: the CLI offers what the API accepts, never a copy of it.
+FORMATS = RESULT_FORMATS
+STATES = tuple(state.value for state in TaskState)
+FINAL = frozenset(state.value for state in FINAL_STATES)
+PRIORITIES = tuple(priority.label for priority in Priority)
+
+
+def extension(fmt: str) -> str:
+    """The file extension a result in `fmt` is written under."""
+    if fmt in JSON_FORMATS:
+        return "json"
+    return "txt" if fmt == "text" else fmt
 
 
 def add_task_options(parser: argparse.ArgumentParser) -> None:
@@ -99,7 +101,7 @@ def plan_jobs(files: list[str], output_dir: Path, fmt: str) -> list[Job]:
         path = Path(name)
         if not path.is_file():
             raise CommandError(f"{name}: no such file")
-        output = output_dir / f"{path.stem}.{EXTENSIONS[fmt]}"
+        output = output_dir / f"{path.stem}.{extension(fmt)}"
         if output in seen:
             raise CommandError(f"{seen[output]} and {path} would both write {output}")
         seen[output] = path
@@ -110,9 +112,7 @@ def plan_jobs(files: list[str], output_dir: Path, fmt: str) -> list[Job]:
 def _submit(client: ApiClient, job: Job, fields: dict[str, Any]) -> None:
     try:
         task = client.submit(job.path, **fields)
-    except ServerUnreachable:
-        raise
-    except ApiError as exc:
+    except (ApiError, NoAnswer) as exc:  # this job's exchange; ServerUnreachable stops the run
         job.state, job.error = "failed", f"not accepted: {exc.message}"
         return
     job.task_id = str(task["id"])
@@ -136,9 +136,7 @@ def _poll(client: ApiClient, job: Job, fmt: str, layout: dict[str, int | None]) 
         _apply(job, client.task(job.task_id))
         if job.state == "completed":
             job.output.write_text(client.result(job.task_id, fmt, **layout), encoding="utf-8")
-    except ServerUnreachable:
-        raise
-    except ApiError as exc:
+    except (ApiError, NoAnswer) as exc:  # this job's exchange; ServerUnreachable stops the run
         job.state, job.error = "failed", exc.message
         return
     if job.state == "completed":
@@ -234,7 +232,7 @@ def cmd_result(args: argparse.Namespace) -> int:
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
     else:
-        sys.stdout.write(text if text.endswith("\n") or not sys.stdout.isatty() else text + "\n")
+        show_document(text)
     return 0
 
 

@@ -16,7 +16,7 @@ from gpuscribe.cli import (
     commands_server,
     commands_tasks,
 )
-from gpuscribe.cli.client import ApiError
+from gpuscribe.cli.client import ClientError
 from gpuscribe.cli.output import error
 from gpuscribe.config import ConfigError
 
@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         error(str(exc))
         return 2
-    except ApiError as exc:
+    except ClientError as exc:
         error(exc.message)
         return 1
     except CommandError as exc:

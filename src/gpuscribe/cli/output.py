@@ -14,6 +14,13 @@ def show(text: str, *, flush: bool = False) -> None:
         sys.stdout.flush()
 
 
+def show_document(text: str) -> None:
+    """A document (a transcript) on stdout exactly as it is; on a terminal, ended by a newline
+    so that the prompt starts on a line of its own."""
+    ends_line = text.endswith("\n") or not sys.stdout.isatty()
+    sys.stdout.write(text if ends_line else text + "\n")
+
+
 def note(text: str) -> None:
     """Progress or a problem, on stderr, at once (it must not wait behind buffered results)."""
     sys.stderr.write(text + "\n")

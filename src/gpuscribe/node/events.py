@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable
 
 from gpuscribe.config import Settings
-from gpuscribe.domain import Transcript
 from gpuscribe.memory.calibration import CalibrationBook
 from gpuscribe.memory.types import CalibrationSample
 from gpuscribe.metrics import Metrics
@@ -125,7 +124,7 @@ class EventHandler:
         stored = self._store.complete(
             event.task_id,
             event.lease_token,
-            Transcript.from_dict(event.transcript),
+            event.transcript,
             peak_bytes=event.peak_bytes,
             now=now,
         )

@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from gpuscribe.api.backend import CalibrationRow, DeviceView, QueueFull
+from gpuscribe.api.reads import StoreReads
 from gpuscribe.config import Settings
 from gpuscribe.domain import NewTask, Task, TaskState
 from gpuscribe.memory.types import MemoryEstimate, ProfileKey
@@ -30,11 +31,12 @@ log = logging.getLogger(__name__)
 PROGRESS_FLUSH_SECONDS = 1.0  # workers' progress reports reach the store this often, batched
 
 
-class Node:
+class Node(StoreReads):
     """One machine's share of gpuscribe. Thread-safe; start() then stop().
 
     Its `role` says what it runs: `serve` (the API and workers on its devices), `api` (the API
-    only: no device, no scheduler) or `worker` (workers only; the caller serves no HTTP)."""
+    only: no device, no scheduler) or `worker` (workers only; the caller serves no HTTP).
+    The API reads through it (`StoreReads`), from its store."""
 
     def __init__(
         self,
@@ -183,7 +185,7 @@ class Node:
         """Tasks this node was running when it died cannot still be running: requeue them now
         rather than waiting for their leases to run out."""
         now = self._clock()
-        for task in self.store.list(state=TaskState.RUNNING, limit=100_000):
+        for task in self.store.list_tasks(state=TaskState.RUNNING, limit=100_000):
             if task.node == self.settings.node_name and task.lease_token:
                 self.store.fail(
                     task.id,
@@ -200,7 +202,7 @@ class Node:
         live = {
             Path(t.audio_path).name
             for state in (TaskState.QUEUED, TaskState.RUNNING)
-            for t in self.store.list(state=state, limit=10 * self.settings.max_queue_length)
+            for t in self.store.list_tasks(state=state, limit=10 * self.settings.max_queue_length)
         }
         removed = 0
         for path in self.settings.audio_dir.iterdir():

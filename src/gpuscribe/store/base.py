@@ -10,7 +10,6 @@ Rules every implementation keeps:
 
 from __future__ import annotations
 
-import builtins
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -72,13 +71,15 @@ class TaskStore(Protocol):
 
     def get(self, task_id: str) -> Task | None: ...
 
-    def list(self, *, state: TaskState | None = None, limit: int = 100) -> builtins.list[Task]:
+    def task_by_key(self, key: str) -> Task | None:
+        """The task stored with this idempotency key, if any."""
+        ...
+
+    def list_tasks(self, *, state: TaskState | None = None, limit: int = 100) -> list[Task]:
         """Newest first."""
         ...
 
-    def queued(
-        self, *, now: float, limit: int, priority: Priority | None = None
-    ) -> builtins.list[Task]:
+    def queued(self, *, now: float, limit: int, priority: Priority | None = None) -> list[Task]:
         """Queued tasks whose `not_before` has passed, oldest first (the scheduler orders them
         by effective priority itself); with `priority`, of that priority only."""
         ...
@@ -87,7 +88,7 @@ class TaskStore(Protocol):
 
     def counts(self) -> QueueCounts: ...
 
-    def history(self, task_id: str) -> builtins.list[TaskEvent]: ...
+    def history(self, task_id: str) -> list[TaskEvent]: ...
 
     def result(self, task_id: str) -> Transcript | None: ...
 
@@ -102,8 +103,8 @@ class TaskStore(Protocol):
         *,
         now: float,
         limit: int,
-        decide: Callable[[builtins.list[Task]], Sequence[Claim]],
-    ) -> tuple[builtins.list[Task], builtins.list[Task]]:
+        decide: Callable[[list[Task]], Sequence[Claim]],
+    ) -> tuple[list[Task], list[Task]]:
         """One short transaction of a scheduling pass: take the oldest `limit` ready queued
         tasks of each priority that no other node holds (PostgreSQL: FOR UPDATE SKIP LOCKED,
         so nodes scheduling at once get disjoint windows), let `decide` (no I/O) choose claims
@@ -151,12 +152,12 @@ class TaskStore(Protocol):
         """Queued -> failed at once (a task that can never fit anywhere)."""
         ...
 
-    def recover_expired(self, *, now: float) -> builtins.list[str]:
+    def recover_expired(self, *, now: float) -> list[str]:
         """Running tasks whose lease ran out: back to queued, or failed once `max_attempts` is
         reached. Returns their ids."""
         ...
 
-    def prune(self, *, finished_before: float) -> builtins.list[Task]:
+    def prune(self, *, finished_before: float) -> list[Task]:
         """Delete final tasks finished before the time, with their results and history (and
         node records whose lease ended before it). Returns the tasks so that the caller can
         delete their audio."""
@@ -167,7 +168,7 @@ class TaskStore(Protocol):
         """Insert or replace the node's record (its heartbeat)."""
         ...
 
-    def nodes(self, *, now: float) -> builtins.list[NodeRecord]:
+    def nodes(self, *, now: float) -> list[NodeRecord]:
         """Live nodes (lease not yet ended at `now`), by name."""
         ...
 
@@ -178,7 +179,7 @@ class TaskStore(Protocol):
     # --- calibration --------------------------------------------------------------------------
     def add_sample(self, sample: CalibrationSample) -> None: ...
 
-    def samples(self, key: ProfileKey, *, limit: int) -> builtins.list[CalibrationSample]:
+    def samples(self, key: ProfileKey, *, limit: int) -> list[CalibrationSample]:
         """The newest `limit` samples of this key, newest first."""
         ...
 

@@ -5,7 +5,6 @@ Tasks are copied in and out, so a caller never holds the store's own objects.
 
 from __future__ import annotations
 
-import builtins
 import itertools
 import secrets
 import threading
@@ -26,9 +25,9 @@ class InMemoryStore:
         self._tasks: dict[str, Task] = {}
         self._order: dict[str, int] = {}  # insertion order breaks ties of created_at
         self._keys: dict[str, str] = {}
-        self._events: dict[str, builtins.list[TaskEvent]] = {}
+        self._events: dict[str, list[TaskEvent]] = {}
         self._results: dict[str, Transcript] = {}
-        self._samples: dict[ProfileKey, builtins.list[tuple[int, CalibrationSample]]] = {}
+        self._samples: dict[ProfileKey, list[tuple[int, CalibrationSample]]] = {}
         self._seq = itertools.count()
         self._nodes: dict[str, NodeRecord] = {}
 
@@ -42,7 +41,7 @@ class InMemoryStore:
             return None
         return task
 
-    def _sorted(self, tasks: builtins.list[Task], *, newest_first: bool) -> builtins.list[Task]:
+    def _sorted(self, tasks: list[Task], *, newest_first: bool) -> list[Task]:
         tasks.sort(key=lambda t: (t.created_at, self._order[t.id]), reverse=newest_first)
         return [replace(t) for t in tasks]
 
@@ -69,14 +68,17 @@ class InMemoryStore:
             task = self._tasks.get(task_id)
             return None if task is None else replace(task)
 
-    def list(self, *, state: TaskState | None = None, limit: int = 100) -> builtins.list[Task]:
+    def task_by_key(self, key: str) -> Task | None:
+        with self._lock:
+            task_id = self._keys.get(key)
+            return None if task_id is None else replace(self._tasks[task_id])
+
+    def list_tasks(self, *, state: TaskState | None = None, limit: int = 100) -> list[Task]:
         with self._lock:
             found = [t for t in self._tasks.values() if state is None or t.state == state]
             return self._sorted(found, newest_first=True)[:limit]
 
-    def queued(
-        self, *, now: float, limit: int, priority: Priority | None = None
-    ) -> builtins.list[Task]:
+    def queued(self, *, now: float, limit: int, priority: Priority | None = None) -> list[Task]:
         with self._lock:
             ready = [
                 t
@@ -101,7 +103,7 @@ class InMemoryStore:
                     by_priority[task.priority.label] += 1
         return QueueCounts(by_state=by_state, by_priority=by_priority)
 
-    def history(self, task_id: str) -> builtins.list[TaskEvent]:
+    def history(self, task_id: str) -> list[TaskEvent]:
         with self._lock:
             return list(self._events.get(task_id, []))
 
@@ -132,8 +134,8 @@ class InMemoryStore:
         *,
         now: float,
         limit: int,
-        decide: Callable[[builtins.list[Task]], Sequence[Claim]],
-    ) -> tuple[builtins.list[Task], builtins.list[Task]]:
+        decide: Callable[[list[Task]], Sequence[Claim]],
+    ) -> tuple[list[Task], list[Task]]:
         with self._lock:
             window = [t for p in Priority for t in self.queued(now=now, limit=limit, priority=p)]
             claimed = [t for t in (self.claim(c, now=now) for c in decide(window)) if t]
@@ -237,7 +239,7 @@ class InMemoryStore:
             self._event(task_id, now, TaskState.FAILED, error)
             return True
 
-    def recover_expired(self, *, now: float) -> builtins.list[str]:
+    def recover_expired(self, *, now: float) -> list[str]:
         with self._lock:
             expired = [
                 t
@@ -266,7 +268,7 @@ class InMemoryStore:
                 self._event(task.id, now, TaskState.QUEUED, rows.LEASE_EXPIRED)
             return [t.id for group in groups for t in group]
 
-    def prune(self, *, finished_before: float) -> builtins.list[Task]:
+    def prune(self, *, finished_before: float) -> list[Task]:
         with self._lock:
             old = [
                 t
@@ -286,7 +288,7 @@ class InMemoryStore:
         with self._lock:
             self._nodes[node.name] = node
 
-    def nodes(self, *, now: float) -> builtins.list[NodeRecord]:
+    def nodes(self, *, now: float) -> list[NodeRecord]:
         with self._lock:
             return [self._nodes[n] for n in sorted(self._nodes) if self._nodes[n].expires_at >= now]
 
@@ -305,7 +307,7 @@ class InMemoryStore:
         with self._lock:
             self._samples.setdefault(sample.key, []).append((next(self._seq), sample))
 
-    def samples(self, key: ProfileKey, *, limit: int) -> builtins.list[CalibrationSample]:
+    def samples(self, key: ProfileKey, *, limit: int) -> list[CalibrationSample]:
         with self._lock:
             found = list(self._samples.get(key, []))
         found.sort(key=lambda pair: (pair[1].measured_at, pair[0]), reverse=True)

@@ -8,7 +8,6 @@ names and parameters, so every method below means the same on SQLite and Postgre
 from __future__ import annotations
 
 import abc
-import builtins
 import secrets
 import sqlite3
 import time
@@ -157,7 +156,7 @@ class SqlTaskStore(abc.ABC):
     # --- submission and reading -------------------------------------------------------------
     def add(self, new: NewTask, *, now: float, max_queued: int | None = None) -> tuple[Task, bool]:
         if new.idempotency_key is not None:
-            existing = self._by_key(new.idempotency_key)
+            existing = self.task_by_key(new.idempotency_key)
             if existing is not None:
                 return existing, False
         task_id = rows.new_task_id()
@@ -174,12 +173,12 @@ class SqlTaskStore(abc.ABC):
         if row is not None:
             return rows.task_from_row(row), True
         # Another add with this key committed first: ours did nothing (ON CONFLICT DO NOTHING).
-        existing = self._by_key(new.idempotency_key or "")
+        existing = self.task_by_key(new.idempotency_key or "")
         if existing is None:
             raise RuntimeError(f"idempotency key {new.idempotency_key!r} conflicts but is absent")
         return existing, False
 
-    def _by_key(self, key: str) -> Task | None:
+    def task_by_key(self, key: str) -> Task | None:
         with self._read() as s:
             row = s.one("task_by_key", {"key": key})
         return None if row is None else rows.task_from_row(row)
@@ -189,7 +188,7 @@ class SqlTaskStore(abc.ABC):
             row = s.one("task_by_id", {"id": task_id})
         return None if row is None else rows.task_from_row(row)
 
-    def list(self, *, state: TaskState | None = None, limit: int = 100) -> builtins.list[Task]:
+    def list_tasks(self, *, state: TaskState | None = None, limit: int = 100) -> list[Task]:
         with self._read() as s:
             if state is None:
                 found = s.rows("list_all", {"limit": limit})
@@ -197,9 +196,7 @@ class SqlTaskStore(abc.ABC):
                 found = s.rows("list_by_state", {"state": state.value, "limit": limit})
         return [rows.task_from_row(r) for r in found]
 
-    def queued(
-        self, *, now: float, limit: int, priority: Priority | None = None
-    ) -> builtins.list[Task]:
+    def queued(self, *, now: float, limit: int, priority: Priority | None = None) -> list[Task]:
         with self._read() as s:
             if priority is None:
                 found = s.rows("queued_ready", {"now": now, "limit": limit})
@@ -223,7 +220,7 @@ class SqlTaskStore(abc.ABC):
         by_priority.update({Priority(r["priority"]).label: int(r["n"]) for r in priorities})
         return QueueCounts(by_state=by_state, by_priority=by_priority)
 
-    def history(self, task_id: str) -> builtins.list[TaskEvent]:
+    def history(self, task_id: str) -> list[TaskEvent]:
         with self._read() as s:
             found = s.rows("events_of", {"id": task_id})
         return [rows.event_from_row(r) for r in found]
@@ -243,8 +240,8 @@ class SqlTaskStore(abc.ABC):
         *,
         now: float,
         limit: int,
-        decide: Callable[[builtins.list[Task]], Sequence[Claim]],
-    ) -> tuple[builtins.list[Task], builtins.list[Task]]:
+        decide: Callable[[list[Task]], Sequence[Claim]],
+    ) -> tuple[list[Task], list[Task]]:
         with self._write() as s:
             window = [
                 rows.task_from_row(r)
@@ -336,9 +333,9 @@ class SqlTaskStore(abc.ABC):
             s.event(task_id, now, TaskState.FAILED, error)
         return True
 
-    def recover_expired(self, *, now: float) -> builtins.list[str]:
+    def recover_expired(self, *, now: float) -> list[str]:
         params = {"now": now}
-        events: builtins.list[dict[str, Any]] = []
+        events: list[dict[str, Any]] = []
         with self._write() as s:
             for row in s.rows("expire_cancelled", params):
                 events.append(
@@ -351,7 +348,7 @@ class SqlTaskStore(abc.ABC):
             s.many("insert_event", events)
         return [e["task_id"] for e in events]
 
-    def prune(self, *, finished_before: float) -> builtins.list[Task]:
+    def prune(self, *, finished_before: float) -> list[Task]:
         with self._write() as s:
             found = s.rows("prune", {"before": finished_before})
             s.run("nodes_forget", {"before": finished_before})
@@ -362,7 +359,7 @@ class SqlTaskStore(abc.ABC):
         with self._write() as s:
             s.run("node_heartbeat", rows.node_params(node))
 
-    def nodes(self, *, now: float) -> builtins.list[NodeRecord]:
+    def nodes(self, *, now: float) -> list[NodeRecord]:
         with self._read() as s:
             found = s.rows("live_nodes", {"now": now})
         return [rows.node_from_row(r) for r in found]
@@ -376,7 +373,7 @@ class SqlTaskStore(abc.ABC):
         with self._write() as s:
             s.run("insert_sample", rows.sample_params(sample))
 
-    def samples(self, key: ProfileKey, *, limit: int) -> builtins.list[CalibrationSample]:
+    def samples(self, key: ProfileKey, *, limit: int) -> list[CalibrationSample]:
         with self._read() as s:
             found = s.rows("samples_of", {**rows.key_params(key), "limit": limit})
         return [rows.sample_from_row(r) for r in found]

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any
 
-from gpuscribe.domain import Priority, TranscriptionOptions
+from gpuscribe.domain import Priority, Transcript, TranscriptionOptions
 from gpuscribe.memory.types import ModelKey
 from gpuscribe.telemetry.base import DeviceKind
 
@@ -108,7 +107,7 @@ class TaskProgress:
 class TaskCompleted:
     task_id: str
     lease_token: str
-    transcript: dict[str, Any]  # Transcript.to_dict()
+    transcript: Transcript  # pickled over the pipe as it is: no dict on the way
     peak_bytes: int | None  # the worker process's peak on the device during the task
     working_bytes: int | None  # peak above context and weights; a calibration sample
     ran_alone: bool  # no other task overlapped: the working figure is this task's alone

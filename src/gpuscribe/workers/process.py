@@ -336,7 +336,7 @@ class Worker:
         return TaskCompleted(
             task_id=command.task_id,
             lease_token=command.lease_token,
-            transcript=transcript.to_dict(),
+            transcript=transcript,
             peak_bytes=peak.peak_bytes if peak else None,
             working_bytes=peak.working_bytes if peak else None,
             ran_alone=peak.ran_alone if peak else False,

@@ -185,7 +185,7 @@ class SimulatedWorker:
         return TaskCompleted(
             task_id=command.task_id,
             lease_token=command.lease_token,
-            transcript=simulated_transcript(command.audio_seconds).to_dict(),
+            transcript=simulated_transcript(command.audio_seconds),
             peak_bytes=peak,
             working_bytes=working,
             ran_alone=ran_alone,
