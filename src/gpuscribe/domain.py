@@ -52,7 +52,8 @@ FINAL_STATES = frozenset({TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCE
 
 
 class Priority(enum.IntEnum):
-    """Lower value runs sooner. Compared as integers, never as strings (the sketch's defect)."""
+    """Lower value runs sooner. Compared as integers, never as strings as the design's sketch
+    did (docs/DESIGN.md, Priorities and ageing)."""
 
     URGENT = 0
     HIGH = 1
