@@ -29,13 +29,11 @@ from typing import Any
 
 import numpy as np
 
+from gpuscribe.audio import SAMPLE_RATE, WINDOW_SECONDS
 from gpuscribe.domain import TranscriptionOptions
 from gpuscribe.telemetry.base import DeviceKind
 from gpuscribe.workers.engines.transformers_engine import TransformersEngine
 from gpuscribe.workers.messages import DeviceRef
-
-SAMPLE_RATE = 16000
-WINDOW = 30
 
 
 def stream_lengths(tasks: int, seed: int = 7) -> list[float]:
@@ -49,7 +47,7 @@ def window_tokens(model: Any, lengths: list[float]) -> list[int]:
     for seconds in lengths:
         audio = np.zeros(int(seconds * SAMPLE_RATE), dtype=np.float32)
         draw = model._forced_lengths(audio)
-        tokens += [draw(i) for i in range(math.ceil(seconds / WINDOW))]
+        tokens += [draw(i) for i in range(math.ceil(seconds / WINDOW_SECONDS))]
     return tokens
 
 
@@ -100,7 +98,7 @@ def _ceiling(model: Any, mean_tokens: float) -> dict[str, Any]:
         torch.cuda.synchronize()
         step = (time.perf_counter() - start) / steps
         per_window = encoder_per_window + mean_tokens * step / batch
-        timings[batch] = {"step_ms": step * 1000, "audio_s_per_s": WINDOW / per_window}
+        timings[batch] = {"step_ms": step * 1000, "audio_s_per_s": WINDOW_SECONDS / per_window}
     return {"encoder_ms_per_window": encoder_per_window * 1000, "by_rows": timings}
 
 
@@ -153,7 +151,10 @@ def part_generate(model: Any, tokens: list[int], batches: tuple[int, ...]) -> di
                 hf.generate(features, min_new_tokens=longest, max_new_tokens=longest)
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
-        results[batch] = {"windows": len(windows), "audio_s_per_s": len(windows) * WINDOW / elapsed}
+        results[batch] = {
+            "windows": len(windows),
+            "audio_s_per_s": len(windows) * WINDOW_SECONDS / elapsed,
+        }
     return results
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-GIB = 1024**3
+from gpuscribe.memory.types import GIB
 
 DESIGN_ENV_NAMES = {
     "max_memory_utilization": "MAX_MEMORY_UTILIZATION",

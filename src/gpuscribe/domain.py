@@ -7,8 +7,31 @@ gpuscribe's own.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from typing import Any
+
+_Converters = Mapping[str, Callable[[Any], Any]]
+
+
+def _known_fields(cls: type[Any], data: Mapping[str, Any], convert: _Converters) -> dict[str, Any]:
+    """Keyword arguments for the dataclass `cls` from `data`: each field that `data` holds,
+    through its converter in `convert` (as it is where there is none). A field that `data` lacks
+    keeps the default its dataclass declares (stated there once, never again here); a required
+    one that it lacks raises KeyError; keys that name no field are ignored."""
+    return {
+        f.name: convert.get(f.name, _as_given)(data[f.name])
+        for f in fields(cls)
+        if f.name in data or _required(f)
+    }
+
+
+def _required(f: Field[Any]) -> bool:
+    return f.default is MISSING and f.default_factory is MISSING
+
+
+def _as_given(value: Any) -> Any:
+    return value
 
 
 class TaskState(enum.StrEnum):
@@ -29,7 +52,8 @@ FINAL_STATES = frozenset({TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCE
 
 
 class Priority(enum.IntEnum):
-    """Lower value runs sooner. Compared as integers, never as strings (the sketch's defect)."""
+    """Lower value runs sooner. Compared as integers, never as strings as the design's sketch
+    did (docs/DESIGN.md, Priorities and ageing)."""
 
     URGENT = 0
     HIGH = 1
@@ -96,23 +120,25 @@ class TranscriptionOptions:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TranscriptionOptions:
-        return cls(
-            model=str(data.get("model", "tiny.en")),
-            engine=str(data.get("engine", "faster-whisper")),
-            task=TaskKind(data.get("task", "transcribe")),
-            language=data.get("language"),
-            beam_size=int(data.get("beam_size", 5)),
-            batch_size=int(data.get("batch_size", 1)),
-            compute_type=str(data.get("compute_type", "default")),
-            word_timestamps=bool(data.get("word_timestamps", False)),
-            vad_filter=bool(data.get("vad_filter", False)),
-            initial_prompt=data.get("initial_prompt"),
-            temperature=float(data.get("temperature", 0.0)),
-        )
+    def from_dict(cls, data: Mapping[str, Any]) -> TranscriptionOptions:
+        """Options as `to_dict` wrote them; an absent key takes its field's default."""
+        return cls(**_known_fields(cls, data, _OPTION_CONVERTERS))
 
     def with_engine(self, engine: str, compute_type: str) -> TranscriptionOptions:
         return replace(self, engine=engine, compute_type=compute_type)
+
+
+_OPTION_CONVERTERS: _Converters = {
+    "model": str,
+    "engine": str,
+    "task": TaskKind,
+    "beam_size": int,
+    "batch_size": int,
+    "compute_type": str,
+    "word_timestamps": bool,
+    "vad_filter": bool,
+    "temperature": float,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +205,13 @@ class Word:
     word: str
     probability: float
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Word:
+        return cls(**_known_fields(cls, data, _WORD_CONVERTERS))
+
+
+_WORD_CONVERTERS: _Converters = {"start": float, "end": float, "word": str, "probability": float}
+
 
 @dataclass(frozen=True, slots=True)
 class Segment:
@@ -193,6 +226,25 @@ class Segment:
     temperature: float = 0.0
     tokens: tuple[int, ...] = ()
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Segment:
+        """A segment as `Transcript.to_dict` wrote it; an absent key takes its field's default."""
+        return cls(**_known_fields(cls, data, _SEGMENT_CONVERTERS))
+
+
+_SEGMENT_CONVERTERS: _Converters = {
+    "id": int,
+    "start": float,
+    "end": float,
+    "text": str,
+    "words": lambda words: tuple(Word.from_dict(w) for w in words),
+    "avg_logprob": float,
+    "no_speech_prob": float,
+    "compression_ratio": float,
+    "temperature": float,
+    "tokens": lambda tokens: tuple(int(t) for t in tokens),
+}
+
 
 @dataclass(frozen=True, slots=True)
 class Transcript:
@@ -200,8 +252,8 @@ class Transcript:
     transcripts (simulated GPUs; random-weight models)."""
 
     text: str
-    language: str | None
-    duration: float
+    language: str | None = None  # None: not known
+    duration: float = 0.0
     segments: tuple[Segment, ...] = field(default_factory=tuple)
     task: TaskKind = TaskKind.TRANSCRIBE
     simulated: bool = False
@@ -241,36 +293,19 @@ class Transcript:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Transcript:
-        segments = tuple(
-            Segment(
-                id=int(s["id"]),
-                start=float(s["start"]),
-                end=float(s["end"]),
-                text=str(s["text"]),
-                words=tuple(
-                    Word(
-                        float(w["start"]), float(w["end"]), str(w["word"]), float(w["probability"])
-                    )
-                    for w in s.get("words", [])
-                ),
-                avg_logprob=float(s.get("avg_logprob", 0.0)),
-                no_speech_prob=float(s.get("no_speech_prob", 0.0)),
-                compression_ratio=float(s.get("compression_ratio", 0.0)),
-                temperature=float(s.get("temperature", 0.0)),
-                tokens=tuple(int(t) for t in s.get("tokens", [])),
-            )
-            for s in data.get("segments", [])
-        )
-        return cls(
-            text=str(data["text"]),
-            language=data.get("language"),
-            duration=float(data.get("duration", 0.0)),
-            segments=segments,
-            task=TaskKind(data.get("task", "transcribe")),
-            simulated=bool(data.get("simulated", False)),
-            benchmark_only=bool(data.get("benchmark_only", False)),
-        )
+    def from_dict(cls, data: Mapping[str, Any]) -> Transcript:
+        """A transcript as `to_dict` wrote it; an absent key takes its field's default."""
+        return cls(**_known_fields(cls, data, _TRANSCRIPT_CONVERTERS))
+
+
+_TRANSCRIPT_CONVERTERS: _Converters = {
+    "text": str,
+    "duration": float,
+    "segments": lambda segments: tuple(Segment.from_dict(s) for s in segments),
+    "task": TaskKind,
+    "simulated": bool,
+    "benchmark_only": bool,
+}
 
 
 class InvalidRequest(ValueError):

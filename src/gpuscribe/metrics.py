@@ -1,4 +1,5 @@
-"""Prometheus metrics of design §7.2, one registry per service (tests run several services)."""
+"""The Prometheus metrics of docs/DESIGN.md, Metrics (the design's six and ours), one registry
+per service (tests run several services)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""One test per defect of the design's sketch (`seed/README.md`, "Defects in the sketch"), each
+"""One test per defect of the design's sketch (docs/DESIGN.md, What we changed and why), each
 written so that the sketch's behaviour fails it, through gpuscribe's public pieces."""
 
 from __future__ import annotations

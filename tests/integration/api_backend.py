@@ -23,9 +23,9 @@ from fastapi import FastAPI
 from gpuscribe.api.app import create_app
 from gpuscribe.api.backend import CalibrationRow, DeviceView, QueueFull
 from gpuscribe.api.reads import StoreReads
-from gpuscribe.config import GIB, Settings
+from gpuscribe.config import Settings
 from gpuscribe.domain import NewTask, Segment, Task, Transcript, Word
-from gpuscribe.memory.types import EstimateSource, MemoryEstimate, ProfileKey
+from gpuscribe.memory.types import GIB, EstimateSource, MemoryEstimate, ProfileKey
 from gpuscribe.metrics import Metrics
 from gpuscribe.store.base import Claim, TaskStore
 from gpuscribe.store.memory import InMemoryStore

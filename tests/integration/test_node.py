@@ -15,9 +15,10 @@ from test_store_contract import pg_ok, pg_url  # noqa: F401  (fixtures)
 
 from gpuscribe.api.app import create_app
 from gpuscribe.api.backend import QueueFull
-from gpuscribe.config import GIB, Settings, load_settings
+from gpuscribe.config import Settings, load_settings
 from gpuscribe.domain import NewTask, Priority, Task, TaskState, TranscriptionOptions
 from gpuscribe.memory.profiles import REFERENCE_CONTEXT_BYTES
+from gpuscribe.memory.types import GIB
 from gpuscribe.node.cluster import Role
 from gpuscribe.node.node import Node
 from gpuscribe.node.scheduler import profile_key

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from gpuscribe.config import GIB, Settings, load_settings
+from gpuscribe.config import Settings, load_settings
 from gpuscribe.domain import NewTask, Priority, TaskState, TranscriptionOptions
 from gpuscribe.memory.calibration import CalibrationBook
 from gpuscribe.memory.estimator import Estimator
 from gpuscribe.memory.profiles import REFERENCE_CONTEXT_BYTES
-from gpuscribe.memory.types import MIB, MemoryEstimate, ModelKey, ProfileKey
+from gpuscribe.memory.types import GIB, MIB, MemoryEstimate, ModelKey, ProfileKey
 from gpuscribe.metrics import Metrics
 from gpuscribe.node.devices import DeviceSlot
 from gpuscribe.node.events import OOM_RAISE_FACTOR, EventHandler, local_failure_error

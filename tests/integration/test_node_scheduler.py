@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from gpuscribe.config import GIB, Settings, load_settings
+from gpuscribe.config import Settings, load_settings
 from gpuscribe.domain import NewTask, Priority, TaskState, TranscriptionOptions
 from gpuscribe.memory.estimator import Estimator
 from gpuscribe.memory.ledger import DeviceLedger
 from gpuscribe.memory.profiles import REFERENCE_CONTEXT_BYTES
-from gpuscribe.memory.types import MemoryEstimate, ModelKey, ProfileKey
+from gpuscribe.memory.types import GIB, MemoryEstimate, ModelKey, ProfileKey
 from gpuscribe.metrics import Metrics
 from gpuscribe.node.devices import DeviceSlot
 from gpuscribe.node.events import EventHandler, local_failure_error

@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 
-from gpuscribe.config import GIB, Settings, load_settings
+from gpuscribe.config import Settings, load_settings
 from gpuscribe.domain import NewTask, Priority, TaskState, TranscriptionOptions
 from gpuscribe.memory.profiles import REFERENCE_CONTEXT_BYTES
+from gpuscribe.memory.types import GIB
 from gpuscribe.metrics import Metrics
 from gpuscribe.node.devices import DeviceSlot
 from gpuscribe.node.parts import build_parts

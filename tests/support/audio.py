@@ -24,8 +24,8 @@ import av
 import numpy as np
 import numpy.typing as npt
 
+from gpuscribe.audio import SAMPLE_RATE
 from gpuscribe.bench.speech import (
-    RATE,
     ContinuousSpeech,
     continuous_speech,
     samples,
@@ -79,7 +79,7 @@ def encode(
     audio: Samples,
     fmt: str,
     *,
-    rate: int = RATE,
+    rate: int = SAMPLE_RATE,
     channels: int | None = None,
     frame_samples: int = _CHUNK,
     bit_rate: int | None = None,
@@ -139,7 +139,7 @@ def write_jpeg(path: Path, *, size: int = 32) -> Path:
 
 
 def tone_samples(
-    seconds: float, rate: int = RATE, hz: float = 300.0, level: float = 0.05
+    seconds: float, rate: int = SAMPLE_RATE, hz: float = 300.0, level: float = 0.05
 ) -> Samples:
     """A sine of `hz` at `level` (full scale 1), mono float32."""
     t = np.arange(round(seconds * rate), dtype=np.float64) / rate
@@ -195,7 +195,7 @@ class AudioSet:
         """The first `seconds` of sentence pair `index`, as WAV."""
         return self._made(
             f"speech-{index}-first-{seconds:g}s.wav",
-            lambda p: encode(p, self.speech_samples(index)[: round(seconds * RATE)], "wav"),
+            lambda p: encode(p, self.speech_samples(index)[: round(seconds * SAMPLE_RATE)], "wav"),
         )
 
     def short_speech(self) -> Clip:
@@ -223,14 +223,14 @@ class AudioSet:
         return self._made(f"long-speech-x{repeats}.wav", make)
 
     # --- lengths ------------------------------------------------------------------------------
-    def silence(self, seconds: float, fmt: str = "wav", rate: int = RATE) -> Path:
+    def silence(self, seconds: float, fmt: str = "wav", rate: int = SAMPLE_RATE) -> Path:
         """Digital silence of the given length (mono)."""
         zeros = np.zeros(round(seconds * rate), dtype=np.float32)
         return self._made(
             f"silence-{seconds:g}s-{rate}.{fmt}", lambda p: encode(p, zeros, fmt, rate=rate)
         )
 
-    def tone(self, seconds: float, fmt: str = "wav", rate: int = RATE) -> Path:
+    def tone(self, seconds: float, fmt: str = "wav", rate: int = SAMPLE_RATE) -> Path:
         """A quiet 300 Hz tone of the given length (mono)."""
         return self._made(
             f"tone-{seconds:g}s-{rate}.{fmt}",

@@ -17,7 +17,7 @@ from gpuscribe.bench.speech import samples, speech_clips
 from gpuscribe.domain import InvalidRequest
 from support.audio import encode, tone_samples, write_jpeg, write_video
 
-probe_module = importlib.import_module("gpuscribe.audio.probe")  # the package exports probe()
+probe_module = importlib.import_module("gpuscribe.audio.probe")
 
 # Speech at 22.05 kHz, not Whisper's 16 kHz: the rate must be read from the file.
 RATE = 22050

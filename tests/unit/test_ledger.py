@@ -263,7 +263,8 @@ def test_snapshot() -> None:
 
 
 def test_no_deadlock_when_many_threads_allocate() -> None:
-    """The sketch's allocate() re-took its own lock: its first allocation hung."""
+    """The design's sketch re-took its own lock in allocate(): its first allocation hung
+    (docs/DESIGN.md, What we changed and why)."""
     led = ledger(1000, tasks=10_000)
     errors: list[BaseException] = []
 

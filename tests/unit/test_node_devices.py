@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from gpuscribe.config import GIB, ConfigError, load_settings
+from gpuscribe.config import ConfigError, load_settings
 from gpuscribe.memory.ledger import DeviceLedger
+from gpuscribe.memory.types import GIB
 from gpuscribe.node.devices import DeviceSlot, select_devices
 from gpuscribe.node.workers import SIMULATED_PID_BASE, make_worker
 from gpuscribe.telemetry.base import DeviceReading

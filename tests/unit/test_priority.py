@@ -19,7 +19,8 @@ def test_effective_rank() -> None:
 
 
 def test_priorities_are_integers_not_strings() -> None:
-    """The sketch sorted 'high' < 'low' < 'normal'; low must never run before normal."""
+    """The design's sketch sorted 'high' < 'low' < 'normal' (docs/DESIGN.md, What we changed
+    and why); low must never run before normal."""
     tasks = [
         task("l", Priority.LOW, 0),
         task("n", Priority.NORMAL, 0),

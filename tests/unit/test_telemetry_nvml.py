@@ -15,10 +15,9 @@ from typing import Any
 import pynvml
 import pytest
 
+from gpuscribe.memory.types import GIB
 from gpuscribe.telemetry.base import DeviceKind, GpuTelemetry
 from gpuscribe.telemetry.nvml import NvmlTelemetry
-
-GIB = 1024**3
 
 
 @dataclass

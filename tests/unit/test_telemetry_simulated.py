@@ -6,6 +6,7 @@ import threading
 
 import pytest
 
+from gpuscribe.memory.types import GIB, MIB
 from gpuscribe.telemetry.base import DeviceKind, GpuTelemetry
 from gpuscribe.telemetry.simulated import (
     DEFAULT_FOREIGN_PID,
@@ -15,9 +16,6 @@ from gpuscribe.telemetry.simulated import (
     SimulatedOutOfMemory,
     parse_simulation_spec,
 )
-
-GIB = 1024**3
-MIB = 1024**2
 
 
 def test_parse_counts_sizes_and_names() -> None:

@@ -1,7 +1,13 @@
 """Audio: probe uploads (decode end to end, measure, reject what is not usable) and decode them
-to 16 kHz mono float32 for the engines."""
+to 16 kHz mono float32 for the engines (`probe.py`, `decode.py`).
 
-from gpuscribe.audio.decode import WHISPER_SAMPLE_RATE, decode
-from gpuscribe.audio.probe import AudioInfo, probe
+This module owns what every Whisper model takes: its sample rate and its 30 s window. It imports
+nothing (no PyAV), so that a worker, an engine or the simulator can read these constants without
+loading the decoder.
+"""
 
-__all__ = ["WHISPER_SAMPLE_RATE", "AudioInfo", "decode", "probe"]
+SAMPLE_RATE = 16_000  # Hz: the audio every Whisper model reads
+WINDOW_SECONDS = 30.0  # Whisper reads audio in windows of this length (its log-mel frame)
+WINDOW_SAMPLES = int(WINDOW_SECONDS) * SAMPLE_RATE  # samples of one window
+
+__all__ = ["SAMPLE_RATE", "WINDOW_SAMPLES", "WINDOW_SECONDS"]

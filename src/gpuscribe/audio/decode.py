@@ -10,15 +10,14 @@ import av
 import numpy as np
 import numpy.typing as npt
 
+from gpuscribe.audio import SAMPLE_RATE
 from gpuscribe.audio.container import open_container
 from gpuscribe.domain import InvalidRequest
 
 log = logging.getLogger(__name__)
 
-WHISPER_SAMPLE_RATE = 16000
 
-
-def decode(path: str | Path, *, sample_rate: int = WHISPER_SAMPLE_RATE) -> npt.NDArray[np.float32]:
+def decode(path: str | Path, *, sample_rate: int = SAMPLE_RATE) -> npt.NDArray[np.float32]:
     """The first audio stream of `path`, mixed down to mono and resampled to `sample_rate`
     (PyAV's resampler, exactly as faster-whisper decodes)."""
     if sample_rate <= 0:

@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from gpuscribe.audio.decode import WHISPER_SAMPLE_RATE, decode
+from gpuscribe.audio import SAMPLE_RATE
+from gpuscribe.audio.decode import decode
 
 CLIPS_DIR = Path(__file__).resolve().parent / "clips"
 INDEX = CLIPS_DIR / "clips.json"
-RATE = WHISPER_SAMPLE_RATE
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +63,7 @@ class ContinuousSpeech:
         """The first `count` sentences: their samples (16 kHz mono) and their text."""
         if not 0 < count <= len(self.sentences):
             raise ValueError(f"count must be 1 to {len(self.sentences)}, not {count}")
-        end = round(self.sentences[count - 1].end * RATE)
+        end = round(self.sentences[count - 1].end * SAMPLE_RATE)
         text = " ".join(s.text for s in self.sentences[:count])
         return samples(self.path)[:end], text
 
@@ -92,12 +92,12 @@ def continuous_speech() -> ContinuousSpeech:
     return ContinuousSpeech(CLIPS_DIR / entry["file"], sentences)
 
 
-def samples(path: Path, *, rate: int = RATE) -> npt.NDArray[np.float32]:
+def samples(path: Path, *, rate: int = SAMPLE_RATE) -> npt.NDArray[np.float32]:
     """A clip decoded to mono float32 at `rate` (PyAV, as faster-whisper decodes)."""
     return decode(path, sample_rate=rate)
 
 
-def write_wav(path: Path, audio: npt.NDArray[np.float32], *, rate: int = RATE) -> Path:
+def write_wav(path: Path, audio: npt.NDArray[np.float32], *, rate: int = SAMPLE_RATE) -> Path:
     """`audio` (mono float32 in [-1, 1]) as a 16-bit PCM WAV file."""
     pcm = (np.clip(audio, -1.0, 32767 / 32768) * 32768.0).astype("<i2")
     with wave.open(str(path), "wb") as out:

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-GIB = 1024**3
+from gpuscribe.memory.types import GIB
 
 Row = Mapping[str, Any]
 

@@ -11,7 +11,8 @@ samples whose `beam_size` is `OCCUPANCY_BEAM` (0, never a task's) and whose `bat
 number of rows in use; they are kept per occupancy and fitted as `fixed + per_row x rows`.
 
 One non-reentrant lock guards every window. No method that holds it calls another public
-method (the design's sketch deadlocked that way): the helpers below take plain data.
+method (the design's sketch deadlocked that way: docs/DESIGN.md, What we changed and why): the
+helpers below take plain data.
 """
 
 from __future__ import annotations

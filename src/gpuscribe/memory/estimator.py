@@ -1,7 +1,8 @@
 """The estimator: what a task's worker process will hold on a device at its peak.
 
 Each part comes from the most specific source that knows it: samples measured here
-(calibrated), then a profile shipped for this GPU model, then the design's prior table.
+(calibrated), then a profile shipped for this GPU model, then the design's prior table
+(docs/DESIGN.md, Estimate, measure, calibrate).
 
 The transformers engine on a GPU runs each model as one continuous batch (`memory/batch.py`):
 what a task there needs is the model's resident batch (its cache rows and workspace, charged

@@ -3,15 +3,16 @@
 It charges the worker process's CUDA context once, each resident model's weights and batch
 (a batched model's static cache and workspace, `memory/batch.py`) once (however many tasks use the
 model), and each running task's working memory. A task is admitted when it
-needs no more than the design's available memory,
+needs no more than the design's available memory (docs/DESIGN.md, The cap and the ledger),
 `max(0, min(total x cap - admitted, total - reserve - admitted))`, fewer than `max_tasks` tasks
 run, and the device really has room: `foreign + admitted + need <= total x cap`, where `foreign`
 is what processes outside gpuscribe hold, read fresh by the caller. Idle resident models may be
 unloaded (least recently used first) to make room.
 
 One non-reentrant lock guards the state; public methods take it once and only call the private
-`_..._locked` helpers while holding it, so no call path can take it twice (the sketch's first
-allocation deadlocked on exactly that).
+`_..._locked` helpers while holding it, so no call path can take it twice (the first
+allocation of the design's sketch deadlocked on exactly that: docs/DESIGN.md, What we changed
+and why).
 """
 
 from __future__ import annotations

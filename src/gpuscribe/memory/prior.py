@@ -1,4 +1,5 @@
-"""The user's design table: the prior estimate, used before anything has been measured.
+"""The user's design table: the prior estimate, used before anything has been measured
+(docs/DESIGN.md, Estimate, measure, calibrate).
 
 The table's figures (GiB per task, weights included) are known to be 3x to 10x what a task
 really holds (see the shipped profiles); they are only the last resort of the estimator.

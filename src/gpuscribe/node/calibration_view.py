@@ -5,18 +5,18 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from gpuscribe.api.backend import CalibrationRow
+from gpuscribe.audio import WINDOW_SECONDS
 from gpuscribe.memory.calibration import CalibrationBook
 from gpuscribe.memory.estimator import Estimator
 from gpuscribe.node.devices import DeviceSlot
 from gpuscribe.telemetry.base import DeviceKind
 
-# Estimates here describe one 30 s window: memory does not grow with audio length beyond it.
-WINDOW_SECONDS = 30.0
-
 
 def calibration_rows(
     book: CalibrationBook, estimator: Estimator, slots: Iterable[DeviceSlot]
 ) -> list[CalibrationRow]:
+    """Each key's estimate for one 30 s window (memory does not grow with audio length beyond
+    it) beside what its window of samples measured."""
     kinds = {slot.device.name: slot.kind for slot in slots}
     totals = {slot.device.name: slot.ledger.total_bytes for slot in slots}
     rows = []

@@ -18,7 +18,7 @@ class Candidate:
 
 def choose_device(fits: Sequence[Candidate]) -> Candidate | None:
     """The fitting device with the least admitted memory (ties: lowest index), or None when the
-    task fits nowhere (the sketch returned GPU 0 then)."""
+    task fits nowhere (the design's sketch returned GPU 0 then: docs/DESIGN.md, Placement)."""
     fitting = [c for c in fits if c.fit.ok]
     if not fitting:
         return None

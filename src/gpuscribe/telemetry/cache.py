@@ -1,7 +1,8 @@
 """A short cache of readings for displays (`/v1/gpus`, metrics, the CLI).
 
 Admission must never decide on a stale snapshot (the design's sketch cached 30 s, which let
-another process's memory go unseen): it calls `fresh()` and reads the inner telemetry directly.
+another process's memory go unseen: docs/DESIGN.md, What we changed and why): it calls `fresh()`
+and reads the inner telemetry directly.
 """
 
 from __future__ import annotations

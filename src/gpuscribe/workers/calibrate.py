@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from gpuscribe.audio import WINDOW_SAMPLES
 from gpuscribe.config import Settings
 from gpuscribe.domain import TranscriptionOptions
 from gpuscribe.memory.batch import occupancy_levels
@@ -39,8 +40,6 @@ from gpuscribe.workers.process import prepare_environment
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
-WINDOW_SECONDS = 30
 SAMPLE_INTERVAL_SECONDS = 0.005
 
 
@@ -193,7 +192,7 @@ def _measure_one(
     memory.release_cached()
     baseline = memory.held_bytes()
     rng = np.random.default_rng(batch * 100 + beam)
-    audio = (rng.standard_normal(batch * WINDOW_SECONDS * SAMPLE_RATE) * 0.1).astype(np.float32)
+    audio = (rng.standard_normal(batch * WINDOW_SAMPLES) * 0.1).astype(np.float32)
     options = TranscriptionOptions(
         model=model, engine=job.engine, compute_type=job.compute_type,
         batch_size=batch, beam_size=beam, language="en",

@@ -19,6 +19,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Generic, TypeVar
 
+from gpuscribe.audio import SAMPLE_RATE
 from gpuscribe.config import Settings
 from gpuscribe.domain import InvalidRequest, Segment, Transcript
 from gpuscribe.memory.types import ModelKey
@@ -463,7 +464,7 @@ class Worker:
 def _decode(path: str) -> object:
     from gpuscribe.audio.decode import decode
 
-    return decode(path, sample_rate=16000)
+    return decode(path, sample_rate=SAMPLE_RATE)
 
 
 # --- entry point ------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from gpuscribe.audio import WINDOW_SECONDS
 from gpuscribe.config import Settings
 from gpuscribe.domain import Segment, Transcript
 from gpuscribe.memory.profiles import (
@@ -22,7 +23,7 @@ from gpuscribe.memory.profiles import (
     reference_weights_bytes,
     reference_working_bytes,
 )
-from gpuscribe.memory.types import ModelKey
+from gpuscribe.memory.types import GIB, ModelKey
 from gpuscribe.telemetry.simulated import SimulatedGpuLost, SimulatedGpus, SimulatedOutOfMemory
 from gpuscribe.workers.base import EventSink, TaskCancelled
 from gpuscribe.workers.measure import OverlapTracker, ProgressThrottle
@@ -43,9 +44,8 @@ from gpuscribe.workers.process import ModelCache, model_key
 
 log = logging.getLogger(__name__)
 
-LOAD_BYTES_PER_SECOND = 2 * 1024**3  # simulated model load rate (disk to device)
+LOAD_BYTES_PER_SECOND = 2 * GIB  # simulated model load rate (disk to device)
 STEP_SECONDS = 0.02  # how often a running task looks at its stop flag
-WINDOW_SECONDS = 30.0  # Whisper decodes 30 s windows: one simulated segment each
 
 
 def simulated_transcript(audio_seconds: float) -> Transcript:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from gpuscribe.audio import SAMPLE_RATE, WINDOW_SECONDS
 from gpuscribe.domain import Segment, Transcript, TranscriptionOptions, Word
 from gpuscribe.memory.architectures import weights_bytes as architecture_weights_bytes
 from gpuscribe.telemetry.base import DeviceKind
@@ -25,9 +26,6 @@ from gpuscribe.workers.messages import DeviceRef
 from gpuscribe.workers.models import FASTER_WHISPER, ModelSource, resolve_model
 
 log = logging.getLogger(__name__)
-
-SAMPLE_RATE = 16000
-WINDOW_SECONDS = 30.0
 
 
 class FasterWhisperEngine:

@@ -26,7 +26,6 @@ from gpuscribe.workers.engines.batched.search import Vocabulary
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 IN_FLIGHT = 256  # windows of one task queued on the batch at once, at most
 BENCHMARK_TOKENS_MEAN = 100
 BENCHMARK_TOKENS_RANGE = (10, 224)

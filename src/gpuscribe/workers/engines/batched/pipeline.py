@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from gpuscribe.audio import SAMPLE_RATE, WINDOW_SAMPLES, WINDOW_SECONDS
 from gpuscribe.domain import TranscriptionOptions
 from gpuscribe.workers.base import TaskCancelled
 from gpuscribe.workers.engines.batched.backend import BatchedWhisper
@@ -31,8 +32,6 @@ from gpuscribe.workers.engines.batched.search import DecodeOptions
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
-WINDOW_SECONDS = 30
 FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 COMPRESSION_RATIO_THRESHOLD = 2.4
 LOG_PROB_THRESHOLD = -1.0
@@ -187,7 +186,7 @@ class WindowedTranscription:
         from faster_whisper.vad import VadOptions, get_speech_timestamps
 
         if not cut:
-            step = WINDOW_SECONDS * SAMPLE_RATE
+            step = WINDOW_SAMPLES
             return [
                 {"start": s, "end": min(s + step, audio.size)} for s in range(0, audio.size, step)
             ]
