@@ -282,6 +282,24 @@ def test_a_cancel_requested_in_the_store_is_sent_to_the_worker(
     assert rig.slots[rig.uuids[0]].ledger.running_tasks == 0
 
 
+def test_a_cancel_this_node_took_is_sent_at_once_through_the_same_flag(
+    make_rig: Callable[..., Rig],
+) -> None:
+    """No second route: `stop_cancelled` reads the store's flags (one query) as the heartbeat
+    does, without waiting for it; tasks not asked to stop carry on."""
+    rig = make_rig(worker_factory=stubborn)
+    worker = rig.slots[rig.uuids[0]].worker
+    assert isinstance(worker, StubbornWorker)
+    asked, other = rig.place("a"), rig.place("b")
+    rig.store.cancel(asked, now=rig.clock())
+
+    rig.upkeep.stop_cancelled()
+
+    assert worker.cancels == [asked]
+    assert rig.running.get(asked).cancel_sent_at == T0  # type: ignore[union-attr]
+    assert rig.running.get(other).cancel_sent_at is None  # type: ignore[union-attr]
+
+
 def test_a_task_that_ignores_its_cancel_is_killed_after_the_grace_period(
     make_rig: Callable[..., Rig],
 ) -> None:

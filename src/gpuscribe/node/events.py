@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 
 from gpuscribe.config import Settings
-from gpuscribe.domain import Transcript
+from gpuscribe.domain import Task, Transcript
 from gpuscribe.memory.calibration import CalibrationBook
 from gpuscribe.memory.types import CalibrationSample
 from gpuscribe.metrics import Metrics
@@ -190,11 +190,14 @@ class EventHandler:
         if event.kind is FailureKind.NODE_LOCAL:
             error = local_failure_error(self._settings.node_name, error)
             log.warning("task %s goes back to the queue for another node: %s", task.task_id, error)
-        self._store.fail(event.task_id, event.lease_token, error, retry_at=retry_at, now=now)
-        final = self._store.get(event.task_id)
-        if final is not None and final.state.is_final:
+        outcome = self._store.fail(
+            event.task_id, event.lease_token, error, retry_at=retry_at, now=now
+        )
+        if outcome is None:  # the lease moved on meanwhile: the task is what the store says
+            outcome = self._store.get(event.task_id)
+        if outcome is not None and outcome.state.is_final:
             self._observe_finish(task, "failed", now)
-            self._delete_audio(event.task_id)
+            self._delete_audio(event.task_id, outcome)
         else:
             self._metrics.retries.labels(event.kind.value).inc()
             log.info("task %s will retry (%s): %s", event.task_id, event.kind.value, event.error)
@@ -246,9 +249,10 @@ class EventHandler:
         self._metrics.task_latency_seconds.labels(outcome).observe(max(0.0, now - task.created_at))
         self._metrics.task_run_seconds.labels(outcome).observe(max(0.0, now - task.started_at))
 
-    def _delete_audio(self, task_id: str) -> None:
-        """A final task's audio is no longer needed; its result stays until retention ends."""
-        task = self._store.get(task_id)
+    def _delete_audio(self, task_id: str, known: Task | None = None) -> None:
+        """A final task's audio is no longer needed; its result stays until retention ends.
+        `known`: the task as the store just returned it, which spares a read."""
+        task = known if known is not None else self._store.get(task_id)
         if task is None or not task.state.is_final:
             return
         try:

@@ -246,13 +246,14 @@ class Node:
         return max(1, int(self.settings.scheduler_interval_seconds * 10) + len(self.running))
 
     def cancel(self, task_id: str) -> Task | None:
+        """A running task's cancel is a flag in the store; the node running it sends it to the
+        worker (this one at once, another at its next heartbeat)."""
         task = self.store.cancel(task_id, now=self._clock())
-        if task is not None and task.state is TaskState.RUNNING:
-            running = self.running.get(task_id)
-            if running is not None:
-                running.cancel_sent_at = self._clock()
-                self.slots[running.device_uuid].worker.cancel(task_id)
-        if task is not None and task.state is TaskState.CANCELLED:
+        if task is None:
+            return None
+        if task.state is TaskState.RUNNING and task.node == self.settings.node_name:
+            self._upkeep.stop_cancelled()
+        if task.state is TaskState.CANCELLED:
             self.audio.delete(task.audio_path)
         return task
 

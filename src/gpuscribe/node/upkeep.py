@@ -55,6 +55,7 @@ class Upkeep:
             lease_seconds=self._settings.lease_seconds,
             now=now,
         )
+        cancelled = self._store.cancels_requested(node=self._settings.node_name)
         for t in tasks:
             if t.task_id not in held:
                 if self._running.get(t.task_id) is not t:
@@ -63,8 +64,7 @@ class Upkeep:
                 t.stop_reason = t.stop_reason or "lease lost"
                 self._stop(t.task_id, now)
                 continue
-            stored = self._store.get(t.task_id)
-            if stored is not None and stored.cancel_requested:
+            if t.task_id in cancelled:
                 self._stop(t.task_id, now)
             elif now - t.started_at > self._settings.task_timeout_seconds:
                 log.warning(
@@ -74,6 +74,14 @@ class Upkeep:
                 )
                 t.stop_reason = t.stop_reason or "timeout"
                 self._stop(t.task_id, now)
+
+    def stop_cancelled(self) -> None:
+        """Send the cancels asked of this node's tasks to their workers now, rather than at the
+        next heartbeat. A cancel has one route, whichever node took it: the store's flag, which
+        this node reads here and at each heartbeat (one query for all its tasks)."""
+        now = self._clock()
+        for task_id in self._store.cancels_requested(node=self._settings.node_name):
+            self._stop(task_id, now)
 
     def flush_progress(self) -> None:
         """Write the progress workers reported since the last flush, all tasks in one
