@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -153,17 +153,14 @@ def build_rig(
     )  # fmt: skip
     wakes: list[None] = []
     # An upkeep of its own, so that `wakes` holds only what upkeep asked for (not the events').
-    upkeep = Upkeep(
-        settings=settings, store=parts.store, audio=parts.audio, telemetry=gpus,
-        slots=parts.slots, running=parts.running, metrics=parts.metrics, clock=clock,
-        wake=lambda: wakes.append(None),
-    )  # fmt: skip
+    upkeep = Upkeep(replace(parts.context, wake=lambda: wakes.append(None)))
     audio_dir = tmp_path / "audio"
     audio_dir.mkdir()
-    for slot in parts.slots.values():
+    shared = parts.context
+    for slot in shared.slots.values():
         slot.worker.start()
     return Rig(
-        settings, parts.store, gpus, parts.slots, parts.running, parts.metrics, clock,
+        settings, shared.store, gpus, dict(shared.slots), shared.running, shared.metrics, clock,
         parts.scheduler, upkeep, audio_dir, wakes,
     )  # fmt: skip
 

@@ -8,19 +8,14 @@ from __future__ import annotations
 
 import logging
 import random
-import time
-from collections.abc import Callable
 
-from gpuscribe.config import Settings
 from gpuscribe.domain import Task, Transcript
 from gpuscribe.memory.calibration import CalibrationBook
 from gpuscribe.memory.types import CalibrationSample
-from gpuscribe.metrics import Metrics
+from gpuscribe.node.context import NodeContext
 from gpuscribe.node.devices import DeviceSlot
-from gpuscribe.node.running import RunningTask, RunningTasks
+from gpuscribe.node.running import RunningTask
 from gpuscribe.scheduling.backoff import retry_delay
-from gpuscribe.store.audio import AudioStore
-from gpuscribe.store.base import TaskStore
 from gpuscribe.telemetry.base import DeviceKind
 from gpuscribe.workers.messages import (
     FailureKind,
@@ -45,30 +40,17 @@ def local_failure_error(node: str, error: str) -> str:
 
 
 class EventHandler:
-    def __init__(
-        self,
-        *,
-        settings: Settings,
-        store: TaskStore,
-        audio: AudioStore,
-        slots: dict[str, DeviceSlot],
-        running: RunningTasks,
-        book: CalibrationBook,
-        metrics: Metrics,
-        oom_floors: dict[str, int],
-        wake: Callable[[], None],
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self._settings = settings
-        self._store = store
-        self._audio = audio
-        self._slots = slots
-        self._running = running
+    def __init__(self, context: NodeContext, book: CalibrationBook) -> None:
+        self._settings = context.settings
+        self._store = context.store
+        self._audio = context.audio
+        self._slots = context.slots
+        self._running = context.running
         self._book = book
-        self._metrics = metrics
-        self._oom_floors = oom_floors
-        self._wake = wake
-        self._clock = clock
+        self._metrics = context.metrics
+        self._oom_floors = context.oom_floors
+        self._wake = context.wake
+        self._clock = context.clock
         self._rng = random.Random()
 
     def handle(self, device_uuid: str, event: WorkerEvent) -> None:
@@ -133,7 +115,7 @@ class EventHandler:
         if not stored or task is None:
             log.warning("task %s completed under a lease it no longer holds", event.task_id)
             return
-        self._oom_floors.pop(event.task_id, None)
+        self._oom_floors.forget(event.task_id)
         self._learn(task, event, now, cpu=slot.kind is DeviceKind.CPU)
         self._observe_finish(task, "completed", now)
         self._delete_audio(event.task_id)
@@ -229,7 +211,7 @@ class EventHandler:
         if event.kind is FailureKind.OUT_OF_MEMORY:
             self._metrics.out_of_memory.labels(str(slot.device.index), slot.uuid).inc()
             floor = int(task.estimate.working_bytes * OOM_RAISE_FACTOR)
-            self._oom_floors[event.task_id] = max(floor, self._oom_floors.get(event.task_id, 0))
+            self._oom_floors.raise_to(event.task_id, floor)
             log.warning(
                 "task %s ran out of memory on %s; retrying with %.2f GiB working memory",
                 event.task_id,

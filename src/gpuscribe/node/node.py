@@ -61,15 +61,16 @@ class Node:
             wake=self.wake,
             with_workers=role.has_workers,
         )
-        self.store = parts.store
-        self.audio = parts.audio
-        self.telemetry = parts.telemetry
+        shared = parts.context
+        self.store = shared.store
+        self.audio = shared.audio
+        self.telemetry = shared.telemetry
         self._display = CachedTelemetry(self.telemetry, ttl_seconds=1.0)
-        self.metrics = parts.metrics
-        self.running = parts.running
+        self.metrics = shared.metrics
+        self.running = shared.running
         self.book = parts.book
         self.estimator = parts.estimator
-        self.slots = parts.slots
+        self.slots = shared.slots
         self._pass = parts.scheduler
         self._upkeep = parts.upkeep
         self._started_at = clock()

@@ -7,20 +7,17 @@ carries its decisions out.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
-from gpuscribe.config import Settings
 from gpuscribe.domain import Task
 from gpuscribe.memory.estimator import Estimator
 from gpuscribe.memory.types import MemoryEstimate, ModelKey, ProfileKey
-from gpuscribe.metrics import Metrics
+from gpuscribe.node.context import NodeContext
 from gpuscribe.node.devices import DeviceSlot
 from gpuscribe.node.events import local_failure_error
-from gpuscribe.node.running import RunningTask, RunningTasks
+from gpuscribe.node.running import RunningTask
 from gpuscribe.scheduling.planner import DeviceState, Placement, Plan, plan
-from gpuscribe.store.audio import AudioStore
-from gpuscribe.store.base import Claim, TaskStore
-from gpuscribe.telemetry.base import DeviceKind, GpuTelemetry
+from gpuscribe.store.base import Claim
+from gpuscribe.telemetry.base import DeviceKind
 from gpuscribe.workers.messages import RunTask
 
 log = logging.getLogger(__name__)
@@ -36,30 +33,17 @@ def profile_key(task: Task, slot_name: str) -> ProfileKey:
 
 
 class SchedulerPass:
-    def __init__(
-        self,
-        *,
-        settings: Settings,
-        store: TaskStore,
-        audio: AudioStore,
-        telemetry: GpuTelemetry,
-        slots: dict[str, DeviceSlot],
-        estimator: Estimator,
-        running: RunningTasks,
-        metrics: Metrics,
-        oom_floors: dict[str, int],
-        clock: Callable[[], float],
-    ) -> None:
-        self._settings = settings
-        self._store = store
-        self._audio = audio
-        self._telemetry = telemetry
-        self._slots = slots
+    def __init__(self, context: NodeContext, estimator: Estimator) -> None:
+        self._settings = context.settings
+        self._store = context.store
+        self._audio = context.audio
+        self._telemetry = context.telemetry
+        self._slots = context.slots
         self._estimator = estimator
-        self._running = running
-        self._metrics = metrics
-        self._oom_floors = oom_floors
-        self._clock = clock
+        self._running = context.running
+        self._metrics = context.metrics
+        self._oom_floors = context.oom_floors
+        self._clock = context.clock
         self._wait_reasons: dict[str, str | None] = {}
 
     def run_once(self) -> int:
@@ -143,7 +127,7 @@ class SchedulerPass:
                     profile_key(task, str(device["name"])),
                     task.audio_seconds,
                     device_kind=DeviceKind(device["kind"]),
-                    min_working_bytes=self._oom_floors.get(task.id, 0),
+                    min_working_bytes=self._oom_floors.get(task.id),
                     total_bytes=int(device["memory_total_bytes"]),
                 ).total_bytes
                 if need <= limit:
@@ -199,7 +183,7 @@ class SchedulerPass:
             profile_key(task, device.name),
             task.audio_seconds,
             device_kind=device.kind,
-            min_working_bytes=self._oom_floors.get(task.id, 0),
+            min_working_bytes=self._oom_floors.get(task.id),
             total_bytes=device.ledger.total_bytes,
         )
 

@@ -4,15 +4,10 @@ leases, pruning, and device watching (metrics, early memory warnings, lost devic
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
-from gpuscribe.config import Settings
-from gpuscribe.metrics import Metrics
+from gpuscribe.node.context import NodeContext
 from gpuscribe.node.devices import DeviceSlot
-from gpuscribe.node.running import RunningTasks
-from gpuscribe.store.audio import ORPHAN_AGE_SECONDS, AudioStore
-from gpuscribe.store.base import TaskStore
-from gpuscribe.telemetry.base import GpuTelemetry
+from gpuscribe.store.audio import ORPHAN_AGE_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -20,28 +15,16 @@ KILL_GRACE_SECONDS = 10.0
 
 
 class Upkeep:
-    def __init__(
-        self,
-        *,
-        settings: Settings,
-        store: TaskStore,
-        audio: AudioStore,
-        telemetry: GpuTelemetry,
-        slots: dict[str, DeviceSlot],
-        running: RunningTasks,
-        metrics: Metrics,
-        clock: Callable[[], float],
-        wake: Callable[[], None],
-    ) -> None:
-        self._settings = settings
-        self._store = store
-        self._audio = audio
-        self._telemetry = telemetry
-        self._slots = slots
-        self._running = running
-        self._metrics = metrics
-        self._clock = clock
-        self._wake = wake
+    def __init__(self, context: NodeContext) -> None:
+        self._settings = context.settings
+        self._store = context.store
+        self._audio = context.audio
+        self._telemetry = context.telemetry
+        self._slots = context.slots
+        self._running = context.running
+        self._metrics = context.metrics
+        self._clock = context.clock
+        self._wake = context.wake
 
     # --- leases ---------------------------------------------------------------------------
     def heartbeat(self) -> None:
