@@ -419,7 +419,8 @@ def test_a_task_whose_cancel_was_requested_ends_cancelled(rig: Rig, kind: Failur
 def test_worker_ready_resets_the_ledger_and_charges_the_measured_context(rig: Rig) -> None:
     r = rig.start_task()
     slot = rig.slots[r.device_uuid]
-    slot.resident.add("tiny.en")
+    rig.handler.handle(slot.uuid, ModelLoaded(slot.uuid, r.key.model_key, 80 * MIB, 0.2))
+    assert [m.loaded for m in slot.ledger.snapshot().models] == [True]
     assert slot.ledger.running_tasks == 1 and not slot.ready
 
     rig.handler.handle(slot.uuid, WorkerReady(slot.uuid, 4242, 2 * GIB))
@@ -429,7 +430,7 @@ def test_worker_ready_resets_the_ledger_and_charges_the_measured_context(rig: Ri
     assert snap.context_bytes == 2 * GIB
     assert snap.admitted_bytes == 2 * GIB
     assert slot.ready
-    assert slot.resident == set()
+    assert not any(m.loaded for m in snap.models)
     assert rig.wakes
     other = rig.slots[rig.uuids[1]]
     assert not other.ready and other.ledger.admitted_bytes == 0
@@ -440,15 +441,43 @@ def test_model_loaded_and_unloaded_correct_the_ledger(rig: Rig) -> None:
     rig.handler.handle(slot.uuid, WorkerReady(slot.uuid, 4242, GIB))
     model = ModelKey("transformers", "tiny.en", "float16")
     rig.handler.handle(slot.uuid, ModelLoaded(slot.uuid, model, 80 * MIB, 0.2))
-    assert slot.resident == {"tiny.en"}
+    assert loaded(slot) == [model]
     assert slot.ledger.admitted_bytes == GIB + 80 * MIB
     count = rig.counter(
         "gpuscribe_model_load_seconds_count", model="tiny.en", engine="transformers"
     )
     assert count == 1
     rig.handler.handle(slot.uuid, ModelUnloaded(slot.uuid, model))
-    assert slot.resident == set()
+    assert loaded(slot) == []
     assert slot.ledger.admitted_bytes == GIB
+
+
+def loaded(slot: DeviceSlot) -> list[ModelKey]:
+    return [m.model for m in slot.ledger.snapshot().models if m.loaded]
+
+
+def test_one_engine_unloading_a_model_leaves_the_other_engines_copy_resident(rig: Rig) -> None:
+    """Models are known by engine, model and compute type (the ledger's keys), not by name: a
+    GPU holding tiny.en in two engines still holds one after the other unloads it."""
+    slot = rig.slots[rig.uuids[0]]
+    rig.handler.handle(slot.uuid, WorkerReady(slot.uuid, 4242, GIB))
+    ours = ModelKey("transformers", "tiny.en", "float16")
+    theirs = ModelKey("faster-whisper", "tiny.en", "float16")
+    for model in (ours, theirs):
+        rig.handler.handle(slot.uuid, ModelLoaded(slot.uuid, model, 80 * MIB, 0.2))
+    rig.handler.handle(slot.uuid, ModelUnloaded(slot.uuid, theirs))
+    assert loaded(slot) == [ours]
+
+
+def test_a_model_unloaded_while_tasks_are_admitted_for_it_stays_charged_not_loaded(
+    rig: Rig,
+) -> None:
+    r = rig.start_task()
+    slot = rig.slots[r.device_uuid]
+    rig.handler.handle(slot.uuid, ModelLoaded(slot.uuid, r.key.model_key, 80 * MIB, 0.2))
+    rig.handler.handle(slot.uuid, ModelUnloaded(slot.uuid, r.key.model_key))
+    assert loaded(slot) == []
+    assert [m.model for m in slot.ledger.snapshot().models] == [r.key.model_key]
 
 
 def test_progress_under_the_current_lease_is_kept_for_the_next_flush(rig: Rig) -> None:

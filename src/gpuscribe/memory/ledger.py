@@ -51,6 +51,7 @@ class ResidentModel:
     running: int
     batch_bytes: int = 0  # its batch: cache rows and workspace (0: none)
     batch_rows: int = 0
+    loaded: bool = False  # the worker reported it loaded (charged models may still be loading)
 
     @property
     def resident_bytes(self) -> int:
@@ -86,6 +87,7 @@ class _Resident:
     running: int
     batch_bytes: int = 0
     batch_rows: int = 0
+    loaded: bool = False
 
     @property
     def bytes(self) -> int:
@@ -157,7 +159,9 @@ class DeviceLedger:
                 max_tasks=self.max_tasks,
                 tasks=tuple(self._tasks.values()),
                 models=tuple(
-                    ResidentModel(k, r.weights_bytes, r.running, r.batch_bytes, r.batch_rows)
+                    ResidentModel(
+                        k, r.weights_bytes, r.running, r.batch_bytes, r.batch_rows, r.loaded
+                    )
                     for k, r in self._models.items()
                 ),
             )
@@ -218,21 +222,26 @@ class DeviceLedger:
             return 0 if resident is None else resident.batch_rows
 
     def set_weights(self, model: ModelKey, measured_bytes: int) -> None:
-        """The worker measured a loaded model's weights: correct (or add) its charge. Its batch
-        keeps the charge it was admitted with (the worker allocates exactly those rows)."""
+        """The worker loaded a model and measured its weights: it is loaded, and its charge is
+        corrected (or added). Its batch keeps the charge it was admitted with (the worker
+        allocates exactly those rows)."""
         with self._lock:
             resident = self._models.get(model)
             if resident is None:
-                self._models[model] = _Resident(measured_bytes, 0)
+                self._models[model] = _Resident(measured_bytes, 0, loaded=True)
                 self._admitted += measured_bytes
             else:
                 self._admitted += measured_bytes - resident.weights_bytes
                 resident.weights_bytes = measured_bytes
+                resident.loaded = True
 
     def evict(self, model: ModelKey) -> bool:
-        """Drop an idle model's charge (it was unloaded). A model in use stays."""
+        """The worker unloaded a model: drop its charge if idle. A model in use keeps its charge
+        (its tasks will load it again) but is no longer loaded."""
         with self._lock:
             resident = self._models.get(model)
+            if resident is not None:
+                resident.loaded = False
             if resident is None or resident.running > 0:
                 return False
             del self._models[model]

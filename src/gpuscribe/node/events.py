@@ -65,13 +65,11 @@ class EventHandler:
             self._on_ready(slot, event)
         elif isinstance(event, ModelLoaded):
             slot.ledger.set_weights(event.model, event.weights_bytes)
-            slot.resident.add(event.model.model)
             self._metrics.model_load_seconds.labels(event.model.model, event.model.engine).observe(
                 event.load_seconds
             )
         elif isinstance(event, ModelUnloaded):
             slot.ledger.evict(event.model)
-            slot.resident.discard(event.model.model)
         elif isinstance(event, TaskStarted):
             log.debug("task %s started on %s", event.task_id, device_uuid)
         elif isinstance(event, TaskProgress):
@@ -87,7 +85,6 @@ class EventHandler:
 
     def _on_ready(self, slot: DeviceSlot, event: WorkerReady) -> None:
         slot.ledger.reset()
-        slot.resident.clear()
         slot.ledger.charge_context(event.context_bytes)
         slot.ready = True
         log.info(

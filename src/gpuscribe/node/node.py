@@ -281,7 +281,8 @@ class Node:
                     memory_cap_bytes=snap.cap_bytes,
                     tasks_running=snap.tasks_running,
                     max_tasks=slot.ledger.max_tasks,
-                    resident_models=tuple(sorted(slot.resident)),
+                    # by name, each once: two engines may hold the same model on one GPU
+                    resident_models=tuple(sorted({m.model.model for m in snap.models if m.loaded})),
                     draining=not reading.healthy,
                 )
             )
