@@ -295,7 +295,7 @@ class CancelWhenEstimated(OomFloors):
         return super().get(task_id)
 
 
-def test_a_claim_that_fails_releases_the_ledger(make_rig: Any) -> None:
+def test_a_claim_that_fails_charges_nothing(make_rig: Any) -> None:
     rig = make_rig(f"1x24GiB:{GPU_NAME}")
     rig.start_workers()
     ledger = rig.ledger(0)
@@ -313,6 +313,36 @@ def test_a_claim_that_fails_releases_the_ledger(make_rig: Any) -> None:
     # the working charge is gone; what stays is the (idle, evictable) model's weights
     assert ledger.admitted_bytes == context_only + sum(m.weights_bytes for m in snap.models)
     assert all(m.running == 0 for m in snap.models)
+    assert rig.counter("gpuscribe_scheduling_total", outcome="placed") == 0
+
+
+class MeasureWhenEstimated(OomFloors):
+    """Like CancelWhenEstimated, but what lands between the plan and the claim is a measurement
+    that fills the device: its worker measured a context far above the estimate."""
+
+    def __init__(self, ledger: DeviceLedger) -> None:
+        super().__init__()
+        self._ledger = ledger
+
+    def get(self, task_id: str) -> int:
+        self._ledger.charge_context(self._ledger.limit_bytes)
+        return super().get(task_id)
+
+
+def test_a_claimed_task_the_ledger_then_refuses_goes_back_to_the_queue(make_rig: Any) -> None:
+    """The plan charged a copy of the ledger; the real one is charged after the claim. When a
+    measurement filled it in between, the task is handed back as one this node could not run."""
+    rig = make_rig(f"1x24GiB:{GPU_NAME}")
+    rig.start_workers()
+    task_id = rig.submit("a")
+
+    assert rig.scheduler(oom_floors=MeasureWhenEstimated(rig.ledger(0))).run_once() == 0
+
+    task = rig.store.get(task_id)
+    assert task is not None and task.state is TaskState.QUEUED and task.attempts == 1
+    assert task.error is not None and task.error.startswith(local_failure_error("node-a", ""))
+    assert rig.running.get(task_id) is None
+    assert rig.ledger(0).snapshot().tasks == ()
     assert rig.counter("gpuscribe_scheduling_total", outcome="placed") == 0
 
 

@@ -17,7 +17,7 @@ allocation deadlocked on exactly that).
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gpuscribe.memory.types import GIB, MemoryEstimate, ModelKey
 
@@ -165,6 +165,21 @@ class DeviceLedger:
                     for k, r in self._models.items()
                 ),
             )
+
+    def copy(self) -> DeviceLedger:
+        """A planning copy: the same charges under a lock of its own. What is admitted into it
+        charges nothing here (a scheduling pass plans on copies, then charges what it claimed)."""
+        twin = DeviceLedger(
+            self.uuid, self.index, self.total_bytes,
+            cap_fraction=self.cap_fraction, reserve_bytes=self.reserve_bytes,
+            max_tasks=self.max_tasks,
+        )  # fmt: skip
+        with self._lock:
+            twin._admitted = self._admitted
+            twin._context = self._context
+            twin._models = {key: replace(r) for key, r in self._models.items()}
+            twin._tasks = dict(self._tasks)
+        return twin
 
     # --- changing -----------------------------------------------------------------------------
     def admit(
