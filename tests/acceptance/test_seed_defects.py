@@ -26,7 +26,7 @@ from gpuscribe.memory.types import (
     ModelKey,
     ProfileKey,
 )
-from gpuscribe.scheduling.placement import Candidate, choose_device
+from gpuscribe.scheduling.placement import LeastAdmitted
 from gpuscribe.scheduling.planner import DeviceState, plan
 from gpuscribe.scheduling.priority import order_queue
 from gpuscribe.store.open import open_store
@@ -153,17 +153,10 @@ def test_priorities_are_ordered_as_integers() -> None:
 def test_no_gpu_is_chosen_when_nothing_fits() -> None:
     ledgers = [_ledger(8, index=i) for i in range(2)]
     huge = _estimate(20)
-    candidates = [
-        Candidate(
-            ledger.uuid,
-            ledger.index,
-            ledger.fit(huge, TINY, foreign_bytes=0),
-            ledger.admitted_bytes,
-        )
-        for ledger in ledgers
-    ]
-    assert not any(c.fit.ok for c in candidates)
-    assert choose_device(candidates) is None
+    assert not any(ledger.fit(huge, TINY, foreign_bytes=0).ok for ledger in ledgers)
+    choice = LeastAdmitted([ledger.copy() for ledger in ledgers], [0, 0], {})
+    refused = choice.admit("big", TINY, lambda slot: huge)
+    assert isinstance(refused, str), refused  # why it waits, never a device (GPU 0 or other)
 
     devices = [DeviceState(ledger, "GPU 8GB", DeviceKind.CUDA, 0, True) for ledger in ledgers]
     result = plan(

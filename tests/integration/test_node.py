@@ -202,6 +202,30 @@ def test_cancel_of_a_running_task(make_node: Callable[..., Node]) -> None:
     assert len(node.running) == 0
 
 
+def test_cancel_taken_by_another_node_reaches_the_worker(
+    make_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    """The store's flag is a cancel's one route: the node running the task finds it there."""
+    store = InMemoryStore()
+    node = make_node(store=store, simulation_speed=1.0)
+    node.start()
+    new = new_task(node.settings, "a", LONG_AUDIO)
+    task, _ = node.submit(new)
+    wait_dispatched(node, task.id)
+    api_only = Node(
+        settings_for(tmp_path, node_name="node-b"), store=store, telemetry=SimulatedGpus(SPEC),
+        role=Role.API,
+    )  # fmt: skip
+
+    requested = api_only.cancel(task.id)
+
+    assert requested is not None and requested.cancel_requested
+    done = wait_for(node, task.id, {TaskState.CANCELLED, TaskState.FAILED, TaskState.COMPLETED})
+    assert done.state is TaskState.CANCELLED
+    wait_gone(new.audio_path)
+    assert len(node.running) == 0
+
+
 # --- start ------------------------------------------------------------------------------------
 def test_start_sweeps_orphan_audio_but_keeps_audio_of_live_tasks(
     make_node: Callable[..., Node], tmp_path: Path

@@ -19,6 +19,7 @@ from gpuscribe.memory.types import GIB, MIB, MemoryEstimate, ModelKey, ProfileKe
 from gpuscribe.metrics import Metrics
 from gpuscribe.node.devices import DeviceSlot
 from gpuscribe.node.events import OOM_RAISE_FACTOR, EventHandler, local_failure_error
+from gpuscribe.node.oom_floors import OomFloors
 from gpuscribe.node.parts import build_parts
 from gpuscribe.node.running import RunningTask, RunningTasks
 from gpuscribe.node.scheduler import profile_key
@@ -58,7 +59,7 @@ class Rig:
     clock: Clock
     handler: EventHandler
     audio_dir: Path
-    oom_floors: dict[str, int] = field(default_factory=dict)
+    oom_floors: OomFloors = field(default_factory=OomFloors)
     wakes: list[None] = field(default_factory=list)
 
     @property
@@ -134,8 +135,9 @@ def rig(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Rig]:
     audio_dir = tmp_path / "audio"
     audio_dir.mkdir()
     yield Rig(
-        settings, store, gpus, parts.slots, parts.running, parts.book, parts.metrics,
-        parts.estimator, clock, parts.events, audio_dir, parts.oom_floors, wakes,
+        settings, store, gpus, parts.context.slots, parts.context.running, parts.book,
+        parts.context.metrics, parts.estimator, clock, parts.events, audio_dir,
+        parts.context.oom_floors, wakes,
     )  # fmt: skip
     store.close()
 
@@ -191,8 +193,9 @@ def test_a_task_on_the_cpu_teaches_the_workers_own_memory_so_estimates_cover_pea
     parts = build_parts(settings, store, cpu, clock=clock, wake=lambda: None)
     (tmp_path / "audio").mkdir(exist_ok=True)
     rig = Rig(
-        settings, store, cpu, parts.slots, parts.running, parts.book, parts.metrics,  # type: ignore[arg-type]
-        parts.estimator, clock, parts.events, tmp_path / "audio", parts.oom_floors,
+        settings, store, cpu, parts.context.slots, parts.context.running, parts.book,  # type: ignore[arg-type]
+        parts.context.metrics, parts.estimator, clock, parts.events, tmp_path / "audio",
+        parts.context.oom_floors,
     )  # fmt: skip
     peaks = [470 * MIB, 520 * MIB, 455 * MIB]  # what the issue saw: 0.44-0.65 GiB
     for i, peak in enumerate(peaks):
@@ -249,7 +252,7 @@ def test_events_under_a_stale_lease_change_nothing(rig: Rig) -> None:
     assert rig.running.get(r.task_id) is r
     assert ledger0.admitted_bytes == admitted and ledger0.running_tasks == 1
     assert rig.store.samples(r.key, limit=10) == []
-    assert rig.oom_floors == {}
+    assert rig.oom_floors.as_dict() == {}
     assert rig.audio(r.task_id).exists()
 
 
@@ -281,7 +284,7 @@ def test_out_of_memory_requeues_at_once_with_a_raised_working_floor(rig: Rig) ->
     assert task.not_before == rig.clock.now  # no backoff: the next pass may retry it
     assert task.lease_token is None
     floor = int(r.estimate.working_bytes * OOM_RAISE_FACTOR)
-    assert rig.oom_floors == {r.task_id: floor}
+    assert rig.oom_floors.as_dict() == {r.task_id: floor}
     raised = rig.estimator.estimate(
         r.key, 30.0, device_kind=DeviceKind.SIMULATED, min_working_bytes=floor
     )
@@ -305,7 +308,7 @@ def test_out_of_memory_requeues_at_once_with_a_raised_working_floor(rig: Rig) ->
     rig.handler.handle(
         uuid, TaskFailed(r.task_id, second.token, FailureKind.OUT_OF_MEMORY, "OOM again")
     )
-    assert rig.oom_floors[r.task_id] == int(floor * OOM_RAISE_FACTOR)
+    assert rig.oom_floors.get(r.task_id) == int(floor * OOM_RAISE_FACTOR)
     assert rig.counter("gpuscribe_out_of_memory_total", gpu="0", uuid=uuid) == 2
 
 
@@ -316,7 +319,7 @@ def test_a_completion_forgets_the_out_of_memory_floor(rig: Rig) -> None:
     )
     again = rig.claim(r.task_id)
     rig.handler.handle(again.device_uuid, rig.completed(again, working=None, ran_alone=False))
-    assert rig.oom_floors == {}
+    assert rig.oom_floors.as_dict() == {}
 
 
 def test_a_task_killed_after_its_timeout_fails_without_a_retry(rig: Rig) -> None:
@@ -338,7 +341,7 @@ def test_transient_failure_requeues_with_a_backoff(rig: Rig, kind: FailureKind) 
     assert rig.clock.now < task.not_before <= rig.clock.now + rig.settings.retry_max_seconds
     assert rig.store.queued(now=rig.clock.now, limit=10) == []  # not before its time
     assert [t.id for t in rig.store.queued(now=task.not_before, limit=10)] == [r.task_id]
-    assert rig.oom_floors == {}
+    assert rig.oom_floors.as_dict() == {}
     assert rig.counter("gpuscribe_task_retries_total", reason=kind.value) == 1
     assert rig.counter("gpuscribe_out_of_memory_total", gpu="0", uuid=r.device_uuid) == 0
     assert rig.audio(r.task_id).exists()
@@ -416,7 +419,8 @@ def test_a_task_whose_cancel_was_requested_ends_cancelled(rig: Rig, kind: Failur
 def test_worker_ready_resets_the_ledger_and_charges_the_measured_context(rig: Rig) -> None:
     r = rig.start_task()
     slot = rig.slots[r.device_uuid]
-    slot.resident.add("tiny.en")
+    rig.handler.handle(slot.uuid, ModelLoaded(slot.uuid, r.key.model_key, 80 * MIB, 0.2))
+    assert [m.loaded for m in slot.ledger.snapshot().models] == [True]
     assert slot.ledger.running_tasks == 1 and not slot.ready
 
     rig.handler.handle(slot.uuid, WorkerReady(slot.uuid, 4242, 2 * GIB))
@@ -426,7 +430,7 @@ def test_worker_ready_resets_the_ledger_and_charges_the_measured_context(rig: Ri
     assert snap.context_bytes == 2 * GIB
     assert snap.admitted_bytes == 2 * GIB
     assert slot.ready
-    assert slot.resident == set()
+    assert not any(m.loaded for m in snap.models)
     assert rig.wakes
     other = rig.slots[rig.uuids[1]]
     assert not other.ready and other.ledger.admitted_bytes == 0
@@ -437,15 +441,43 @@ def test_model_loaded_and_unloaded_correct_the_ledger(rig: Rig) -> None:
     rig.handler.handle(slot.uuid, WorkerReady(slot.uuid, 4242, GIB))
     model = ModelKey("transformers", "tiny.en", "float16")
     rig.handler.handle(slot.uuid, ModelLoaded(slot.uuid, model, 80 * MIB, 0.2))
-    assert slot.resident == {"tiny.en"}
+    assert loaded(slot) == [model]
     assert slot.ledger.admitted_bytes == GIB + 80 * MIB
     count = rig.counter(
         "gpuscribe_model_load_seconds_count", model="tiny.en", engine="transformers"
     )
     assert count == 1
     rig.handler.handle(slot.uuid, ModelUnloaded(slot.uuid, model))
-    assert slot.resident == set()
+    assert loaded(slot) == []
     assert slot.ledger.admitted_bytes == GIB
+
+
+def loaded(slot: DeviceSlot) -> list[ModelKey]:
+    return [m.model for m in slot.ledger.snapshot().models if m.loaded]
+
+
+def test_one_engine_unloading_a_model_leaves_the_other_engines_copy_resident(rig: Rig) -> None:
+    """Models are known by engine, model and compute type (the ledger's keys), not by name: a
+    GPU holding tiny.en in two engines still holds one after the other unloads it."""
+    slot = rig.slots[rig.uuids[0]]
+    rig.handler.handle(slot.uuid, WorkerReady(slot.uuid, 4242, GIB))
+    ours = ModelKey("transformers", "tiny.en", "float16")
+    theirs = ModelKey("faster-whisper", "tiny.en", "float16")
+    for model in (ours, theirs):
+        rig.handler.handle(slot.uuid, ModelLoaded(slot.uuid, model, 80 * MIB, 0.2))
+    rig.handler.handle(slot.uuid, ModelUnloaded(slot.uuid, theirs))
+    assert loaded(slot) == [ours]
+
+
+def test_a_model_unloaded_while_tasks_are_admitted_for_it_stays_charged_not_loaded(
+    rig: Rig,
+) -> None:
+    r = rig.start_task()
+    slot = rig.slots[r.device_uuid]
+    rig.handler.handle(slot.uuid, ModelLoaded(slot.uuid, r.key.model_key, 80 * MIB, 0.2))
+    rig.handler.handle(slot.uuid, ModelUnloaded(slot.uuid, r.key.model_key))
+    assert loaded(slot) == []
+    assert [m.model for m in slot.ledger.snapshot().models] == [r.key.model_key]
 
 
 def test_progress_under_the_current_lease_is_kept_for_the_next_flush(rig: Rig) -> None:

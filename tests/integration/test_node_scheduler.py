@@ -20,8 +20,10 @@ from gpuscribe.memory.ledger import DeviceLedger
 from gpuscribe.memory.profiles import REFERENCE_CONTEXT_BYTES
 from gpuscribe.memory.types import GIB, MemoryEstimate, ModelKey, ProfileKey
 from gpuscribe.metrics import Metrics
+from gpuscribe.node.context import NodeContext
 from gpuscribe.node.devices import DeviceSlot
 from gpuscribe.node.events import EventHandler, local_failure_error
+from gpuscribe.node.oom_floors import OomFloors
 from gpuscribe.node.parts import build_parts
 from gpuscribe.node.running import RunningTasks
 from gpuscribe.node.scheduler import LOCAL_FAILURE_AVOID_SECONDS, SchedulerPass
@@ -51,7 +53,7 @@ class Rig:
     metrics: Metrics
     clock: Clock
     handler: EventHandler
-    oom_floors: dict[str, int]
+    context: NodeContext
     audio_dir: Path
 
     @property
@@ -66,19 +68,16 @@ class Rig:
             slot.worker.start()  # reports WorkerReady: the slot becomes ready, context charged
         assert all(slot.ready for slot in self.slots.values())
 
-    def scheduler(self, oom_floors: dict[str, int] | None = None) -> SchedulerPass:
-        return SchedulerPass(
-            settings=self.settings,
-            store=self.store,
-            audio=LocalAudioStore(self.audio_dir),
-            telemetry=self.gpus,
-            slots=self.slots,
-            estimator=self.estimator,
-            running=self.running,
-            metrics=self.metrics,
-            oom_floors=self.oom_floors if oom_floors is None else oom_floors,
-            clock=self.clock,
-        )
+    @property
+    def oom_floors(self) -> OomFloors:
+        return self.context.oom_floors
+
+    def scheduler(self, oom_floors: OomFloors | None = None, **shared: Any) -> SchedulerPass:
+        context = replace(
+            self.context, audio=LocalAudioStore(self.audio_dir),
+            oom_floors=self.oom_floors if oom_floors is None else oom_floors, **shared,
+        )  # fmt: skip
+        return SchedulerPass(context, self.estimator)
 
     def submit(
         self, name: str, options: TranscriptionOptions = TINY, seconds: float = LONG_AUDIO
@@ -116,8 +115,8 @@ def build_rig(tmp_path: Path, spec: str, **flags: Any) -> Rig:
     audio_dir = tmp_path / "audio"
     audio_dir.mkdir()
     return Rig(
-        settings, parts.store, gpus, parts.slots, parts.running, parts.estimator, parts.metrics,
-        clock, parts.events, parts.oom_floors, audio_dir,
+        settings, parts.context.store, gpus, dict(parts.context.slots), parts.context.running,
+        parts.estimator, parts.context.metrics, clock, parts.events, parts.context, audio_dir,
     )  # fmt: skip
 
 
@@ -280,10 +279,10 @@ def test_foreign_memory_read_fresh_keeps_a_task_waiting(make_rig: Any) -> None:
 
 
 # --- claims -----------------------------------------------------------------------------------
-class CancelWhenEstimated(dict[str, int]):
+class CancelWhenEstimated(OomFloors):
     """The planner looks up each task's out-of-memory floor while it estimates the task: after
     the pass read the queue and before it claims. Cancelling there is a client's cancel landing
-    exactly between the read and the claim. (A plain dict otherwise: nothing of gpuscribe's own
+    exactly between the read and the claim. (Real floors otherwise: nothing of gpuscribe's own
     is replaced.)"""
 
     def __init__(self, store: TaskStore, clock: Clock) -> None:
@@ -291,12 +290,12 @@ class CancelWhenEstimated(dict[str, int]):
         self._store = store
         self._clock = clock
 
-    def get(self, key: str, default: Any = None) -> Any:
-        self._store.cancel(key, now=self._clock())
-        return super().get(key, default)
+    def get(self, task_id: str) -> int:
+        self._store.cancel(task_id, now=self._clock())
+        return super().get(task_id)
 
 
-def test_a_claim_that_fails_releases_the_ledger(make_rig: Any) -> None:
+def test_a_claim_that_fails_charges_nothing(make_rig: Any) -> None:
     rig = make_rig(f"1x24GiB:{GPU_NAME}")
     rig.start_workers()
     ledger = rig.ledger(0)
@@ -317,6 +316,36 @@ def test_a_claim_that_fails_releases_the_ledger(make_rig: Any) -> None:
     assert rig.counter("gpuscribe_scheduling_total", outcome="placed") == 0
 
 
+class MeasureWhenEstimated(OomFloors):
+    """Like CancelWhenEstimated, but what lands between the plan and the claim is a measurement
+    that fills the device: its worker measured a context far above the estimate."""
+
+    def __init__(self, ledger: DeviceLedger) -> None:
+        super().__init__()
+        self._ledger = ledger
+
+    def get(self, task_id: str) -> int:
+        self._ledger.charge_context(self._ledger.limit_bytes)
+        return super().get(task_id)
+
+
+def test_a_claimed_task_the_ledger_then_refuses_goes_back_to_the_queue(make_rig: Any) -> None:
+    """The plan charged a copy of the ledger; the real one is charged after the claim. When a
+    measurement filled it in between, the task is handed back as one this node could not run."""
+    rig = make_rig(f"1x24GiB:{GPU_NAME}")
+    rig.start_workers()
+    task_id = rig.submit("a")
+
+    assert rig.scheduler(oom_floors=MeasureWhenEstimated(rig.ledger(0))).run_once() == 0
+
+    task = rig.store.get(task_id)
+    assert task is not None and task.state is TaskState.QUEUED and task.attempts == 1
+    assert task.error is not None and task.error.startswith(local_failure_error("node-a", ""))
+    assert rig.running.get(task_id) is None
+    assert rig.ledger(0).snapshot().tasks == ()
+    assert rig.counter("gpuscribe_scheduling_total", outcome="placed") == 0
+
+
 def test_a_retry_after_out_of_memory_is_claimed_with_the_raised_working_floor(
     make_rig: Any,
 ) -> None:
@@ -329,7 +358,7 @@ def test_a_retry_after_out_of_memory_is_claimed_with_the_raised_working_floor(
     )
     assert first is not None and first.lease_token is not None
     rig.store.fail(task_id, first.lease_token, "OOM", retry_at=rig.clock(), now=rig.clock())
-    rig.oom_floors[task_id] = 6 * GIB
+    rig.oom_floors.raise_to(task_id, 6 * GIB)
 
     assert rig.scheduler().run_once() == 1
 
@@ -371,14 +400,7 @@ def test_a_task_this_node_gave_back_is_left_to_other_nodes_for_a_while(make_rig:
 
     assert rig.scheduler().run_once() == 0  # node-a leaves it to the others
     other = replace(rig.settings, node_name="node-b")
-    assert (
-        SchedulerPass(
-            settings=other, store=rig.store, audio=LocalAudioStore(rig.audio_dir),
-            telemetry=rig.gpus, slots=rig.slots, estimator=rig.estimator, running=rig.running,
-            metrics=rig.metrics, oom_floors={}, clock=rig.clock,
-        ).run_once()
-        == 1
-    )  # fmt: skip
+    assert rig.scheduler(OomFloors(), settings=other).run_once() == 1
     again = rig.store.get(task_id)
     assert again is not None and again.node == "node-b" and again.attempts == 2
 

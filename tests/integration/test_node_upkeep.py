@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -154,17 +154,14 @@ def build_rig(
     )  # fmt: skip
     wakes: list[None] = []
     # An upkeep of its own, so that `wakes` holds only what upkeep asked for (not the events').
-    upkeep = Upkeep(
-        settings=settings, store=parts.store, audio=parts.audio, telemetry=gpus,
-        slots=parts.slots, running=parts.running, metrics=parts.metrics, clock=clock,
-        wake=lambda: wakes.append(None),
-    )  # fmt: skip
+    upkeep = Upkeep(replace(parts.context, wake=lambda: wakes.append(None)))
     audio_dir = tmp_path / "audio"
     audio_dir.mkdir()
-    for slot in parts.slots.values():
+    shared = parts.context
+    for slot in shared.slots.values():
         slot.worker.start()
     return Rig(
-        settings, parts.store, gpus, parts.slots, parts.running, parts.metrics, clock,
+        settings, shared.store, gpus, dict(shared.slots), shared.running, shared.metrics, clock,
         parts.scheduler, upkeep, audio_dir, wakes,
     )  # fmt: skip
 
@@ -281,6 +278,24 @@ def test_a_cancel_requested_in_the_store_is_sent_to_the_worker(
     assert rig.state(task_id) is TaskState.CANCELLED
     assert rig.running.get(task_id) is None
     assert rig.slots[rig.uuids[0]].ledger.running_tasks == 0
+
+
+def test_a_cancel_this_node_took_is_sent_at_once_through_the_same_flag(
+    make_rig: Callable[..., Rig],
+) -> None:
+    """No second route: `stop_cancelled` reads the store's flags (one query) as the heartbeat
+    does, without waiting for it; tasks not asked to stop carry on."""
+    rig = make_rig(worker_factory=stubborn)
+    worker = rig.slots[rig.uuids[0]].worker
+    assert isinstance(worker, StubbornWorker)
+    asked, other = rig.place("a"), rig.place("b")
+    rig.store.cancel(asked, now=rig.clock())
+
+    rig.upkeep.stop_cancelled()
+
+    assert worker.cancels == [asked]
+    assert rig.running.get(asked).cancel_sent_at == T0  # type: ignore[union-attr]
+    assert rig.running.get(other).cancel_sent_at is None  # type: ignore[union-attr]
 
 
 def test_a_task_that_ignores_its_cancel_is_killed_after_the_grace_period(

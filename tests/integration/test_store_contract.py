@@ -313,15 +313,17 @@ def test_progress_and_complete(store: TaskStore) -> None:
 
 def test_fail_retries_then_fails_keeping_the_history(store: TaskStore) -> None:
     task_id, token = running(store, max_attempts=2)
-    assert store.fail(task_id, token, "CUDA out of memory", retry_at=105.0, now=101.0)
+    outcome = store.fail(task_id, token, "CUDA out of memory", retry_at=105.0, now=101.0)
     retried = store.get(task_id)
+    assert outcome is not None and outcome == retried  # the outcome, with no read to learn it
     assert retried is not None and retried.state == TaskState.QUEUED
     assert retried.not_before == 105.0 and retried.lease_token is None
     assert retried.gpu_index is None
     second = store.claim(claim_of(task_id), now=106.0)
     assert second is not None and second.lease_token is not None and second.attempts == 2
-    assert store.fail(task_id, second.lease_token, "decoder crashed", retry_at=110.0, now=107.0)
+    outcome = store.fail(task_id, second.lease_token, "decoder crashed", retry_at=110.0, now=107.0)
     failed = store.get(task_id)
+    assert outcome is not None and outcome == failed
     assert failed is not None and failed.state == TaskState.FAILED
     assert (failed.error, failed.finished_at, failed.lease_token) == (
         "decoder crashed",
@@ -365,8 +367,25 @@ def test_cancel_in_each_state(store: TaskStore) -> None:
 def test_a_task_asked_to_cancel_is_not_retried(store: TaskStore) -> None:
     task_id, token = running(store)
     store.cancel(task_id, now=101.0)
-    assert store.fail(task_id, token, "killed", retry_at=102.0, now=101.5)
+    outcome = store.fail(task_id, token, "killed", retry_at=102.0, now=101.5)
+    assert outcome is not None and outcome.state == TaskState.FAILED
     assert store.get(task_id).state == TaskState.FAILED  # type: ignore[union-attr]
+
+
+def test_cancels_requested_names_the_running_tasks_of_one_node(factory: StoreFactory) -> None:
+    """One query tells a node which of its running tasks a client cancelled (on any node)."""
+    store, other_node = factory(), factory()
+    asked, _ = running(store)
+    running(store)  # not asked
+    queued, _ = store.add(new_task(), now=100.0)
+    elsewhere, _ = store.add(new_task(), now=100.0)
+    store.claim(Claim(elsewhere.id, "node-b", 0, "GPU-0", 1, 30.0), now=100.0)
+    assert store.cancels_requested(node="node-a") == set()
+    for task_id in (asked, queued.id, elsewhere.id):
+        other_node.cancel(task_id, now=101.0)
+    assert store.cancels_requested(node="node-a") == {asked}
+    assert store.cancels_requested(node="node-b") == {elsewhere.id}
+    assert store.cancels_requested(node="node-c") == set()
 
 
 def test_wait_reasons_touch_only_queued_tasks(store: TaskStore) -> None:
@@ -552,7 +571,9 @@ class Replay:
         if op == "complete":
             return s.complete(task_id, token, TRANSCRIPT, peak_bytes=7, now=now)
         if op in ("fail", "retry"):
-            return s.fail(task_id, token, op, retry_at=now + 2 if op == "retry" else None, now=now)
+            retry_at = now + 2 if op == "retry" else None
+            outcome = s.fail(task_id, token, op, retry_at=retry_at, now=now)
+            return None if outcome is None else (outcome.state, outcome.attempts, outcome.error)
         if op == "cancel":
             task = s.cancel(task_id, now=now)
             return None if task is None else task.state

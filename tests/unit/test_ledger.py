@@ -262,6 +262,29 @@ def test_snapshot() -> None:
     assert snap.tasks[0].task_id == "a"
 
 
+def test_a_planning_copy_starts_equal_and_charges_nothing_here() -> None:
+    led = ledger(100)
+    led.admit("a", est(1, weights=2, context=1), TINY, foreign_bytes=0)
+    led.set_weights(TINY, 2 * GIB)  # loaded
+    plan = led.copy()
+    assert plan.snapshot() == led.snapshot()
+    before = led.snapshot()
+    plan.admit("b", est(1, weights=3), BASE, foreign_bytes=0)
+    plan.release("a")
+    plan.evict(TINY)
+    assert led.snapshot() == before
+
+
+def test_loaded_follows_the_workers_reports() -> None:
+    led = ledger(100)
+    led.admit("a", est(1, weights=2, context=1), TINY, foreign_bytes=0)
+    assert [m.loaded for m in led.snapshot().models] == [False]  # charged, still loading
+    led.set_weights(TINY, 2 * GIB)
+    assert [m.loaded for m in led.snapshot().models] == [True]
+    assert not led.evict(TINY)  # unloaded while in use: charged still, no longer loaded
+    assert [(m.model, m.loaded) for m in led.snapshot().models] == [(TINY, False)]
+
+
 def test_no_deadlock_when_many_threads_allocate() -> None:
     """The design's sketch re-took its own lock in allocate(): its first allocation hung
     (docs/DESIGN.md, What we changed and why)."""

@@ -6,7 +6,6 @@ from hypothesis import strategies as st
 from gpuscribe.domain import Priority, Task, TaskState, TranscriptionOptions
 from gpuscribe.memory.ledger import DeviceLedger
 from gpuscribe.memory.types import GIB, EstimateSource, MemoryEstimate, ModelKey
-from gpuscribe.scheduling.placement import Candidate, choose_device
 from gpuscribe.scheduling.planner import DeviceState, Plan, plan
 from gpuscribe.telemetry.base import DeviceKind
 
@@ -60,6 +59,13 @@ def placed(p: Plan) -> dict[str, int]:
     return {pl.task_id: pl.device_index for pl in p.placements}
 
 
+def charge(p: Plan, devices: list[DeviceState]) -> None:
+    by_uuid = {d.ledger.uuid: d for d in devices}
+    for pl in p.placements:
+        d = by_uuid[pl.device_uuid]
+        d.ledger.admit(pl.task_id, pl.estimate, pl.model, foreign_bytes=d.foreign_bytes)
+
+
 def test_least_admitted_device_and_later_placements_see_earlier_ones() -> None:
     devices = [device(0), device(1)]
     devices[0].ledger.admit(
@@ -73,6 +79,10 @@ def test_least_admitted_device_and_later_placements_see_earlier_ones() -> None:
         devices,
     )
     assert placed(p) == {"a": 1, "b": 0, "c": 1}
+    # the plan charged planning copies: the ledgers it was given are as they were
+    assert devices[1].ledger.running_tasks == 0
+    assert devices[0].ledger.admitted_bytes == 1 * GIB
+    charge(p, devices)  # as the scheduler does for what it claimed
     assert devices[1].ledger.running_tasks == 2
     assert devices[0].ledger.admitted_bytes == 5 * GIB
 
@@ -181,7 +191,7 @@ def test_estimates_are_cached_per_shape_and_gpu_model() -> None:
     ),
     st.floats(0.1, 6),
 )
-def test_choice_equals_choose_device_over_all_fits(
+def test_choice_is_the_least_admitted_device_the_task_fits_on(
     loads: list[tuple[float, int, float]], need: float
 ) -> None:
     devices = []
@@ -197,22 +207,17 @@ def test_choice_equals_choose_device_over_all_fits(
         devices.append(d)
     new = task("new", need)
     model = ModelKey("sim", new.options.model, "default")
-    expected = choose_device(
-        [
-            Candidate(
-                d.ledger.uuid,
-                d.ledger.index,
-                d.ledger.fit(estimate_for(new, d), model, foreign_bytes=d.foreign_bytes),
-                d.ledger.admitted_bytes,
-            )
-            for d in devices
-        ]
-    )
+    # the rule, brute force over every device: the least admitted that fits (ties: lowest index)
+    fitting = [
+        (d.ledger.admitted_bytes, d.ledger.index)
+        for d in devices
+        if d.ledger.fit(estimate_for(new, d), model, foreign_bytes=d.foreign_bytes).ok
+    ]
     p = run([new], devices)
-    if expected is None:
+    if not fitting:
         assert p.placements == [] and "new" in p.waiting
     else:
-        assert placed(p) == {"new": expected.index}
+        assert placed(p) == {"new": min(fitting)[1]}
 
 
 def test_wait_reason_names_at_most_eight_devices() -> None:

@@ -105,7 +105,7 @@ def _node(url: str, name: str, spec: str, start_at: float, conn: Connection) -> 
             worker_factory=lambda device, *_: _ClaimOnly(device),
             audio=LocalAudioStore(Path(audio_dir)),
         )  # fmt: skip
-        for slot in parts.slots.values():
+        for slot in parts.context.slots.values():
             slot.ready = True
         time.sleep(max(0.0, start_at - time.time()))
         started = time.perf_counter()

@@ -18,7 +18,7 @@ and why).
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gpuscribe.memory.types import GIB, MemoryEstimate, ModelKey
 
@@ -52,6 +52,7 @@ class ResidentModel:
     running: int
     batch_bytes: int = 0  # its batch: cache rows and workspace (0: none)
     batch_rows: int = 0
+    loaded: bool = False  # the worker reported it loaded (charged models may still be loading)
 
     @property
     def resident_bytes(self) -> int:
@@ -87,6 +88,7 @@ class _Resident:
     running: int
     batch_bytes: int = 0
     batch_rows: int = 0
+    loaded: bool = False
 
     @property
     def bytes(self) -> int:
@@ -158,10 +160,27 @@ class DeviceLedger:
                 max_tasks=self.max_tasks,
                 tasks=tuple(self._tasks.values()),
                 models=tuple(
-                    ResidentModel(k, r.weights_bytes, r.running, r.batch_bytes, r.batch_rows)
+                    ResidentModel(
+                        k, r.weights_bytes, r.running, r.batch_bytes, r.batch_rows, r.loaded
+                    )
                     for k, r in self._models.items()
                 ),
             )
+
+    def copy(self) -> DeviceLedger:
+        """A planning copy: the same charges under a lock of its own. What is admitted into it
+        charges nothing here (a scheduling pass plans on copies, then charges what it claimed)."""
+        twin = DeviceLedger(
+            self.uuid, self.index, self.total_bytes,
+            cap_fraction=self.cap_fraction, reserve_bytes=self.reserve_bytes,
+            max_tasks=self.max_tasks,
+        )  # fmt: skip
+        with self._lock:
+            twin._admitted = self._admitted
+            twin._context = self._context
+            twin._models = {key: replace(r) for key, r in self._models.items()}
+            twin._tasks = dict(self._tasks)
+        return twin
 
     # --- changing -----------------------------------------------------------------------------
     def admit(
@@ -219,21 +238,26 @@ class DeviceLedger:
             return 0 if resident is None else resident.batch_rows
 
     def set_weights(self, model: ModelKey, measured_bytes: int) -> None:
-        """The worker measured a loaded model's weights: correct (or add) its charge. Its batch
-        keeps the charge it was admitted with (the worker allocates exactly those rows)."""
+        """The worker loaded a model and measured its weights: it is loaded, and its charge is
+        corrected (or added). Its batch keeps the charge it was admitted with (the worker
+        allocates exactly those rows)."""
         with self._lock:
             resident = self._models.get(model)
             if resident is None:
-                self._models[model] = _Resident(measured_bytes, 0)
+                self._models[model] = _Resident(measured_bytes, 0, loaded=True)
                 self._admitted += measured_bytes
             else:
                 self._admitted += measured_bytes - resident.weights_bytes
                 resident.weights_bytes = measured_bytes
+                resident.loaded = True
 
     def evict(self, model: ModelKey) -> bool:
-        """Drop an idle model's charge (it was unloaded). A model in use stays."""
+        """The worker unloaded a model: drop its charge if idle. A model in use keeps its charge
+        (its tasks will load it again) but is no longer loaded."""
         with self._lock:
             resident = self._models.get(model)
+            if resident is not None:
+                resident.loaded = False
             if resident is None or resident.running > 0:
                 return False
             del self._models[model]

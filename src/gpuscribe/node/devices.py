@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from gpuscribe.config import ConfigError, Settings
 from gpuscribe.memory.ledger import DeviceLedger
@@ -20,7 +20,6 @@ class DeviceSlot:
     reading: DeviceReading
     ready: bool = False  # the worker reported WorkerReady since its last (re)start
     warned: bool = False  # used memory is above the warning threshold (log once per crossing)
-    resident: set[str] = field(default_factory=set)
 
     @property
     def uuid(self) -> str:

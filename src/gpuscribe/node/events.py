@@ -8,18 +8,14 @@ from __future__ import annotations
 
 import logging
 import random
-import time
-from collections.abc import Callable
 
-from gpuscribe.config import Settings
+from gpuscribe.domain import Task
 from gpuscribe.memory.calibration import CalibrationBook
 from gpuscribe.memory.types import CalibrationSample
-from gpuscribe.metrics import Metrics
+from gpuscribe.node.context import NodeContext
 from gpuscribe.node.devices import DeviceSlot
-from gpuscribe.node.running import RunningTask, RunningTasks
+from gpuscribe.node.running import RunningTask
 from gpuscribe.scheduling.backoff import retry_delay
-from gpuscribe.store.audio import AudioStore
-from gpuscribe.store.base import TaskStore
 from gpuscribe.telemetry.base import DeviceKind
 from gpuscribe.workers.messages import (
     FailureKind,
@@ -44,30 +40,17 @@ def local_failure_error(node: str, error: str) -> str:
 
 
 class EventHandler:
-    def __init__(
-        self,
-        *,
-        settings: Settings,
-        store: TaskStore,
-        audio: AudioStore,
-        slots: dict[str, DeviceSlot],
-        running: RunningTasks,
-        book: CalibrationBook,
-        metrics: Metrics,
-        oom_floors: dict[str, int],
-        wake: Callable[[], None],
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self._settings = settings
-        self._store = store
-        self._audio = audio
-        self._slots = slots
-        self._running = running
+    def __init__(self, context: NodeContext, book: CalibrationBook) -> None:
+        self._settings = context.settings
+        self._store = context.store
+        self._audio = context.audio
+        self._slots = context.slots
+        self._running = context.running
         self._book = book
-        self._metrics = metrics
-        self._oom_floors = oom_floors
-        self._wake = wake
-        self._clock = clock
+        self._metrics = context.metrics
+        self._oom_floors = context.oom_floors
+        self._wake = context.wake
+        self._clock = context.clock
         self._rng = random.Random()
 
     def handle(self, device_uuid: str, event: WorkerEvent) -> None:
@@ -82,13 +65,11 @@ class EventHandler:
             self._on_ready(slot, event)
         elif isinstance(event, ModelLoaded):
             slot.ledger.set_weights(event.model, event.weights_bytes)
-            slot.resident.add(event.model.model)
             self._metrics.model_load_seconds.labels(event.model.model, event.model.engine).observe(
                 event.load_seconds
             )
         elif isinstance(event, ModelUnloaded):
             slot.ledger.evict(event.model)
-            slot.resident.discard(event.model.model)
         elif isinstance(event, TaskStarted):
             log.debug("task %s started on %s", event.task_id, device_uuid)
         elif isinstance(event, TaskProgress):
@@ -104,7 +85,6 @@ class EventHandler:
 
     def _on_ready(self, slot: DeviceSlot, event: WorkerReady) -> None:
         slot.ledger.reset()
-        slot.resident.clear()
         slot.ledger.charge_context(event.context_bytes)
         slot.ready = True
         log.info(
@@ -132,7 +112,7 @@ class EventHandler:
         if not stored or task is None:
             log.warning("task %s completed under a lease it no longer holds", event.task_id)
             return
-        self._oom_floors.pop(event.task_id, None)
+        self._oom_floors.forget(event.task_id)
         self._learn(task, event, now, cpu=slot.kind is DeviceKind.CPU)
         self._observe_finish(task, "completed", now)
         self._delete_audio(event.task_id)
@@ -189,11 +169,14 @@ class EventHandler:
         if event.kind is FailureKind.NODE_LOCAL:
             error = local_failure_error(self._settings.node_name, error)
             log.warning("task %s goes back to the queue for another node: %s", task.task_id, error)
-        self._store.fail(event.task_id, event.lease_token, error, retry_at=retry_at, now=now)
-        final = self._store.get(event.task_id)
-        if final is not None and final.state.is_final:
+        outcome = self._store.fail(
+            event.task_id, event.lease_token, error, retry_at=retry_at, now=now
+        )
+        if outcome is None:  # the lease moved on meanwhile: the task is what the store says
+            outcome = self._store.get(event.task_id)
+        if outcome is not None and outcome.state.is_final:
             self._observe_finish(task, "failed", now)
-            self._delete_audio(event.task_id)
+            self._delete_audio(event.task_id, outcome)
         else:
             self._metrics.retries.labels(event.kind.value).inc()
             log.info("task %s will retry (%s): %s", event.task_id, event.kind.value, event.error)
@@ -225,7 +208,7 @@ class EventHandler:
         if event.kind is FailureKind.OUT_OF_MEMORY:
             self._metrics.out_of_memory.labels(str(slot.device.index), slot.uuid).inc()
             floor = int(task.estimate.working_bytes * OOM_RAISE_FACTOR)
-            self._oom_floors[event.task_id] = max(floor, self._oom_floors.get(event.task_id, 0))
+            self._oom_floors.raise_to(event.task_id, floor)
             log.warning(
                 "task %s ran out of memory on %s; retrying with %.2f GiB working memory",
                 event.task_id,
@@ -245,9 +228,10 @@ class EventHandler:
         self._metrics.task_latency_seconds.labels(outcome).observe(max(0.0, now - task.created_at))
         self._metrics.task_run_seconds.labels(outcome).observe(max(0.0, now - task.started_at))
 
-    def _delete_audio(self, task_id: str) -> None:
-        """A final task's audio is no longer needed; its result stays until retention ends."""
-        task = self._store.get(task_id)
+    def _delete_audio(self, task_id: str, known: Task | None = None) -> None:
+        """A final task's audio is no longer needed; its result stays until retention ends.
+        `known`: the task as the store just returned it, which spares a read."""
+        task = known if known is not None else self._store.get(task_id)
         if task is None or not task.state.is_final:
             return
         try:

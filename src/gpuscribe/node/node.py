@@ -63,15 +63,16 @@ class Node(StoreReads):
             wake=self.wake,
             with_workers=role.has_workers,
         )
-        self.store = parts.store
-        self.audio = parts.audio
-        self.telemetry = parts.telemetry
+        shared = parts.context
+        self.store = shared.store
+        self.audio = shared.audio
+        self.telemetry = shared.telemetry
         self._display = CachedTelemetry(self.telemetry, ttl_seconds=1.0)
-        self.metrics = parts.metrics
-        self.running = parts.running
+        self.metrics = shared.metrics
+        self.running = shared.running
         self.book = parts.book
         self.estimator = parts.estimator
-        self.slots = parts.slots
+        self.slots = shared.slots
         self._pass = parts.scheduler
         self._upkeep = parts.upkeep
         self._started_at = clock()
@@ -248,13 +249,14 @@ class Node(StoreReads):
         return max(1, int(self.settings.scheduler_interval_seconds * 10) + len(self.running))
 
     def cancel(self, task_id: str) -> Task | None:
+        """A running task's cancel is a flag in the store; the node running it sends it to the
+        worker (this one at once, another at its next heartbeat)."""
         task = self.store.cancel(task_id, now=self._clock())
-        if task is not None and task.state is TaskState.RUNNING:
-            running = self.running.get(task_id)
-            if running is not None:
-                running.cancel_sent_at = self._clock()
-                self.slots[running.device_uuid].worker.cancel(task_id)
-        if task is not None and task.state is TaskState.CANCELLED:
+        if task is None:
+            return None
+        if task.state is TaskState.RUNNING and task.node == self.settings.node_name:
+            self._upkeep.stop_cancelled()
+        if task.state is TaskState.CANCELLED:
             self.audio.delete(task.audio_path)
         return task
 
@@ -281,7 +283,8 @@ class Node(StoreReads):
                     memory_cap_bytes=snap.cap_bytes,
                     tasks_running=snap.tasks_running,
                     max_tasks=slot.ledger.max_tasks,
-                    resident_models=tuple(sorted(slot.resident)),
+                    # by name, each once: two engines may hold the same model on one GPU
+                    resident_models=tuple(sorted({m.model.model for m in snap.models if m.loaded})),
                     draining=not reading.healthy,
                 )
             )

@@ -12,8 +12,10 @@ from gpuscribe.memory.calibration import CalibrationBook
 from gpuscribe.memory.estimator import Estimator
 from gpuscribe.memory.profiles import REFERENCE_CONTEXT_BYTES, ProfileBook
 from gpuscribe.metrics import Metrics
-from gpuscribe.node.devices import DeviceSlot, build_slot, select_devices
+from gpuscribe.node.context import NodeContext
+from gpuscribe.node.devices import build_slot, select_devices
 from gpuscribe.node.events import EventHandler
+from gpuscribe.node.oom_floors import OomFloors
 from gpuscribe.node.running import RunningTasks
 from gpuscribe.node.scheduler import SchedulerPass
 from gpuscribe.node.upkeep import Upkeep
@@ -31,16 +33,9 @@ WorkerFactory = Callable[[DeviceRef, Settings, GpuTelemetry, EventSink], WorkerH
 
 @dataclass(frozen=True, slots=True)
 class NodeParts:
-    settings: Settings
-    store: TaskStore
-    audio: AudioStore
-    telemetry: GpuTelemetry
-    metrics: Metrics
-    running: RunningTasks
+    context: NodeContext  # what the parts below share
     book: CalibrationBook
     estimator: Estimator
-    oom_floors: dict[str, int]  # per task: the working memory an out-of-memory showed it needs
-    slots: dict[str, DeviceSlot]
     events: EventHandler
     scheduler: SchedulerPass
     upkeep: Upkeep
@@ -57,18 +52,42 @@ def build_parts(
     audio: AudioStore | None = None,
     with_workers: bool = True,
 ) -> NodeParts:
-    """Every part over one store, one telemetry and one clock. The calibration book starts
-    from the store's samples; each selected device gets a slot whose worker (made, not started)
-    reports to the event handler; `wake` is how events and upkeep tell the scheduler to run.
-    The audio store defaults to the one beside `store`; `with_workers=False` (an API-only
-    node) selects no device."""
-    if audio is None:
-        audio = open_audio_store(store, settings.audio_dir)
-    metrics = Metrics()
-    running = RunningTasks()
+    """Every part over one store, one telemetry and one clock, each built once what it needs
+    exists. The calibration book starts from the store's samples; each selected device gets a
+    slot whose worker (made, not started) reports to the event handler; `wake` is how events
+    and upkeep tell the scheduler to run. The audio store defaults to the one beside `store`;
+    `with_workers=False` (an API-only node) selects no device."""
     book = CalibrationBook(settings.calibration_sample_size, settings.memory_confidence_factor)
     book.load(store.all_samples(per_key_limit=settings.calibration_sample_size))
-    estimator = Estimator(
+
+    def worker_for(device: DeviceRef) -> WorkerHandle:
+        """A worker reporting to the event handler built below: workers and the handler need
+        each other, so the sink looks the handler up per event (no worker starts before the
+        node does, after this returns)."""
+
+        def sink(event: WorkerEvent) -> None:
+            events.handle(device.uuid, event)
+
+        return worker_factory(device, settings, telemetry, sink)
+
+    readings = select_devices(telemetry.discover(), settings.devices) if with_workers else []
+    slots = {reading.uuid: build_slot(reading, settings, worker_for) for reading in readings}
+    log.info("devices: %s", ", ".join(f"{s.device.index}:{s.device.name}" for s in slots.values()))
+    if audio is None:
+        audio = open_audio_store(store, settings.audio_dir)
+    context = NodeContext(
+        settings, store, audio, telemetry, Metrics(), slots, RunningTasks(), OomFloors(), clock,
+        wake,
+    )  # fmt: skip
+    events = EventHandler(context, book)
+    estimator = _estimator(settings, book)
+    return NodeParts(
+        context, book, estimator, events, SchedulerPass(context, estimator), Upkeep(context)
+    )
+
+
+def _estimator(settings: Settings, book: CalibrationBook) -> Estimator:
+    return Estimator(
         book,
         ProfileBook(),
         confidence_factor=settings.memory_confidence_factor,
@@ -76,32 +95,3 @@ def build_parts(
         cap_fraction=settings.max_memory_utilization,
         batch_rows=settings.batch_rows,
     )
-    oom_floors: dict[str, int] = {}
-    slots: dict[str, DeviceSlot] = {}
-    events = EventHandler(
-        settings=settings, store=store, audio=audio, slots=slots, running=running, book=book,
-        metrics=metrics, oom_floors=oom_floors, wake=wake, clock=clock,
-    )  # fmt: skip
-
-    def worker_for(device: DeviceRef) -> WorkerHandle:
-        def sink(event: WorkerEvent) -> None:
-            events.handle(device.uuid, event)
-
-        return worker_factory(device, settings, telemetry, sink)
-
-    readings = select_devices(telemetry.discover(), settings.devices) if with_workers else []
-    for reading in readings:
-        slots[reading.uuid] = build_slot(reading, settings, worker_for)
-    log.info("devices: %s", ", ".join(f"{s.device.index}:{s.device.name}" for s in slots.values()))
-    scheduler = SchedulerPass(
-        settings=settings, store=store, audio=audio, telemetry=telemetry, slots=slots,
-        estimator=estimator, running=running, metrics=metrics, oom_floors=oom_floors, clock=clock,
-    )  # fmt: skip
-    upkeep = Upkeep(
-        settings=settings, store=store, audio=audio, telemetry=telemetry, slots=slots,
-        running=running, metrics=metrics, clock=clock, wake=wake,
-    )  # fmt: skip
-    return NodeParts(
-        settings, store, audio, telemetry, metrics, running, book, estimator, oom_floors, slots,
-        events, scheduler, upkeep,
-    )  # fmt: skip

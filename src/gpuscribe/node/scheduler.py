@@ -1,26 +1,27 @@
-"""One scheduling pass with its I/O: read the queue and fresh telemetry, plan, claim, dispatch.
+"""One scheduling pass with its I/O: read the queue and fresh telemetry, plan, claim, charge,
+dispatch.
 
-The decisions themselves are `scheduling.planner.plan` (pure); this module only feeds it and
-carries its decisions out.
+The decisions themselves are `scheduling.planner.plan` (pure: it plans on copies of the
+ledgers); this module only feeds it and carries its decisions out. A device's ledger is charged
+only with what the store claimed, once it has claimed it: a claim that fails leaves nothing to
+undo.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
-from gpuscribe.config import Settings
 from gpuscribe.domain import Task
 from gpuscribe.memory.estimator import Estimator
-from gpuscribe.memory.types import MemoryEstimate, ModelKey, ProfileKey
-from gpuscribe.metrics import Metrics
+from gpuscribe.memory.ledger import Fit, NotAdmitted
+from gpuscribe.memory.types import MemoryEstimate, ProfileKey
+from gpuscribe.node.context import NodeContext
 from gpuscribe.node.devices import DeviceSlot
 from gpuscribe.node.events import local_failure_error
-from gpuscribe.node.running import RunningTask, RunningTasks
+from gpuscribe.node.running import RunningTask
 from gpuscribe.scheduling.planner import DeviceState, Placement, Plan, plan
-from gpuscribe.store.audio import AudioStore
-from gpuscribe.store.base import Claim, TaskStore
-from gpuscribe.telemetry.base import DeviceKind, GpuTelemetry
+from gpuscribe.store.base import Claim
+from gpuscribe.telemetry.base import DeviceKind
 from gpuscribe.workers.messages import RunTask
 
 log = logging.getLogger(__name__)
@@ -36,30 +37,17 @@ def profile_key(task: Task, slot_name: str) -> ProfileKey:
 
 
 class SchedulerPass:
-    def __init__(
-        self,
-        *,
-        settings: Settings,
-        store: TaskStore,
-        audio: AudioStore,
-        telemetry: GpuTelemetry,
-        slots: dict[str, DeviceSlot],
-        estimator: Estimator,
-        running: RunningTasks,
-        metrics: Metrics,
-        oom_floors: dict[str, int],
-        clock: Callable[[], float],
-    ) -> None:
-        self._settings = settings
-        self._store = store
-        self._audio = audio
-        self._telemetry = telemetry
-        self._slots = slots
+    def __init__(self, context: NodeContext, estimator: Estimator) -> None:
+        self._settings = context.settings
+        self._store = context.store
+        self._audio = context.audio
+        self._telemetry = context.telemetry
+        self._slots = context.slots
         self._estimator = estimator
-        self._running = running
-        self._metrics = metrics
-        self._oom_floors = oom_floors
-        self._clock = clock
+        self._running = context.running
+        self._metrics = context.metrics
+        self._oom_floors = context.oom_floors
+        self._clock = context.clock
         self._wait_reasons: dict[str, str | None] = {}
 
     def run_once(self) -> int:
@@ -93,13 +81,7 @@ class SchedulerPass:
             passed[0] = (queue, decided)
             return [self._claim_of(p) for p in decided.placements]
 
-        try:
-            _, claimed = self._store.claim_window(now=now, limit=self._window(), decide=decide)
-        except BaseException:
-            if passed[0] is not None:  # nothing was claimed: free what the plan admitted
-                for placement in passed[0][1].placements:
-                    self._slots[placement.device_uuid].ledger.release(placement.task_id)
-            raise
+        _, claimed = self._store.claim_window(now=now, limit=self._window(), decide=decide)
         if passed[0] is None:
             return 0
         queue, decided = passed[0]
@@ -143,7 +125,7 @@ class SchedulerPass:
                     profile_key(task, str(device["name"])),
                     task.audio_seconds,
                     device_kind=DeviceKind(device["kind"]),
-                    min_working_bytes=self._oom_floors.get(task.id, 0),
+                    min_working_bytes=self._oom_floors.get(task.id),
                     total_bytes=int(device["memory_total_bytes"]),
                 ).total_bytes
                 if need <= limit:
@@ -199,7 +181,7 @@ class SchedulerPass:
             profile_key(task, device.name),
             task.audio_seconds,
             device_kind=device.kind,
-            min_working_bytes=self._oom_floors.get(task.id, 0),
+            min_working_bytes=self._oom_floors.get(task.id),
             total_bytes=device.ledger.total_bytes,
         )
 
@@ -215,11 +197,12 @@ class SchedulerPass:
         )
 
     def _dispatch(self, task: Task, placement: Placement, token: str | None, now: float) -> int:
-        """Run a claimed task on its device; a placement the store did not claim (cancelled
-        meanwhile) frees what the plan admitted."""
-        slot = self._slots[placement.device_uuid]
+        """Charge a claimed task to its device's ledger and run it there."""
         if token is None:
-            slot.ledger.release(task.id)
+            return 0  # the store did not claim it (cancelled meanwhile): it was only planned
+        slot = self._slots[placement.device_uuid]
+        fit = self._charge(slot, task, placement, token, now)
+        if fit is None:
             return 0
         self._running.add(
             RunningTask(
@@ -234,23 +217,39 @@ class SchedulerPass:
         )
         self._wait_reasons.pop(task.id, None)
         self._metrics.scheduling_attempts.labels("placed").inc()
-        o = task.options
         slot.worker.run(
             RunTask(
                 task_id=task.id,
                 lease_token=token,
                 audio_path=task.audio_path,
                 audio_seconds=task.audio_seconds,
-                options=o,
+                options=task.options,
                 admitted_bytes=slot.ledger.admitted_bytes,
-                evict=tuple(placement.fit.evict),
+                evict=tuple(fit.evict),
                 # the rows the ledger charged when the model became resident, whichever task
                 # that was: every task of a resident model names the same batch
-                batch_rows=slot.ledger.batch_rows(ModelKey(o.engine, o.model, o.compute_type)),
+                batch_rows=slot.ledger.batch_rows(placement.model),
                 priority=int(task.priority),
             )
         )
         return 1
+
+    def _charge(
+        self, slot: DeviceSlot, task: Task, placement: Placement, token: str, now: float
+    ) -> Fit | None:
+        """Admit the claimed task into the real ledger, as the plan did into its copy. Only a
+        change since the plan (a measured load or context above its estimate, a restarted
+        worker) makes the ledger refuse it: the task goes back to the queue then, as a task
+        this node could not run, and None is returned."""
+        try:
+            return slot.ledger.admit(
+                task.id, placement.estimate, placement.model, foreign_bytes=slot.foreign_bytes()
+            )
+        except NotAdmitted as refused:
+            error = local_failure_error(self._settings.node_name, refused.reason)
+            self._store.fail(task.id, token, error, retry_at=now, now=now)
+            log.warning("task %s goes back to the queue: %s", task.id, error)
+            return None
 
     def _record_waiting(self, waiting: dict[str, str]) -> None:
         """Write only the reasons that changed: a long queue must not cost a write per pass."""

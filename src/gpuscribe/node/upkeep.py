@@ -4,15 +4,10 @@ leases, pruning, and device watching (metrics, early memory warnings, lost devic
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
-from gpuscribe.config import Settings
-from gpuscribe.metrics import Metrics
+from gpuscribe.node.context import NodeContext
 from gpuscribe.node.devices import DeviceSlot
-from gpuscribe.node.running import RunningTasks
-from gpuscribe.store.audio import ORPHAN_AGE_SECONDS, AudioStore
-from gpuscribe.store.base import TaskStore
-from gpuscribe.telemetry.base import GpuTelemetry
+from gpuscribe.store.audio import ORPHAN_AGE_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -20,28 +15,16 @@ KILL_GRACE_SECONDS = 10.0
 
 
 class Upkeep:
-    def __init__(
-        self,
-        *,
-        settings: Settings,
-        store: TaskStore,
-        audio: AudioStore,
-        telemetry: GpuTelemetry,
-        slots: dict[str, DeviceSlot],
-        running: RunningTasks,
-        metrics: Metrics,
-        clock: Callable[[], float],
-        wake: Callable[[], None],
-    ) -> None:
-        self._settings = settings
-        self._store = store
-        self._audio = audio
-        self._telemetry = telemetry
-        self._slots = slots
-        self._running = running
-        self._metrics = metrics
-        self._clock = clock
-        self._wake = wake
+    def __init__(self, context: NodeContext) -> None:
+        self._settings = context.settings
+        self._store = context.store
+        self._audio = context.audio
+        self._telemetry = context.telemetry
+        self._slots = context.slots
+        self._running = context.running
+        self._metrics = context.metrics
+        self._clock = context.clock
+        self._wake = context.wake
 
     # --- leases ---------------------------------------------------------------------------
     def heartbeat(self) -> None:
@@ -55,6 +38,7 @@ class Upkeep:
             lease_seconds=self._settings.lease_seconds,
             now=now,
         )
+        cancelled = self._store.cancels_requested(node=self._settings.node_name)
         for t in tasks:
             if t.task_id not in held:
                 if self._running.get(t.task_id) is not t:
@@ -63,8 +47,7 @@ class Upkeep:
                 t.stop_reason = t.stop_reason or "lease lost"
                 self._stop(t.task_id, now)
                 continue
-            stored = self._store.get(t.task_id)
-            if stored is not None and stored.cancel_requested:
+            if t.task_id in cancelled:
                 self._stop(t.task_id, now)
             elif now - t.started_at > self._settings.task_timeout_seconds:
                 log.warning(
@@ -74,6 +57,14 @@ class Upkeep:
                 )
                 t.stop_reason = t.stop_reason or "timeout"
                 self._stop(t.task_id, now)
+
+    def stop_cancelled(self) -> None:
+        """Send the cancels asked of this node's tasks to their workers now, rather than at the
+        next heartbeat. A cancel has one route, whichever node took it: the store's flag, which
+        this node reads here and at each heartbeat (one query for all its tasks)."""
+        now = self._clock()
+        for task_id in self._store.cancels_requested(node=self._settings.node_name):
+            self._stop(task_id, now)
 
     def flush_progress(self) -> None:
         """Write the progress workers reported since the last flush, all tasks in one

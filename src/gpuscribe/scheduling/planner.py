@@ -1,38 +1,37 @@
-"""One scheduling pass over a snapshot of the queue.
+"""One scheduling pass over a snapshot of the queue: pure, it changes none of its inputs.
 
-Tasks are taken in priority order (with aging). Each is admitted into the ledger of the
-least-admitted healthy device it fits on, so later tasks of the same pass see earlier ones; the
-caller releases a placement whose claim in the store then fails. A task that does not fit now
-waits, and smaller tasks behind it may use the room it cannot (backfill) -- until a blocked task
-has waited longer than `starvation_seconds`: then nothing behind it is placed in this pass, so
-the room it needs frees up for it. A task that could not fit on any healthy device even if that
-device were empty is impossible.
+Tasks are taken in priority order (with aging). Each is placed (`scheduling.placement`) on the
+least-admitted healthy device it fits on, charged to a planning copy of that device's ledger so
+that later tasks of the same pass see earlier ones. The caller charges the real ledgers with
+what it then claims. A task that does not fit now waits, and smaller tasks behind it may use the
+room it cannot (backfill) -- until a blocked task has waited longer than `starvation_seconds`:
+then nothing behind it is placed in this pass, so the room it needs frees up for it. A task
+that could not fit on any healthy device even if that device were empty is impossible.
 
-Within a pass the ledgers only gain charges (other threads may release, which only frees room),
-so a task shape that fitted nowhere stays unplaceable for the rest of the pass: such shapes are
-remembered, which keeps a long blocked queue cheap.
+Within a pass the planning ledgers only gain charges, so a task shape that fitted nowhere stays
+unplaceable for the rest of the pass: such shapes are remembered, which keeps a long blocked
+queue cheap.
 """
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from gpuscribe.domain import Task
-from gpuscribe.memory.ledger import DeviceLedger, Fit, NotAdmitted, gib_text
+from gpuscribe.memory.ledger import DeviceLedger, Fit, gib_text
 from gpuscribe.memory.types import MemoryEstimate, ModelKey
+from gpuscribe.scheduling.placement import LeastAdmitted
 from gpuscribe.scheduling.priority import order_queue
 from gpuscribe.telemetry.base import DeviceKind
 
-MAX_REASONS_SHOWN = 8  # a wait reason names this many devices at most (64-GPU nodes exist)
 EstimateFor = Callable[[Task, "DeviceState"], MemoryEstimate]
 
 
 @dataclass(slots=True)
 class DeviceState:
-    ledger: DeviceLedger
+    ledger: DeviceLedger  # read only: the pass plans on a copy of it
     name: str
     kind: DeviceKind
     foreign_bytes: int  # what processes outside gpuscribe hold, read fresh
@@ -45,7 +44,8 @@ class Placement:
     device_uuid: str
     device_index: int
     estimate: MemoryEstimate
-    fit: Fit
+    model: ModelKey
+    fit: Fit  # on the planning copy; the real ledger's admission decides what to evict
 
 
 @dataclass(slots=True)
@@ -98,20 +98,21 @@ class _Pass:
         self._estimate_for = estimate_for
         self._estimates: dict[tuple[Any, ...], MemoryEstimate] = {}
         self._blocked: dict[tuple[Any, ...], str] = {}  # task shape -> why it fits nowhere
-        self._closed: dict[int, str] = {}  # slot -> why no task can go there in this pass
-        self._heap: list[tuple[int, int, int]] = []  # (admitted, device index, slot)
         self._groups = self._group()
         self._group_of = [0] * len(self._devices)  # slot -> position in self._groups
         for position, group in enumerate(self._groups):
             for slot in group.slots:
                 self._group_of[slot] = position
-        for slot, device in enumerate(self._devices):
-            if not device.healthy:
-                self._closed[slot] = f"GPU {device.ledger.index}: unavailable"
-            else:
-                heapq.heappush(
-                    self._heap, (device.ledger.admitted_bytes, device.ledger.index, slot)
-                )
+        self._ledgers = [device.ledger.copy() for device in self._devices]
+        self._placement = LeastAdmitted(
+            self._ledgers,
+            [device.foreign_bytes for device in self._devices],
+            {
+                slot: f"GPU {device.ledger.index}: unavailable"
+                for slot, device in enumerate(self._devices)
+                if not device.healthy
+            },
+        )
 
     def _group(self) -> list[_Group]:
         slots: dict[tuple[str, DeviceKind], list[int]] = {}
@@ -170,55 +171,13 @@ class _Pass:
     def _admit(
         self, task: Task, model: ModelKey, estimates: tuple[MemoryEstimate, ...]
     ) -> Placement | str:
-        """Try devices from the least admitted up; the first that admits the task wins."""
-        heap, group_of = self._heap, self._group_of
-        tried: list[tuple[int, int, int]] = []
-        reasons: dict[int, str] = {}
-        placement: Placement | None = None
-        while heap and placement is None:
-            entry = heapq.heappop(heap)
-            slot = entry[2]
-            device = self._devices[slot]
-            ledger = device.ledger
-            try:
-                fit = ledger.admit(
-                    task.id, estimates[group_of[slot]], model, foreign_bytes=device.foreign_bytes
-                )
-            except NotAdmitted as refused:
-                self._refused(slot, entry, refused.fit, tried, reasons)
-                continue
-            placement = Placement(
-                task.id, ledger.uuid, ledger.index, estimates[group_of[slot]], fit
-            )
-            tried.append((ledger.admitted_bytes, ledger.index, slot))
-        for entry in tried:
-            heapq.heappush(heap, entry)
-        if placement is not None:
-            return placement
-        reasons.update(self._closed)
-        ordered = [reasons[slot] for slot in sorted(reasons, key=self._index_of)]
-        text = "; ".join(ordered[:MAX_REASONS_SHOWN])
-        if len(ordered) > MAX_REASONS_SHOWN:
-            text += f"; and {len(ordered) - MAX_REASONS_SHOWN} more GPUs"
-        return text
-
-    def _refused(
-        self,
-        slot: int,
-        entry: tuple[int, int, int],
-        fit: Fit,
-        tried: list[tuple[int, int, int]],
-        reasons: dict[int, str],
-    ) -> None:
-        ledger = self._devices[slot].ledger
-        if ledger.running_tasks >= ledger.max_tasks:
-            self._closed[slot] = fit.reason  # full for the rest of the pass
-        else:
-            reasons[slot] = fit.reason
-            tried.append(entry)
-
-    def _index_of(self, slot: int) -> int:
-        return self._devices[slot].ledger.index
+        chosen = self._placement.admit(task.id, model, lambda slot: estimates[self._group_of[slot]])
+        if isinstance(chosen, str):
+            return chosen
+        slot, fit = chosen
+        ledger = self._ledgers[slot]
+        estimate = estimates[self._group_of[slot]]
+        return Placement(task.id, ledger.uuid, ledger.index, estimate, model, fit)
 
     def _impossible(self, estimates: tuple[MemoryEstimate, ...]) -> str:
         need = min(e.total_bytes for e in estimates)

@@ -132,9 +132,11 @@ class TaskStore(Protocol):
 
     def fail(
         self, task_id: str, token: str, error: str, *, retry_at: float | None, now: float
-    ) -> bool:
+    ) -> Task | None:
         """Running -> queued again (when `retry_at` is given and attempts remain; `not_before`
-        = retry_at) or failed (keeping the error and time, with the history of attempts)."""
+        = retry_at) or failed (keeping the error and time, with the history of attempts).
+        Returns the task as it now is (the caller needs no read to learn which), or None when
+        the lease is stale."""
         ...
 
     def cancel(self, task_id: str, *, now: float) -> Task | None:
@@ -143,6 +145,11 @@ class TaskStore(Protocol):
         ...
 
     def finish_cancel(self, task_id: str, token: str, *, now: float) -> bool: ...
+
+    def cancels_requested(self, *, node: str) -> set[str]:
+        """The running tasks of `node` whose cancel was requested (on any node): the one way a
+        cancel reaches the node that runs the task, read in one query per heartbeat."""
+        ...
 
     def set_wait_reasons(self, reasons: dict[str, str | None]) -> None:
         """Why each queued task waits (None clears). Not part of the history."""

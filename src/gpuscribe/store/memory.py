@@ -182,11 +182,11 @@ class InMemoryStore:
 
     def fail(
         self, task_id: str, token: str, error: str, *, retry_at: float | None, now: float
-    ) -> bool:
+    ) -> Task | None:
         with self._lock:
             task = self._leased(task_id, token)
             if task is None:
-                return False
+                return None
             task.error = error
             retry = retry_at is not None and not task.cancel_requested
             if retry and task.attempts < task.max_attempts:
@@ -197,7 +197,15 @@ class InMemoryStore:
                 task.state, task.finished_at = TaskState.FAILED, now
                 _drop_lease(task)
                 self._event(task_id, now, TaskState.FAILED, error)
-            return True
+            return replace(task)
+
+    def cancels_requested(self, *, node: str) -> set[str]:
+        with self._lock:
+            return {
+                t.id
+                for t in self._tasks.values()
+                if t.state == TaskState.RUNNING and t.node == node and t.cancel_requested
+            }
 
     def cancel(self, task_id: str, *, now: float) -> Task | None:
         with self._lock:

@@ -292,16 +292,25 @@ class SqlTaskStore(abc.ABC):
 
     def fail(
         self, task_id: str, token: str, error: str, *, retry_at: float | None, now: float
-    ) -> bool:
+    ) -> Task | None:
         params = {"id": task_id, "token": token, "error": error, "now": now}
         with self._write() as s:
-            if retry_at is not None and s.run("retry", {**params, "retry_at": retry_at}) == 1:
+            row = None
+            if retry_at is not None:
+                row = s.one("retry", {**params, "retry_at": retry_at})
+            if row is not None:
                 s.event(task_id, now, TaskState.QUEUED, rows.retry_detail(error))
-                return True
-            if s.run("fail_running", params) != 1:
-                return False
-            s.event(task_id, now, TaskState.FAILED, error)
-        return True
+            else:
+                row = s.one("fail_running", params)
+                if row is None:
+                    return None
+                s.event(task_id, now, TaskState.FAILED, error)
+        return rows.task_from_row(row)
+
+    def cancels_requested(self, *, node: str) -> set[str]:
+        with self._read() as s:
+            found = s.rows("cancels_requested", {"node": node})
+        return {str(r["id"]) for r in found}
 
     def cancel(self, task_id: str, *, now: float) -> Task | None:
         params = {"id": task_id, "now": now}

@@ -89,13 +89,18 @@ UPDATE tasks SET
     state = 'queued', not_before = :retry_at, error = :error, lease_token = NULL,
     lease_expires_at = NULL, node = NULL, gpu_index = NULL, gpu_uuid = NULL, progress = 0
 WHERE id = :id AND lease_token = :token AND state = 'running'
-    AND attempts < max_attempts AND NOT cancel_requested;
+    AND attempts < max_attempts AND NOT cancel_requested
+RETURNING *;
 
 -- name: fail_running
 UPDATE tasks SET
     state = 'failed', error = :error, finished_at = :now, lease_token = NULL,
     lease_expires_at = NULL
-WHERE id = :id AND lease_token = :token AND state = 'running';
+WHERE id = :id AND lease_token = :token AND state = 'running'
+RETURNING *;
+
+-- name: cancels_requested
+SELECT id FROM tasks WHERE state = 'running' AND node = :node AND cancel_requested;
 
 -- name: cancel_queued
 UPDATE tasks SET state = 'cancelled', finished_at = :now, wait_reason = NULL
