@@ -281,6 +281,7 @@ class Node:
                     max_tasks=slot.ledger.max_tasks,
                     resident_models=tuple(sorted(slot.resident)),
                     draining=not reading.healthy,
+                    memory_warning=slot.memory_warning,
                 )
             )
         return views

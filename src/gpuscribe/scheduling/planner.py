@@ -37,6 +37,7 @@ class DeviceState:
     kind: DeviceKind
     foreign_bytes: int  # what processes outside gpuscribe hold, read fresh
     healthy: bool
+    warning: str | None = None  # a memory warning episode (memory/warning.py): admit nothing
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +109,8 @@ class _Pass:
         for slot, device in enumerate(self._devices):
             if not device.healthy:
                 self._closed[slot] = f"GPU {device.ledger.index}: unavailable"
+            elif device.warning is not None:
+                self._closed[slot] = f"GPU {device.ledger.index}: memory warning, {device.warning}"
             else:
                 heapq.heappush(
                     self._heap, (device.ledger.admitted_bytes, device.ledger.index, slot)
