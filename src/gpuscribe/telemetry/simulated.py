@@ -106,7 +106,7 @@ class SimulatedGpus:
         self._devices = {device.uuid: device for device in devices}
         self._lock = threading.Lock()
         self._foreign_file = foreign_file
-        self._foreign_stamp: tuple[int, int] | None = None  # (mtime ns, size) last applied
+        self._foreign_text: str | None = None  # the foreign file as last applied
 
     # GpuTelemetry -----------------------------------------------------------------------------
 
@@ -193,19 +193,21 @@ class SimulatedGpus:
     # Internals (called with the lock held) ----------------------------------------------------
 
     def _follow_foreign_file(self) -> None:
-        """Apply the foreign file if it changed since it was last applied (a stat per read)."""
+        """Apply the foreign file if its text changed since it was last applied (a small file,
+        read at each reading: simulated GPUs only)."""
         if self._foreign_file is None:
             return
         try:
-            stat = self._foreign_file.stat()
+            text: str | None = self._foreign_file.read_text()
         except FileNotFoundError:
-            stamp = None
-        else:
-            stamp = (stat.st_mtime_ns, stat.st_size)
-        if stamp == self._foreign_stamp:
+            text = None
+        except OSError as exc:
+            log.warning("simulated GPUs: cannot read %s (%s)", self._foreign_file, exc)
             return
-        self._foreign_stamp = stamp
-        wanted = {} if stamp is None else _read_foreign_file(self._foreign_file)
+        if text == self._foreign_text:
+            return
+        self._foreign_text = text
+        wanted = {} if text is None else _parse_foreign(text, self._foreign_file)
         if wanted is None:
             return
         for device in self._devices.values():
@@ -271,12 +273,12 @@ class SimulatedGpus:
         )
 
 
-def _read_foreign_file(path: Path) -> dict[str, int] | None:
-    """{GPU index or UUID: bytes}; None (with a warning) if the file cannot be read as such."""
+def _parse_foreign(text: str, path: Path) -> dict[str, int] | None:
+    """{GPU index or UUID: bytes}; None (with a warning) if the text is not such a map."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(text)
         return {str(key): max(0, int(value)) for key, value in data.items()}
-    except (OSError, ValueError, TypeError, AttributeError) as exc:
+    except (ValueError, TypeError, AttributeError) as exc:
         log.warning("simulated GPUs: ignored %s (%s)", path, exc)
         return None
 
