@@ -528,6 +528,20 @@ def test_other_processes_growing_under_a_running_task_warn(
     assert rig.counter("gpuscribe_gpu_memory_warnings_total", **labels) == 1
 
 
+def test_growth_is_not_judged_where_the_device_lists_none_of_the_workers_memory(
+    make_rig: Callable[..., Rig],
+) -> None:
+    """The stubborn worker's pid holds nothing on the simulated GPU, as a worker whose process
+    id the device does not know (another pid namespace): all its memory reads as foreign."""
+    rig = make_rig(worker_factory=stubborn, memory_warning_foreign_growth_bytes=GIB)
+    uuid = rig.uuids[0]
+    rig.place()
+    rig.upkeep.watch_devices()
+    rig.gpus.set_foreign(uuid, 4 * GIB)
+    rig.upkeep.watch_devices()
+    assert rig.slots[uuid].memory_warning is None
+
+
 def test_no_task_is_admitted_onto_a_warned_gpu_until_it_recovers(
     make_rig: Callable[..., Rig],
 ) -> None:

@@ -106,6 +106,14 @@ def test_a_growth_episode_ends_when_the_tasks_end_or_the_growth_goes() -> None:
     assert idle[-1].warning is None and idle[-1].foreign_baseline is None
 
 
+def test_without_knowing_which_memory_is_whose_only_the_used_level_warns() -> None:
+    unknown = [MemorySample(t, TOTAL, int((5 + t) * GIB), None, 1) for t in range(5)]
+    states = run([sample(-1, 5, 0), *unknown])
+    assert all(s.warning is None and s.foreign_baseline is None for s in states[1:])
+    high = observe(states[-1], MemorySample(6, TOTAL, 21 * GIB, None, 1), LIMITS)
+    assert high.warning is not None and high.warning.condition is WarningCondition.USED_HIGH
+
+
 def test_an_ended_episode_can_begin_again() -> None:
     states = run([sample(0, 21), sample(1, 10), sample(11, 10), sample(12, 22)])
     assert [s.warning is not None for s in states] == [True, True, False, True]

@@ -50,7 +50,10 @@ class MemorySample:
     at: float  # seconds since the epoch
     total_bytes: int
     used_bytes: int  # every process's, as the device reports it
-    foreign_bytes: int  # what processes outside gpuscribe hold
+    # What processes outside gpuscribe hold; None where the device does not tell gpuscribe's
+    # memory from theirs (it lists none of gpuscribe's workers: a container's own process ids,
+    # a driver that attributes no memory): the growth rule then has nothing to go on.
+    foreign_bytes: int | None
     tasks_running: int
 
 
@@ -77,7 +80,9 @@ class MemoryWatch:
 def observe(watch: MemoryWatch, sample: MemorySample, limits: WarningThresholds) -> MemoryWatch:
     """The watch after one more sample: an episode begins, goes on, or ends."""
     baseline = _baseline(watch.foreign_baseline, sample)
-    growth = 0 if baseline is None else sample.foreign_bytes - baseline
+    growth = (
+        0 if baseline is None or sample.foreign_bytes is None else sample.foreign_bytes - baseline
+    )
     watch = replace(watch, foreign_baseline=baseline)
     if watch.warning is None:
         trouble = _trouble(sample, growth, limits)
@@ -99,9 +104,10 @@ def ended(before: MemoryWatch, after: MemoryWatch) -> bool:
 
 
 def _baseline(previous: int | None, sample: MemorySample) -> int | None:
-    if sample.tasks_running == 0:
+    foreign = sample.foreign_bytes
+    if sample.tasks_running == 0 or foreign is None:
         return None
-    return sample.foreign_bytes if previous is None else min(previous, sample.foreign_bytes)
+    return foreign if previous is None else min(previous, foreign)
 
 
 def _trouble(sample: MemorySample, growth: int, limits: WarningThresholds) -> MemoryWarning | None:
@@ -115,10 +121,11 @@ def _trouble(sample: MemorySample, growth: int, limits: WarningThresholds) -> Me
             f"{100 * limits.warn_fraction:.0f}%",
         )
     if growth > limits.foreign_growth_bytes:
+        foreign = sample.foreign_bytes or 0
         return MemoryWarning(
             WarningCondition.FOREIGN_GROWTH,
             sample.at,
-            f"other processes' memory grew by {_gib(growth)} (to {_gib(sample.foreign_bytes)}) "
+            f"other processes' memory grew by {_gib(growth)} (to {_gib(foreign)}) "
             f"while {sample.tasks_running} task(s) ran, more than the "
             f"{_gib(limits.foreign_growth_bytes)} allowed",
         )

@@ -137,11 +137,14 @@ class Upkeep:
 
     def _watch_memory(self, slot: DeviceSlot, labels: tuple[str, ...]) -> None:
         reading = slot.reading
+        # A worker holds its CUDA context while it lives: a device that lists none of the
+        # workers' memory does not tell gpuscribe's memory from other processes'.
+        attributed = reading.used_by(slot.worker.pids()) > 0
         sample = MemorySample(
             at=self._clock(),
             total_bytes=reading.memory_total_bytes,
             used_bytes=reading.memory_used_bytes,
-            foreign_bytes=slot.foreign_bytes(),
+            foreign_bytes=slot.foreign_bytes() if attributed else None,
             tasks_running=slot.ledger.running_tasks,
         )
         before, slot.watch = slot.watch, observe(slot.watch, sample, self._thresholds)
