@@ -23,8 +23,19 @@ LIMITS = WarningThresholds(
 TOTAL = 24 * GIB
 
 
-def sample(at: float, used_gib: float, foreign_gib: float = 0.0, tasks: int = 1) -> MemorySample:
-    return MemorySample(at, TOTAL, int(used_gib * GIB), int(foreign_gib * GIB), tasks)
+def sample(
+    at: float,
+    used_gib: float,
+    foreign_gib: float = 0.0,
+    tasks: int = 1,
+    admitted_gib: float | None = None,
+) -> MemorySample:
+    """`admitted_gib` defaults to all that is used: gpuscribe's share is then never judged
+    below what the device reports."""
+    admitted = used_gib if admitted_gib is None else admitted_gib
+    return MemorySample(
+        at, TOTAL, int(used_gib * GIB), int(foreign_gib * GIB), tasks, int(admitted * GIB)
+    )
 
 
 def run(samples: list[MemorySample], watch: MemoryWatch | None = None) -> list[MemoryWatch]:
@@ -52,7 +63,7 @@ def test_used_memory_past_the_level_begins_an_episode_once() -> None:
 
 
 def test_used_memory_exactly_at_the_level_does_not_warn() -> None:
-    at_level = MemorySample(0, TOTAL, int(0.85 * TOTAL), 0, 1)
+    at_level = MemorySample(0, TOTAL, int(0.85 * TOTAL), 0, 1, int(0.85 * TOTAL))
     assert observe(MemoryWatch(), at_level, LIMITS).warning is None
 
 
@@ -107,11 +118,26 @@ def test_a_growth_episode_ends_when_the_tasks_end_or_the_growth_goes() -> None:
 
 
 def test_without_knowing_which_memory_is_whose_only_the_used_level_warns() -> None:
-    unknown = [MemorySample(t, TOTAL, int((5 + t) * GIB), None, 1) for t in range(5)]
+    unknown = [MemorySample(t, TOTAL, int((5 + t) * GIB), None, 1, 0) for t in range(5)]
     states = run([sample(-1, 5, 0), *unknown])
     assert all(s.warning is None and s.foreign_baseline is None for s in states[1:])
-    high = observe(states[-1], MemorySample(6, TOTAL, 21 * GIB, None, 1), LIMITS)
+    high = observe(states[-1], MemorySample(6, TOTAL, 21 * GIB, None, 1, 0), LIMITS)
     assert high.warning is not None and high.warning.condition is WarningCondition.USED_HIGH
+
+
+def test_memory_a_worker_keeps_cached_beyond_its_admission_neither_warns_nor_keeps_a_warning() -> (
+    None
+):
+    # The worker's allocator still holds 22 GiB after its tasks ended; the ledger admits 12 GiB
+    # (its context and resident model) and other processes hold 1 GiB.
+    idle = sample(0, 23, foreign_gib=1, tasks=0, admitted_gib=12)
+    assert observe(MemoryWatch(), idle, LIMITS).warning is None
+    warned = run([sample(0, 21, foreign_gib=1, admitted_gib=20)])[-1]
+    assert warned.warning is not None
+    after = run([sample(1, 23, 1, tasks=0, admitted_gib=12), sample(11, 23, 1, 0, 12)], warned)
+    assert after[-1].warning is None  # calm: it will reuse its cache for the next tasks
+    crowded = sample(20, 23, foreign_gib=9, tasks=0, admitted_gib=12)  # 21 GiB by that count
+    assert observe(after[-1], crowded, LIMITS).warning is not None
 
 
 def test_an_ended_episode_can_begin_again() -> None:

@@ -1,7 +1,8 @@
 """Early warning of a GPU's memory running high: the episodes of one device, from its samples.
 
-An episode begins when the memory the device reports in use (every process's) passes the warning
-level, which sits below the cap, or when the memory that processes outside gpuscribe hold grows
+An episode begins when the memory the device reports in use (every process's; gpuscribe's own
+counted at most at what its ledger admitted, see `judged_used_bytes`) passes the warning level,
+which sits below the cap, or when the memory that processes outside gpuscribe hold grows
 by more than a set amount while gpuscribe's tasks run there (those tasks were admitted on what
 the other processes held before). While an episode lasts, the node admits nothing more onto the
 device. It ends once the device has stayed calm for a set time: used memory below the warning
@@ -55,6 +56,17 @@ class MemorySample:
     # a driver that attributes no memory): the growth rule then has nothing to go on.
     foreign_bytes: int | None
     tasks_running: int
+    admitted_bytes: int  # what gpuscribe's ledger charges on the device
+
+
+def judged_used_bytes(sample: MemorySample) -> int:
+    """Used memory as the warning judges it: gpuscribe's share counts at most at what its ledger
+    admitted. A worker's allocator keeps memory its tasks freed (the device counts it as used)
+    and reuses it for gpuscribe's next tasks: it crowds nobody, and it would not shrink while
+    the device waits for calm, which would close the device for good."""
+    if sample.foreign_bytes is None:
+        return sample.used_bytes
+    return min(sample.used_bytes, sample.foreign_bytes + sample.admitted_bytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,13 +123,13 @@ def _baseline(previous: int | None, sample: MemorySample) -> int | None:
 
 
 def _trouble(sample: MemorySample, growth: int, limits: WarningThresholds) -> MemoryWarning | None:
-    level = limits.warn_fraction * sample.total_bytes
-    if sample.used_bytes > level:
+    used = judged_used_bytes(sample)
+    if used > limits.warn_fraction * sample.total_bytes:
         return MemoryWarning(
             WarningCondition.USED_HIGH,
             sample.at,
-            f"memory use {_gib(sample.used_bytes)} of {_gib(sample.total_bytes)} "
-            f"({100 * sample.used_bytes / sample.total_bytes:.1f}%) passed the warning level of "
+            f"memory use {_gib(used)} of {_gib(sample.total_bytes)} "
+            f"({100 * used / sample.total_bytes:.1f}%) passed the warning level of "
             f"{100 * limits.warn_fraction:.0f}%",
         )
     if growth > limits.foreign_growth_bytes:
@@ -134,7 +146,7 @@ def _trouble(sample: MemorySample, growth: int, limits: WarningThresholds) -> Me
 
 def _calm(sample: MemorySample, growth: int, limits: WarningThresholds) -> bool:
     level = (limits.warn_fraction - limits.clear_margin) * sample.total_bytes
-    return sample.used_bytes <= level and growth <= limits.foreign_growth_bytes
+    return judged_used_bytes(sample) <= level and growth <= limits.foreign_growth_bytes
 
 
 def _gib(nbytes: int) -> str:

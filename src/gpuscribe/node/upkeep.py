@@ -146,6 +146,7 @@ class Upkeep:
             used_bytes=reading.memory_used_bytes,
             foreign_bytes=slot.foreign_bytes() if attributed else None,
             tasks_running=slot.ledger.running_tasks,
+            admitted_bytes=slot.ledger.admitted_bytes,
         )
         before, slot.watch = slot.watch, observe(slot.watch, sample, self._thresholds)
         warning = slot.watch.warning
