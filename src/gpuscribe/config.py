@@ -20,6 +20,8 @@ from typing import Any
 
 from gpuscribe.memory.types import GIB
 
+MEMORY_WARNING_BELOW_CAP = 0.05  # the default warning level, as a fraction of total memory
+
 DESIGN_ENV_NAMES = {
     "max_memory_utilization": "MAX_MEMORY_UTILIZATION",
     "calibration_sample_size": "CALIBRATION_SAMPLE_SIZE",
@@ -62,7 +64,12 @@ class Settings:
     devices: str = ""  # empty: every local GPU (the CPU if none); "cpu"; or GPU indexes/UUIDs
     # Memory.
     system_reserve_bytes: int = 1 * GIB
-    memory_warning_fraction: float = 0.85
+    # Early warning (memory/warning.py): a GPU whose used memory passes the level, or whose other
+    # processes grow while tasks run, takes no new task until it has been calm for a while.
+    memory_warning_fraction: float = 0.0  # of total memory; 0: 0.05 below the cap
+    memory_warning_clear_margin: float = 0.05  # calm: used below the level less this fraction
+    memory_warning_foreign_growth_bytes: int = 1 * GIB
+    memory_warning_clear_seconds: float = 10.0
     # Models and engines.
     default_model: str = "tiny.en"
     default_engine: str = ""  # empty: faster-whisper on the CPU, transformers on GPUs
@@ -110,6 +117,15 @@ class Settings:
         for faster-whisper, a Hugging Face checkpoint for transformers)."""
         return Path(self.models_dir) if self.models_dir else Path(self.data_dir) / "models"
 
+    @property
+    def memory_warning_level(self) -> float:
+        """The fraction of a GPU's total memory whose use warns: the setting, or by default
+        `MEMORY_WARNING_BELOW_CAP` below the cap (never under half of it)."""
+        if self.memory_warning_fraction:
+            return self.memory_warning_fraction
+        cap = self.max_memory_utilization
+        return max(cap - MEMORY_WARNING_BELOW_CAP, cap / 2)
+
     def validate(self) -> Settings:
         for name, check, rule in _RULES:
             value = getattr(self, name)
@@ -131,7 +147,10 @@ _RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("max_tasks_per_gpu", lambda v: v >= 1, "at least 1"),
     ("port", lambda v: 0 <= v <= 65535, "a TCP port (0-65535)"),
     ("system_reserve_bytes", lambda v: v >= 0, "zero or more"),
-    ("memory_warning_fraction", lambda v: 0.0 < v <= 1.0, "a fraction in (0, 1]"),
+    ("memory_warning_fraction", lambda v: 0.0 <= v <= 1.0, "0 (below the cap) or in (0, 1]"),
+    ("memory_warning_clear_margin", lambda v: 0.0 <= v < 1.0, "a fraction in [0, 1)"),
+    ("memory_warning_foreign_growth_bytes", lambda v: v > 0, "more than 0"),
+    ("memory_warning_clear_seconds", lambda v: v >= 0, "zero or more"),
     ("cpu_threads", lambda v: v >= 0, "zero or more"),
     ("cpu_max_tasks", lambda v: v >= 1, "at least 1"),
     ("simulation_speed", lambda v: v > 0, "more than 0"),

@@ -1,9 +1,30 @@
 """The Prometheus metrics of docs/DESIGN.md, Metrics (the design's six and ours), one registry
-per service (tests run several services)."""
+per service (tests run several services).
+
+Device metrics carry the labels of NVIDIA's DCGM exporter (`gpu`, `UUID`, `device`, `modelName`,
+`Hostname`), so that a Grafana panel can put them beside `DCGM_FI_DEV_*` and join on `UUID`.
+"""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from gpuscribe.telemetry.base import DeviceKind
+
+DEVICE_LABELS = ("gpu", "UUID", "device", "modelName", "Hostname")
+DURATION_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+WAIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+
+
+def device_labels(
+    kind: DeviceKind, index: int, uuid: str, name: str, hostname: str
+) -> tuple[str, ...]:
+    """A device's label values in DEVICE_LABELS order. `device` is DCGM's `nvidia<index>` for a
+    CUDA GPU, `sim<index>` for a simulated one, `cpu` for the CPU."""
+    device = {DeviceKind.CUDA: f"nvidia{index}", DeviceKind.SIMULATED: f"sim{index}"}.get(
+        kind, "cpu"
+    )
+    return (str(index), uuid, device, name, hostname)
 
 
 class Metrics:
@@ -13,37 +34,52 @@ class Metrics:
         self.memory_utilization = Gauge(
             "gpuscribe_gpu_memory_utilization_ratio",
             "Device memory used over total, as the device reports it (other processes included).",
-            ["gpu", "uuid"],
+            DEVICE_LABELS,
             registry=r,
         )
         self.memory_reserved = Gauge(
             "gpuscribe_gpu_memory_reserved_bytes",
             "Memory gpuscribe has admitted on the device.",
-            ["gpu", "uuid"],
+            DEVICE_LABELS,
             registry=r,
         )
         self.memory_used = Gauge(
             "gpuscribe_gpu_memory_used_bytes",
             "Memory in use on the device (all processes).",
-            ["gpu", "uuid"],
+            DEVICE_LABELS,
             registry=r,
         )
         self.memory_cap = Gauge(
             "gpuscribe_gpu_memory_cap_bytes",
             "The memory cap of the device.",
-            ["gpu", "uuid"],
+            DEVICE_LABELS,
             registry=r,
         )
         self.tasks_running = Gauge(
             "gpuscribe_gpu_tasks_running",
             "Tasks running on the device.",
-            ["gpu", "uuid"],
+            DEVICE_LABELS,
             registry=r,
         )
         self.memory_warnings = Counter(
             "gpuscribe_gpu_memory_warnings_total",
-            "Times a device's used memory passed the warning threshold.",
-            ["gpu", "uuid"],
+            "Episodes of memory early warning on the device, by the condition that began them "
+            "(used_high: used memory passed the warning level; foreign_growth: other "
+            "processes' memory grew while tasks ran).",
+            [*DEVICE_LABELS, "condition"],
+            registry=r,
+        )
+        self.memory_warning = Gauge(
+            "gpuscribe_gpu_memory_warning",
+            "1 while the device is in a memory warning episode (no task is admitted onto it), "
+            "else 0.",
+            DEVICE_LABELS,
+            registry=r,
+        )
+        self.memory_foreign = Gauge(
+            "gpuscribe_gpu_memory_foreign_bytes",
+            "Memory that processes outside gpuscribe hold on the device.",
+            DEVICE_LABELS,
             registry=r,
         )
         self.model_load_seconds = Histogram(
@@ -78,19 +114,33 @@ class Metrics:
             "From submission to final state.",
             ["outcome"],
             registry=r,
-            buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+            buckets=DURATION_BUCKETS,
         )
         self.task_run_seconds = Histogram(
             "gpuscribe_task_run_seconds",
             "From start to final state.",
             ["outcome"],
             registry=r,
-            buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+            buckets=DURATION_BUCKETS,
+        )
+        self.queue_wait_seconds = Histogram(
+            "gpuscribe_task_queue_wait_seconds",
+            "From submission to the start of the task's run, observed when it starts.",
+            ["model", "priority"],
+            registry=r,
+            buckets=WAIT_BUCKETS,
+        )
+        self.task_duration_seconds = Histogram(
+            "gpuscribe_task_duration_seconds",
+            "From the start of the task's run to its final state, observed when it ends.",
+            ["model", "priority", "outcome"],
+            registry=r,
+            buckets=DURATION_BUCKETS,
         )
         self.out_of_memory = Counter(
             "gpuscribe_out_of_memory_total",
             "CUDA out-of-memory errors caught in tasks.",
-            ["gpu", "uuid"],
+            DEVICE_LABELS,
             registry=r,
         )
         self.retries = Counter(
@@ -108,7 +158,7 @@ class Metrics:
 
         # The whole cluster, refreshed from the nodes' heartbeat records at each scrape (any API
         # node behind a load balancer shows every node's devices).
-        node_gpu = ["node", "gpu", "uuid"]
+        node_gpu = DEVICE_LABELS  # Hostname: the node that drives the device
         self.cluster_memory_used = Gauge(
             "gpuscribe_cluster_gpu_memory_used_bytes",
             "Memory in use on each live node's devices, as its last heartbeat reported it.",
@@ -130,6 +180,12 @@ class Metrics:
         self.cluster_tasks_running = Gauge(
             "gpuscribe_cluster_gpu_tasks_running",
             "Tasks running on each live node's devices.",
+            node_gpu,
+            registry=r,
+        )
+        self.cluster_memory_warning = Gauge(
+            "gpuscribe_cluster_gpu_memory_warning",
+            "1 while each live node's device is in a memory warning episode, else 0.",
             node_gpu,
             registry=r,
         )

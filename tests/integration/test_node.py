@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 from test_store_contract import pg_ok, pg_url  # noqa: F401  (fixtures)
 
 from gpuscribe.api.app import create_app
@@ -392,15 +393,27 @@ def test_an_api_node_queues_a_worker_node_runs_any_node_answers(
     assert api.default_engine == "faster-whisper"  # simulated devices are not CUDA
     with TestClient(create_app(api)) as client:  # the API node's /metrics: the whole cluster
         text = client.get("/metrics").text
-    for gpu in (0, 1):
-        labels = f'gpu="{gpu}",node="node-gpu",uuid="{views[gpu].reading.uuid}"'
-        assert f"gpuscribe_cluster_gpu_memory_cap_bytes{{{labels}}}" in text
+    caps = [
+        sample.labels
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "gpuscribe_cluster_gpu_memory_cap_bytes"
+    ]
+    # The DCGM exporter's labels; Hostname is the node that drives the device.
+    dcgm = [
+        {"gpu": str(g), "UUID": views[g].reading.uuid, "device": f"sim{g}", "modelName": GPU_NAME}
+        for g in (0, 1)
+    ]
+    assert sorted(caps, key=lambda labels: labels["gpu"]) == sorted(
+        ({**labels, "Hostname": "node-gpu"} for labels in dcgm), key=lambda labels: labels["gpu"]
+    )
     assert 'gpuscribe_cluster_node_heartbeat_timestamp_seconds{node="node-gpu"}' in text
 
     worker.stop()  # a node that stops leaves the view at once
     assert api.devices() == []
     with TestClient(create_app(api)) as client:
-        assert 'node="node-gpu"' not in client.get("/metrics").text
+        text = client.get("/metrics").text
+        assert 'node="node-gpu"' not in text and 'Hostname="node-gpu"' not in text
 
 
 def test_a_node_that_stops_heart_beating_leaves_the_view_when_its_lease_ends(

@@ -36,6 +36,7 @@ from gpuscribe.workers.messages import (
     TaskCompleted,
     TaskFailed,
     TaskProgress,
+    TaskStarted,
     WorkerReady,
 )
 from gpuscribe.workers.simulated import simulated_transcript
@@ -142,6 +143,11 @@ def rig(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Rig]:
     store.close()
 
 
+def gpu0(uuid: str) -> dict[str, str]:
+    """The DCGM exporter's labels of the rig's GPU 0."""
+    return {"gpu": "0", "UUID": uuid, "device": "sim0", "modelName": GPU_NAME, "Hostname": "node-a"}
+
+
 def context_and_weights(rig: Rig, r: RunningTask) -> int:
     return r.estimate.context_bytes + r.estimate.weights_bytes
 
@@ -179,6 +185,25 @@ def test_completion_of_a_task_that_ran_alone_is_stored_learned_and_released(rig:
     assert rig.wakes  # the scheduler is told room was freed
     latency = "gpuscribe_task_latency_seconds_count"
     assert rig.counter(latency, outcome="completed") == 1
+
+
+def test_queue_wait_and_duration_are_observed_by_model_and_priority(rig: Rig) -> None:
+    task_id = rig.submit()
+    rig.clock.now += 3.0  # in the queue for 3 s
+    r = rig.claim(task_id)
+    labels = {"model": "tiny.en", "priority": "normal"}
+    rig.handler.handle(r.device_uuid, TaskStarted(r.task_id, "a stale lease"))
+    assert rig.counter("gpuscribe_task_queue_wait_seconds_count", **labels) == 0
+    rig.handler.handle(r.device_uuid, TaskStarted(r.task_id, r.token))
+    assert rig.counter("gpuscribe_task_queue_wait_seconds_count", **labels) == 1
+    assert rig.counter("gpuscribe_task_queue_wait_seconds_sum", **labels) == 3.0
+    rig.clock.now += 2.0
+    rig.handler.handle(r.device_uuid, rig.completed(r, working=None, ran_alone=False))
+    done = {**labels, "outcome": "completed"}
+    assert rig.counter("gpuscribe_task_duration_seconds_count", **done) == 1
+    assert rig.counter("gpuscribe_task_duration_seconds_sum", **done) == 2.0
+    assert rig.counter("gpuscribe_task_duration_seconds_bucket", **done, le="2.0") == 1
+    assert rig.counter("gpuscribe_task_duration_seconds_bucket", **done, le="1.0") == 0
 
 
 def test_a_task_on_the_cpu_teaches_the_workers_own_memory_so_estimates_cover_peaks(
@@ -289,7 +314,7 @@ def test_out_of_memory_requeues_at_once_with_a_raised_working_floor(rig: Rig) ->
         r.key, 30.0, device_kind=DeviceKind.SIMULATED, min_working_bytes=floor
     )
     assert raised.working_bytes == floor > r.estimate.working_bytes
-    assert rig.counter("gpuscribe_out_of_memory_total", gpu="0", uuid=uuid) == 1
+    assert rig.counter("gpuscribe_out_of_memory_total", **gpu0(uuid)) == 1
     assert rig.counter("gpuscribe_task_retries_total", reason="out_of_memory") == 1
     assert rig.slots[uuid].ledger.running_tasks == 0
     assert rig.audio(r.task_id).exists()  # it will run again
@@ -309,7 +334,7 @@ def test_out_of_memory_requeues_at_once_with_a_raised_working_floor(rig: Rig) ->
         uuid, TaskFailed(r.task_id, second.token, FailureKind.OUT_OF_MEMORY, "OOM again")
     )
     assert rig.oom_floors.get(r.task_id) == int(floor * OOM_RAISE_FACTOR)
-    assert rig.counter("gpuscribe_out_of_memory_total", gpu="0", uuid=uuid) == 2
+    assert rig.counter("gpuscribe_out_of_memory_total", **gpu0(uuid)) == 2
 
 
 def test_a_completion_forgets_the_out_of_memory_floor(rig: Rig) -> None:
@@ -343,7 +368,7 @@ def test_transient_failure_requeues_with_a_backoff(rig: Rig, kind: FailureKind) 
     assert [t.id for t in rig.store.queued(now=task.not_before, limit=10)] == [r.task_id]
     assert rig.oom_floors.as_dict() == {}
     assert rig.counter("gpuscribe_task_retries_total", reason=kind.value) == 1
-    assert rig.counter("gpuscribe_out_of_memory_total", gpu="0", uuid=r.device_uuid) == 0
+    assert rig.counter("gpuscribe_out_of_memory_total", **gpu0(r.device_uuid)) == 0
     assert rig.audio(r.task_id).exists()
 
 

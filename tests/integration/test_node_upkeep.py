@@ -460,54 +460,133 @@ def test_prune_tolerates_audio_already_deleted(make_rig: Callable[..., Rig]) -> 
 
 
 # --- device watch -----------------------------------------------------------------------------
+def device(rig: Rig, index: int) -> dict[str, str]:
+    """The DCGM exporter's labels of simulated GPU `index` (the rig's node is node-a)."""
+    uuid = rig.uuids[index]
+    return {"gpu": str(index), "UUID": uuid, "device": f"sim{index}", "modelName": GPU_NAME,
+            "Hostname": "node-a"}  # fmt: skip
+
+
 def warnings_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if "passed the warning threshold" in r.message]
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("memory warning")]
 
 
-def test_watch_devices_warns_once_per_crossing_of_the_warning_fraction(
+def test_watch_devices_warns_once_per_episode_of_high_memory(
     make_rig: Callable[..., Rig], caplog: pytest.LogCaptureFixture
 ) -> None:
-    rig = make_rig(f"2x24GiB:{GPU_NAME}", memory_warning_fraction=0.5)
-    uuid = rig.uuids[0]
-    labels = {"gpu": "0", "uuid": uuid}
-    warnings = "gpuscribe_gpu_memory_warnings_total"
-    caplog.set_level(logging.WARNING, logger="gpuscribe.node.upkeep")
+    rig = make_rig(
+        f"2x24GiB:{GPU_NAME}", memory_warning_fraction=0.5, memory_warning_clear_seconds=5.0
+    )
+    uuid, gpu0, gpu1 = rig.uuids[0], device(rig, 0), device(rig, 1)
+    episodes = "gpuscribe_gpu_memory_warnings_total"
+    used_high = {**gpu0, "condition": "used_high"}
+    caplog.set_level(logging.INFO, logger="gpuscribe.node.upkeep")
 
     rig.upkeep.watch_devices()
-    assert rig.counter(warnings, **labels) == 0
-    assert rig.counter("gpuscribe_gpu_memory_used_bytes", **labels) == REFERENCE_CONTEXT_BYTES
+    assert rig.counter(episodes, **used_high) == 0
+    assert rig.counter("gpuscribe_gpu_memory_used_bytes", **gpu0) == REFERENCE_CONTEXT_BYTES
+    assert rig.slots[uuid].memory_warning is None
 
     rig.gpus.set_foreign(uuid, 12 * GIB)  # context + 12 GiB: past half of 24 GiB
     rig.upkeep.watch_devices()
-    assert rig.counter(warnings, **labels) == 1
-    assert rig.counter(warnings, gpu="1", uuid=rig.uuids[1]) == 0
+    assert rig.counter(episodes, **used_high) == 1
+    assert rig.counter("gpuscribe_gpu_memory_warning", **gpu0) == 1
+    assert rig.counter("gpuscribe_gpu_memory_warning", **gpu1) == 0
+    assert rig.counter("gpuscribe_gpu_memory_foreign_bytes", **gpu0) == 12 * GIB
+    warning = rig.slots[uuid].memory_warning
+    assert warning is not None and warning.since == T0
     logged = warnings_logged(caplog)
     assert len(logged) == 1
-    assert logged[0].startswith(f"GPU 0 ({uuid}) memory use 5")
-    assert "threshold of 50%" in logged[0]
-    used = rig.counter("gpuscribe_gpu_memory_utilization_ratio", **labels)
+    assert logged[0].startswith(f"memory warning on GPU 0 ({uuid}): memory use 13.2")
+    assert "passed the warning level of 50%" in logged[0]
+    used = rig.counter("gpuscribe_gpu_memory_utilization_ratio", **gpu0)
     assert used == pytest.approx((12 * GIB + REFERENCE_CONTEXT_BYTES) / (24 * GIB))
 
-    for _ in range(3):  # still above: no new warning
+    for _ in range(3):  # still above: the same episode
         rig.upkeep.watch_devices()
-    assert rig.counter(warnings, **labels) == 1
-    assert len(warnings_logged(caplog)) == 1
-
-    rig.gpus.set_foreign(uuid, 0)  # back below
+    rig.gpus.set_foreign(uuid, 0)  # back below, but not yet for long
+    rig.clock.now = T0 + 1
     rig.upkeep.watch_devices()
-    assert rig.counter(warnings, **labels) == 1
-
-    rig.gpus.set_foreign(uuid, 20 * GIB)  # a new crossing warns again
+    rig.clock.now = T0 + 5.5
     rig.upkeep.watch_devices()
-    assert rig.counter(warnings, **labels) == 2
-    assert len(warnings_logged(caplog)) == 2
+    assert rig.slots[uuid].memory_warning is not None
+    assert len(warnings_logged(caplog)) == 1 and rig.counter(episodes, **used_high) == 1
+
+    rig.clock.now = T0 + 6  # calm for 5 s: over
+    rig.upkeep.watch_devices()
+    assert rig.slots[uuid].memory_warning is None
+    assert rig.counter("gpuscribe_gpu_memory_warning", **gpu0) == 0
+    assert len(rig.wakes) == 1  # the scheduler is woken: tasks may go there again
+    assert warnings_logged(caplog)[-1].endswith("is over: tasks are admitted there again")
+
+    rig.gpus.set_foreign(uuid, 20 * GIB)  # a new episode warns again
+    rig.upkeep.watch_devices()
+    assert rig.counter(episodes, **used_high) == 2
+    assert len([m for m in warnings_logged(caplog) if "no new task" in m]) == 2
+
+
+def test_other_processes_growing_under_a_running_task_warn(
+    make_rig: Callable[..., Rig], caplog: pytest.LogCaptureFixture
+) -> None:
+    rig = make_rig(memory_warning_foreign_growth_bytes=GIB)
+    uuid = rig.uuids[0]
+    rig.gpus.set_foreign(uuid, 2 * GIB)
+    rig.place()
+    rig.upkeep.watch_devices()
+    rig.gpus.set_foreign(uuid, 3 * GIB)  # + 1 GiB: not more than allowed
+    rig.upkeep.watch_devices()
+    assert rig.slots[uuid].memory_warning is None
+    rig.gpus.set_foreign(uuid, 3 * GIB + 1)
+    rig.upkeep.watch_devices()
+    warning = rig.slots[uuid].memory_warning
+    assert warning is not None and warning.condition.value == "foreign_growth"
+    labels = {**device(rig, 0), "condition": "foreign_growth"}
+    assert rig.counter("gpuscribe_gpu_memory_warnings_total", **labels) == 1
+
+
+def test_growth_is_not_judged_where_the_device_lists_none_of_the_workers_memory(
+    make_rig: Callable[..., Rig],
+) -> None:
+    """The stubborn worker's pid holds nothing on the simulated GPU, as a worker whose process
+    id the device does not know (another pid namespace): all its memory reads as foreign."""
+    rig = make_rig(worker_factory=stubborn, memory_warning_foreign_growth_bytes=GIB)
+    uuid = rig.uuids[0]
+    rig.place()
+    rig.upkeep.watch_devices()
+    rig.gpus.set_foreign(uuid, 4 * GIB)
+    rig.upkeep.watch_devices()
+    assert rig.slots[uuid].memory_warning is None
+
+
+def test_no_task_is_admitted_onto_a_warned_gpu_until_it_recovers(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(
+        f"2x24GiB:{GPU_NAME}", memory_warning_fraction=0.5, memory_warning_clear_seconds=0.0
+    )
+    rig.gpus.set_foreign(rig.uuids[0], 12 * GIB)
+    rig.gpus.set_foreign(rig.uuids[1], 12 * GIB)
+    rig.upkeep.watch_devices()
+    task_id = rig.submit("a")
+    assert rig.scheduler.run_once() == 0
+    task = rig.store.get(task_id)
+    assert task is not None and task.state is TaskState.QUEUED
+    assert task.wait_reason is not None
+    assert task.wait_reason.startswith("GPU 0: memory warning, memory use 13.2")
+    assert "; GPU 1: memory warning, " in task.wait_reason
+
+    rig.gpus.set_foreign(rig.uuids[1], 0)  # GPU 1 recovers, GPU 0 does not
+    rig.upkeep.watch_devices()
+    assert rig.scheduler.run_once() == 1
+    running = rig.running.get(task_id)
+    assert running is not None and running.device_uuid == rig.uuids[1]
 
 
 def test_watch_devices_publishes_the_ledger_figures(make_rig: Callable[..., Rig]) -> None:
     rig = make_rig()
     rig.place()
     rig.upkeep.watch_devices()
-    labels = {"gpu": "0", "uuid": rig.uuids[0]}
+    labels = device(rig, 0)
     ledger = rig.slots[rig.uuids[0]].ledger
     assert rig.counter("gpuscribe_gpu_memory_reserved_bytes", **labels) == ledger.admitted_bytes
     assert rig.counter("gpuscribe_gpu_memory_cap_bytes", **labels) == int(24 * GIB * 0.9)

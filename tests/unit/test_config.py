@@ -38,6 +38,8 @@ def test_flags_win_over_environment_over_toml(tmp_path: Path) -> None:
         ("GPUSCRIBE_SIMULATE_GPUS", "2x24G", ["simulate_gpus='2x24G'", "2x24GiB"]),
         ("GPUSCRIBE_DEFAULT_MODEL", "tiny.ne", ["default_model='tiny.ne'", "'tiny.en'?"]),
         ("GPUSCRIBE_DEFAULT_ENGINE", "whisper", ["default_engine='whisper'", "faster-whisper"]),
+        ("GPUSCRIBE_MEMORY_WARNING_FRACTION", "1.5", ["memory_warning_fraction=1.5"]),
+        ("GPUSCRIBE_MEMORY_WARNING_FOREIGN_GROWTH_BYTES", "0", ["more than 0"]),
         ("GPUSCRIBE_PORT", "70000", ["port=70000"]),
         ("GPUSCRIBE_PORT", "http", ["port='http'"]),
         ("MAX_MEMORY_UTILIZATION", "1.5", ["max_memory_utilization=1.5"]),
@@ -122,3 +124,17 @@ def test_relative_data_dir_is_made_absolute(tmp_path: Path) -> None:
     settings = load_settings(env={}, config_file=conf / "gpuscribe.toml")
     assert settings.data_dir == str(conf / "state")
     assert settings.store_url == f"sqlite:///{conf / 'state' / 'gpuscribe.db'}"
+
+
+def test_memory_warning_settings_read_sizes_and_follow_the_cap(tmp_path: Path) -> None:
+    settings = load(
+        {
+            "GPUSCRIBE_MEMORY_WARNING_FOREIGN_GROWTH_BYTES": "512MiB",
+            "MAX_MEMORY_UTILIZATION": "0.8",
+        },
+        tmp_path,
+    )
+    assert settings.memory_warning_foreign_growth_bytes == 512 * 1024**2
+    assert settings.memory_warning_level == pytest.approx(0.75)  # 0.05 below the cap
+    explicit = load({"GPUSCRIBE_MEMORY_WARNING_FRACTION": "0.6"}, tmp_path)
+    assert explicit.memory_warning_level == 0.6

@@ -100,6 +100,18 @@ def test_unhealthy_devices_are_skipped() -> None:
     assert p.waiting == {"b": "no healthy device"}
 
 
+def test_a_device_in_a_memory_warning_admits_nothing_but_still_counts_for_what_fits() -> None:
+    warned = device(0, 40)
+    warned.warning = "memory use passed the warning level"
+    p = run([task("a", 1), task("big", 30)], [warned, device(1, 10)])
+    assert placed(p) == {"a": 1}
+    assert warned.ledger.running_tasks == 0
+    # 30 GiB could fit on GPU 0 once it recovers: it waits, it is not impossible
+    assert p.waiting == {"big": "GPU 0: memory warning, memory use passed the warning level; "
+                         "GPU 1: needs 30.0 GiB, 9.0 GiB available under the 100% cap"}  # fmt: skip
+    assert p.impossible == {}
+
+
 def test_backfill_smaller_tasks_use_room_a_larger_one_cannot() -> None:
     p = run(
         [task("big", 8, Priority.HIGH), task("small", 2, Priority.LOW)], [device(0, foreign_gib=5)]

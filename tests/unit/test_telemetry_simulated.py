@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import threading
+from pathlib import Path
 
 import pytest
 
 from gpuscribe.memory.types import GIB, MIB
-from gpuscribe.telemetry.base import DeviceKind, GpuTelemetry
+from gpuscribe.telemetry.base import DeviceKind, GpuTelemetry, ProcessMemory
 from gpuscribe.telemetry.simulated import (
     DEFAULT_FOREIGN_PID,
+    FILE_FOREIGN_PID,
+    FOREIGN_FILE_NAME,
     SimulatedDeviceSpec,
     SimulatedGpuLost,
     SimulatedGpus,
@@ -182,3 +187,28 @@ def test_concurrent_allocations_never_exceed_the_total() -> None:
     assert sum(refused) > 0
     assert reading.memory_used_bytes == sum(gpus.held_by(uuid, pid) for pid in range(8))
     assert reading.memory_used_bytes + reading.memory_free_bytes == GIB
+
+
+def test_a_foreign_file_drives_a_process_outside_gpuscribe_at_run_time(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / FOREIGN_FILE_NAME
+    gpus = SimulatedGpus("2x8GiB", foreign_file=path)
+    uuid0, uuid1 = (d.uuid for d in gpus.discover())
+    assert gpus.read(uuid0).memory_used_bytes == 0  # no file: nothing foreign
+
+    path.write_text(json.dumps({"0": 2 * GIB, uuid1: GIB}))
+    assert gpus.read(uuid0).processes == (ProcessMemory(FILE_FOREIGN_PID, 2 * GIB),)
+    assert gpus.read(uuid1).memory_used_bytes == GIB
+
+    gpus.allocate(uuid0, 4242, 5 * GIB)
+    path.write_text(json.dumps({"0": 4 * GIB}))  # grows, but only 3 GiB are left
+    caplog.set_level(logging.WARNING, logger="gpuscribe.telemetry.simulated")
+    assert gpus.read(uuid0).memory_used_bytes == 8 * GIB
+    assert "the foreign file asks for" in caplog.text
+    assert gpus.read(uuid1).memory_used_bytes == 0  # no longer named: gone
+
+    path.write_text("{not json")  # a broken file changes nothing
+    assert gpus.read(uuid0).memory_used_bytes == 8 * GIB
+    path.unlink()  # no file: the process is gone
+    assert gpus.read(uuid0).memory_used_bytes == 5 * GIB

@@ -11,6 +11,7 @@ from gpuscribe.api.reads import TaskReads
 from gpuscribe.config import Settings
 from gpuscribe.domain import NewTask, Task
 from gpuscribe.memory.types import MemoryEstimate, ProfileKey
+from gpuscribe.memory.warning import MemoryWarning
 from gpuscribe.metrics import Metrics
 from gpuscribe.telemetry.base import DeviceReading
 
@@ -36,6 +37,7 @@ class DeviceView:
     draining: bool
     node: str = ""  # the node that drives it (in a cluster, every node's devices are shown)
     heartbeat_at: float | None = None  # that node's last heartbeat
+    memory_warning: MemoryWarning | None = None  # an episode: no task is admitted onto it
 
 
 @dataclass(frozen=True, slots=True)

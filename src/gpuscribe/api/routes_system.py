@@ -23,6 +23,7 @@ from gpuscribe.api.schemas import (
 )
 from gpuscribe.domain import Priority, TaskState
 from gpuscribe.memory.architectures import ARCHITECTURES
+from gpuscribe.metrics import device_labels
 from gpuscribe.workers.models import available_models
 
 OPENAI_MODEL_NAMES = ("whisper-1",)
@@ -86,16 +87,18 @@ def refresh_cluster_gauges(backend: Backend) -> None:
     m = backend.metrics
     gauges = (
         m.cluster_memory_used, m.cluster_memory_reserved, m.cluster_memory_cap,
-        m.cluster_tasks_running, m.cluster_heartbeat,
+        m.cluster_tasks_running, m.cluster_memory_warning, m.cluster_heartbeat,
     )  # fmt: skip
     for gauge in gauges:
         gauge.clear()
     for view in backend.devices():
-        labels = (view.node, str(view.reading.index), view.reading.uuid)
-        m.cluster_memory_used.labels(*labels).set(view.reading.memory_used_bytes)
+        r = view.reading
+        labels = device_labels(r.kind, r.index, r.uuid, r.name, view.node)
+        m.cluster_memory_used.labels(*labels).set(r.memory_used_bytes)
         m.cluster_memory_reserved.labels(*labels).set(view.memory_reserved_bytes)
         m.cluster_memory_cap.labels(*labels).set(view.memory_cap_bytes)
         m.cluster_tasks_running.labels(*labels).set(view.tasks_running)
+        m.cluster_memory_warning.labels(*labels).set(0 if view.memory_warning is None else 1)
         if view.heartbeat_at is not None:
             m.cluster_heartbeat.labels(view.node).set(view.heartbeat_at)
 

@@ -12,6 +12,7 @@ from gpuscribe.api.backend import CalibrationRow, DeviceView
 from gpuscribe.api.formats import DEFAULT_LINE_COUNT, DEFAULT_LINE_WIDTH
 from gpuscribe.domain import Priority, Task, TaskEvent, TaskState
 from gpuscribe.memory.types import MemoryEstimate
+from gpuscribe.memory.warning import MemoryWarning
 
 StateName = Literal["queued", "running", "completed", "failed", "cancelled"]
 PriorityName = Literal["urgent", "high", "normal", "low"]
@@ -147,6 +148,22 @@ def queue_out(by_state: dict[str, int], by_priority: dict[str, int], limit: int)
 
 
 # --- devices and calibration ------------------------------------------------------------------
+class MemoryWarningOut(BaseModel):
+    condition: Literal["used_high", "foreign_growth"] = Field(
+        description="used_high: used memory (every process's) passed the warning level; "
+        "foreign_growth: other processes' memory grew while gpuscribe's tasks ran."
+    )
+    since: str = Field(description="When the episode began (ISO 8601).")
+    message: str
+
+    @classmethod
+    def of(cls, warning: MemoryWarning | None) -> MemoryWarningOut | None:
+        if warning is None:
+            return None
+        since = iso_time(warning.since) or ""
+        return cls(condition=warning.condition.value, since=since, message=warning.message)
+
+
 class GpuOut(BaseModel):
     index: int
     uuid: str
@@ -172,6 +189,11 @@ class GpuOut(BaseModel):
     read_at: str | None
     node: str | None = Field(default=None, description="The node that drives the device.")
     heartbeat_at: str | None = Field(default=None, description="That node's last heartbeat.")
+    memory_warning: MemoryWarningOut | None = Field(
+        default=None,
+        description="The memory early warning the device is in, if any: while it lasts no new "
+        "task is admitted onto it (settings memory_warning_*).",
+    )
 
     @classmethod
     def of(cls, view: DeviceView) -> GpuOut:
@@ -203,6 +225,7 @@ class GpuOut(BaseModel):
             read_at=iso_time(r.read_at),
             node=view.node or None,
             heartbeat_at=iso_time(view.heartbeat_at),
+            memory_warning=MemoryWarningOut.of(view.memory_warning),
         )
 
 

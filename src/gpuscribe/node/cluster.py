@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 from gpuscribe.api.backend import DeviceView
+from gpuscribe.memory.warning import MemoryWarning, WarningCondition
 from gpuscribe.store.base import NodeRecord
 from gpuscribe.telemetry.base import DeviceKind, DeviceReading
 
@@ -48,8 +49,26 @@ def device_json(view: DeviceView) -> dict[str, Any]:
         max_tasks=view.max_tasks,
         resident_models=list(view.resident_models),
         draining=view.draining,
+        memory_warning=_warning_json(view.memory_warning),
     )
     return data
+
+
+def _warning_json(warning: MemoryWarning | None) -> dict[str, Any] | None:
+    if warning is None:
+        return None
+    return {
+        "condition": warning.condition.value,
+        "since": warning.since,
+        "message": warning.message,
+    }
+
+
+def _warning_from_json(data: dict[str, Any] | None) -> MemoryWarning | None:
+    """A record written before warnings travelled has none."""
+    if not data:
+        return None
+    return MemoryWarning(WarningCondition(data["condition"]), float(data["since"]), data["message"])
 
 
 def device_from_json(data: dict[str, Any], node: NodeRecord) -> DeviceView:
@@ -70,6 +89,7 @@ def device_from_json(data: dict[str, Any], node: NodeRecord) -> DeviceView:
         draining=bool(data["draining"]),
         node=node.name,
         heartbeat_at=node.heartbeat_at,
+        memory_warning=_warning_from_json(data.get("memory_warning")),
     )
 
 

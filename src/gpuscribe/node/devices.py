@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gpuscribe.config import ConfigError, Settings
 from gpuscribe.memory.ledger import DeviceLedger
+from gpuscribe.memory.warning import MemoryWarning, MemoryWatch
+from gpuscribe.metrics import device_labels
 from gpuscribe.telemetry.base import DeviceKind, DeviceReading
 from gpuscribe.workers.base import WorkerHandle
 from gpuscribe.workers.messages import DeviceRef
@@ -19,7 +21,7 @@ class DeviceSlot:
     worker: WorkerHandle
     reading: DeviceReading
     ready: bool = False  # the worker reported WorkerReady since its last (re)start
-    warned: bool = False  # used memory is above the warning threshold (log once per crossing)
+    watch: MemoryWatch = field(default_factory=MemoryWatch)  # memory early warning (upkeep's)
 
     @property
     def uuid(self) -> str:
@@ -28,6 +30,14 @@ class DeviceSlot:
     @property
     def kind(self) -> DeviceKind:
         return self.device.kind
+
+    @property
+    def memory_warning(self) -> MemoryWarning | None:
+        """The memory warning episode the device is in: no task is admitted onto it meanwhile."""
+        return self.watch.warning
+
+    def metric_labels(self, hostname: str) -> tuple[str, ...]:
+        return device_labels(self.kind, self.device.index, self.uuid, self.device.name, hostname)
 
     def foreign_bytes(self) -> int:
         """What processes outside gpuscribe hold on the device, from the latest fresh reading."""

@@ -72,6 +72,7 @@ class EventHandler:
             slot.ledger.evict(event.model)
         elif isinstance(event, TaskStarted):
             log.debug("task %s started on %s", event.task_id, device_uuid)
+            self._observe_start(event)
         elif isinstance(event, TaskProgress):
             # Kept for the next flush (one transaction per node per second for all its tasks),
             # not written per report: 5,000 running tasks would write 20,000 commits/s.
@@ -206,7 +207,7 @@ class EventHandler:
         if event.kind is FailureKind.NODE_LOCAL:
             return now  # another node may run it now; this one leaves it alone for a while
         if event.kind is FailureKind.OUT_OF_MEMORY:
-            self._metrics.out_of_memory.labels(str(slot.device.index), slot.uuid).inc()
+            self._metrics.out_of_memory.labels(*slot.metric_labels(self._settings.node_name)).inc()
             floor = int(task.estimate.working_bytes * OOM_RAISE_FACTOR)
             self._oom_floors.raise_to(event.task_id, floor)
             log.warning(
@@ -224,9 +225,22 @@ class EventHandler:
         )
         return now + delay
 
+    def _observe_start(self, event: TaskStarted) -> None:
+        """The time the task waited in the queue, from its submission to its dispatch."""
+        task = self._running.get(event.task_id)
+        if task is None or task.token != event.lease_token:
+            return
+        self._metrics.queue_wait_seconds.labels(task.key.model, task.priority.label).observe(
+            max(0.0, task.started_at - task.created_at)
+        )
+
     def _observe_finish(self, task: RunningTask, outcome: str, now: float) -> None:
+        run_seconds = max(0.0, now - task.started_at)
         self._metrics.task_latency_seconds.labels(outcome).observe(max(0.0, now - task.created_at))
-        self._metrics.task_run_seconds.labels(outcome).observe(max(0.0, now - task.started_at))
+        self._metrics.task_run_seconds.labels(outcome).observe(run_seconds)
+        self._metrics.task_duration_seconds.labels(
+            task.key.model, task.priority.label, outcome
+        ).observe(run_seconds)
 
     def _delete_audio(self, task_id: str, known: Task | None = None) -> None:
         """A final task's audio is no longer needed; its result stays until retention ends.

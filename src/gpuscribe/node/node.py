@@ -286,6 +286,7 @@ class Node(StoreReads):
                     # by name, each once: two engines may hold the same model on one GPU
                     resident_models=tuple(sorted({m.model.model for m in snap.models if m.loaded})),
                     draining=not reading.healthy,
+                    memory_warning=slot.memory_warning,
                 )
             )
         return views

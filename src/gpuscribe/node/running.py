@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
+from gpuscribe.domain import Priority
 from gpuscribe.memory.types import MemoryEstimate, ProfileKey
 
 
@@ -21,6 +22,7 @@ class RunningTask:
     killed: bool = False
     stop_reason: str | None = None  # "timeout" or "lease lost"; None for a client's cancel
     progress: float | None = None  # reported by the worker, not yet written (Upkeep.flush_progress)
+    priority: Priority = Priority.NORMAL  # as queued (a metrics label)
 
 
 class RunningTasks:

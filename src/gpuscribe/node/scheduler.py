@@ -174,6 +174,7 @@ class SchedulerPass:
             kind=slot.kind,
             foreign_bytes=slot.foreign_bytes(),
             healthy=slot.reading.healthy and slot.worker.alive(),
+            warning=None if slot.memory_warning is None else slot.memory_warning.message,
         )
 
     def _estimate_for(self, task: Task, device: DeviceState) -> MemoryEstimate:
@@ -213,6 +214,7 @@ class SchedulerPass:
                 estimate=placement.estimate,
                 created_at=task.created_at,
                 started_at=now,
+                priority=task.priority,
             )
         )
         self._wait_reasons.pop(task.id, None)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import logging
 
+from gpuscribe.memory.warning import MemorySample, WarningThresholds, began, ended, observe
 from gpuscribe.node.context import NodeContext
 from gpuscribe.node.devices import DeviceSlot
 from gpuscribe.store.audio import ORPHAN_AGE_SECONDS
+from gpuscribe.telemetry.base import DeviceKind
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +27,7 @@ class Upkeep:
         self._metrics = context.metrics
         self._clock = context.clock
         self._wake = context.wake
+        self._thresholds = WarningThresholds.of(context.settings)
 
     # --- leases ---------------------------------------------------------------------------
     def heartbeat(self) -> None:
@@ -106,31 +109,49 @@ class Upkeep:
 
     # --- devices --------------------------------------------------------------------------
     def watch_devices(self) -> None:
+        """Read every device fresh: publish its figures, and begin or end its memory warning
+        episode (memory/warning.py), which closes the device to admission while it lasts."""
         for slot in self._slots.values():
             reading = self._telemetry.read(slot.uuid)
             slot.reading = reading
-            labels = (str(slot.device.index), slot.uuid)
+            labels = slot.metric_labels(self._settings.node_name)
             total = reading.memory_total_bytes or 1
             self._metrics.memory_used.labels(*labels).set(reading.memory_used_bytes)
             self._metrics.memory_utilization.labels(*labels).set(reading.memory_used_bytes / total)
             self._metrics.memory_reserved.labels(*labels).set(slot.ledger.admitted_bytes)
             self._metrics.memory_cap.labels(*labels).set(slot.ledger.cap_bytes)
             self._metrics.tasks_running.labels(*labels).set(slot.ledger.running_tasks)
-            self._warn_if_high(slot, reading.memory_used_bytes / total)
+            self._metrics.memory_foreign.labels(*labels).set(slot.foreign_bytes())
+            if slot.kind is not DeviceKind.CPU:  # the CPU's memory is the whole machine's
+                self._watch_memory(slot, labels)
             if not reading.healthy:
                 log.error("device %s is unhealthy (%s): drained", slot.uuid, reading.error)
 
-    def _warn_if_high(self, slot: DeviceSlot, fraction: float) -> None:
-        threshold = self._settings.memory_warning_fraction
-        if fraction > threshold and not slot.warned:
-            slot.warned = True
-            self._metrics.memory_warnings.labels(str(slot.device.index), slot.uuid).inc()
+    def _watch_memory(self, slot: DeviceSlot, labels: tuple[str, ...]) -> None:
+        reading = slot.reading
+        # A worker holds its CUDA context while it lives: a device that lists none of the
+        # workers' memory does not tell gpuscribe's memory from other processes'.
+        attributed = reading.used_by(slot.worker.pids()) > 0
+        sample = MemorySample(
+            at=self._clock(),
+            total_bytes=reading.memory_total_bytes,
+            used_bytes=reading.memory_used_bytes,
+            foreign_bytes=slot.foreign_bytes() if attributed else None,
+            tasks_running=slot.ledger.running_tasks,
+            admitted_bytes=slot.ledger.admitted_bytes,
+        )
+        before, slot.watch = slot.watch, observe(slot.watch, sample, self._thresholds)
+        warning = slot.watch.warning
+        self._metrics.memory_warning.labels(*labels).set(0 if warning is None else 1)
+        if began(before, slot.watch) and warning is not None:
+            self._metrics.memory_warnings.labels(*labels, warning.condition.value).inc()
             log.warning(
-                "GPU %d (%s) memory use %.1f%% passed the warning threshold of %.0f%%",
-                slot.device.index,
-                slot.uuid,
-                100 * fraction,
-                100 * threshold,
-            )
-        elif fraction <= threshold:
-            slot.warned = False
+                "memory warning on GPU %d (%s): %s; no new task goes there until it recovers",
+                slot.device.index, slot.uuid, warning.message,
+            )  # fmt: skip
+        elif ended(before, slot.watch):
+            log.info(
+                "memory warning on GPU %d (%s) is over: tasks are admitted there again",
+                slot.device.index, slot.uuid,
+            )  # fmt: skip
+            self._wake()

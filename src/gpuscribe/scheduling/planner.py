@@ -36,6 +36,7 @@ class DeviceState:
     kind: DeviceKind
     foreign_bytes: int  # what processes outside gpuscribe hold, read fresh
     healthy: bool
+    warning: str | None = None  # a memory warning episode (memory/warning.py): admit nothing
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +93,15 @@ def plan(
     return result
 
 
+def _closed_reason(device: DeviceState) -> str | None:
+    """Why a device admits nothing in this pass (None: it may)."""
+    if not device.healthy:
+        return f"GPU {device.ledger.index}: unavailable"
+    if device.warning is not None:
+        return f"GPU {device.ledger.index}: memory warning, {device.warning}"
+    return None
+
+
 class _Pass:
     def __init__(self, devices: Sequence[DeviceState], estimate_for: EstimateFor) -> None:
         self._devices = list(devices)
@@ -108,9 +118,9 @@ class _Pass:
             self._ledgers,
             [device.foreign_bytes for device in self._devices],
             {
-                slot: f"GPU {device.ledger.index}: unavailable"
+                slot: reason
                 for slot, device in enumerate(self._devices)
-                if not device.healthy
+                if (reason := _closed_reason(device)) is not None
             },
         )
 

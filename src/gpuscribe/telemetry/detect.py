@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from types import ModuleType
 
 from gpuscribe.config import Settings
 from gpuscribe.telemetry.base import GpuTelemetry
 from gpuscribe.telemetry.cpu import CpuTelemetry
 from gpuscribe.telemetry.nvml import NvmlTelemetry
-from gpuscribe.telemetry.simulated import SimulatedGpus
+from gpuscribe.telemetry.simulated import FOREIGN_FILE_NAME, SimulatedGpus
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,8 @@ def open_telemetry(
     """The node's telemetry. `nvml` replaces the `pynvml` binding (tests); `cpu_pids` names the
     worker processes whose memory the CPU telemetry reports."""
     if settings.simulate_gpus.strip():
-        gpus = SimulatedGpus(settings.simulate_gpus)
+        foreign_file = Path(settings.data_dir) / FOREIGN_FILE_NAME
+        gpus = SimulatedGpus(settings.simulate_gpus, foreign_file=foreign_file)
         log.info(
             "telemetry: %d simulated GPU(s) from --simulate-gpus %r",
             len(gpus.discover()),

@@ -4,19 +4,31 @@ Memory is accounted by owning process, as NVML reports it: simulated workers `al
 `free` what their tasks would hold, `set_foreign` stands for a process outside gpuscribe. An
 allocation that would take a device past its total raises `SimulatedOutOfMemory`, as a real
 device would, and `peak_used` lets tests prove the cap was never crossed.
+
+A process outside gpuscribe can also be driven from outside the service, at run time: the file
+`foreign_file` (`<data_dir>/simulated-foreign.json` for `serve --simulate-gpus`), when present,
+maps GPU indexes or UUIDs to the bytes such a process holds there, e.g. `{"0": 6442450944}`; it
+is read again whenever it changes. Real GPUs never read it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import re
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from gpuscribe.telemetry.base import DeviceKind, DeviceReading, ProcessMemory
 
+log = logging.getLogger(__name__)
+
 DEFAULT_FOREIGN_PID = 1  # init: never a gpuscribe worker
+FILE_FOREIGN_PID = 2  # the process of the foreign file (kthreadd: never a gpuscribe worker)
+FOREIGN_FILE_NAME = "simulated-foreign.json"
 
 _UNITS = {"GIB": 1024**3, "GB": 1000**3, "MIB": 1024**2, "MB": 1000**2}
 _ITEM = re.compile(r"^(?P<count>\d+)\s*x\s*(?P<size>\d+(?:\.\d+)?)\s*(?P<unit>[a-z]+)$", re.I)
@@ -85,7 +97,7 @@ class _Device:
 class SimulatedGpus:
     """`GpuTelemetry` over simulated devices, plus the memory operations simulated workers use."""
 
-    def __init__(self, spec: str) -> None:
+    def __init__(self, spec: str, *, foreign_file: Path | None = None) -> None:
         digest = hashlib.sha256("".join(spec.split()).encode()).hexdigest()[:8]
         devices = [
             _Device(index, f"SIM-{index}-{digest}", device)
@@ -93,16 +105,20 @@ class SimulatedGpus:
         ]
         self._devices = {device.uuid: device for device in devices}
         self._lock = threading.Lock()
+        self._foreign_file = foreign_file
+        self._foreign_text: str | None = None  # the foreign file as last applied
 
     # GpuTelemetry -----------------------------------------------------------------------------
 
     def discover(self) -> list[DeviceReading]:
         with self._lock:
+            self._follow_foreign_file()
             return [self._reading(device) for device in self._devices.values()]
 
     def read(self, uuid: str) -> DeviceReading:
         """One device, fresh. An unknown UUID is a caller's error (KeyError)."""
         with self._lock:
+            self._follow_foreign_file()
             return self._reading(self._device(uuid))
 
     def close(self) -> None:
@@ -176,6 +192,43 @@ class SimulatedGpus:
 
     # Internals (called with the lock held) ----------------------------------------------------
 
+    def _follow_foreign_file(self) -> None:
+        """Apply the foreign file if its text changed since it was last applied (a small file,
+        read at each reading: simulated GPUs only)."""
+        if self._foreign_file is None:
+            return
+        try:
+            text: str | None = self._foreign_file.read_text()
+        except FileNotFoundError:
+            text = None
+        except OSError as exc:
+            log.warning("simulated GPUs: cannot read %s (%s)", self._foreign_file, exc)
+            return
+        if text == self._foreign_text:
+            return
+        self._foreign_text = text
+        wanted = {} if text is None else _parse_foreign(text, self._foreign_file)
+        if wanted is None:
+            return
+        for device in self._devices.values():
+            nbytes = wanted.get(str(device.index), wanted.get(device.uuid, 0))
+            self._hold_foreign(device, nbytes)
+
+    @staticmethod
+    def _hold_foreign(device: _Device, nbytes: int) -> None:
+        """The file's process holds `nbytes` on the device, or what fits, as a process whose
+        allocations fail once the device is full would."""
+        device.holders.pop(FILE_FOREIGN_PID, None)
+        fits = max(0, min(nbytes, device.spec.total_bytes - device.used))
+        if fits < nbytes:
+            log.warning(
+                "simulated GPU %s: the foreign file asks for %d bytes, %d fit", device.uuid,
+                nbytes, fits,
+            )  # fmt: skip
+        if fits:
+            device.holders[FILE_FOREIGN_PID] = fits
+            device.peak = max(device.peak, device.used)
+
     def _device(self, uuid: str) -> _Device:
         try:
             return self._devices[uuid]
@@ -218,6 +271,16 @@ class SimulatedGpus:
             healthy=not device.lost,
             error="simulated GPU lost" if device.lost else None,
         )
+
+
+def _parse_foreign(text: str, path: Path) -> dict[str, int] | None:
+    """{GPU index or UUID: bytes}; None (with a warning) if the text is not such a map."""
+    try:
+        data = json.loads(text)
+        return {str(key): max(0, int(value)) for key, value in data.items()}
+    except (ValueError, TypeError, AttributeError) as exc:
+        log.warning("simulated GPUs: ignored %s (%s)", path, exc)
+        return None
 
 
 def _check_bytes(nbytes: int) -> None:
