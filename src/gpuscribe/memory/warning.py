@@ -18,8 +18,7 @@ import enum
 from dataclasses import dataclass, replace
 
 from gpuscribe.config import Settings
-
-GIB = 1024**3
+from gpuscribe.memory.types import GIB
 
 
 class WarningCondition(enum.StrEnum):

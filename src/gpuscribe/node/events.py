@@ -11,7 +11,7 @@ import random
 
 from gpuscribe.domain import Task
 from gpuscribe.memory.calibration import CalibrationBook
-from gpuscribe.memory.types import CalibrationSample
+from gpuscribe.memory.types import GIB, CalibrationSample
 from gpuscribe.node.context import NodeContext
 from gpuscribe.node.devices import DeviceSlot
 from gpuscribe.node.running import RunningTask
@@ -93,7 +93,7 @@ class EventHandler:
             slot.device.name,
             slot.uuid,
             event.pid,
-            event.context_bytes / 2**30,
+            event.context_bytes / GIB,
         )
         self._wake()
 
@@ -214,7 +214,7 @@ class EventHandler:
                 "task %s ran out of memory on %s; retrying with %.2f GiB working memory",
                 event.task_id,
                 slot.uuid,
-                floor / 2**30,
+                floor / GIB,
             )
             return now
         delay = retry_delay(
