@@ -16,8 +16,9 @@ import pytest
 
 from gpuscribe.config import load_settings
 from gpuscribe.domain import NewTask, Priority, Task, TaskState, TranscriptionOptions
+from gpuscribe.memory.estimator import profile_key_for
 from gpuscribe.node.node import Node
-from gpuscribe.telemetry.base import DeviceKind
+from gpuscribe.telemetry.base import DeviceKind, DeviceReading
 from gpuscribe.telemetry.nvml import NvmlTelemetry
 from gpuscribe.workers.handle import ProcessWorker
 from gpuscribe.workers.messages import (
@@ -115,12 +116,12 @@ def test_out_of_memory_is_caught_and_the_worker_keeps_serving(tmp_path: Path) ->
         worker.stop()
 
 
-def _hog(index: int, fraction: float) -> subprocess.Popen[str]:
-    """A process outside gpuscribe holding `fraction` of GPU `index` (NVML's numbering)."""
+def _hog(index: int, nbytes: int) -> subprocess.Popen[str]:
+    """A process outside gpuscribe holding `nbytes` (and its own CUDA context) on GPU `index`
+    (NVML's numbering)."""
     env = {**os.environ, "CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": str(index)}
     code = (
-        "import torch,time;t=torch.cuda.get_device_properties(0).total_memory;"
-        f"x=torch.empty(int(t*{fraction}),dtype=torch.uint8,device='cuda');"
+        f"import torch,time;x=torch.empty({int(nbytes)},dtype=torch.uint8,device='cuda');"
         "torch.cuda.synchronize();print('held',flush=True);time.sleep(900)"
     )
     hog = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
@@ -138,22 +139,40 @@ def _wait_final(node: Node, ids: list[str], seconds: float = 300) -> list[Task]:
     raise AssertionError("tasks not final in time")
 
 
+def _hog_bytes(node: Node, device: DeviceReading, options: TranscriptionOptions) -> int:
+    """What a process beside gpuscribe holds so that the room left under the cap is half of
+    what the first task of `options` needs on `device`, by the node's own estimate (pure
+    arithmetic: no CUDA context here): whatever the GPU's size, no such task fits beside it,
+    with a wide margin (the estimate moves by far less once contexts and weights are
+    measured). The transformers engine's first task on a GPU needs its model's whole batch,
+    most of the cap, so the process holds little more than half of the GPU: used memory stays
+    well below the memory warning's level, and it is the ledger, not a warning, that keeps
+    the tasks away."""
+    estimate = node.estimate(profile_key_for(options, device.name), 30.0)
+    cap = node.slots[device.uuid].ledger.cap_bytes
+    if estimate.total_bytes > cap:
+        pytest.skip(f"{options.model} does not fit under the cap of {device.name} at all")
+    return cap - estimate.total_bytes // 2
+
+
 def test_a_gpu_filled_by_another_process_is_avoided_then_used_once_freed(tmp_path: Path) -> None:
-    """Six large-v3 tasks while another process holds 85 % of one GPU: none fits beside it (the
-    cap is 90 %), so all six run on the other GPU, one waiting for a slot. Once that process
-    ends, the next six spread over both GPUs."""
+    """Six large-v3 tasks while another process holds so much of one GPU that the room left
+    under its cap is half of what large-v3 needs there (sized from the estimate, so that the
+    test means the same on any GPU size): none fits beside it, so all six run on the other
+    GPU, one waiting for a slot. Once that process ends, the next six spread over both GPUs."""
     nvml = NvmlTelemetry()
     devices = nvml.discover()
     nvml.close()
     if len(devices) < 2:
         pytest.skip("needs two GPUs")
     filled, free = devices[0], devices[1]
-    hog = _hog(filled.index, 0.85)
+    options = TranscriptionOptions(model="large-v3", engine="transformers", batch_size=1)
     settings = _settings(tmp_path, devices=f"{filled.index},{free.index}")
     node = Node(settings)  # type: ignore[arg-type]
-    node.start()
+    hog: subprocess.Popen[str] | None = None
     try:
-        options = TranscriptionOptions(model="large-v3", engine="transformers", batch_size=1)
+        hog = _hog(filled.index, _hog_bytes(node, filled, options))
+        node.start()
         made = iter(range(100))
 
         def submit_six() -> list[str]:  # each task owns its audio: it is deleted once final
@@ -164,6 +183,7 @@ def test_a_gpu_filled_by_another_process_is_avoided_then_used_once_freed(tmp_pat
         first = _wait_final(node, submit_six())
         assert all(t.state is TaskState.COMPLETED for t in first), [t.error for t in first]
         assert {t.gpu_uuid for t in first} == {free.uuid}
+        assert node.slots[filled.uuid].memory_warning is None  # the ledger kept them away
         hog.kill()
         hog.wait(30)
         time.sleep(3)  # a fresh NVML reading shows the memory free
@@ -171,7 +191,8 @@ def test_a_gpu_filled_by_another_process_is_avoided_then_used_once_freed(tmp_pat
         assert all(t.state is TaskState.COMPLETED for t in second), [t.error for t in second]
         assert filled.uuid in {t.gpu_uuid for t in second}
     finally:
-        hog.kill()
+        if hog is not None:
+            hog.kill()
         node.stop()
 
 

@@ -36,6 +36,17 @@ GPU = {
     "temperature_c": None,
     "power_watts": None,
 }
+WARNED_GPU = {
+    **GPU,
+    "index": 1,
+    "uuid": "GPU-1",
+    "memory_warning": {
+        "condition": "used_high",
+        "since": "2026-01-02T03:04:05.000Z",
+        "message": "memory use 20.50 GiB of 24.00 GiB (85.4%) passed the warning level of 80%",
+    },
+}
+GPUS = [GPU, WARNED_GPU]
 
 
 def error(status: int, message: str, code: str, **headers: str) -> JSONResponse:
@@ -141,7 +152,7 @@ def build_app(fake: FakeService) -> FastAPI:
 
     @app.get("/v1/gpus")
     def gpus() -> dict[str, Any]:
-        return {"gpus": [GPU]}
+        return {"gpus": GPUS}
 
     @app.get("/v1/queue")
     def queue() -> dict[str, Any]:
@@ -232,7 +243,7 @@ def test_missing_key_is_explained(server: tuple[str, FakeService]) -> None:
 def test_reads(server: tuple[str, FakeService]) -> None:
     with client(server[0]) as api:
         assert api.health() == {"status": "ok"}
-        assert api.gpus() == [GPU]
+        assert api.gpus() == GPUS
         assert "state" in api.queue()
         assert api.calibration() == {"rows": []}
 
@@ -359,8 +370,11 @@ def test_gpus_table_and_json(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "Simulated GPU 24GiB" in out
     assert "3.0 / 2.0 / 21.0 GiB" in out
+    assert "used high" in out.splitlines()[3]  # the warned GPU's row
+    assert out.rstrip().splitlines()[-1].startswith("WARNING GPU [1] since ")
+    assert "passed the warning level of 80%; no new task is placed on it" in out
     assert main(["gpus", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"gpus": [GPU]}
+    assert json.loads(capsys.readouterr().out) == {"gpus": GPUS}
 
 
 def test_gpus_watch_redraws_until_interrupted(
@@ -378,6 +392,22 @@ def test_gpus_watch_redraws_until_interrupted(
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2
     assert sleeps == [0.5, 0.5]
+
+
+def test_gpus_watch_shows_the_memory_warning_on_every_redraw(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        if len(sleeps) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(time, "sleep", sleep)
+    assert main(["gpus", "--watch", "0.5"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert sum(line.startswith("WARNING GPU [1] since ") for line in lines) == 2
 
 
 def test_transport_failures_and_error_answers_are_siblings() -> None:

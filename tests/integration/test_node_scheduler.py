@@ -331,7 +331,8 @@ class MeasureWhenEstimated(OomFloors):
 
 def test_a_claimed_task_the_ledger_then_refuses_goes_back_to_the_queue(make_rig: Any) -> None:
     """The plan charged a copy of the ledger; the real one is charged after the claim. When a
-    measurement filled it in between, the task is handed back as one this node could not run."""
+    measurement filled it in between, the claim is given back: the task is queued again with
+    its attempt unused, no failure recorded, and any node may claim it at once."""
     rig = make_rig(f"1x24GiB:{GPU_NAME}")
     rig.start_workers()
     task_id = rig.submit("a")
@@ -339,11 +340,17 @@ def test_a_claimed_task_the_ledger_then_refuses_goes_back_to_the_queue(make_rig:
     assert rig.scheduler(oom_floors=MeasureWhenEstimated(rig.ledger(0))).run_once() == 0
 
     task = rig.store.get(task_id)
-    assert task is not None and task.state is TaskState.QUEUED and task.attempts == 1
-    assert task.error is not None and task.error.startswith(local_failure_error("node-a", ""))
+    assert task is not None and task.state is TaskState.QUEUED and task.attempts == 0
+    assert task.error is None and task.lease_token is None and task.node is None
+    assert task.wait_reason is not None and "changed since the plan" in task.wait_reason
     assert rig.running.get(task_id) is None
     assert rig.ledger(0).snapshot().tasks == ()
     assert rig.counter("gpuscribe_scheduling_total", outcome="placed") == 0
+    assert [t.id for t in rig.store.queued(now=rig.clock(), limit=10)] == [task_id]
+    again = rig.store.claim(
+        Claim(task_id, "node-b", 0, "GPU-b0", 1, rig.settings.lease_seconds), now=rig.clock()
+    )
+    assert again is not None and again.attempts == 1
 
 
 def test_a_retry_after_out_of_memory_is_claimed_with_the_raised_working_floor(

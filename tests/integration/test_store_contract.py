@@ -291,6 +291,7 @@ def test_stale_token_changes_nothing(store: TaskStore) -> None:
     assert not store.complete(task_id, "stale", TRANSCRIPT, peak_bytes=1, now=101.0)
     assert not store.fail(task_id, "stale", "x", retry_at=None, now=101.0)
     assert not store.finish_cancel(task_id, "stale", now=101.0)
+    assert not store.unclaim(task_id, "stale", reason="x", now=101.0)
     assert store.get(task_id) == before
     assert store.result(task_id) is None
     assert not store.set_progress("no-such-task", "stale", 0.5)
@@ -343,6 +344,47 @@ def test_fail_without_retry_is_final(store: TaskStore) -> None:
     assert store.fail(task_id, token, "bad audio", retry_at=None, now=101.0)
     failed = store.get(task_id)
     assert failed is not None and failed.state == TaskState.FAILED and failed.attempts == 1
+
+
+def test_unclaim_gives_the_claim_and_its_attempt_back(store: TaskStore) -> None:
+    task_id, token = running(store, max_attempts=1)
+    back = store.unclaim(task_id, token, reason="the GPU filled since the plan", now=101.0)
+    task = store.get(task_id)
+    assert back is not None and back == task  # the outcome, with no read to learn it
+    assert task is not None and task.state == TaskState.QUEUED and task.attempts == 0
+    assert (task.lease_token, task.lease_expires_at, task.node, task.gpu_index) == (None,) * 4
+    assert (task.error, task.started_at, task.not_before) == (None, None, 0.0)
+    assert task.wait_reason == "the GPU filled since the plan"
+    assert [t.id for t in store.queued(now=101.0, limit=10)] == [task_id]
+    assert not store.unclaim(task_id, token, reason="again", now=102.0)  # the lease is gone
+    # its one attempt is still there to use
+    again = store.claim(claim_of(task_id), now=102.0)
+    assert again is not None and again.attempts == 1 and again.wait_reason is None
+    assert [(e.state, e.detail) for e in store.history(task_id)][1:] == [
+        (TaskState.RUNNING, "attempt 1 on node-a gpu 0"),
+        (TaskState.QUEUED, "claim given back: the GPU filled since the plan"),
+        (TaskState.RUNNING, "attempt 1 on node-a gpu 0"),
+    ]
+
+
+def test_unclaim_of_a_retried_task_keeps_the_attempts_before(store: TaskStore) -> None:
+    task_id, token = running(store)
+    store.fail(task_id, token, "CUDA out of memory", retry_at=101.0, now=101.0)
+    second = store.claim(claim_of(task_id), now=102.0)
+    assert second is not None and second.lease_token is not None
+    back = store.unclaim(task_id, second.lease_token, reason="full", now=103.0)
+    assert back is not None and back.state == TaskState.QUEUED and back.attempts == 1
+    assert back.error == "CUDA out of memory"  # the last real failure stays visible
+
+
+def test_unclaim_of_a_task_asked_to_cancel_cancels_it(store: TaskStore) -> None:
+    task_id, token = running(store)
+    store.cancel(task_id, now=101.0)
+    back = store.unclaim(task_id, token, reason="full", now=102.0)
+    assert back is not None and back.state == TaskState.CANCELLED and back.attempts == 0
+    assert back.finished_at == 102.0 and back.lease_token is None
+    assert store.history(task_id)[-1].detail == "cancelled before it started"
+    assert store.unclaim(task_id, token, reason="full", now=103.0) is None
 
 
 # --- cancellation and waiting ---------------------------------------------------------------
@@ -526,7 +568,7 @@ OPS = st.lists(
     st.tuples(
         st.sampled_from(
             ["add", "claim", "complete", "fail", "retry", "cancel", "finish_cancel",
-             "fail_queued", "recover", "prune", "progress", "stale"]
+             "fail_queued", "recover", "prune", "progress", "stale", "unclaim"]
         ),
         st.integers(min_value=0, max_value=5),
         st.sampled_from([None, "a", "b"]),
@@ -579,6 +621,9 @@ class Replay:
             return None if task is None else task.state
         if op == "finish_cancel":
             return s.finish_cancel(task_id, token, now=now)
+        if op == "unclaim":
+            outcome = s.unclaim(task_id, token, reason=op, now=now)
+            return None if outcome is None else (outcome.state, outcome.attempts)
         if op == "fail_queued":
             return s.fail_queued(task_id, "never fits", now=now)
         if op == "progress":

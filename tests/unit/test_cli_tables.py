@@ -12,6 +12,7 @@ from gpuscribe.cli.tables import (
     GIB,
     dict_rows_table,
     gib,
+    gpu_warnings,
     gpus_table,
     render_table,
     seconds,
@@ -100,6 +101,32 @@ def test_gpus_table_without_figures() -> None:
     row = gpus_table([{"index": 0, "name": "CPU (x)"}]).splitlines()[1]
     assert "- / - / - GiB" in row
     assert "-/-" in row
+
+
+WARNING = {
+    "condition": "foreign_growth",
+    "since": "2026-01-02T03:04:05.000Z",
+    "message": "other processes' memory grew by 3.00 GiB (to 5.00 GiB) while 2 task(s) ran",
+}
+
+
+def test_gpus_table_shows_a_memory_warning_in_its_warn_column() -> None:
+    lines = gpus_table([GPU, {**GPU, "index": 1, "memory_warning": WARNING}]).splitlines()
+    assert "WARN" in lines[0].split()
+    warn = lines[0].index("WARN")
+    assert lines[1][warn:].startswith("- ")  # no warning
+    assert lines[2][warn:].startswith("foreign growth ")
+    used_high = {**WARNING, "condition": "used_high"}
+    assert "used high" in gpus_table([{**GPU, "memory_warning": used_high}])
+
+
+def test_gpu_warnings_say_where_since_when_and_why() -> None:
+    gpus = [GPU, {**GPU, "index": 1, "node": "node-b", "memory_warning": WARNING}]
+    assert gpu_warnings(gpus) == [
+        f"WARNING node node-b GPU [1] since {timestamp(WARNING['since'])}: "
+        f"{WARNING['message']}; no new task is placed on it until it clears"
+    ]
+    assert gpu_warnings([GPU, {**GPU, "memory_warning": None}]) == []
 
 
 def test_gpus_table_empty() -> None:

@@ -10,15 +10,17 @@ from typing import Any
 
 from gpuscribe.cli.client import ApiClient, add_server_flag, client_for
 from gpuscribe.cli.output import show
-from gpuscribe.cli.tables import gpus_table, to_json
+from gpuscribe.cli.tables import gpu_warnings, gpus_table, to_json
 
 CLEAR = "\x1b[H\x1b[2J"
 
 
 def gpus_view(server: str, gpus: list[dict[str, Any]], *, now: float) -> str:
-    """The header line and the table."""
+    """The header line, the table and, under it, a line per device in a memory warning."""
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
-    return f"{server}  {stamp}  memory in GiB\n{gpus_table(gpus)}"
+    view = f"{server}  {stamp}  memory in GiB\n{gpus_table(gpus)}"
+    warnings = gpu_warnings(gpus)
+    return "\n\n".join([view, "\n".join(warnings)]) if warnings else view
 
 
 def _show(client: ApiClient, args: argparse.Namespace, *, watching: bool) -> None:
@@ -57,7 +59,9 @@ def register(sub: Any) -> None:
         help="show the server's GPUs: memory, utilisation, temperature, power, tasks",
         description="One line per device: memory used (as the device reports it, other "
         "processes included) / reserved by gpuscribe / gpuscribe's cap, in GiB; total memory; "
-        "utilisation; temperature; power; tasks running / most allowed; loaded models.",
+        "utilisation; temperature; power; tasks running / most allowed; the memory warning the "
+        "device is in (WARN: used high or foreign growth; under the table, since when and why: "
+        "no new task is placed on it until it clears); loaded models.",
     )
     p.add_argument(
         "--json",

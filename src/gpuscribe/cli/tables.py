@@ -87,8 +87,37 @@ def gpu_row(gpu: Row) -> list[str]:
         optional(gpu.get("temperature_c"), "{:.0f}°C"),
         optional(gpu.get("power_watts"), "{:.0f} W"),
         f"{optional(gpu.get('tasks_running'))}/{optional(gpu.get('max_tasks'))}",
+        warning_label(gpu.get("memory_warning")),
         ", ".join(str(m) for m in gpu.get("resident_models") or ()) or "-",
     ]
+
+
+WARNING_LABELS = {"used_high": "used high", "foreign_growth": "foreign growth"}
+
+
+def warning_label(warning: Row | None) -> str:
+    """The WARN cell: the memory warning's condition in words, `-` when there is none."""
+    if not warning:
+        return "-"
+    condition = str(warning.get("condition", "?"))
+    return WARNING_LABELS.get(condition, condition)
+
+
+def gpu_warnings(gpus: Sequence[Row]) -> list[str]:
+    """One line per device in a memory warning, for under the table: where, since when, why.
+    While a warning lasts the device is given no new task."""
+    lines = []
+    for gpu in gpus:
+        warning = gpu.get("memory_warning")
+        if not warning:
+            continue
+        node = f"node {gpu['node']} " if gpu.get("node") else ""
+        lines.append(
+            f"WARNING {node}GPU [{gpu.get('index', '?')}] since "
+            f"{timestamp(warning.get('since'))}: {warning.get('message', '?')}; "
+            "no new task is placed on it until it clears"
+        )
+    return lines
 
 
 GPU_HEADERS = [
@@ -100,6 +129,7 @@ GPU_HEADERS = [
     "TEMP",
     "POWER",
     "TASKS",
+    "WARN",
     "MODELS",
 ]
 

@@ -241,16 +241,19 @@ class SchedulerPass:
     ) -> Fit | None:
         """Admit the claimed task into the real ledger, as the plan did into its copy. Only a
         change since the plan (a measured load or context above its estimate, a restarted
-        worker) makes the ledger refuse it: the task goes back to the queue then, as a task
-        this node could not run, and None is returned."""
+        worker) makes the ledger refuse it: the claim is given back then (the task is queued
+        again, ready at once, its attempt not used: nothing ran) and None is returned. The
+        next pass plans on the changed ledger."""
         try:
             return slot.ledger.admit(
                 task.id, placement.estimate, placement.model, foreign_bytes=slot.foreign_bytes()
             )
         except NotAdmitted as refused:
-            error = local_failure_error(self._settings.node_name, refused.reason)
-            self._store.fail(task.id, token, error, retry_at=now, now=now)
-            log.warning("task %s goes back to the queue: %s", task.id, error)
+            reason = f"GPU {slot.device.index} of node {self._settings.node_name} changed "
+            reason += f"since the plan: {refused.reason}"
+            self._store.unclaim(task.id, token, reason=reason, now=now)
+            self._wait_reasons[task.id] = reason  # what the store now holds
+            log.warning("claim of task %s given back: %s", task.id, reason)
             return None
 
     def _record_waiting(self, waiting: dict[str, str]) -> None:

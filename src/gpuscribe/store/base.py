@@ -139,6 +139,14 @@ class TaskStore(Protocol):
         the lease is stale."""
         ...
 
+    def unclaim(self, task_id: str, token: str, *, reason: str, now: float) -> Task | None:
+        """Running -> queued as if the claim had not been made: the attempt it counted is given
+        back, the lease and device cleared, `wait_reason` = reason, ready at once; the history
+        says why. For a node that claimed a task it then could not start (its ledger refused
+        it): no failure, no attempt used. A task whose cancel was requested meanwhile is
+        cancelled instead. Returns the task as it now is, or None when the lease is stale."""
+        ...
+
     def cancel(self, task_id: str, *, now: float) -> Task | None:
         """Queued -> cancelled at once; running -> `cancel_requested` (the node stops it and
         calls `finish_cancel`). A final task is returned unchanged. None if unknown."""

@@ -199,6 +199,24 @@ class InMemoryStore:
                 self._event(task_id, now, TaskState.FAILED, error)
             return replace(task)
 
+    def unclaim(self, task_id: str, token: str, *, reason: str, now: float) -> Task | None:
+        with self._lock:
+            task = self._leased(task_id, token)
+            if task is None:
+                return None
+            task.attempts -= 1
+            if task.attempts == 0:
+                task.started_at = None
+            if task.cancel_requested:
+                task.state, task.finished_at = TaskState.CANCELLED, now
+                _drop_lease(task)
+                self._event(task_id, now, TaskState.CANCELLED, rows.CANCELLED_UNCLAIMED)
+            else:
+                _requeue(task)
+                task.wait_reason = reason
+                self._event(task_id, now, TaskState.QUEUED, rows.unclaimed_detail(reason))
+            return replace(task)
+
     def cancels_requested(self, *, node: str) -> set[str]:
         with self._lock:
             return {

@@ -163,10 +163,15 @@ CANCELLED_QUEUED = "cancelled while queued"
 CANCELLED_RUNNING = "cancelled while running"
 LEASE_EXPIRED = "lease expired"
 LEASE_EXPIRED_CANCELLED = "lease expired after a cancel request"
+CANCELLED_UNCLAIMED = "cancelled before it started"
 
 
 def claimed_detail(node: str, gpu_index: int, attempt: int) -> str:
     return f"attempt {attempt} on {node} gpu {gpu_index}"
+
+
+def unclaimed_detail(reason: str) -> str:
+    return f"claim given back: {reason}"
 
 
 def retry_detail(error: str) -> str:

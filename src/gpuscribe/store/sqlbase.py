@@ -307,6 +307,19 @@ class SqlTaskStore(abc.ABC):
                 s.event(task_id, now, TaskState.FAILED, error)
         return rows.task_from_row(row)
 
+    def unclaim(self, task_id: str, token: str, *, reason: str, now: float) -> Task | None:
+        params = {"id": task_id, "token": token, "reason": reason, "now": now}
+        with self._write() as s:
+            row = s.one("unclaim", params)
+            if row is not None:
+                s.event(task_id, now, TaskState.QUEUED, rows.unclaimed_detail(reason))
+            else:
+                row = s.one("unclaim_cancelled", params)
+                if row is None:
+                    return None
+                s.event(task_id, now, TaskState.CANCELLED, rows.CANCELLED_UNCLAIMED)
+        return rows.task_from_row(row)
+
     def cancels_requested(self, *, node: str) -> set[str]:
         with self._read() as s:
             found = s.rows("cancels_requested", {"node": node})

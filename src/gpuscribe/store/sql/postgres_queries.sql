@@ -99,6 +99,24 @@ UPDATE tasks SET
 WHERE id = %(id)s AND lease_token = %(token)s AND state = 'running'
 RETURNING *;
 
+-- name: unclaim
+-- A claim its node could not start: back to the queue with the attempt it counted given back.
+UPDATE tasks SET
+    state = 'queued', attempts = attempts - 1,
+    started_at = CASE WHEN attempts = 1 THEN NULL ELSE started_at END,
+    wait_reason = %(reason)s, lease_token = NULL, lease_expires_at = NULL, node = NULL,
+    gpu_index = NULL, gpu_uuid = NULL, progress = 0
+WHERE id = %(id)s AND lease_token = %(token)s AND state = 'running' AND NOT cancel_requested
+RETURNING *;
+
+-- name: unclaim_cancelled
+UPDATE tasks SET
+    state = 'cancelled', attempts = attempts - 1,
+    started_at = CASE WHEN attempts = 1 THEN NULL ELSE started_at END,
+    finished_at = %(now)s, lease_token = NULL, lease_expires_at = NULL
+WHERE id = %(id)s AND lease_token = %(token)s AND state = 'running'
+RETURNING *;
+
 -- name: cancels_requested
 SELECT id FROM tasks WHERE state = 'running' AND node = %(node)s AND cancel_requested;
 
