@@ -12,6 +12,7 @@ from gpuscribe.memory.types import MemoryEstimate, ProfileKey
 from gpuscribe.metrics import Metrics
 from gpuscribe.store.base import TaskStore
 from gpuscribe.telemetry.base import DeviceReading
+from gpuscribe.telemetry.history import DeviceSample
 
 
 class QueueFull(Exception):
@@ -35,6 +36,16 @@ class DeviceView:
     draining: bool
     node: str = ""  # the node that drives it (in a cluster, every node's devices are shown)
     heartbeat_at: float | None = None  # that node's last heartbeat
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceTrace:
+    """A device's last minutes, as `GET /v1/gpus/history` shows them."""
+
+    index: int
+    uuid: str
+    node: str
+    samples: list[DeviceSample]  # oldest first
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +74,10 @@ class Backend(Protocol):
     def cancel(self, task_id: str) -> Task | None: ...
 
     def devices(self, *, fresh: bool = False) -> list[DeviceView]: ...
+
+    def device_history(self, seconds: float) -> list[DeviceTrace]:
+        """The last `seconds` of this node's devices (other nodes keep their own)."""
+        ...
 
     def calibration(self) -> list[CalibrationRow]: ...
 

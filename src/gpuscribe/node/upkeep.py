@@ -13,6 +13,7 @@ from gpuscribe.node.running import RunningTasks
 from gpuscribe.store.audio import ORPHAN_AGE_SECONDS, AudioStore
 from gpuscribe.store.base import TaskStore
 from gpuscribe.telemetry.base import GpuTelemetry
+from gpuscribe.telemetry.history import DeviceHistory, DeviceSample
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class Upkeep:
         self._metrics = metrics
         self._clock = clock
         self._wake = wake
+        self.history = DeviceHistory()  # the last minutes of each device, for the dashboard
 
     # --- leases ---------------------------------------------------------------------------
     def heartbeat(self) -> None:
@@ -126,8 +128,18 @@ class Upkeep:
             self._metrics.memory_cap.labels(*labels).set(slot.ledger.cap_bytes)
             self._metrics.tasks_running.labels(*labels).set(slot.ledger.running_tasks)
             self._warn_if_high(slot, reading.memory_used_bytes / total)
+            self._record_history(slot)
             if not reading.healthy:
                 log.error("device %s is unhealthy (%s): drained", slot.uuid, reading.error)
+
+    def _record_history(self, slot: DeviceSlot) -> None:
+        sample = DeviceSample.of(
+            slot.reading,
+            foreign_bytes=slot.foreign_bytes(),
+            reserved_bytes=slot.ledger.admitted_bytes,
+            cap_bytes=slot.ledger.cap_bytes,
+        )
+        self.history.record(slot.uuid, sample)
 
     def _warn_if_high(self, slot: DeviceSlot, fraction: float) -> None:
         threshold = self._settings.memory_warning_fraction
