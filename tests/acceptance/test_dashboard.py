@@ -3,15 +3,14 @@ them shared with a process outside gpuscribe) with tasks running and queued: it 
 as `/v1/gpus` reports it, the running and queued tasks, a memory plot; a task's page shows its
 transcript; its upload form creates a task; and with API keys set it asks for one.
 
-With `GPUSCRIBE_SCREENSHOTS=1` the test first runs a mixed stream for a minute and a half (so
-the plots have something to show) and writes the screenshots of docs/dashboard/.
+With `GPUSCRIBE_SCREENSHOTS=1` the test first runs a mixed stream for over three minutes (so
+the plots have minutes to show) and writes the screenshots of docs/dashboard/.
 """
 
 from __future__ import annotations
 
 import os
 import random
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ import pytest
 
 from support.audio import AudioSet
 from support.browser import chromium, chromium_or_skip, screenshot, wait_for
-from support.server import ServiceProcess, list_tasks, submit, wait_done
+from support.server import ServiceProcess, list_tasks, submit, wait_all_done, wait_done
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +38,7 @@ SIM_ENV = {
 }
 SCREENSHOTS = os.environ.get("GPUSCRIBE_SCREENSHOTS", "").strip() in ("1", "true", "yes")
 SHOTS_DIR = Path(__file__).resolve().parents[2] / "docs" / "dashboard"
-STREAM_SECONDS = 90.0 if SCREENSHOTS else 4.0
+STREAM_SECONDS = 200.0 if SCREENSHOTS else 4.0
 DESKTOP, PHONE = (1440, 1000), (390, 844)
 PRIORITIES = ("urgent", "high", "normal", "low")
 
@@ -63,9 +62,8 @@ def _stream(url: str, audio: AudioSet, until: float) -> list[dict[str, Any]]:
     while time.monotonic() < until:
         seconds = rng.choice((20, 40, 60, 120, 240))
         model = rng.choice(("tiny", "base", "small", "medium", "large-v3", "turbo"))
-        tasks.append(
-            submit(url, audio.silence(seconds, "flac"), model=model, priority=rng.choice(PRIORITIES))
-        )
+        priority = rng.choice(PRIORITIES)
+        tasks.append(submit(url, audio.silence(seconds, "flac"), model=model, priority=priority))
         time.sleep(rng.uniform(0.3, 1.2))
     return tasks
 
@@ -75,8 +73,8 @@ def busy(service: ServiceProcess, audio: AudioSet) -> dict[str, Any]:
     """A mixed stream, then every slot held by a long task and more tasks queued behind them:
     what the page shows stays put while the test reads it."""
     url = service.url
-    done = _stream(url, audio, time.monotonic() + STREAM_SECONDS)
-    finished = wait_done(url, done[0]["id"], timeout=120)
+    stream = _stream(url, audio, time.monotonic() + STREAM_SECONDS)
+    finished = wait_all_done(url, [t["id"] for t in stream], timeout=300)[stream[0]["id"]]
     failed = submit(
         url, audio.silence(1200, "flac"), model="large-v3", beam_size=20, batch_size=64
     )  # needs more than any GPU's cap: it fails at once, saying so
@@ -100,20 +98,32 @@ def _wait_until(condition: Any, what: str, timeout: float = 60.0) -> None:
         time.sleep(0.1)
 
 
+def _plots_fit(driver: Any) -> bool:
+    """Every memory plot is as wide as its box (they are drawn again when the width changes)."""
+    script = """return [...document.querySelectorAll('.gpu-card .plot')].every((box) => {
+        const plot = box.querySelector('svg.memory-plot');
+        return plot && Math.abs(plot.width.baseVal.value - Math.max(240, box.clientWidth)) < 2;
+    })"""
+    return bool(driver.execute_script(script))
+
+
 def _ids(driver: Any, selector: str) -> set[str]:
     script = "return [...document.querySelectorAll(arguments[0])].map(e => e.dataset.taskId)"
     return set(driver.execute_script(script, selector))
 
 
-def test_dashboard_shows_gpus_tasks_and_plots(service: ServiceProcess, busy: dict[str, Any]) -> None:
+def test_dashboard_shows_gpus_tasks_and_plots(
+    service: ServiceProcess, busy: dict[str, Any]
+) -> None:
     gpus = httpx.get(f"{service.url}/v1/gpus", timeout=10).json()["gpus"]
     running = {t["id"] for t in busy["running"]}
     queued = {t["id"] for t in busy["queued"]}
     with chromium(*DESKTOP) as driver:
         driver.get(service.url + "/")
-        wait_for(driver, lambda d: _ids(d, "#gpus .running li") == running)
-        wait_for(driver, lambda d: _ids(d, "#queue tr[data-task-id]") == queued)
-        wait_for(driver, lambda d: _ids(d, "#failures tr[data-task-id]") == {busy["failed"]["id"]})
+        wait_for(driver, lambda d: _ids(d, "#gpus .running li") == running, "the running tasks")
+        wait_for(driver, lambda d: _ids(d, "#queue tr[data-task-id]") == queued, "the queue")
+        failed = {busy["failed"]["id"]}
+        wait_for(driver, lambda d: _ids(d, "#failures tr[data-task-id]") == failed, "the failure")
         for gpu in gpus:
             card = driver.find_element("css selector", f'.gpu-card[data-uuid="{gpu["uuid"]}"]')
             assert gpu["name"] in card.text
@@ -125,8 +135,9 @@ def test_dashboard_shows_gpus_tasks_and_plots(service: ServiceProcess, busy: dic
         why = driver.find_element("css selector", "#queue tr[data-task-id] td.why").text
         assert why, "a queued task does not say why it waits"
         if SCREENSHOTS:
-            screenshot(driver, SHOTS_DIR / "dashboard.png", width=DESKTOP[0])
-            screenshot(driver, SHOTS_DIR / "dashboard-phone.png", width=PHONE[0])
+            shots = (("dashboard.png", DESKTOP[0], 1.0), ("dashboard-phone.png", PHONE[0], 2.0))
+            for name, width, scale in shots:
+                screenshot(driver, SHOTS_DIR / name, width=width, scale=scale, ready=_plots_fit)
 
 
 def test_task_page_shows_the_transcript(service: ServiceProcess, busy: dict[str, Any]) -> None:
@@ -134,7 +145,8 @@ def test_task_page_shows_the_transcript(service: ServiceProcess, busy: dict[str,
     assert task["state"] == "completed", task
     with chromium(*DESKTOP) as driver:
         driver.get(f"{service.url}/tasks/{task['id']}")
-        wait_for(driver, lambda d: d.find_elements("css selector", "#transcript .segment"))
+        segments = "#transcript .segment"
+        wait_for(driver, lambda d: d.find_elements("css selector", segments), "the segments")
         page = driver.find_element("tag name", "main").text
         assert task["id"] in page and "completed" in page
         assert "00:00.0 →" in page  # the segments' timestamps
@@ -142,6 +154,7 @@ def test_task_page_shows_the_transcript(service: ServiceProcess, busy: dict[str,
         assert {b.get_attribute("data-format") for b in formats} >= {"srt", "vtt", "text", "json"}
         if SCREENSHOTS:
             screenshot(driver, SHOTS_DIR / "task.png", width=1100)
+            screenshot(driver, SHOTS_DIR / "task-phone.png", width=PHONE[0], scale=2.0)
 
 
 def test_upload_form_with_an_api_key(
@@ -152,16 +165,16 @@ def test_upload_form_with_an_api_key(
     data_dir = tmp_path_factory.mktemp("dashboard-keys")
     with ServiceProcess(data_dir, simulate_gpus="1x24GiB", env=env) as svc, chromium() as driver:
         driver.get(svc.url + "/")
-        key_input = wait_for(driver, lambda d: d.find_element("id", "api-key-input"))
+        key_input = wait_for(driver, lambda d: d.find_element("id", "api-key-input"), "a key asked")
         key_input.send_keys("s3cret")
         driver.find_element("id", "api-key-submit").click()
-        wait_for(driver, lambda d: d.find_elements("css selector", ".gpu-card"))
+        wait_for(driver, lambda d: d.find_elements("css selector", ".gpu-card"), "the GPUs")
         clip = audio.silence(30, "wav")
         driver.find_element("id", "upload-file").send_keys(str(clip))
         driver.find_element("id", "upload-priority").send_keys("high")
         driver.find_element("id", "upload-submit").click()
         status = driver.find_element("id", "upload-status")
-        task_id = wait_for(driver, lambda d: status.get_attribute("data-task-id"))
+        task_id = wait_for(driver, lambda d: status.get_attribute("data-task-id"), "the new task")
         headers = {"Authorization": "Bearer s3cret"}
         stored = httpx.get(f"{svc.url}/v1/tasks/{task_id}", headers=headers, timeout=10).json()
         assert stored["priority"] == "high", stored

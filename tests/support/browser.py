@@ -7,6 +7,7 @@ the driver's path, so it never looks for (or downloads) a browser or driver of i
 
 from __future__ import annotations
 
+import base64
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -57,18 +58,45 @@ def chromium(width: int = 1400, height: int = 1000) -> Iterator[Any]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def wait_for(driver: Any, condition: Callable[[Any], T], timeout: float = 30.0) -> T:
-    """Poll `condition(driver)` until it is truthy; its value. TimeoutException otherwise."""
+def wait_for(driver: Any, condition: Callable[[Any], T], what: str, timeout: float = 30.0) -> T:
+    """Poll `condition(driver)` until it is truthy; its value. AssertionError naming `what`,
+    with the page's text and the browser's console, otherwise."""
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(condition)  # type: ignore[no-any-return]
+    try:
+        value: T = WebDriverWait(driver, timeout, poll_frequency=0.1).until(condition)
+    except TimeoutException:
+        text = driver.find_element("tag name", "body").text
+        console = driver.get_log("browser")
+        raise AssertionError(
+            f"{what}: not shown within {timeout:.0f} s; console {console}; page:\n{text[:3000]}"
+        ) from None
+    return value
 
 
-def screenshot(driver: Any, path: Path, *, width: int, full_page: bool = True) -> None:
-    """A PNG of the page; `full_page` resizes the window to the page's height first."""
-    height = 900
-    if full_page:
-        height = int(driver.execute_script("return document.documentElement.scrollHeight"))
-    driver.set_window_size(width, height)
+def screenshot(
+    driver: Any,
+    path: Path,
+    *,
+    width: int,
+    scale: float = 1.0,
+    ready: Callable[[Any], object] | None = None,
+) -> None:
+    """A PNG of the whole page (not only what fits the window) as a screen `width` CSS pixels
+    wide shows it (narrower than 600: a phone's), at `scale` device pixels per CSS pixel.
+    `ready(driver)` says when the page has laid itself out again at that width."""
+    metrics = {"width": width, "height": 900, "deviceScaleFactor": scale, "mobile": width < 600}
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
+    try:
+        if ready is not None:
+            wait_for(driver, ready, f"the page at {width} px")
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        clip = {"x": 0, "y": 0, "width": width, "height": height, "scale": 1}
+        shot = driver.execute_cdp_cmd(
+            "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip}
+        )
+    finally:
+        driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
     path.parent.mkdir(parents=True, exist_ok=True)
-    driver.save_screenshot(str(path))
+    path.write_bytes(base64.b64decode(shot["data"]))

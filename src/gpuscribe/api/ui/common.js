@@ -170,6 +170,8 @@ export function progressBar(fraction) {
   return bar;
 }
 
+// Children that are null, undefined or false (from `condition && el(...)`) are left out.
 export function replace(container, ...children) {
-  container.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined));
+  const kept = children.flat().filter((c) => c !== null && c !== undefined && c !== false);
+  container.replaceChildren(...kept);
 }

@@ -21,6 +21,8 @@ const FIGURES = [
 const traces = new Map(); // `${node}|${uuid}` -> columnar samples, oldest first
 const served = new Set(); // the keys the service keeps a history of (this node's devices)
 let historyFetchedAt = 0; // Date.now() of the last history call
+let shown = null; // the GPUs and running tasks last drawn, to draw again at a new size
+let redraw = null;
 
 const $ = (id) => document.getElementById(id);
 const traceKey = (node, uuid) => `${node || ""}|${uuid}`;
@@ -150,6 +152,7 @@ function runningList(tasks, gpu) {
 }
 
 function renderGpus(gpus, running) {
+  shown = [gpus, running];
   const end = latestTime();
   const nodes = [...new Set(gpus.map((g) => g.node || ""))];
   const groups = nodes.map((node) => {
@@ -314,6 +317,10 @@ function every(ms, job) {
 }
 
 $("upload-form").addEventListener("submit", upload);
+window.addEventListener("resize", () => { // a turned phone: the plots take the new width
+  clearTimeout(redraw);
+  redraw = setTimeout(() => shown && renderGpus(...shown), 150);
+});
 every(FAST_MS, refresh);
 every(SLOW_MS, refreshSlow);
 loadModels().catch(() => {});
