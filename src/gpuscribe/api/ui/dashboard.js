@@ -185,8 +185,12 @@ function renderSummary(queue, gpus) {
     item("cancelled", s.cancelled));
 }
 
+// A table; on a phone each row stacks its cells, each under its heading (`data-label`).
 function table(headings, rows) {
-  return el("div", { class: "table-wrap" }, el("table", {},
+  for (const row of rows) {
+    [...row.children].forEach((cell, i) => cell.setAttribute("data-label", headings[i]));
+  }
+  return el("div", { class: "table-wrap" }, el("table", { class: "stack" },
     el("thead", {}, el("tr", {}, headings.map((h) => el("th", {}, h)))),
     el("tbody", {}, rows)));
 }

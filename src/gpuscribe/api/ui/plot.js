@@ -72,7 +72,8 @@ function drawGrid(root, { margin, plotW, plotH, top, y, windowSeconds }) {
       "text-anchor": "end" }, `${Math.round(v / GIB)} GiB`));
   }
   const minutes = Math.round(windowSeconds / 60);
-  for (let m = 0; m <= minutes; m += 1) {
+  const every = plotW / minutes < 70 ? 2 : 1; // a phone's narrow plot labels every other minute
+  for (let m = 0; m <= minutes; m += every) {
     const px = margin.left + plotW - (m * 60 / windowSeconds) * plotW;
     const anchor = m === 0 ? "end" : m === minutes ? "start" : "middle";
     root.append(svg("text", { class: "axis", x: px, y: margin.top + plotH + 16,
