@@ -1,7 +1,8 @@
 """The dashboard at `/` in a real headless Chromium, against a service on simulated GPUs (one of
 them shared with a process outside gpuscribe) with tasks running and queued: it shows every GPU
 as `/v1/gpus` reports it, the running and queued tasks, a memory plot; a task's page shows its
-transcript; its upload form creates a task; and with API keys set it asks for one.
+transcript (real speech, on the CPU); its upload form creates a task; and with API keys set it
+asks for one.
 
 With `GPUSCRIBE_SCREENSHOTS=1` the test first runs a mixed stream for over three minutes (so
 the plots have minutes to show) and writes the screenshots of docs/dashboard/.
@@ -73,8 +74,11 @@ def busy(service: ServiceProcess, audio: AudioSet) -> dict[str, Any]:
     """A mixed stream, then every slot held by a long task and more tasks queued behind them:
     what the page shows stays put while the test reads it."""
     url = service.url
+    for model in ("tiny", "base", "small"):  # alone on the node: calibration learns from them
+        alone = submit(url, audio.silence(20, "flac"), model=model)
+        assert wait_done(url, alone["id"], timeout=60)["state"] == "completed"
     stream = _stream(url, audio, time.monotonic() + STREAM_SECONDS)
-    finished = wait_all_done(url, [t["id"] for t in stream], timeout=300)[stream[0]["id"]]
+    wait_all_done(url, [t["id"] for t in stream], timeout=300)
     failed = submit(
         url, audio.silence(1200, "flac"), model="large-v3", beam_size=20, batch_size=64
     )  # needs more than any GPU's cap: it fails at once, saying so
@@ -87,7 +91,7 @@ def busy(service: ServiceProcess, audio: AudioSet) -> dict[str, Any]:
         for i in range(8)
     ]
     assert wait_done(url, failed["id"], timeout=30)["state"] == "failed"
-    return {"running": running, "queued": queued, "finished": finished, "failed": failed}
+    return {"running": running, "queued": queued, "failed": failed}
 
 
 def _wait_until(condition: Any, what: str, timeout: float = 60.0) -> None:
@@ -132,29 +136,47 @@ def test_dashboard_shows_gpus_tasks_and_plots(
             assert areas and areas[0].get_attribute("d").count("L") > 2, "no memory plot"
         foreign = driver.find_element("css selector", '.gpu-card[data-index="1"]')
         assert f"other processes {FOREIGN_GIB:.1f} GiB" in foreign.text, foreign.text
+        calibration = httpx.get(f"{service.url}/v1/calibration", timeout=10).json()
+        rows = calibration["calibration"]
+        assert rows, "nothing calibrated: the tasks that ran alone taught nothing"
+        table = "#calibration tr"
+        shown = wait_for(driver, lambda d: d.find_elements("css selector", table), "calibration")
+        assert len(shown) == 1 + len(rows)  # the headings, then one row per key
         why = driver.find_element("css selector", "#queue tr[data-task-id] td.why").text
         assert why, "a queued task does not say why it waits"
         if SCREENSHOTS:
-            shots = (("dashboard.png", DESKTOP[0], 1.0), ("dashboard-phone.png", PHONE[0], 2.0))
+            shots = (("dashboard.png", DESKTOP[0], 1.0), ("dashboard-phone.png", PHONE[0], 1.5))
             for name, width, scale in shots:
                 screenshot(driver, SHOTS_DIR / name, width=width, scale=scale, ready=_plots_fit)
 
 
-def test_task_page_shows_the_transcript(service: ServiceProcess, busy: dict[str, Any]) -> None:
-    task = busy["finished"]
+def test_task_page_shows_the_transcript(cpu_service: ServiceProcess, audio: AudioSet) -> None:
+    """Real speech on the CPU (tiny.en): its words, their times, a download in every format."""
+    clip = audio.speech(0, "wav")
+    task = wait_done(cpu_service.url, submit(cpu_service.url, clip.path)["id"], timeout=180)
     assert task["state"] == "completed", task
     with chromium(*DESKTOP) as driver:
-        driver.get(f"{service.url}/tasks/{task['id']}")
+        driver.get(f"{cpu_service.url}/tasks/{task['id']}")
         segments = "#transcript .segment"
         wait_for(driver, lambda d: d.find_elements("css selector", segments), "the segments")
         page = driver.find_element("tag name", "main").text
         assert task["id"] in page and "completed" in page
-        assert "00:00.0 →" in page  # the segments' timestamps
+        assert "00:00.0 →" in page  # the first segment's times
+        shown = " ".join(e.text for e in driver.find_elements("css selector", segments)).lower()
+        first_word = clip.text.split()[0].strip(".,").lower()
+        assert first_word in shown, (first_word, shown)
         formats = driver.find_elements("css selector", "#downloads button[data-format]")
-        assert {b.get_attribute("data-format") for b in formats} >= {"srt", "vtt", "text", "json"}
+        assert {b.get_attribute("data-format") for b in formats} == {
+            "text",
+            "srt",
+            "vtt",
+            "tsv",
+            "json",
+            "verbose_json",
+        }
         if SCREENSHOTS:
             screenshot(driver, SHOTS_DIR / "task.png", width=1100)
-            screenshot(driver, SHOTS_DIR / "task-phone.png", width=PHONE[0], scale=2.0)
+            screenshot(driver, SHOTS_DIR / "task-phone.png", width=PHONE[0], scale=1.5)
 
 
 def test_upload_form_with_an_api_key(
