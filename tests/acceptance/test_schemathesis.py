@@ -108,6 +108,7 @@ OPERATIONS = (
     "POST /v1/audio/translations",
     "GET /v1/queue",
     "GET /v1/gpus",
+    "GET /v1/gpus/history",
     "GET /v1/calibration",
     "GET /healthz",
     "GET /metrics",

@@ -21,7 +21,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from gpuscribe.api.app import create_app
-from gpuscribe.api.backend import CalibrationRow, DeviceView, QueueFull
+from gpuscribe.api.backend import CalibrationRow, DeviceTrace, DeviceView, QueueFull
 from gpuscribe.api.reads import StoreReads
 from gpuscribe.config import Settings
 from gpuscribe.domain import NewTask, Segment, Task, Transcript, Word
@@ -30,6 +30,7 @@ from gpuscribe.metrics import Metrics
 from gpuscribe.store.base import Claim, TaskStore
 from gpuscribe.store.memory import InMemoryStore
 from gpuscribe.telemetry.base import DeviceKind, DeviceReading
+from gpuscribe.telemetry.history import DeviceSample
 
 TEST_TEXT = "Hello from gpuscribe. This is a test."
 GPU_TOTAL = 24 * GIB
@@ -106,6 +107,13 @@ class ApiTestBackend(StoreReads):
             reading, GIB, cap, 0, self.settings.max_tasks_per_gpu, ("tiny.en",), False
         )
 
+    def device_history(self, seconds: float) -> list[DeviceTrace]:
+        """One sample per device: the reading of now."""
+        views = self.devices()
+        return [
+            DeviceTrace(v.reading.index, v.reading.uuid, "test-node", [sample_of(v)]) for v in views
+        ]
+
     def estimate(self, key: ProfileKey, audio_seconds: float) -> MemoryEstimate:
         return MemoryEstimate(0, 80 * 1024**2, 300 * 1024**2, EstimateSource.PRIOR)
 
@@ -121,6 +129,15 @@ class ApiTestBackend(StoreReads):
 
     def healthy(self) -> bool:
         return self.is_healthy
+
+
+def sample_of(view: DeviceView) -> DeviceSample:
+    return DeviceSample.of(
+        view.reading,
+        foreign_bytes=0,
+        reserved_bytes=view.memory_reserved_bytes,
+        cap_bytes=view.memory_cap_bytes,
+    )
 
 
 Outcome = Callable[[Task], Transcript | str]

@@ -84,3 +84,15 @@ def test_no_keys_means_open() -> None:
 
 def test_unknown_paths_need_a_key_too() -> None:
     assert _client(KEYS).get("/v1/secret-route").status_code == 401
+
+
+@pytest.mark.parametrize("path", ["/", "/ui/dashboard.js", "/tasks/abc"])
+def test_the_dashboard_pages_are_open(path: str) -> None:
+    """They hold no data: their scripts ask for the key and send it with each API call."""
+    middleware = ApiKeyMiddleware(FastAPI(), keys=KEYS)
+    assert middleware.is_open(path)
+
+
+@pytest.mark.parametrize("path", ["/v1/tasks/abc", "/v1/gpus/history", "/uix", "/tasks", "/docs"])
+def test_paths_beside_the_pages_are_not(path: str) -> None:
+    assert not ApiKeyMiddleware(FastAPI(), keys=KEYS).is_open(path)

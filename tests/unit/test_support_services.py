@@ -31,3 +31,17 @@ def test_missing_service_fails_where_required(monkeypatch: pytest.MonkeyPatch, v
     assert services_required()
     with pytest.raises(pytest.fail.Exception, match=r"no browser \(GPUSCRIBE_TEST_REQUIRE"):
         require_service(False, "no browser")
+
+
+def test_a_missing_browser_skips_naming_it_and_fails_where_required(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from support import browser
+
+    monkeypatch.setattr(browser, "CHROMIUM", "/nonexistent/chromium")
+    monkeypatch.delenv("GPUSCRIBE_TEST_REQUIRE_SERVICES", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="no /nonexistent/chromium: apt-get install"):
+        browser.chromium_or_skip()
+    monkeypatch.setenv("GPUSCRIBE_TEST_REQUIRE_SERVICES", "1")
+    with pytest.raises(pytest.fail.Exception, match="no /nonexistent/chromium"):
+        browser.chromium_or_skip()

@@ -49,11 +49,29 @@ def test_parse_counts_sizes_and_names() -> None:
         ("1x0GiB", "'1x0GiB'"),
         ("2x24GiB,", "''"),
         ("2x24GiB,1y40GiB", "'1y40GiB'"),
+        ("1x24GiB+6TiB", "'TiB'"),
+        ("1x24GiB+24GiB", "holds all its memory"),
+        ("1x24GiB+", "'1x24GiB\\+'"),
     ],
 )
 def test_malformed_spec_names_the_bad_part(spec: str, named: str) -> None:
     with pytest.raises(ValueError, match=named):
         parse_simulation_spec(spec)
+
+
+def test_a_plus_size_is_held_by_another_process_from_the_start() -> None:
+    specs = parse_simulation_spec("1x24GiB+6GiB:NVIDIA L4, 1x24GiB + 512MiB")
+    assert specs == [
+        SimulatedDeviceSpec(24 * GIB, "NVIDIA L4", 6 * GIB),
+        SimulatedDeviceSpec(24 * GIB, "Simulated GPU 24GiB", 512 * MIB),
+    ]
+    gpus = SimulatedGpus("1x24GiB+6GiB,1x24GiB")
+    shared, alone = gpus.discover()
+    assert shared.memory_used_bytes == 6 * GIB and shared.memory_free_bytes == 18 * GIB
+    assert shared.used_by({DEFAULT_FOREIGN_PID}) == 6 * GIB
+    assert alone.memory_used_bytes == 0
+    gpus.set_foreign(shared.uuid, 0)  # the process can go, like any foreign process
+    assert gpus.read(shared.uuid).memory_used_bytes == 0
 
 
 def test_devices_have_stable_uuids_and_fresh_readings() -> None:

@@ -1,5 +1,5 @@
 """The FastAPI application: routes, error handling, API keys, OpenAPI at /docs and
-/openapi.json. `create_app(backend)` is all a server needs."""
+/openapi.json, the dashboard at /. `create_app(backend)` is all a server needs."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from gpuscribe.api import routes_openai, routes_system, routes_tasks
 from gpuscribe.api.auth import ApiKeyMiddleware
 from gpuscribe.api.backend import Backend
 from gpuscribe.api.errors import install_error_handlers
+from gpuscribe.api.routes_pages import install_pages
 
 TITLE = "gpuscribe"
 DESCRIPTION = (
@@ -34,6 +35,7 @@ def create_app(backend: Backend) -> FastAPI:
         redoc_url=None,
     )
     install_docs(app)
+    install_pages(app)
     app.state.backend = backend
     routers = (routes_tasks.router, routes_openai.router, routes_system.router)
     for router in routers:

@@ -1,4 +1,6 @@
-"""API keys: with `settings.api_keys` set, every path but `/healthz` needs a key.
+"""API keys: with `settings.api_keys` set, every path but `/healthz` and the dashboard's pages
+needs a key. The pages (`/`, `/tasks/{id}`, their scripts and styles under `/ui/`) hold no data:
+they ask the person for a key and send it with each call to the API.
 
 The key comes as `Authorization: Bearer <key>` (what the OpenAI client sends) or `X-API-Key`.
 It is checked by a plain ASGI middleware, before any request body is read, so an unauthorised
@@ -16,7 +18,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gpuscribe.api.errors import ApiError, error_response
 
-OPEN_PATHS = frozenset({"/healthz"})
+OPEN_PATHS = frozenset({"/healthz", "/"})
+OPEN_PREFIXES = ("/ui/", "/tasks/")
 
 
 def presented_key(headers: Headers) -> str | None:
@@ -39,13 +42,23 @@ def key_matches(presented: str, keys: Iterable[str]) -> bool:
 class ApiKeyMiddleware:
     """Answers 401 to HTTP requests without a valid key; passes everything else through."""
 
-    def __init__(self, app: ASGIApp, keys: Sequence[str], open_paths: Iterable[str] = OPEN_PATHS):
+    def __init__(
+        self,
+        app: ASGIApp,
+        keys: Sequence[str],
+        open_paths: Iterable[str] = OPEN_PATHS,
+        open_prefixes: Iterable[str] = OPEN_PREFIXES,
+    ):
         self.app = app
         self.keys = tuple(keys)
         self.open_paths = frozenset(open_paths)
+        self.open_prefixes = tuple(open_prefixes)
+
+    def is_open(self, path: str) -> bool:
+        return path in self.open_paths or path.startswith(self.open_prefixes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys or scope["path"] in self.open_paths:
+        if scope["type"] != "http" or not self.keys or self.is_open(scope["path"]):
             await self.app(scope, receive, send)
             return
         key = presented_key(Headers(scope=scope))

@@ -14,6 +14,7 @@ from gpuscribe.memory.types import MemoryEstimate, ProfileKey
 from gpuscribe.memory.warning import MemoryWarning
 from gpuscribe.metrics import Metrics
 from gpuscribe.telemetry.base import DeviceReading
+from gpuscribe.telemetry.history import DeviceSample
 
 
 class QueueFull(Exception):
@@ -41,6 +42,16 @@ class DeviceView:
 
 
 @dataclass(frozen=True, slots=True)
+class DeviceTrace:
+    """A device's last minutes, as `GET /v1/gpus/history` shows them."""
+
+    index: int
+    uuid: str
+    node: str
+    samples: list[DeviceSample]  # oldest first
+
+
+@dataclass(frozen=True, slots=True)
 class CalibrationRow:
     key: ProfileKey
     estimate: MemoryEstimate
@@ -65,6 +76,10 @@ class Backend(TaskReads, Protocol):
     def cancel(self, task_id: str) -> Task | None: ...
 
     def devices(self, *, fresh: bool = False) -> list[DeviceView]: ...
+
+    def device_history(self, seconds: float) -> list[DeviceTrace]:
+        """The last `seconds` of this node's devices (other nodes keep their own)."""
+        ...
 
     def calibration(self) -> list[CalibrationRow]: ...
 

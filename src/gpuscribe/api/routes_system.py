@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4
 
@@ -13,6 +13,8 @@ from gpuscribe.api.routes_tasks import BackendDep, error_responses
 from gpuscribe.api.schemas import (
     CalibrationList,
     CalibrationOut,
+    GpuHistoryList,
+    GpuHistoryOut,
     GpuList,
     GpuOut,
     HealthOut,
@@ -42,6 +44,18 @@ def get_queue(backend: BackendDep) -> QueueOut:
 def get_gpus(backend: BackendDep, fresh: bool = False) -> GpuList:
     """Every device: telemetry and gpuscribe's memory ledger. `fresh` reads the devices now."""
     return GpuList(gpus=[GpuOut.of(view) for view in backend.devices(fresh=fresh)])
+
+
+@router.get("/v1/gpus/history", response_model=GpuHistoryList, responses=error_responses(400, 401))
+def get_gpu_history(
+    backend: BackendDep,
+    seconds: Annotated[int, Query(ge=1, le=3600, description="How far back to go.")] = 300,
+) -> GpuHistoryList:
+    """The last minutes of this node's devices, one sample a second: memory (all, other
+    processes', admitted by the ledger, the cap), utilisation, temperature, power. The node
+    keeps the last ten minutes in memory; other nodes' devices are not included."""
+    traces = backend.device_history(seconds)
+    return GpuHistoryList(gpus=[GpuHistoryOut.of(trace) for trace in traces])
 
 
 @router.get("/v1/calibration", response_model=CalibrationList, responses=error_responses(401))

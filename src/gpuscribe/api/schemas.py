@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from gpuscribe.api.backend import CalibrationRow, DeviceView
+from gpuscribe.api.backend import CalibrationRow, DeviceTrace, DeviceView
 from gpuscribe.api.formats import DEFAULT_LINE_COUNT, DEFAULT_LINE_WIDTH
 from gpuscribe.domain import Priority, Task, TaskEvent, TaskState
 from gpuscribe.memory.types import MemoryEstimate
@@ -231,6 +231,43 @@ class GpuOut(BaseModel):
 
 class GpuList(BaseModel):
     gpus: list[GpuOut]
+
+
+class GpuHistoryOut(BaseModel):
+    """One device's samples, oldest first, one list per figure (the lists are as long as `at`)."""
+
+    index: int
+    uuid: str
+    node: str | None
+    at: list[float] = Field(description="When each sample was read, seconds since the epoch.")
+    memory_used_bytes: list[int] = Field(description="Every process on the device.")
+    memory_foreign_bytes: list[int] = Field(description="Processes outside gpuscribe.")
+    memory_reserved_bytes: list[int] = Field(description="What gpuscribe's ledger admitted.")
+    memory_cap_bytes: list[int]
+    utilization_percent: list[float | None]
+    temperature_c: list[float | None]
+    power_watts: list[float | None]
+
+    @classmethod
+    def of(cls, trace: DeviceTrace) -> GpuHistoryOut:
+        samples = trace.samples
+        return cls(
+            index=trace.index,
+            uuid=trace.uuid,
+            node=trace.node or None,
+            at=[round(s.at, 3) for s in samples],
+            memory_used_bytes=[s.memory_used_bytes for s in samples],
+            memory_foreign_bytes=[s.memory_foreign_bytes for s in samples],
+            memory_reserved_bytes=[s.memory_reserved_bytes for s in samples],
+            memory_cap_bytes=[s.memory_cap_bytes for s in samples],
+            utilization_percent=[s.utilization_percent for s in samples],
+            temperature_c=[s.temperature_c for s in samples],
+            power_watts=[s.power_watts for s in samples],
+        )
+
+
+class GpuHistoryList(BaseModel):
+    gpus: list[GpuHistoryOut]
 
 
 class EstimateOut(BaseModel):

@@ -27,7 +27,8 @@ SETTING_FLAGS: dict[str, tuple[str | None, str]] = {
     "data_dir": ("DIR", "where the SQLite store and uploaded audio live"),
     "simulate_gpus": (
         "SPEC",
-        "run on simulated GPUs instead of real ones, e.g. 2x24GiB or 1x80GiB,1x40GiB",
+        "run on simulated GPUs instead of real ones, e.g. 2x24GiB or 1x80GiB,1x40GiB "
+        "(1x24GiB+6GiB: another process holds 6 GiB of it)",
     ),
     "node_name": ("NAME", "this node's name in a shared store"),
     "max_memory_utilization": ("FRACTION", "cap of each GPU's memory that gpuscribe may fill"),

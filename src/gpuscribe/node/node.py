@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from gpuscribe.api.backend import CalibrationRow, DeviceView, QueueFull
+from gpuscribe.api.backend import CalibrationRow, DeviceTrace, DeviceView, QueueFull
 from gpuscribe.api.reads import StoreReads
 from gpuscribe.config import Settings
 from gpuscribe.domain import NewTask, Task, TaskState
@@ -290,6 +290,14 @@ class Node(StoreReads):
                 )
             )
         return views
+
+    def device_history(self, seconds: float) -> list[DeviceTrace]:
+        start = self._clock() - seconds
+        name, history = self.settings.node_name, self._upkeep.history
+        return [
+            DeviceTrace(slot.device.index, slot.uuid, name, history.since(slot.uuid, start))
+            for slot in self.slots.values()
+        ]
 
     def calibration(self) -> list[CalibrationRow]:
         return calibration_rows(self.book, self.estimator, self.slots.values())

@@ -10,6 +10,7 @@ from gpuscribe.node.context import NodeContext
 from gpuscribe.node.devices import DeviceSlot
 from gpuscribe.store.audio import ORPHAN_AGE_SECONDS
 from gpuscribe.telemetry.base import DeviceKind
+from gpuscribe.telemetry.history import DeviceHistory, DeviceSample
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ class Upkeep:
         self._clock = context.clock
         self._wake = context.wake
         self._thresholds = WarningThresholds.of(context.settings)
+        self.history = DeviceHistory()  # the last minutes of each device, for the dashboard
 
     # --- leases ---------------------------------------------------------------------------
     def heartbeat(self) -> None:
@@ -124,8 +126,18 @@ class Upkeep:
             self._metrics.memory_foreign.labels(*labels).set(slot.foreign_bytes())
             if slot.kind is not DeviceKind.CPU:  # the CPU's memory is the whole machine's
                 self._watch_memory(slot, labels)
+            self._record_history(slot)
             if not reading.healthy:
                 log.error("device %s is unhealthy (%s): drained", slot.uuid, reading.error)
+
+    def _record_history(self, slot: DeviceSlot) -> None:
+        sample = DeviceSample.of(
+            slot.reading,
+            foreign_bytes=slot.foreign_bytes(),
+            reserved_bytes=slot.ledger.admitted_bytes,
+            cap_bytes=slot.ledger.cap_bytes,
+        )
+        self.history.record(slot.uuid, sample)
 
     def _watch_memory(self, slot: DeviceSlot, labels: tuple[str, ...]) -> None:
         reading = slot.reading

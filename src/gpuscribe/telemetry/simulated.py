@@ -1,4 +1,5 @@
-"""Simulated GPUs (`--simulate-gpus 2x24GiB`, `1x80GiB:NVIDIA H100 80GB HBM3,1x40GiB`).
+"""Simulated GPUs (`--simulate-gpus 2x24GiB`, `1x80GiB:NVIDIA H100 80GB HBM3,1x40GiB`,
+`1x24GiB+6GiB`: a device on which a process outside gpuscribe holds 6 GiB from the start).
 
 Memory is accounted by owning process, as NVML reports it: simulated workers `allocate` and
 `free` what their tasks would hold, `set_foreign` stands for a process outside gpuscribe. An
@@ -31,7 +32,12 @@ FILE_FOREIGN_PID = 2  # the process of the foreign file (kthreadd: never a gpusc
 FOREIGN_FILE_NAME = "simulated-foreign.json"
 
 _UNITS = {"GIB": 1024**3, "GB": 1000**3, "MIB": 1024**2, "MB": 1000**2}
-_ITEM = re.compile(r"^(?P<count>\d+)\s*x\s*(?P<size>\d+(?:\.\d+)?)\s*(?P<unit>[a-z]+)$", re.I)
+_SIZE = r"\d+(?:\.\d+)?"
+_ITEM = re.compile(
+    rf"^(?P<count>\d+)\s*x\s*(?P<size>{_SIZE})\s*(?P<unit>[a-z]+)"
+    rf"(?:\s*\+\s*(?P<foreign>{_SIZE})\s*(?P<foreign_unit>[a-z]+))?$",
+    re.I,
+)
 
 
 class SimulatedOutOfMemory(RuntimeError):
@@ -46,6 +52,7 @@ class SimulatedGpuLost(RuntimeError):
 class SimulatedDeviceSpec:
     total_bytes: int
     name: str
+    foreign_bytes: int = 0  # held by a process outside gpuscribe from the start
 
 
 def parse_simulation_spec(spec: str) -> list[SimulatedDeviceSpec]:
@@ -61,19 +68,28 @@ def parse_simulation_spec(spec: str) -> list[SimulatedDeviceSpec]:
 def _parse_item(item: str) -> list[SimulatedDeviceSpec]:
     shape, _, name = item.partition(":")
     match = _ITEM.match(shape.strip())
-    hint = "expected <count>x<size><GiB|GB|MiB|MB>[:<name>], e.g. '2x24GiB'"
+    hint = (
+        "expected <count>x<size><GiB|GB|MiB|MB>[+<size held by another process>][:<name>], "
+        "e.g. '2x24GiB' or '1x24GiB+6GiB'"
+    )
     if match is None:
         raise ValueError(f"bad GPU simulation item {item!r}: {hint}")
+    for unit in (match["unit"], match["foreign_unit"]):
+        if unit is not None and unit.upper() not in _UNITS:
+            raise ValueError(f"bad size unit {unit!r} in GPU simulation item {item!r}: {hint}")
     unit = match["unit"].upper()
-    if unit not in _UNITS:
-        raise ValueError(f"bad size unit {match['unit']!r} in GPU simulation item {item!r}: {hint}")
     count = int(match["count"])
     total = int(float(match["size"]) * _UNITS[unit])
     if count < 1 or total < 1:
         raise ValueError(f"GPU simulation item {item!r} needs at least one device of some memory")
+    foreign = 0
+    if match["foreign"] is not None:
+        foreign = int(float(match["foreign"]) * _UNITS[match["foreign_unit"].upper()])
+    if foreign >= total:
+        raise ValueError(f"GPU simulation item {item!r}: the other process holds all its memory")
     label = f"{match['size']}{_canonical_unit(unit)}"
     device_name = name.strip() or f"Simulated GPU {label}"
-    return [SimulatedDeviceSpec(total_bytes=total, name=device_name) for _ in range(count)]
+    return [SimulatedDeviceSpec(total, device_name, foreign) for _ in range(count)]
 
 
 def _canonical_unit(unit: str) -> str:
@@ -103,6 +119,10 @@ class SimulatedGpus:
             _Device(index, f"SIM-{index}-{digest}", device)
             for index, device in enumerate(parse_simulation_spec(spec))
         ]
+        for device in devices:
+            if device.spec.foreign_bytes:
+                device.holders[DEFAULT_FOREIGN_PID] = device.spec.foreign_bytes
+                device.peak = device.spec.foreign_bytes
         self._devices = {device.uuid: device for device in devices}
         self._lock = threading.Lock()
         self._foreign_file = foreign_file
