@@ -191,6 +191,7 @@ def test_task_page_shows_the_transcript(cpu_service: ServiceProcess, audio: Audi
         wait_for(driver, lambda d: d.find_elements("css selector", segments), "the segments")
         page = driver.find_element("tag name", "main").text
         assert task["id"] in page and "completed" in page
+        assert "the CPU on" in page and "GPU 0" not in page  # a node without GPUs ran it
         assert "00:00.0 →" in page  # the first segment's times
         shown = " ".join(e.text for e in driver.find_elements("css selector", segments)).lower()
         first_word = clip.text.split()[0].strip(".,").lower()

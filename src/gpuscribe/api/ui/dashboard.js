@@ -89,7 +89,7 @@ function gpuCard(gpu, running, end) {
   return el("article", { class: `card gpu-card${warning ? " warned" : ""}`,
     "data-uuid": gpu.uuid, "data-index": gpu.index, "data-cap-bytes": gpu.memory_cap_bytes },
     el("header", { class: "gpu-head" },
-      el("h3", {}, el("span", { class: "gpu-index" }, `GPU ${gpu.index}`), " ",
+      el("h3", {}, el("span", { class: "gpu-index" }, gpu.kind === "cpu" ? "CPU" : `GPU ${gpu.index}`), " ",
         el("span", { class: "gpu-name" }, gpu.name)),
       el("span", { class: "gpu-cap", title: "gpuscribe fills the device up to this cap" },
         `cap ${gib(gpu.memory_cap_bytes)} of ${gib(gpu.memory_total_bytes)}`)),

@@ -26,8 +26,9 @@ function renderTask(task) {
   replace($("task-title"), stateBadge(task.state), " ", task.original_filename || "task", " ",
     el("span", { class: "muted small", id: "task-id" }, task.id));
   const o = task.options;
-  const where = task.gpu === null ? "not placed yet"
-    : `GPU ${task.gpu}${task.node ? ` on ${task.node}` : ""}`;
+  const on = task.node ? ` on ${task.node}` : "";
+  const onCpu = task.gpu_uuid === "cpu";  // the CPU device of a node without GPUs
+  const where = task.gpu === null ? "not placed yet" : onCpu ? `the CPU${on}` : `GPU ${task.gpu}${on}`;
   replace($("task"),
     task.state === "running" && el("p", {}, progressBar(task.progress), " ",
       percent(task.progress), task.cancel_requested ? " · cancelling" : ""),
@@ -40,7 +41,8 @@ function renderTask(task) {
       fact("model", `${task.model} (${task.engine})`),
       fact("language", o.language || "detected"), fact("task", o.task),
       fact("audio", `${duration(task.audio_seconds)} · ${task.audio_format}`),
-      fact("GPU", where, task.gpu_uuid ? el("div", { class: "muted small" }, task.gpu_uuid) : null),
+      fact(onCpu ? "device" : "GPU", where,
+        task.gpu_uuid && !onCpu ? el("div", { class: "muted small" }, task.gpu_uuid) : null),
       fact("attempts", `${task.attempts} of ${task.max_attempts}`),
       fact("decoding", `beam ${o.beam_size} · batch ${o.batch_size} · ${o.compute_type}`)),
     !FINAL.has(task.state) && el("p", {},
