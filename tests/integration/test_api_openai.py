@@ -38,7 +38,7 @@ def backend(server: tuple[ApiTestBackend, str]) -> ApiTestBackend:
 
 @pytest.fixture
 def completer(backend: ApiTestBackend) -> Iterator[Completer]:
-    with Completer(backend.store) as running:
+    with Completer(backend) as running:
         yield running
 
 
@@ -161,7 +161,7 @@ def test_failed_task_is_500_and_not_retried(
 ) -> None:
     before = len(backend.submitted)
     with (
-        Completer(backend.store, outcome=lambda task: "decoder exploded"),
+        Completer(backend, outcome=lambda task: "decoder exploded"),
         audio.speech(0).path.open("rb") as file,
         pytest.raises(openai.InternalServerError) as err,
     ):
