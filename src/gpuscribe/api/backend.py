@@ -1,6 +1,7 @@
 """What the HTTP layer needs from a running node: its writes (submit, cancel), its reads
-(`TaskReads`) and its devices. The node implements it; tests may use a node built on the
-in-memory store and simulated GPUs. Routes never reach past it to a store."""
+(`TaskReads`), word of a task becoming final (`watch_final`) and its devices. The node
+implements it; tests may use a node built on the in-memory store and simulated GPUs. Routes
+never reach past it to a store."""
 
 from __future__ import annotations
 
