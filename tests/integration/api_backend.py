@@ -4,7 +4,8 @@ server in a thread.
 `ApiTestBackend` stores submissions in a real store (InMemoryStore unless given), enforces the
 queue limit with `QueueFull`, cancels through the store, and shows two simulated GPUs.
 `Completer` plays the node's part: it claims queued tasks through the store and completes them
-with a transcript (or fails them), so that result and OpenAI paths run end to end. The same
+with a transcript (or fails them), signalling the backend's `FinalTasks` as a node does, so
+that result and OpenAI paths run end to end. The same
 tests can run against the real Node: they use only the `Backend` protocol.
 """
 
@@ -15,6 +16,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 import uvicorn
@@ -27,6 +29,7 @@ from gpuscribe.config import Settings
 from gpuscribe.domain import NewTask, Segment, Task, Transcript, Word
 from gpuscribe.memory.types import GIB, EstimateSource, MemoryEstimate, ProfileKey
 from gpuscribe.metrics import Metrics
+from gpuscribe.node.final_tasks import FinalTasks
 from gpuscribe.store.base import Claim, TaskStore
 from gpuscribe.store.memory import InMemoryStore
 from gpuscribe.telemetry.base import DeviceKind, DeviceReading
@@ -67,6 +70,7 @@ class ApiTestBackend(StoreReads):
     retry_after_seconds: int = 7
     is_healthy: bool = True
     submitted: list[NewTask] = field(default_factory=list)
+    finals: FinalTasks = field(default_factory=FinalTasks)
 
     @property
     def default_engine(self) -> str:
@@ -82,7 +86,13 @@ class ApiTestBackend(StoreReads):
         return task, created
 
     def cancel(self, task_id: str) -> Task | None:
-        return self.store.cancel(task_id, now=time.time())
+        task = self.store.cancel(task_id, now=time.time())
+        if task is not None and task.state.is_final:
+            self.finals.signal(task_id)
+        return task
+
+    def watch_final(self, task_id: str, notify: Callable[[], None]) -> AbstractContextManager[None]:
+        return self.finals.watch(task_id, notify)
 
     def devices(self, *, fresh: bool = False) -> list[DeviceView]:
         return [self._device(i) for i in range(2)]
@@ -144,11 +154,13 @@ Outcome = Callable[[Task], Transcript | str]
 
 
 class Completer:
-    """Claims queued tasks through the store and completes them (a str outcome fails the task).
-    `paused` leaves tasks queued; `hold` leaves claimed tasks running."""
+    """Claims queued tasks through the backend's store and completes them (a str outcome fails
+    the task), then signals them final. `paused` leaves tasks queued; `hold` leaves claimed
+    tasks running."""
 
-    def __init__(self, store: TaskStore, outcome: Outcome = sample_transcript) -> None:
-        self.store = store
+    def __init__(self, backend: ApiTestBackend, outcome: Outcome = sample_transcript) -> None:
+        self.store = backend.store
+        self.finals = backend.finals
         self.outcome = outcome
         self.paused = threading.Event()
         self.hold = threading.Event()
@@ -184,6 +196,7 @@ class Completer:
             self.store.fail(task.id, token, outcome, retry_at=None, now=now)
         else:
             self.store.complete(task.id, token, outcome, peak_bytes=350 * 1024**2, now=now)
+        self.finals.signal(task.id)
 
 
 def make_app(data_dir: str, **overrides: object) -> tuple[ApiTestBackend, FastAPI]:

@@ -30,7 +30,7 @@ def _app(tmp_path: Path, **settings: Any) -> tuple[ApiTestBackend, TestClient]:
 def cpu(tmp_path: Path) -> Iterator[tuple[ApiTestBackend, TestClient]]:
     """A server as on a CPU machine: only the bundled tiny.en is available."""
     backend, client = _app(tmp_path)
-    with Completer(backend.store):
+    with Completer(backend):
         yield backend, client
 
 
@@ -38,7 +38,7 @@ def cpu(tmp_path: Path) -> Iterator[tuple[ApiTestBackend, TestClient]]:
 def simulated(tmp_path: Path) -> Iterator[tuple[ApiTestBackend, TestClient]]:
     """A server on simulated GPUs: every known model is available."""
     backend, client = _app(tmp_path, simulate_gpus="2x24GiB")
-    with Completer(backend.store):
+    with Completer(backend):
         yield backend, client
 
 

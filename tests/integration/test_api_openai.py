@@ -3,16 +3,30 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import httpx
 import openai
 import pytest
-from api_backend import TEST_TEXT, ApiTestBackend, Completer, make_app, serve_in_thread
-from openai.types.audio import TranslationVerbose
+from api_backend import (
+    TEST_TEXT,
+    ApiTestBackend,
+    Completer,
+    make_app,
+    sample_transcript,
+    serve_in_thread,
+)
+from openai.types.audio import Transcription, TranslationVerbose
 
+from gpuscribe.api import routes_openai
+from gpuscribe.api.app import create_app
+from gpuscribe.config import Settings
+from gpuscribe.domain import Task, TaskState
+from gpuscribe.store.base import Claim
 from support.audio import AudioSet
 
 KEY = "sk-test-key"
@@ -38,7 +52,7 @@ def backend(server: tuple[ApiTestBackend, str]) -> ApiTestBackend:
 
 @pytest.fixture
 def completer(backend: ApiTestBackend) -> Iterator[Completer]:
-    with Completer(backend.store) as running:
+    with Completer(backend) as running:
         yield running
 
 
@@ -161,7 +175,7 @@ def test_failed_task_is_500_and_not_retried(
 ) -> None:
     before = len(backend.submitted)
     with (
-        Completer(backend.store, outcome=lambda task: "decoder exploded"),
+        Completer(backend, outcome=lambda task: "decoder exploded"),
         audio.speech(0).path.open("rb") as file,
         pytest.raises(openai.InternalServerError) as err,
     ):
@@ -220,3 +234,85 @@ def test_audio_is_durable_in_the_audio_dir(backend: ApiTestBackend) -> None:
     paths = [Path(new.audio_path) for new in backend.submitted]
     assert paths and all(p.parent == backend.settings.audio_dir for p in paths)
     assert not list(backend.settings.audio_dir.glob(".upload-*"))
+
+
+# --- waiting for the task ---------------------------------------------------------------------
+@dataclass
+class CountingBackend(ApiTestBackend):
+    """Counts the route's reads of each task."""
+
+    reads: dict[str, int] = field(default_factory=dict)
+
+    def task(self, task_id: str) -> Task | None:
+        self.reads[task_id] = self.reads.get(task_id, 0) + 1
+        return super().task(task_id)
+
+    def only_task(self) -> Task:
+        (task,) = self.store.list_tasks()
+        return task
+
+
+@pytest.fixture
+def counting(tmp_path: Path) -> Iterator[tuple[CountingBackend, openai.OpenAI]]:
+    settings = Settings(data_dir=str(tmp_path / "data"), task_timeout_seconds=60.0).validate()
+    settings.audio_dir.mkdir(parents=True)
+    backend = CountingBackend(settings)
+    with (
+        serve_in_thread(create_app(backend)) as url,
+        openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0) as oai,
+    ):
+        yield backend, oai
+
+
+def transcribe_in_background(
+    pool: ThreadPoolExecutor, client: openai.OpenAI, audio: AudioSet
+) -> Future[Transcription]:
+    data = audio.speech(0).path.read_bytes()
+    return pool.submit(client.audio.transcriptions.create, model="whisper-1", file=("a.wav", data))
+
+
+def until(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def test_the_answer_comes_when_the_node_signals_the_task_final(
+    counting: tuple[CountingBackend, openai.OpenAI],
+    audio: AudioSet,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the fallback read out of reach, only the node's signal can end the wait: the route
+    reads the task once at first and once when signalled, however long the task runs."""
+    backend, client = counting
+    monkeypatch.setattr(routes_openai, "FALLBACK_READ_SECONDS", 3600.0)
+    with ThreadPoolExecutor(1) as pool, Completer(backend) as completer:  # it stops first
+        completer.hold.set()
+        answer = transcribe_in_background(pool, client, audio)
+        until(lambda: bool(backend.reads) and backend.only_task().state is TaskState.RUNNING)
+        time.sleep(1.5)  # the task runs on; the route used to read it 30 times meanwhile
+        assert backend.reads == {backend.only_task().id: 1}
+        completer.hold.clear()
+        assert answer.result().text == TEST_TEXT
+    assert backend.reads == {backend.only_task().id: 2}
+
+
+def test_a_task_finished_by_another_node_is_found_by_the_fallback_read(
+    counting: tuple[CountingBackend, openai.OpenAI], audio: AudioSet
+) -> None:
+    """Another node of a cluster completes it through the store alone: no signal here."""
+    backend, client = counting
+    with ThreadPoolExecutor(1) as pool:
+        answer = transcribe_in_background(pool, client, audio)
+        until(lambda: bool(backend.reads))
+        task = backend.only_task()
+        claim = Claim(task.id, "node-b", 0, "GPU-sim-0", 400 * 1024**2, lease_seconds=60)
+        claimed = backend.store.claim(claim, now=time.time())
+        assert claimed is not None and claimed.lease_token is not None
+        transcript = sample_transcript(claimed)
+        backend.store.complete(
+            task.id, claimed.lease_token, transcript, peak_bytes=None, now=time.time()
+        )
+        assert answer.result().text == TEST_TEXT
+    assert backend.reads[task.id] >= 2

@@ -32,7 +32,7 @@ def long_transcript(task: Task) -> Transcript:
 @pytest.fixture
 def app(tmp_path: Path) -> Iterator[tuple[ApiTestBackend, TestClient]]:
     backend, application = make_app(str(tmp_path / "data"), task_timeout_seconds=5.0)
-    with Completer(backend.store, outcome=long_transcript):
+    with Completer(backend, outcome=long_transcript):
         yield backend, TestClient(application)
 
 

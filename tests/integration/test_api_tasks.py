@@ -75,7 +75,7 @@ def client(backend_app: tuple[ApiTestBackend, TestClient]) -> TestClient:
 
 @pytest.fixture
 def completer(backend: ApiTestBackend) -> Iterator[Completer]:
-    with Completer(backend.store) as running:
+    with Completer(backend) as running:
         yield running
 
 
@@ -242,7 +242,7 @@ def test_result_while_queued_or_running_is_409(
 def test_result_of_failed_task_is_its_error(
     client: TestClient, backend: ApiTestBackend, audio: AudioSet
 ) -> None:
-    with Completer(backend.store, outcome=lambda task: "the decoder crashed"):
+    with Completer(backend, outcome=lambda task: "the decoder crashed"):
         task_id = post(client, audio.speech(0).path).json()["id"]
         task = wait_state(client, task_id, "failed")
     assert task["error"] == "the decoder crashed"

@@ -3,6 +3,7 @@ running, over SQLite in a temporary directory (or the in-memory store where said
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -142,6 +143,17 @@ def test_a_submitted_task_completes_with_a_simulated_result(make_node: Callable[
     assert counter(node, "gpuscribe_submissions_total", outcome="duplicate") == 1
 
 
+def test_a_task_its_worker_completes_is_signalled_final(make_node: Callable[..., Node]) -> None:
+    node = make_node()
+    task, _ = node.submit(new_task(node.settings, "a"))  # watched before it can run
+    finished = threading.Event()
+    with node.watch_final(task.id, finished.set):
+        node.start()
+        assert finished.wait(timeout=10)
+        assert node.store.get(task.id).state is TaskState.COMPLETED  # type: ignore[union-attr]
+    assert len(node.finals) == 0  # nobody watches it any more
+
+
 def test_many_tasks_complete_and_nothing_stays_charged(make_node: Callable[..., Node]) -> None:
     node = make_node(store=InMemoryStore(), max_tasks_per_gpu=2)
     node.start()
@@ -178,10 +190,13 @@ def test_cancel_of_a_queued_task(make_node: Callable[..., Node]) -> None:
     node = make_node(store=InMemoryStore())  # not started: the task stays queued
     new = new_task(node.settings, "a")
     task, _ = node.submit(new)
+    seen: list[str] = []
 
-    cancelled = node.cancel(task.id)
+    with node.watch_final(task.id, lambda: seen.append(task.id)):
+        cancelled = node.cancel(task.id)
 
     assert cancelled is not None and cancelled.state is TaskState.CANCELLED
+    assert seen == [task.id]  # who waits for it is told at once
     assert node.store.get(task.id).state is TaskState.CANCELLED  # type: ignore[union-attr]
     assert not Path(new.audio_path).exists()
     assert node.cancel("no-such-task") is None

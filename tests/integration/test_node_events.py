@@ -19,6 +19,7 @@ from gpuscribe.memory.types import GIB, MIB, MemoryEstimate, ModelKey, ProfileKe
 from gpuscribe.metrics import Metrics
 from gpuscribe.node.devices import DeviceSlot
 from gpuscribe.node.events import OOM_RAISE_FACTOR, EventHandler, local_failure_error
+from gpuscribe.node.final_tasks import FinalTasks
 from gpuscribe.node.oom_floors import OomFloors
 from gpuscribe.node.parts import build_parts
 from gpuscribe.node.running import RunningTask, RunningTasks
@@ -62,6 +63,7 @@ class Rig:
     audio_dir: Path
     oom_floors: OomFloors = field(default_factory=OomFloors)
     wakes: list[None] = field(default_factory=list)
+    finals: FinalTasks = field(default_factory=FinalTasks)
 
     @property
     def uuids(self) -> list[str]:
@@ -138,7 +140,7 @@ def rig(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Rig]:
     yield Rig(
         settings, store, gpus, parts.context.slots, parts.context.running, parts.book,
         parts.context.metrics, parts.estimator, clock, parts.events, audio_dir,
-        parts.context.oom_floors, wakes,
+        parts.context.oom_floors, wakes, parts.context.finals,
     )  # fmt: skip
     store.close()
 
@@ -438,6 +440,34 @@ def test_a_task_whose_cancel_was_requested_ends_cancelled(rig: Rig, kind: Failur
     assert not rig.audio(r.task_id).exists()
     assert rig.counter("gpuscribe_task_latency_seconds_count", outcome="cancelled") == 1
     assert rig.counter("gpuscribe_task_retries_total", reason=kind.value) == 0
+
+
+@pytest.mark.parametrize(
+    ("kind", "cancel", "state"),
+    [
+        (None, False, TaskState.COMPLETED),
+        (FailureKind.BAD_INPUT, False, TaskState.FAILED),
+        (FailureKind.CANCELLED, True, TaskState.CANCELLED),
+        (FailureKind.TRANSIENT, False, TaskState.QUEUED),  # a retry: not final, not signalled
+    ],
+)
+def test_a_task_that_ends_here_is_signalled_final_to_its_watchers(
+    rig: Rig, kind: FailureKind | None, cancel: bool, state: TaskState
+) -> None:
+    r = rig.start_task()
+    if cancel:
+        rig.store.cancel(r.task_id, now=rig.clock())
+    event = (
+        rig.completed(r, working=None, ran_alone=False)
+        if kind is None
+        else TaskFailed(r.task_id, r.token, kind, "stopped")
+    )
+    seen: list[str] = []
+    with rig.finals.watch(r.task_id, lambda: seen.append(r.task_id)):
+        rig.handler.handle(r.device_uuid, event)
+    task = rig.store.get(r.task_id)
+    assert task is not None and task.state is state
+    assert seen == ([r.task_id] if state.is_final else [])
 
 
 # --- worker and model events ------------------------------------------------------------------

@@ -218,6 +218,16 @@ def test_the_audio_of_an_impossible_task_is_deleted(make_rig: Any) -> None:
     assert not (rig.audio_dir / "big.wav").exists()
 
 
+def test_an_impossible_task_is_signalled_final_to_its_watchers(make_rig: Any) -> None:
+    rig = make_rig(f"1x4GiB:{GPU_NAME}")
+    rig.start_workers()
+    big = rig.submit("big", LARGE, 30.0)
+    seen: list[str] = []
+    with rig.context.finals.watch(big, lambda: seen.append(big)):
+        rig.scheduler().run_once()
+    assert seen == [big]
+
+
 # --- waiting ----------------------------------------------------------------------------------
 def test_tasks_wait_with_a_reason_while_no_worker_is_ready(make_rig: Any) -> None:
     rig = make_rig()

@@ -21,6 +21,7 @@ from gpuscribe.memory.profiles import REFERENCE_CONTEXT_BYTES
 from gpuscribe.memory.types import GIB
 from gpuscribe.metrics import Metrics
 from gpuscribe.node.devices import DeviceSlot
+from gpuscribe.node.final_tasks import FinalTasks
 from gpuscribe.node.parts import build_parts
 from gpuscribe.node.running import RunningTasks
 from gpuscribe.node.scheduler import SchedulerPass
@@ -102,6 +103,7 @@ class Rig:
     upkeep: Upkeep
     audio_dir: Path
     wakes: list[None] = field(default_factory=list)
+    finals: FinalTasks = field(default_factory=FinalTasks)
 
     @property
     def uuids(self) -> list[str]:
@@ -162,7 +164,7 @@ def build_rig(
         slot.worker.start()
     return Rig(
         settings, shared.store, gpus, dict(shared.slots), shared.running, shared.metrics, clock,
-        parts.scheduler, upkeep, audio_dir, wakes,
+        parts.scheduler, upkeep, audio_dir, wakes, shared.finals,
     )  # fmt: skip
 
 
@@ -419,9 +421,12 @@ def test_recover_fails_an_expired_lease_on_its_last_attempt(make_rig: Callable[.
     task_id = rig.submit("a", max_attempts=1)
     claim_elsewhere(rig, task_id)
     rig.clock.now = T0 + 61
-    rig.upkeep.recover()
+    seen: list[str] = []
+    with rig.finals.watch(task_id, lambda: seen.append(task_id)):
+        rig.upkeep.recover()
     task = rig.store.get(task_id)
     assert task is not None and task.state is TaskState.FAILED
+    assert seen == [task_id]  # its waiters are told
 
 
 def test_prune_deletes_old_final_tasks_and_their_audio(make_rig: Callable[..., Rig]) -> None:

@@ -1,9 +1,12 @@
 """What the HTTP layer needs from a running node: its writes (submit, cancel), its reads
-(`TaskReads`) and its devices. The node implements it; tests may use a node built on the
-in-memory store and simulated GPUs. Routes never reach past it to a store."""
+(`TaskReads`), word of a task becoming final (`watch_final`) and its devices. The node
+implements it; tests may use a node built on the in-memory store and simulated GPUs. Routes
+never reach past it to a store."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -74,6 +77,13 @@ class Backend(TaskReads, Protocol):
         ...
 
     def cancel(self, task_id: str) -> Task | None: ...
+
+    def watch_final(self, task_id: str, notify: Callable[[], None]) -> AbstractContextManager[None]:
+        """While the block runs, `notify` is called (on the thread that made the task final;
+        it must return at once) when the task becomes final on this node: read it again then.
+        It may be called when nothing changed, and is not called for a task that finishes on
+        another node of a cluster, which only the store shows."""
+        ...
 
     def devices(self, *, fresh: bool = False) -> list[DeviceView]: ...
 

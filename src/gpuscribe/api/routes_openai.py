@@ -1,15 +1,16 @@
 """OpenAI-compatible `POST /v1/audio/transcriptions` and `/v1/audio/translations`.
 
-They take OpenAI's form fields, submit a normal-priority task and wait for it (asking the node
-without blocking the event loop, up to `settings.task_timeout_seconds`), then answer in OpenAI's
-shapes, so the official `openai` client works unchanged. `whisper-1` means the default model; an
-unknown model is OpenAI's 404 `model_not_found`. gpuscribe's own fields (priority, beam_size, ...)
-are validated as on `/v1/tasks`. Answers that a retry cannot mend carry
-`x-should-retry: false`, which the OpenAI client obeys (a retry would upload the audio again).
+They take OpenAI's form fields, submit a normal-priority task and wait for it (woken by the node
+when it is final, without blocking the event loop, up to `settings.task_timeout_seconds`), then
+answer in OpenAI's shapes, so the official `openai` client works unchanged. `whisper-1` means
+the default model; an unknown model is OpenAI's 404 `model_not_found`. gpuscribe's own fields
+(priority, beam_size, ...) are validated as on `/v1/tasks`. Answers that a retry cannot mend
+carry `x-should-retry: false`, which the OpenAI client obeys (a retry would upload the audio again).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping
@@ -40,7 +41,7 @@ from gpuscribe.languages import check_language
 
 log = logging.getLogger(__name__)
 
-POLL_SECONDS = 0.05
+FALLBACK_READ_SECONDS = 2.0  # how late a task finished on another node may be seen
 DISCONNECT_CHECK_SECONDS = 1.0
 GRANULARITIES = "timestamp_granularities[]"
 NO_RETRY = {"x-should-retry": "false"}
@@ -142,25 +143,71 @@ def openai_model(name: str, engine: str, settings: Settings) -> str:
 
 
 async def wait_final(request: Request, backend: Backend, task_id: str) -> Task:
-    """Ask the node until the task is final: the API's one poll (a task may finish on any
-    node of the cluster, which only the store sees). 504 after `task_timeout_seconds` (the
-    task goes on); a client that hangs up has its task cancelled."""
-    timeout = backend.settings.task_timeout_seconds
-    start = time.monotonic()
-    next_check = start + DISCONNECT_CHECK_SECONDS
-    while True:
-        task = await run_in_threadpool(backend.task, task_id)
-        if task is None:
-            raise ApiError(500, f"task {task_id} disappeared from the store", headers=NO_RETRY)
-        if task.state.is_final:
-            return task
-        now = time.monotonic()
-        if now - start > timeout:
-            raise _timed_out(task_id, timeout)
-        if now >= next_check:
-            next_check = now + DISCONNECT_CHECK_SECONDS
-            await _cancel_if_gone(request, backend, task_id)
-        await anyio.sleep(POLL_SECONDS)
+    """The task once it is final. The node says when it finishes there
+    (`Backend.watch_final`, watched before the first read, so no signal is missed) and the task
+    is read then; a task that finishes on another node of a cluster, which only the store
+    sees, is found by a read every `FALLBACK_READ_SECONDS`. 504 after `task_timeout_seconds`
+    (the task goes on); a client that hangs up has its task cancelled."""
+    waiting = _Waiting(request, backend, task_id)
+    with backend.watch_final(task_id, waiting.finished.set):
+        return await waiting.until_final()
+
+
+class _Waiting:
+    """One request's wait: when to read the task again, when to look at the client."""
+
+    def __init__(self, request: Request, backend: Backend, task_id: str) -> None:
+        self.finished = _LoopEvent()
+        self._request, self._backend, self._task_id = request, backend, task_id
+        self._timeout = backend.settings.task_timeout_seconds
+        start = time.monotonic()
+        self._deadline = start + self._timeout
+        self._next_check = start + DISCONNECT_CHECK_SECONDS
+
+    async def until_final(self) -> Task:
+        while True:
+            self.finished.clear()  # before the read: a signal during it means read again
+            task = await run_in_threadpool(self._backend.task, self._task_id)
+            if task is None:
+                message = f"task {self._task_id} disappeared from the store"
+                raise ApiError(500, message, headers=NO_RETRY)
+            if task.state.is_final:
+                return task
+            if time.monotonic() >= self._deadline:
+                raise _timed_out(self._task_id, self._timeout)
+            await self._until_read_due()
+
+    async def _until_read_due(self) -> None:
+        """Until the node signals, the fallback read is due or the deadline comes; the client
+        is looked at every DISCONNECT_CHECK_SECONDS meanwhile."""
+        read_at = min(time.monotonic() + FALLBACK_READ_SECONDS, self._deadline)
+        while not self.finished.is_set() and (now := time.monotonic()) < read_at:
+            if now >= self._next_check:
+                self._next_check = now + DISCONNECT_CHECK_SECONDS
+                await _cancel_if_gone(self._request, self._backend, self._task_id)
+            with anyio.move_on_after(min(read_at, self._next_check) - now):
+                await self.finished.wait()
+
+
+class _LoopEvent:
+    """An event of the request's event loop that any thread may set: the node signals a final
+    task from its own threads. Waiting on it holds no thread."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._event = asyncio.Event()
+
+    def set(self) -> None:
+        self._loop.call_soon_threadsafe(self._event.set)
+
+    def clear(self) -> None:
+        self._event.clear()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
 
 
 def _timed_out(task_id: str, timeout: float) -> ApiError:

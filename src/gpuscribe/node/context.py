@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from gpuscribe.config import Settings
 from gpuscribe.metrics import Metrics
 from gpuscribe.node.devices import DeviceSlot
+from gpuscribe.node.final_tasks import FinalTasks
 from gpuscribe.node.oom_floors import OomFloors
 from gpuscribe.node.running import RunningTasks
 from gpuscribe.store.audio import AudioStore
@@ -28,3 +29,4 @@ class NodeContext:
     oom_floors: OomFloors
     clock: Callable[[], float]
     wake: Callable[[], None]  # tells the scheduler to run a pass
+    finals: FinalTasks  # told of each task that becomes final here (its waiters wake)

@@ -1,4 +1,5 @@
-"""What a node does with each event its workers send: store the outcome, free the ledger, learn.
+"""What a node does with each event its workers send: store the outcome, free the ledger, learn,
+and tell the task's waiters (`FinalTasks`) once it is final.
 
 Every store update names the lease token; an event for a lease this node no longer holds
 changes nothing.
@@ -51,6 +52,7 @@ class EventHandler:
         self._oom_floors = context.oom_floors
         self._wake = context.wake
         self._clock = context.clock
+        self._finals = context.finals
         self._rng = random.Random()
 
     def handle(self, device_uuid: str, event: WorkerEvent) -> None:
@@ -110,6 +112,8 @@ class EventHandler:
             now=now,
         )
         self._wake()
+        if stored:
+            self._finals.signal(event.task_id)
         if not stored or task is None:
             log.warning("task %s completed under a lease it no longer holds", event.task_id)
             return
@@ -160,6 +164,7 @@ class EventHandler:
             current is not None and current.cancel_requested
         ):
             self._store.finish_cancel(event.task_id, event.lease_token, now=now)
+            self._finals.signal(event.task_id)
             self._observe_finish(task, "cancelled", now)
             self._delete_audio(event.task_id)
             return
@@ -176,6 +181,7 @@ class EventHandler:
         if outcome is None:  # the lease moved on meanwhile: the task is what the store says
             outcome = self._store.get(event.task_id)
         if outcome is not None and outcome.state.is_final:
+            self._finals.signal(event.task_id)
             self._observe_finish(task, "failed", now)
             self._delete_audio(event.task_id, outcome)
         else:

@@ -8,6 +8,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
 
@@ -73,6 +74,7 @@ class Node(StoreReads):
         self.book = parts.book
         self.estimator = parts.estimator
         self.slots = shared.slots
+        self.finals = shared.finals
         self._pass = parts.scheduler
         self._upkeep = parts.upkeep
         self._started_at = clock()
@@ -188,13 +190,15 @@ class Node(StoreReads):
         now = self._clock()
         for task in self.store.list_tasks(state=TaskState.RUNNING, limit=100_000):
             if task.node == self.settings.node_name and task.lease_token:
-                self.store.fail(
+                outcome = self.store.fail(
                     task.id,
                     task.lease_token,
                     "the node restarted while it ran",
                     retry_at=now,
                     now=now,
                 )
+                if outcome is not None and outcome.state.is_final:  # its attempts were spent
+                    self.finals.signal(task.id)
                 log.warning("requeued task %s, which was running when this node stopped", task.id)
 
     def _sweep_orphan_audio(self) -> None:
@@ -257,8 +261,13 @@ class Node(StoreReads):
         if task.state is TaskState.RUNNING and task.node == self.settings.node_name:
             self._upkeep.stop_cancelled()
         if task.state is TaskState.CANCELLED:
+            self.finals.signal(task_id)
             self.audio.delete(task.audio_path)
         return task
+
+    def watch_final(self, task_id: str, notify: Callable[[], None]) -> AbstractContextManager[None]:
+        """`notify` is called when the task becomes final on this node (`FinalTasks`)."""
+        return self.finals.watch(task_id, notify)
 
     def devices(self, *, fresh: bool = False) -> list[DeviceView]:
         """Every live node's devices: this node's read now (or from a short cache), the others'

@@ -15,6 +15,7 @@ from gpuscribe.metrics import Metrics
 from gpuscribe.node.context import NodeContext
 from gpuscribe.node.devices import build_slot, select_devices
 from gpuscribe.node.events import EventHandler
+from gpuscribe.node.final_tasks import FinalTasks
 from gpuscribe.node.oom_floors import OomFloors
 from gpuscribe.node.running import RunningTasks
 from gpuscribe.node.scheduler import SchedulerPass
@@ -77,7 +78,7 @@ def build_parts(
         audio = open_audio_store(store, settings.audio_dir)
     context = NodeContext(
         settings, store, audio, telemetry, Metrics(), slots, RunningTasks(), OomFloors(), clock,
-        wake,
+        wake, FinalTasks(),
     )  # fmt: skip
     events = EventHandler(context, book)
     estimator = _estimator(settings, book)

@@ -48,6 +48,7 @@ class SchedulerPass:
         self._metrics = context.metrics
         self._oom_floors = context.oom_floors
         self._clock = context.clock
+        self._finals = context.finals
         self._wait_reasons: dict[str, str | None] = {}
 
     def run_once(self) -> int:
@@ -100,6 +101,7 @@ class SchedulerPass:
                 continue
             self._metrics.scheduling_attempts.labels("rejected").inc()
             if self._store.fail_queued(task_id, verdict, now=now):
+                self._finals.signal(task_id)
                 self._audio.delete(task.audio_path)
             log.warning("task %s can never fit: %s", task_id, verdict)
         self._metrics.scheduling_attempts.labels("waiting").inc(len(waiting))

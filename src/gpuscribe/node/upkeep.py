@@ -28,6 +28,7 @@ class Upkeep:
         self._metrics = context.metrics
         self._clock = context.clock
         self._wake = context.wake
+        self._finals = context.finals
         self._thresholds = WarningThresholds.of(context.settings)
         self.history = DeviceHistory()  # the last minutes of each device, for the dashboard
 
@@ -98,7 +99,10 @@ class Upkeep:
             worker.kill_task(task_id)
 
     def recover(self) -> None:
+        """Expired leases go back to the queue, or fail once their attempts are spent: their
+        waiters are told either way (a requeued task's read again, still not final)."""
         recovered = self._store.recover_expired(now=self._clock())
+        self._finals.signal_all(recovered)
         if recovered:
             log.warning("recovered %d task(s) whose lease ran out: %s", len(recovered), recovered)
             self._wake()
