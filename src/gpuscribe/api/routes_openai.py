@@ -41,7 +41,7 @@ from gpuscribe.languages import check_language
 
 log = logging.getLogger(__name__)
 
-FALLBACK_READ_SECONDS = 2.0  # how late a task finished on another node may be seen
+FALLBACK_READ_SECONDS = 0.5  # how late a task finished on another node may be seen
 DISCONNECT_CHECK_SECONDS = 1.0
 GRANULARITIES = "timestamp_granularities[]"
 NO_RETRY = {"x-should-retry": "false"}
