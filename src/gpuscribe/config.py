@@ -137,7 +137,24 @@ class Settings:
                 raise ConfigError(
                     f"invalid setting {name}={getattr(self, name)!r}: {problem}", name
                 )
+        self._check_warning_level()
         return self
+
+    def _check_warning_level(self) -> None:
+        """A memory warning ends once used memory is below the level less the clear margin:
+        at or below zero it could never end, and the GPU would take no task again."""
+        level, margin = self.memory_warning_level, self.memory_warning_clear_margin
+        if margin < level:
+            return
+        name = (
+            "memory_warning_fraction" if self.memory_warning_fraction else "max_memory_utilization"
+        )
+        raise ConfigError(
+            f"invalid setting {name}={getattr(self, name)!r}: the memory warning level "
+            f"({level:g} of a GPU's memory) must be above memory_warning_clear_margin "
+            f"({margin:g}), or a warning could never end",
+            name,
+        )
 
 
 _RULES: list[tuple[str, Callable[[Any], bool], str]] = [

@@ -14,13 +14,13 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gpuscribe.memory.types import GIB
 from gpuscribe.telemetry.simulated import FOREIGN_FILE_NAME
 from support.audio import AudioSet
 from support.server import ServiceProcess, get_task, submit
 
 pytestmark = pytest.mark.slow
 
-GIB = 1024**3
 ENV = {
     "GPUSCRIBE_SIMULATION_SPEED": "20",  # a 20 min file runs for a minute: longer than the test
     "MAX_TASKS_PER_GPU": "2",

@@ -17,6 +17,7 @@ import pytest
 from gpuscribe.config import load_settings
 from gpuscribe.domain import NewTask, Priority, Task, TaskState, TranscriptionOptions
 from gpuscribe.memory.estimator import profile_key_for
+from gpuscribe.memory.types import GIB
 from gpuscribe.node.node import Node
 from gpuscribe.telemetry.base import DeviceKind, DeviceReading
 from gpuscribe.telemetry.nvml import NvmlTelemetry
@@ -31,8 +32,6 @@ from gpuscribe.workers.messages import (
 )
 
 pytestmark = pytest.mark.gpu
-
-GIB = 1024**3
 
 
 def _wav(path: Path, seconds: float) -> Path:

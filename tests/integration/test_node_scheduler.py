@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from gpuscribe.config import Settings, load_settings
-from gpuscribe.domain import NewTask, Priority, TaskState, TranscriptionOptions
+from gpuscribe.domain import NewTask, Priority, Task, TaskState, TranscriptionOptions
 from gpuscribe.memory.estimator import Estimator
 from gpuscribe.memory.ledger import DeviceLedger
 from gpuscribe.memory.profiles import REFERENCE_CONTEXT_BYTES
@@ -319,10 +319,9 @@ def test_a_claim_that_fails_charges_nothing(make_rig: Any) -> None:
     assert task is not None and task.state is TaskState.CANCELLED
     assert rig.running.get(task_id) is None
     snap = ledger.snapshot()
-    assert snap.tasks == () and snap.tasks_running == 0
-    # the working charge is gone; what stays is the (idle, evictable) model's weights
-    assert ledger.admitted_bytes == context_only + sum(m.weights_bytes for m in snap.models)
-    assert all(m.running == 0 for m in snap.models)
+    # the plan charged a copy: the real ledger never saw the task nor its model
+    assert snap.tasks == () and snap.tasks_running == 0 and snap.models == ()
+    assert ledger.admitted_bytes == context_only
     assert rig.counter("gpuscribe_scheduling_total", outcome="placed") == 0
 
 
@@ -361,6 +360,39 @@ def test_a_claimed_task_the_ledger_then_refuses_goes_back_to_the_queue(make_rig:
         Claim(task_id, "node-b", 0, "GPU-b0", 1, rig.settings.lease_seconds), now=rig.clock()
     )
     assert again is not None and again.attempts == 1
+
+
+class CancelledOnceClaimed(InMemoryStore):
+    """A client's cancel landing just after the pass claimed its tasks, before it charges them
+    (a real store; only the moment of the cancel is chosen)."""
+
+    def claim_window(self, **kwargs: Any) -> tuple[list[Task], list[Task]]:
+        window, claimed = super().claim_window(**kwargs)
+        for task in claimed:
+            self.cancel(task.id, now=kwargs["now"])
+        return window, claimed
+
+
+def test_a_claim_given_back_after_a_cancel_ends_the_task_and_deletes_its_audio(
+    make_rig: Any,
+) -> None:
+    """A cancel of a claimed task is a flag; when the claim is then given back, the store
+    cancels the task for good: its audio goes as any cancelled task's does."""
+    rig = make_rig(f"1x24GiB:{GPU_NAME}")
+    rig.start_workers()
+    store = CancelledOnceClaimed()
+    audio = rig.audio_dir / "a.wav"
+    audio.write_bytes(b"RIFF")
+    task, _ = store.add(NewTask(Priority.NORMAL, TINY, str(audio), LONG_AUDIO, "wav"), now=T0)
+    scheduler = rig.scheduler(oom_floors=MeasureWhenEstimated(rig.ledger(0)), store=store)
+
+    assert scheduler.run_once() == 0
+
+    final = store.get(task.id)
+    assert final is not None and final.state is TaskState.CANCELLED and final.attempts == 0
+    assert not audio.exists()
+    assert rig.running.get(task.id) is None and rig.ledger(0).snapshot().tasks == ()
+    assert final.wait_reason is None
 
 
 def test_a_retry_after_out_of_memory_is_claimed_with_the_raised_working_floor(

@@ -126,6 +126,26 @@ def test_relative_data_dir_is_made_absolute(tmp_path: Path) -> None:
     assert settings.store_url == f"sqlite:///{conf / 'state' / 'gpuscribe.db'}"
 
 
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"GPUSCRIBE_MEMORY_WARNING_FRACTION": "0.05"}, "GPUSCRIBE_MEMORY_WARNING_FRACTION"),
+        ({"MAX_MEMORY_UTILIZATION": "0.08"}, "MAX_MEMORY_UTILIZATION"),  # level 0.04 by default
+    ],
+)
+def test_a_warning_level_at_or_below_the_clear_margin_is_refused(
+    tmp_path: Path, env: dict[str, str], named: str
+) -> None:
+    """Calm means used memory below the level less the margin: with nothing above zero to get
+    below, a warning would never end and its GPU would take no task again."""
+    with pytest.raises(ConfigError) as raised:
+        load(env, tmp_path)
+    message = str(raised.value)
+    assert f"environment variable {named}" in message
+    assert "must be above memory_warning_clear_margin (0.05)" in message
+    assert load({**env, "GPUSCRIBE_MEMORY_WARNING_CLEAR_MARGIN": "0.01"}, tmp_path)
+
+
 def test_memory_warning_settings_read_sizes_and_follow_the_cap(tmp_path: Path) -> None:
     settings = load(
         {

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from gpuscribe.memory.types import GIB
 from gpuscribe.telemetry.base import GpuTelemetry
 from gpuscribe.telemetry.cache import CachedTelemetry
 from gpuscribe.telemetry.simulated import SimulatedGpus
-
-GIB = 1024**3
 
 
 class Clock:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from gpuscribe.memory.types import GIB
 from gpuscribe.telemetry.base import DeviceKind, DeviceReading
 from gpuscribe.telemetry.history import DeviceHistory, DeviceSample
-
-GIB = 1024**3
 
 
 def sample(at: float, used: int = GIB) -> DeviceSample:

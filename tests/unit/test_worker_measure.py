@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 
+from gpuscribe.memory.types import MIB
 from gpuscribe.workers.measure import (
     CpuMemory,
     NvmlProcessReader,
@@ -21,8 +22,6 @@ from gpuscribe.workers.measure import (
     parse_status_bytes,
     read_status_bytes,
 )
-
-MIB = 1024**2
 
 
 class FakeMemory:

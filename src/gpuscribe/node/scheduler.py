@@ -245,7 +245,8 @@ class SchedulerPass:
         change since the plan (a measured load or context above its estimate, a restarted
         worker) makes the ledger refuse it: the claim is given back then (the task is queued
         again, ready at once, its attempt not used: nothing ran) and None is returned. The
-        next pass plans on the changed ledger."""
+        next pass plans on the changed ledger. A task whose cancel came after the claim is
+        cancelled by the store instead: its audio is deleted, as any cancelled task's."""
         try:
             return slot.ledger.admit(
                 task.id, placement.estimate, placement.model, foreign_bytes=slot.foreign_bytes()
@@ -253,9 +254,12 @@ class SchedulerPass:
         except NotAdmitted as refused:
             reason = f"GPU {slot.device.index} of node {self._settings.node_name} changed "
             reason += f"since the plan: {refused.reason}"
-            self._store.unclaim(task.id, token, reason=reason, now=now)
-            self._wait_reasons[task.id] = reason  # what the store now holds
+            now_is = self._store.unclaim(task.id, token, reason=reason, now=now)
             log.warning("claim of task %s given back: %s", task.id, reason)
+            if now_is is not None and now_is.state.is_final:
+                self._audio.delete(task.audio_path)
+            elif now_is is not None:
+                self._wait_reasons[task.id] = reason  # what the store now holds
             return None
 
     def _record_waiting(self, waiting: dict[str, str]) -> None:

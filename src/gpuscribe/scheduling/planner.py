@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gpuscribe.domain import Task
-from gpuscribe.memory.ledger import DeviceLedger, Fit, gib_text
+from gpuscribe.memory.ledger import DeviceLedger, gib_text
 from gpuscribe.memory.types import MemoryEstimate, ModelKey
 from gpuscribe.scheduling.placement import LeastAdmitted
 from gpuscribe.scheduling.priority import order_queue
@@ -45,8 +45,7 @@ class Placement:
     device_uuid: str
     device_index: int
     estimate: MemoryEstimate
-    model: ModelKey
-    fit: Fit  # on the planning copy; the real ledger's admission decides what to evict
+    model: ModelKey  # what the real ledger's admission evicts is its own decision, not the plan's
 
 
 @dataclass(slots=True)
@@ -184,10 +183,10 @@ class _Pass:
         chosen = self._placement.admit(task.id, model, lambda slot: estimates[self._group_of[slot]])
         if isinstance(chosen, str):
             return chosen
-        slot, fit = chosen
+        slot, _ = chosen  # the planning copy's fit: the real ledger decides again when charged
         ledger = self._ledgers[slot]
         estimate = estimates[self._group_of[slot]]
-        return Placement(task.id, ledger.uuid, ledger.index, estimate, model, fit)
+        return Placement(task.id, ledger.uuid, ledger.index, estimate, model)
 
     def _impossible(self, estimates: tuple[MemoryEstimate, ...]) -> str:
         need = min(e.total_bytes for e in estimates)
