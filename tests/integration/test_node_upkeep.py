@@ -18,7 +18,7 @@ import pytest
 from gpuscribe.config import Settings, load_settings
 from gpuscribe.domain import NewTask, Priority, TaskState, TranscriptionOptions
 from gpuscribe.memory.profiles import REFERENCE_CONTEXT_BYTES
-from gpuscribe.memory.types import GIB
+from gpuscribe.memory.types import GIB, ModelKey
 from gpuscribe.metrics import Metrics
 from gpuscribe.node.devices import DeviceSlot
 from gpuscribe.node.final_tasks import FinalTasks
@@ -59,6 +59,7 @@ class StubbornWorker:
         self._sink = sink
         self.cancels: list[str] = []
         self.kills: list[str] = []
+        self.unloads: list[ModelKey] = []
         self._tokens: dict[str, str] = {}
         self._lock = threading.Lock()
 
@@ -73,6 +74,10 @@ class StubbornWorker:
     def cancel(self, task_id: str) -> None:
         with self._lock:
             self.cancels.append(task_id)  # and carry on regardless
+
+    def unload(self, model: ModelKey) -> None:
+        with self._lock:
+            self.unloads.append(model)
 
     def kill_task(self, task_id: str) -> None:
         with self._lock:
@@ -585,6 +590,30 @@ def test_no_task_is_admitted_onto_a_warned_gpu_until_it_recovers(
     assert rig.scheduler.run_once() == 1
     running = rig.running.get(task_id)
     assert running is not None and running.device_uuid == rig.uuids[1]
+
+
+def test_a_warned_gpu_with_nothing_running_unloads_its_idle_models_once(
+    make_rig: Callable[..., Rig], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its warning keeps new tasks away, and only a new task's admission would evict idle
+    models: were they what keeps used memory high, the episode could never end."""
+    caplog.set_level(logging.INFO, logger="gpuscribe.node.upkeep")
+    rig = make_rig(worker_factory=stubborn, memory_warning_fraction=0.5)
+    slot = rig.slots[rig.uuids[0]]
+    worker = slot.worker
+    assert isinstance(worker, StubbornWorker)
+    task_id = rig.place()
+    (model,) = [m.model for m in slot.ledger.snapshot().models]
+    slot.ledger.set_weights(model, GIB)  # the worker reported it loaded
+    rig.gpus.set_foreign(rig.uuids[0], 13 * GIB)  # past half of 24 GiB
+    rig.upkeep.watch_devices()
+    assert slot.memory_warning is not None
+    assert worker.unloads == []  # its task still runs on it
+    slot.ledger.release(task_id)  # the task ended: the model stays, idle
+    rig.upkeep.watch_devices()
+    rig.upkeep.watch_devices()
+    assert worker.unloads == [model]  # once in the episode, not at every look
+    assert "unloading its idle models tiny.en" in caplog.text
 
 
 def test_watch_devices_publishes_the_ledger_figures(make_rig: Callable[..., Rig]) -> None:

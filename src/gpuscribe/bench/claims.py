@@ -26,6 +26,7 @@ from typing import Any
 
 from gpuscribe.config import Settings
 from gpuscribe.domain import NewTask, Priority, TranscriptionOptions
+from gpuscribe.memory.types import ModelKey
 from gpuscribe.workers.messages import DeviceRef, RunTask
 
 GPU_SPEC = "64x80GiB:NVIDIA H200"
@@ -66,6 +67,9 @@ class _ClaimOnly:
         pass
 
     def cancel(self, task_id: str) -> None:
+        pass
+
+    def unload(self, model: ModelKey) -> None:
         pass
 
     def kill_task(self, task_id: str) -> None:

@@ -22,6 +22,7 @@ class DeviceSlot:
     reading: DeviceReading
     ready: bool = False  # the worker reported WorkerReady since its last (re)start
     watch: MemoryWatch = field(default_factory=MemoryWatch)  # memory early warning (upkeep's)
+    freed_for: float | None = None  # the warning episode (its start) idle models were unloaded for
 
     @property
     def uuid(self) -> str:

@@ -171,3 +171,21 @@ class Upkeep:
                 slot.device.index, slot.uuid,
             )  # fmt: skip
             self._wake()
+        self._free_idle_models(slot)
+
+    def _free_idle_models(self, slot: DeviceSlot) -> None:
+        """A warned GPU with nothing running unloads the models it holds idle, once per episode.
+        The warning closes the GPU to new tasks, and only a new task's admission would evict
+        them: were they what keeps used memory past the level, the episode could never end."""
+        warning = slot.watch.warning
+        if warning is None or slot.freed_for == warning.since or slot.ledger.running_tasks:
+            return
+        slot.freed_for = warning.since
+        idle = [m.model for m in slot.ledger.snapshot().models if m.loaded and m.running == 0]
+        for model in idle:
+            slot.worker.unload(model)
+        if idle:
+            log.info(
+                "memory warning on GPU %d (%s) with no task running: unloading its idle models %s",
+                slot.device.index, slot.uuid, ", ".join(m.model for m in idle),
+            )  # fmt: skip

@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gpuscribe.domain import Segment, Transcript, TranscriptionOptions
+from gpuscribe.memory.types import ModelKey
 from gpuscribe.workers.messages import DeviceRef, RunTask, WorkerEvent
 
 EventSink = Callable[[WorkerEvent], None]
@@ -25,6 +26,11 @@ class WorkerHandle(Protocol):
     def run(self, command: RunTask) -> None: ...
 
     def cancel(self, task_id: str) -> None: ...
+
+    def unload(self, model: ModelKey) -> None:
+        """Unload a model the worker holds idle (it reports ModelUnloaded); one in use goes once
+        its last task ends."""
+        ...
 
     def kill_task(self, task_id: str) -> None:
         """Stop a task that did not stop when cancelled (timeout): may restart the worker."""

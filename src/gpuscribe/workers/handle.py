@@ -18,6 +18,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
 from gpuscribe.config import Settings
+from gpuscribe.memory.types import ModelKey
 from gpuscribe.workers.base import EventSink
 from gpuscribe.workers.messages import (
     CancelTask,
@@ -27,6 +28,7 @@ from gpuscribe.workers.messages import (
     Shutdown,
     TaskCompleted,
     TaskFailed,
+    UnloadModel,
     WorkerCommand,
     WorkerEvent,
     WorkerReady,
@@ -138,6 +140,12 @@ class ProcessWorker:
             current = self._current if task_id in self._running else None
         if current is not None:
             self._send(current, CancelTask(task_id))
+
+    def unload(self, model: ModelKey) -> None:
+        with self._lock:
+            current = self._current
+        if current is not None:
+            self._send(current, UnloadModel(model))
 
     def kill_task(self, task_id: str) -> None:
         with self._lock:

@@ -128,6 +128,11 @@ class SimulatedWorker:
     def cancel(self, task_id: str) -> None:
         self._stop_task(task_id, FailureKind.CANCELLED, "cancelled")
 
+    def unload(self, model: ModelKey) -> None:
+        # From a thread of our own, as the real worker does: the caller may hold locks the
+        # sink takes.
+        threading.Thread(target=self._models.evict, args=(model,), daemon=True).start()
+
     def kill_task(self, task_id: str) -> None:
         self._stop_task(task_id, FailureKind.TIMEOUT, "task stopped after its timeout")
 
