@@ -114,7 +114,29 @@ def test_foreign_bytes_leave_out_the_workers_own_memory(
     gpus.set_foreign(reading.uuid, 2 * GIB)  # someone else's
     slot.reading = gpus.read(reading.uuid)
     assert slot.reading.memory_used_bytes == 5 * GIB
+    assert slot.attributed and slot.foreign_bytes() == 2 * GIB
+
+
+def test_where_the_device_lists_no_worker_memory_gpuscribe_holds_what_it_admitted(
+    gpus: SimulatedGpus, tmp_path: Path
+) -> None:
+    """A container's GPU lists no process of its own: counting gpuscribe's memory as another
+    process's would charge it twice at admission."""
+    settings = load_settings(flags={"data_dir": str(tmp_path)}, env={})
+    reading = gpus.discover()[0]
+    device = DeviceRef(reading.kind, reading.uuid, reading.index, reading.name)
+    worker = make_worker(device, settings, gpus, lambda event: None)
+    ledger = DeviceLedger(
+        reading.uuid, reading.index, reading.memory_total_bytes,
+        cap_fraction=0.9, reserve_bytes=GIB, max_tasks=5,
+    )  # fmt: skip
+    ledger.charge_context(3 * GIB)  # what the ledger admitted for the worker
+    gpus.set_foreign(reading.uuid, 5 * GIB)  # all of it unattributed, as the device lists it
+    slot = DeviceSlot(device, ledger, worker, gpus.read(reading.uuid))
+    assert not slot.attributed
     assert slot.foreign_bytes() == 2 * GIB
+    ledger.charge_context(6 * GIB)  # more admitted than the device reports in use
+    assert slot.foreign_bytes() == 0
 
 
 def test_build_slot_limits_the_cpu_to_its_own_task_count(tmp_path: Path) -> None:

@@ -40,10 +40,21 @@ class DeviceSlot:
     def metric_labels(self, hostname: str) -> tuple[str, ...]:
         return device_labels(self.kind, self.device.index, self.uuid, self.device.name, hostname)
 
+    @property
+    def attributed(self) -> bool:
+        """Whether the device lists memory of gpuscribe's workers. A container's own process
+        ids, or a driver that attributes no memory, leave it blind to whose memory is whose."""
+        return self.reading.used_by(self.worker.pids()) > 0
+
     def foreign_bytes(self) -> int:
-        """What processes outside gpuscribe hold on the device, from the latest fresh reading."""
+        """What processes outside gpuscribe hold on the device, from the latest fresh reading.
+        Where the device does not say which memory is the workers', gpuscribe's share is taken
+        to be what its ledger admitted: counting it as foreign would charge it twice."""
+        used = self.reading.memory_used_bytes
         ours = self.reading.used_by(self.worker.pids())
-        return max(0, self.reading.memory_used_bytes - ours)
+        if ours == 0:
+            ours = min(used, self.ledger.admitted_bytes)
+        return max(0, used - ours)
 
 
 def select_devices(readings: Sequence[DeviceReading], wanted: str) -> list[DeviceReading]:

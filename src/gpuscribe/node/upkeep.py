@@ -146,8 +146,9 @@ class Upkeep:
     def _watch_memory(self, slot: DeviceSlot, labels: tuple[str, ...]) -> None:
         reading = slot.reading
         # A worker holds its CUDA context while it lives: a device that lists none of the
-        # workers' memory does not tell gpuscribe's memory from other processes'.
-        attributed = reading.used_by(slot.worker.pids()) > 0
+        # workers' memory does not tell gpuscribe's memory from other processes', and the
+        # growth rule has nothing to go on there.
+        attributed = slot.attributed
         sample = MemorySample(
             at=self._clock(),
             total_bytes=reading.memory_total_bytes,
