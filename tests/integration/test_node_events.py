@@ -349,6 +349,24 @@ def test_a_completion_forgets_the_out_of_memory_floor(rig: Rig) -> None:
     assert rig.oom_floors.as_dict() == {}
 
 
+@pytest.mark.parametrize(
+    "ending", [FailureKind.TIMEOUT, FailureKind.CANCELLED], ids=["fails for good", "cancelled"]
+)
+def test_a_final_failure_or_cancel_forgets_the_out_of_memory_floor(
+    rig: Rig, ending: FailureKind
+) -> None:
+    r = rig.start_task()
+    rig.handler.handle(
+        r.device_uuid, TaskFailed(r.task_id, r.token, FailureKind.OUT_OF_MEMORY, "OOM")
+    )
+    assert rig.oom_floors.get(r.task_id)
+    again = rig.claim(r.task_id)
+    rig.handler.handle(again.device_uuid, TaskFailed(r.task_id, again.token, ending, "ended"))
+    task = rig.store.get(r.task_id)
+    assert task is not None and task.state.is_final
+    assert rig.oom_floors.as_dict() == {}
+
+
 def test_a_task_killed_after_its_timeout_fails_without_a_retry(rig: Rig) -> None:
     r = rig.start_task()
     rig.handler.handle(r.device_uuid, TaskFailed(r.task_id, r.token, FailureKind.TIMEOUT, "killed"))

@@ -164,6 +164,7 @@ class EventHandler:
             current is not None and current.cancel_requested
         ):
             self._store.finish_cancel(event.task_id, event.lease_token, now=now)
+            self._oom_floors.forget(event.task_id)
             self._finals.signal(event.task_id)
             self._observe_finish(task, "cancelled", now)
             self._delete_audio(event.task_id)
@@ -178,12 +179,16 @@ class EventHandler:
         outcome = self._store.fail(
             event.task_id, event.lease_token, error, retry_at=retry_at, now=now
         )
-        if outcome is None:  # the lease moved on meanwhile: the task is what the store says
+        stale = outcome is None
+        if stale:  # the lease moved on meanwhile: the task is what the store says
             outcome = self._store.get(event.task_id)
         if outcome is not None and outcome.state.is_final:
+            self._oom_floors.forget(event.task_id)
             self._finals.signal(event.task_id)
             self._observe_finish(task, "failed", now)
             self._delete_audio(event.task_id, outcome)
+        elif stale:
+            log.info("task %s failed under a lease that moved on: no retry of ours", task.task_id)
         else:
             self._metrics.retries.labels(event.kind.value).inc()
             log.info("task %s will retry (%s): %s", event.task_id, event.kind.value, event.error)

@@ -82,7 +82,8 @@ class SchedulerPass:
             passed[0] = (queue, decided)
             return [self._claim_of(p) for p in decided.placements]
 
-        _, claimed = self._store.claim_window(now=now, limit=self._window(), decide=decide)
+        window, claimed = self._store.claim_window(now=now, limit=self._window(), decide=decide)
+        self._forget_wait_reasons_outside({t.id for t in window})
         if passed[0] is None:
             return 0
         queue, decided = passed[0]
@@ -261,6 +262,13 @@ class SchedulerPass:
             elif now_is is not None:
                 self._wait_reasons[task.id] = reason  # what the store now holds
             return None
+
+    def _forget_wait_reasons_outside(self, window: set[str]) -> None:
+        """Keep the reasons written only for tasks still in the queue's window: a task that
+        ran, was cancelled or was taken by another node would otherwise stay here for good (a
+        task that comes back is written once more, which is all forgetting it costs)."""
+        if len(self._wait_reasons) > len(window):
+            self._wait_reasons = {t: r for t, r in self._wait_reasons.items() if t in window}
 
     def _record_waiting(self, waiting: dict[str, str]) -> None:
         """Write only the reasons that changed: a long queue must not cost a write per pass."""
