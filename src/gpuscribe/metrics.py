@@ -192,7 +192,7 @@ class Metrics:
         self.cluster_heartbeat = Gauge(
             "gpuscribe_cluster_node_heartbeat_timestamp_seconds",
             "Each live node's last heartbeat (seconds since the epoch).",
-            ["node"],
+            ["Hostname"],  # the node's name, under the label every other device metric uses
             registry=r,
         )
 

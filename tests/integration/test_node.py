@@ -422,7 +422,7 @@ def test_an_api_node_queues_a_worker_node_runs_any_node_answers(
     assert sorted(caps, key=lambda labels: labels["gpu"]) == sorted(
         ({**labels, "Hostname": "node-gpu"} for labels in dcgm), key=lambda labels: labels["gpu"]
     )
-    assert 'gpuscribe_cluster_node_heartbeat_timestamp_seconds{node="node-gpu"}' in text
+    assert 'gpuscribe_cluster_node_heartbeat_timestamp_seconds{Hostname="node-gpu"}' in text
 
     worker.stop()  # a node that stops leaves the view at once
     assert api.devices() == []
