@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping
-from dataclasses import MISSING, Field, dataclass, field, fields, replace
+from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any
 
 _Converters = Mapping[str, Callable[[Any], Any]]
@@ -123,9 +123,6 @@ class TranscriptionOptions:
     def from_dict(cls, data: Mapping[str, Any]) -> TranscriptionOptions:
         """Options as `to_dict` wrote them; an absent key takes its field's default."""
         return cls(**_known_fields(cls, data, _OPTION_CONVERTERS))
-
-    def with_engine(self, engine: str, compute_type: str) -> TranscriptionOptions:
-        return replace(self, engine=engine, compute_type=compute_type)
 
 
 _OPTION_CONVERTERS: _Converters = {

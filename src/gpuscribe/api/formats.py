@@ -13,6 +13,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from gpuscribe.audio import MEL_FRAMES, WINDOW_SECONDS
 from gpuscribe.domain import Segment, Transcript, Word
 
 ResultFormat = Literal["json", "verbose_json", "text", "srt", "vtt", "tsv"]
@@ -49,7 +50,7 @@ def to_json(transcript: Transcript) -> dict[str, Any]:
 
 def _seek(segment: Segment) -> int:
     """Whisper's `seek`: the mel frame (10 ms) where the segment's 30 s window starts."""
-    return int(segment.start // 30.0) * 3000
+    return int(segment.start // WINDOW_SECONDS) * MEL_FRAMES
 
 
 def _segment_json(segment: Segment) -> dict[str, Any]:

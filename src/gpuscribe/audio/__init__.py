@@ -9,5 +9,9 @@ loading the decoder.
 SAMPLE_RATE = 16_000  # Hz: the audio every Whisper model reads
 WINDOW_SECONDS = 30.0  # Whisper reads audio in windows of this length (its log-mel frame)
 WINDOW_SAMPLES = int(WINDOW_SECONDS) * SAMPLE_RATE  # samples of one window
+# Whisper's log-mel spectrogram of one window: 25 ms frames every 10 ms.
+N_FFT = 400  # samples of one frame
+HOP = 160  # samples between frames
+MEL_FRAMES = WINDOW_SAMPLES // HOP  # 3000 frames per window
 
-__all__ = ["SAMPLE_RATE", "WINDOW_SAMPLES", "WINDOW_SECONDS"]
+__all__ = ["HOP", "MEL_FRAMES", "N_FFT", "SAMPLE_RATE", "WINDOW_SAMPLES", "WINDOW_SECONDS"]

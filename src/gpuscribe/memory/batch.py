@@ -36,6 +36,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from gpuscribe.audio import HOP, MEL_FRAMES, N_FFT, WINDOW_SAMPLES
 from gpuscribe.memory.architectures import ARCHITECTURES, WhisperArchitecture, canonical_model_name
 from gpuscribe.memory.types import MIB
 
@@ -49,8 +50,6 @@ FILL_WIDTHS = 3  # a starting row's encoder output (stacked) and its cross keys/
 PREFILL_TOKENS = 16  # prompt positions charged per row at prefill: the start sequence and a
 # short initial prompt (a long initial prompt takes more: see docs, and calibration)
 STEP_VOCAB_COPIES = 8  # float32 [rows, vocab] tensors of one step: logits, log-probs, masks, top-k
-N_FFT, HOP, MEL_FRAMES = 400, 160, 3000  # Whisper's log-mel of one 30 s window
-WINDOW_SAMPLES = MEL_FRAMES * HOP
 TASK_BASE_BYTES = 64 * MIB  # a running task beyond the batch: its features and stray tensors
 TASK_KEPT_WINDOWS = 16  # windows of one task whose encoder output may outlive their rows
 CPU_DEFAULT_ROWS = 0  # on the CPU the engine keeps its own default (RunTask says 0)

@@ -52,10 +52,6 @@ class RunningTasks:
         with self._lock:
             return list(self._tasks.values())
 
-    def on_device(self, uuid: str) -> list[RunningTask]:
-        with self._lock:
-            return [t for t in self._tasks.values() if t.device_uuid == uuid]
-
     def __len__(self) -> int:
         with self._lock:
             return len(self._tasks)

@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-N_FFT = 400
-HOP = 160
-FRAMES = 3000
-SAMPLES = FRAMES * HOP
+from gpuscribe.audio import HOP, N_FFT, WINDOW_SAMPLES
+from gpuscribe.audio import MEL_FRAMES as FRAMES
+
+SAMPLES = WINDOW_SAMPLES
 
 
 class MelFeatures:
