@@ -406,6 +406,9 @@ def _report_stream(args: argparse.Namespace, out: Path, tasks: list[dict[str, An
     report = {
         "name": args.name, "devices": args.devices, "tasks": len(final), "states": states,
         "oom_total": _metric(metrics, "gpuscribe_out_of_memory_total"),
+        # how many times a model was loaded, on every GPU together (issue 13: loads again and
+        # again under a low cap held 4 GPUs back)
+        "model_loads": _metric(metrics, "gpuscribe_model_load_seconds_count"),
         "failed_errors": sorted({t["error"] for t in final if t["state"] == "failed"}),
         "wall_seconds": wall, "audio_seconds": audio, "audio_seconds_per_second": audio / wall,
         "sample_rate_hz": len(samples) / max(1e-9, samples[-1]["t"]) if samples else 0,
