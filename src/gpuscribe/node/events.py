@@ -42,17 +42,8 @@ def local_failure_error(node: str, error: str) -> str:
 
 class EventHandler:
     def __init__(self, context: NodeContext, book: CalibrationBook) -> None:
-        self._settings = context.settings
-        self._store = context.store
-        self._audio = context.audio
-        self._slots = context.slots
-        self._running = context.running
+        self._ctx = context  # the collaborators this part shares with the node's others
         self._book = book
-        self._metrics = context.metrics
-        self._oom_floors = context.oom_floors
-        self._wake = context.wake
-        self._clock = context.clock
-        self._finals = context.finals
         self._rng = random.Random()
 
     def handle(self, device_uuid: str, event: WorkerEvent) -> None:
@@ -62,14 +53,14 @@ class EventHandler:
             log.exception("failed to handle %s from device %s", type(event).__name__, device_uuid)
 
     def _dispatch(self, device_uuid: str, event: WorkerEvent) -> None:
-        slot = self._slots[device_uuid]
+        slot = self._ctx.slots[device_uuid]
         if isinstance(event, WorkerReady):
             self._on_ready(slot, event)
         elif isinstance(event, ModelLoaded):
             slot.ledger.set_weights(event.model, event.weights_bytes)
-            self._metrics.model_load_seconds.labels(event.model.model, event.model.engine).observe(
-                event.load_seconds
-            )
+            self._ctx.metrics.model_load_seconds.labels(
+                event.model.model, event.model.engine
+            ).observe(event.load_seconds)
         elif isinstance(event, ModelUnloaded):
             slot.ledger.evict(event.model)
         elif isinstance(event, TaskStarted):
@@ -78,7 +69,7 @@ class EventHandler:
         elif isinstance(event, TaskProgress):
             # Kept for the next flush (one transaction per node per second for all its tasks),
             # not written per report: 5,000 running tasks would write 20,000 commits/s.
-            task = self._running.get(event.task_id)
+            task = self._ctx.running.get(event.task_id)
             if task is not None and task.token == event.lease_token:
                 task.progress = event.progress
         elif isinstance(event, TaskCompleted):
@@ -97,27 +88,27 @@ class EventHandler:
             event.pid,
             event.context_bytes / GIB,
         )
-        self._wake()
+        self._ctx.wake()
 
     def _on_completed(self, slot: DeviceSlot, event: TaskCompleted) -> None:
-        task = self._running.pop(event.task_id, event.lease_token)
+        task = self._ctx.running.pop(event.task_id, event.lease_token)
         if task is not None:  # a stale event must not free a newer attempt's charge
             slot.ledger.release(event.task_id)
-        now = self._clock()
-        stored = self._store.complete(
+        now = self._ctx.clock()
+        stored = self._ctx.store.complete(
             event.task_id,
             event.lease_token,
             event.transcript,
             peak_bytes=event.peak_bytes,
             now=now,
         )
-        self._wake()
+        self._ctx.wake()
         if stored:
-            self._finals.signal(event.task_id)
+            self._ctx.finals.signal(event.task_id)
         if not stored or task is None:
             log.warning("task %s completed under a lease it no longer holds", event.task_id)
             return
-        self._oom_floors.forget(event.task_id)
+        self._ctx.oom_floors.forget(event.task_id)
         self._learn(task, event, now, cpu=slot.kind is DeviceKind.CPU)
         self._observe_finish(task, "completed", now)
         self._delete_audio(event.task_id)
@@ -141,31 +132,31 @@ class EventHandler:
             measured_at=now,
             estimate_bytes=task.estimate.working_bytes,
         )
-        self._store.add_sample(sample)
+        self._ctx.store.add_sample(sample)
         self._book.add(sample)
-        self._metrics.estimation_error_ratio.labels(task.key.model).observe(
+        self._ctx.metrics.estimation_error_ratio.labels(task.key.model).observe(
             task.estimate.working_bytes / event.working_bytes
         )
 
     def _on_failed(self, slot: DeviceSlot, event: TaskFailed) -> None:
-        task = self._running.pop(event.task_id, event.lease_token)
-        self._wake()
+        task = self._ctx.running.pop(event.task_id, event.lease_token)
+        self._ctx.wake()
         if task is None:
             log.warning("task %s failed under a lease it no longer holds", event.task_id)
             return
         slot.ledger.release(event.task_id)
-        now = self._clock()
+        now = self._ctx.clock()
         if task.stop_reason == "timeout":
             event = self._timed_out(event)
         elif event.kind is FailureKind.TRANSIENT and not slot.reading.healthy:
             event = self._device_lost(slot, event)
-        current = self._store.get(event.task_id)
+        current = self._ctx.store.get(event.task_id)
         if event.kind is FailureKind.CANCELLED or (
             current is not None and current.cancel_requested
         ):
-            self._store.finish_cancel(event.task_id, event.lease_token, now=now)
-            self._oom_floors.forget(event.task_id)
-            self._finals.signal(event.task_id)
+            self._ctx.store.finish_cancel(event.task_id, event.lease_token, now=now)
+            self._ctx.oom_floors.forget(event.task_id)
+            self._ctx.finals.signal(event.task_id)
             self._observe_finish(task, "cancelled", now)
             self._delete_audio(event.task_id)
             return
@@ -174,28 +165,28 @@ class EventHandler:
         )
         error = event.error
         if event.kind is FailureKind.NODE_LOCAL:
-            error = local_failure_error(self._settings.node_name, error)
+            error = local_failure_error(self._ctx.settings.node_name, error)
             log.warning("task %s goes back to the queue for another node: %s", task.task_id, error)
-        outcome = self._store.fail(
+        outcome = self._ctx.store.fail(
             event.task_id, event.lease_token, error, retry_at=retry_at, now=now
         )
         stale = outcome is None
         if stale:  # the lease moved on meanwhile: the task is what the store says
-            outcome = self._store.get(event.task_id)
+            outcome = self._ctx.store.get(event.task_id)
         if outcome is not None and outcome.state.is_final:
-            self._oom_floors.forget(event.task_id)
-            self._finals.signal(event.task_id)
+            self._ctx.oom_floors.forget(event.task_id)
+            self._ctx.finals.signal(event.task_id)
             self._observe_finish(task, "failed", now)
             self._delete_audio(event.task_id, outcome)
         elif stale:
             log.info("task %s failed under a lease that moved on: no retry of ours", task.task_id)
         else:
-            self._metrics.retries.labels(event.kind.value).inc()
+            self._ctx.metrics.retries.labels(event.kind.value).inc()
             log.info("task %s will retry (%s): %s", event.task_id, event.kind.value, event.error)
 
     def _timed_out(self, event: TaskFailed) -> TaskFailed:
         """A task this node stopped for its timeout failed, whatever the worker called it."""
-        limit = self._settings.task_timeout_seconds
+        limit = self._ctx.settings.task_timeout_seconds
         return TaskFailed(
             event.task_id, event.lease_token, FailureKind.TIMEOUT,
             f"the task ran past its timeout of {limit:g} s and was stopped", event.peak_bytes,
@@ -218,9 +209,11 @@ class EventHandler:
         if event.kind is FailureKind.NODE_LOCAL:
             return now  # another node may run it now; this one leaves it alone for a while
         if event.kind is FailureKind.OUT_OF_MEMORY:
-            self._metrics.out_of_memory.labels(*slot.metric_labels(self._settings.node_name)).inc()
+            self._ctx.metrics.out_of_memory.labels(
+                *slot.metric_labels(self._ctx.settings.node_name)
+            ).inc()
             floor = int(task.estimate.working_bytes * OOM_RAISE_FACTOR)
-            self._oom_floors.raise_to(event.task_id, floor)
+            self._ctx.oom_floors.raise_to(event.task_id, floor)
             log.warning(
                 "task %s ran out of memory on %s; retrying with %.2f GiB working memory",
                 event.task_id,
@@ -230,36 +223,38 @@ class EventHandler:
             return now
         delay = retry_delay(
             attempts,
-            base_seconds=self._settings.retry_base_seconds,
-            max_seconds=self._settings.retry_max_seconds,
+            base_seconds=self._ctx.settings.retry_base_seconds,
+            max_seconds=self._ctx.settings.retry_max_seconds,
             rng=self._rng,
         )
         return now + delay
 
     def _observe_start(self, event: TaskStarted) -> None:
         """The time the task waited in the queue, from its submission to its dispatch."""
-        task = self._running.get(event.task_id)
+        task = self._ctx.running.get(event.task_id)
         if task is None or task.token != event.lease_token:
             return
-        self._metrics.queue_wait_seconds.labels(task.key.model, task.priority.label).observe(
+        self._ctx.metrics.queue_wait_seconds.labels(task.key.model, task.priority.label).observe(
             max(0.0, task.started_at - task.created_at)
         )
 
     def _observe_finish(self, task: RunningTask, outcome: str, now: float) -> None:
         run_seconds = max(0.0, now - task.started_at)
-        self._metrics.task_latency_seconds.labels(outcome).observe(max(0.0, now - task.created_at))
-        self._metrics.task_run_seconds.labels(outcome).observe(run_seconds)
-        self._metrics.task_duration_seconds.labels(
+        self._ctx.metrics.task_latency_seconds.labels(outcome).observe(
+            max(0.0, now - task.created_at)
+        )
+        self._ctx.metrics.task_run_seconds.labels(outcome).observe(run_seconds)
+        self._ctx.metrics.task_duration_seconds.labels(
             task.key.model, task.priority.label, outcome
         ).observe(run_seconds)
 
     def _delete_audio(self, task_id: str, known: Task | None = None) -> None:
         """A final task's audio is no longer needed; its result stays until retention ends.
         `known`: the task as the store just returned it, which spares a read."""
-        task = known if known is not None else self._store.get(task_id)
+        task = known if known is not None else self._ctx.store.get(task_id)
         if task is None or not task.state.is_final:
             return
         try:
-            self._audio.delete(task.audio_path)
+            self._ctx.audio.delete(task.audio_path)
         except Exception as exc:
             log.warning("could not delete audio of task %s: %s", task_id, exc)

@@ -38,17 +38,8 @@ def profile_key(task: Task, slot_name: str) -> ProfileKey:
 
 class SchedulerPass:
     def __init__(self, context: NodeContext, estimator: Estimator) -> None:
-        self._settings = context.settings
-        self._store = context.store
-        self._audio = context.audio
-        self._telemetry = context.telemetry
-        self._slots = context.slots
+        self._ctx = context  # the collaborators this part shares with the node's others
         self._estimator = estimator
-        self._running = context.running
-        self._metrics = context.metrics
-        self._oom_floors = context.oom_floors
-        self._clock = context.clock
-        self._finals = context.finals
         self._wait_reasons: dict[str, str | None] = {}
 
     def run_once(self) -> int:
@@ -58,14 +49,14 @@ class SchedulerPass:
         on PostgreSQL the window's rows stay locked until the claims commit, and other nodes'
         passes skip them, so nodes scheduling at once never plan the same tasks. Telemetry is
         read fresh inside it, once there is a window to place."""
-        now = self._clock()
+        now = self._ctx.clock()
         passed: list[tuple[list[Task], Plan] | None] = [None]
 
         def decide(window: list[Task]) -> list[Claim]:
             queue = [t for t in window if not self._failed_here_lately(t, now)]
             if not queue:
                 return []
-            states = [self._device_state(slot) for slot in self._slots.values() if slot.ready]
+            states = [self._device_state(slot) for slot in self._ctx.slots.values() if slot.ready]
             if not states:
                 passed[0] = (queue, Plan(waiting=dict.fromkeys(
                     (t.id for t in queue), "no device is ready yet (workers starting)"
@@ -76,13 +67,13 @@ class SchedulerPass:
                 states,
                 self._estimate_for,
                 now=now,
-                aging_seconds=self._settings.aging_seconds,
-                starvation_seconds=self._settings.starvation_seconds,
+                aging_seconds=self._ctx.settings.aging_seconds,
+                starvation_seconds=self._ctx.settings.starvation_seconds,
             )
             passed[0] = (queue, decided)
             return [self._claim_of(p) for p in decided.placements]
 
-        window, claimed = self._store.claim_window(now=now, limit=self._window(), decide=decide)
+        window, claimed = self._ctx.store.claim_window(now=now, limit=self._window(), decide=decide)
         self._forget_wait_reasons_outside({t.id for t in window})
         if passed[0] is None:
             return 0
@@ -100,12 +91,12 @@ class SchedulerPass:
             if holder is not None:  # too large here, not for another live node: its task
                 waiting[task_id] = verdict
                 continue
-            self._metrics.scheduling_attempts.labels("rejected").inc()
-            if self._store.fail_queued(task_id, verdict, now=now):
-                self._finals.signal(task_id)
-                self._audio.delete(task.audio_path)
+            self._ctx.metrics.scheduling_attempts.labels("rejected").inc()
+            if self._ctx.store.fail_queued(task_id, verdict, now=now):
+                self._ctx.finals.signal(task_id)
+                self._ctx.audio.delete(task.audio_path)
             log.warning("task %s can never fit: %s", task_id, verdict)
-        self._metrics.scheduling_attempts.labels("waiting").inc(len(waiting))
+        self._ctx.metrics.scheduling_attempts.labels("waiting").inc(len(waiting))
         self._record_waiting(waiting)
         return dispatched
 
@@ -114,21 +105,21 @@ class SchedulerPass:
         and why it waits) -- or (None, why it fails), naming the largest cap in the cluster.
         Other nodes' limits are their caps less this node's reserve (as their records show)."""
         best: tuple[int, str, str] | None = None  # (largest limit, node, GPU name)
-        for record in self._store.nodes(now=now):
-            if record.name == self._settings.node_name:
+        for record in self._ctx.store.nodes(now=now):
+            if record.name == self._ctx.settings.node_name:
                 continue
             for device in record.devices:
                 if not device.get("healthy", True):
                     continue
                 limit = min(
                     int(device["memory_cap_bytes"]),
-                    int(device["memory_total_bytes"]) - self._settings.system_reserve_bytes,
+                    int(device["memory_total_bytes"]) - self._ctx.settings.system_reserve_bytes,
                 )
                 need = self._estimator.estimate(
                     profile_key(task, str(device["name"])),
                     task.audio_seconds,
                     device_kind=DeviceKind(device["kind"]),
-                    min_working_bytes=self._oom_floors.get(task.id),
+                    min_working_bytes=self._ctx.oom_floors.get(task.id),
                     total_bytes=int(device["memory_total_bytes"]),
                 ).total_bytes
                 if need <= limit:
@@ -138,7 +129,7 @@ class SchedulerPass:
                     )
                 if best is None or limit > best[0]:
                     best = (limit, record.name, str(device["name"]))
-        own = max((s.ledger.limit_bytes for s in self._slots.values()), default=0)
+        own = max((s.ledger.limit_bytes for s in self._ctx.slots.values()), default=0)
         if best is None:
             return None, reason  # no other live node with a device
         if best[0] <= own:
@@ -155,14 +146,14 @@ class SchedulerPass:
         Within one priority the oldest rank best, whatever the aging, so these windows hold
         exactly the best-ranked tasks of the queue (less those other nodes' passes hold at that
         moment): a pass never reads the whole queue (10,000 rows) while submissions wake it."""
-        slots = sum(slot.ledger.max_tasks for slot in self._slots.values())
+        slots = sum(slot.ledger.max_tasks for slot in self._ctx.slots.values())
         wanted = max(QUEUE_WINDOW_MIN, 4 * slots)
-        return min(self._settings.max_queue_length, wanted, QUEUE_WINDOW_MAX)
+        return min(self._ctx.settings.max_queue_length, wanted, QUEUE_WINDOW_MAX)
 
     def _failed_here_lately(self, task: Task, now: float) -> bool:
         """A task this node gave back for a reason of its own (audio it could not read, a model
         it could not load) is left to other nodes for a while; then this node tries again."""
-        mine = local_failure_error(self._settings.node_name, "")
+        mine = local_failure_error(self._ctx.settings.node_name, "")
         return (
             task.error is not None
             and task.error.startswith(mine)
@@ -170,7 +161,7 @@ class SchedulerPass:
         )
 
     def _device_state(self, slot: DeviceSlot) -> DeviceState:
-        slot.reading = self._telemetry.read(slot.uuid)  # fresh: admission never uses a cache
+        slot.reading = self._ctx.telemetry.read(slot.uuid)  # fresh: admission never uses a cache
         return DeviceState(
             ledger=slot.ledger,
             name=slot.device.name,
@@ -185,30 +176,30 @@ class SchedulerPass:
             profile_key(task, device.name),
             task.audio_seconds,
             device_kind=device.kind,
-            min_working_bytes=self._oom_floors.get(task.id),
+            min_working_bytes=self._ctx.oom_floors.get(task.id),
             total_bytes=device.ledger.total_bytes,
         )
 
     def _claim_of(self, placement: Placement) -> Claim:
-        slot = self._slots[placement.device_uuid]
+        slot = self._ctx.slots[placement.device_uuid]
         return Claim(
             task_id=placement.task_id,
-            node=self._settings.node_name,
+            node=self._ctx.settings.node_name,
             gpu_index=slot.device.index,
             gpu_uuid=slot.uuid,
             memory_estimate_bytes=placement.estimate.total_bytes,
-            lease_seconds=self._settings.lease_seconds,
+            lease_seconds=self._ctx.settings.lease_seconds,
         )
 
     def _dispatch(self, task: Task, placement: Placement, token: str | None, now: float) -> int:
         """Charge a claimed task to its device's ledger and run it there."""
         if token is None:
             return 0  # the store did not claim it (cancelled meanwhile): it was only planned
-        slot = self._slots[placement.device_uuid]
+        slot = self._ctx.slots[placement.device_uuid]
         fit = self._charge(slot, task, placement, token, now)
         if fit is None:
             return 0
-        self._running.add(
+        self._ctx.running.add(
             RunningTask(
                 task_id=task.id,
                 token=token,
@@ -221,7 +212,7 @@ class SchedulerPass:
             )
         )
         self._wait_reasons.pop(task.id, None)
-        self._metrics.scheduling_attempts.labels("placed").inc()
+        self._ctx.metrics.scheduling_attempts.labels("placed").inc()
         slot.worker.run(
             RunTask(
                 task_id=task.id,
@@ -253,12 +244,12 @@ class SchedulerPass:
                 task.id, placement.estimate, placement.model, foreign_bytes=slot.foreign_bytes()
             )
         except NotAdmitted as refused:
-            reason = f"GPU {slot.device.index} of node {self._settings.node_name} changed "
+            reason = f"GPU {slot.device.index} of node {self._ctx.settings.node_name} changed "
             reason += f"since the plan: {refused.reason}"
-            now_is = self._store.unclaim(task.id, token, reason=reason, now=now)
+            now_is = self._ctx.store.unclaim(task.id, token, reason=reason, now=now)
             log.warning("claim of task %s given back: %s", task.id, reason)
             if now_is is not None and now_is.state.is_final:
-                self._audio.delete(task.audio_path)
+                self._ctx.audio.delete(task.audio_path)
             elif now_is is not None:
                 self._wait_reasons[task.id] = reason  # what the store now holds
             return None
@@ -274,5 +265,5 @@ class SchedulerPass:
         """Write only the reasons that changed: a long queue must not cost a write per pass."""
         changed = {tid: r for tid, r in waiting.items() if self._wait_reasons.get(tid) != r}
         if changed:
-            self._store.set_wait_reasons(dict(changed))
+            self._ctx.store.set_wait_reasons(dict(changed))
             self._wait_reasons.update(changed)

@@ -19,35 +19,26 @@ KILL_GRACE_SECONDS = 10.0
 
 class Upkeep:
     def __init__(self, context: NodeContext) -> None:
-        self._settings = context.settings
-        self._store = context.store
-        self._audio = context.audio
-        self._telemetry = context.telemetry
-        self._slots = context.slots
-        self._running = context.running
-        self._metrics = context.metrics
-        self._clock = context.clock
-        self._wake = context.wake
-        self._finals = context.finals
+        self._ctx = context  # the collaborators this part shares with the node's others
         self._thresholds = WarningThresholds.of(context.settings)
         self.history = DeviceHistory()  # the last minutes of each device, for the dashboard
 
     # --- leases ---------------------------------------------------------------------------
     def heartbeat(self) -> None:
         """Renew this node's leases; stop tasks whose lease was lost or that were cancelled."""
-        tasks = self._running.all()
+        tasks = self._ctx.running.all()
         if not tasks:
             return
-        now = self._clock()
-        held = self._store.renew(
+        now = self._ctx.clock()
+        held = self._ctx.store.renew(
             [(t.task_id, t.token) for t in tasks],
-            lease_seconds=self._settings.lease_seconds,
+            lease_seconds=self._ctx.settings.lease_seconds,
             now=now,
         )
-        cancelled = self._store.cancels_requested(node=self._settings.node_name)
+        cancelled = self._ctx.store.cancels_requested(node=self._ctx.settings.node_name)
         for t in tasks:
             if t.task_id not in held:
-                if self._running.get(t.task_id) is not t:
+                if self._ctx.running.get(t.task_id) is not t:
                     continue  # it finished while the leases were renewed: nothing was lost
                 log.warning("lease of task %s lost; stopping it here", t.task_id)
                 t.stop_reason = t.stop_reason or "lease lost"
@@ -55,11 +46,11 @@ class Upkeep:
                 continue
             if t.task_id in cancelled:
                 self._stop(t.task_id, now)
-            elif now - t.started_at > self._settings.task_timeout_seconds:
+            elif now - t.started_at > self._ctx.settings.task_timeout_seconds:
                 log.warning(
                     "task %s ran past its %.0f s timeout",
                     t.task_id,
-                    self._settings.task_timeout_seconds,
+                    self._ctx.settings.task_timeout_seconds,
                 )
                 t.stop_reason = t.stop_reason or "timeout"
                 self._stop(t.task_id, now)
@@ -68,17 +59,17 @@ class Upkeep:
         """Send the cancels asked of this node's tasks to their workers now, rather than at the
         next heartbeat. A cancel has one route, whichever node took it: the store's flag, which
         this node reads here and at each heartbeat (one query for all its tasks)."""
-        now = self._clock()
-        for task_id in self._store.cancels_requested(node=self._settings.node_name):
+        now = self._ctx.clock()
+        for task_id in self._ctx.store.cancels_requested(node=self._ctx.settings.node_name):
             self._stop(task_id, now)
 
     def flush_progress(self) -> None:
         """Write the progress workers reported since the last flush, all tasks in one
         transaction (the store ignores a lease that moved on)."""
-        pending = [(t, t.progress) for t in self._running.all() if t.progress is not None]
+        pending = [(t, t.progress) for t in self._ctx.running.all() if t.progress is not None]
         if not pending:
             return
-        self._store.set_progress_many(
+        self._ctx.store.set_progress_many(
             [(t.task_id, t.token, p) for t, p in pending if p is not None]
         )
         for t, p in pending:
@@ -87,10 +78,10 @@ class Upkeep:
 
     def _stop(self, task_id: str, now: float) -> None:
         """Cancel first; a task that ignores the cancel past the grace period is killed."""
-        task = self._running.get(task_id)
+        task = self._ctx.running.get(task_id)
         if task is None:
             return
-        worker = self._slots[task.device_uuid].worker
+        worker = self._ctx.slots[task.device_uuid].worker
         if task.cancel_sent_at is None:
             task.cancel_sent_at = now
             worker.cancel(task_id)
@@ -101,33 +92,37 @@ class Upkeep:
     def recover(self) -> None:
         """Expired leases go back to the queue, or fail once their attempts are spent: their
         waiters are told either way (a requeued task's read again, still not final)."""
-        recovered = self._store.recover_expired(now=self._clock())
-        self._finals.signal_all(recovered)
+        recovered = self._ctx.store.recover_expired(now=self._ctx.clock())
+        self._ctx.finals.signal_all(recovered)
         if recovered:
             log.warning("recovered %d task(s) whose lease ran out: %s", len(recovered), recovered)
-            self._wake()
+            self._ctx.wake()
 
     def prune(self) -> None:
-        now = self._clock()
-        for task in self._store.prune(finished_before=now - self._settings.retention_seconds):
-            self._audio.delete(task.audio_path)
-        self._audio.sweep(created_before=now - ORPHAN_AGE_SECONDS)
+        now = self._ctx.clock()
+        for task in self._ctx.store.prune(
+            finished_before=now - self._ctx.settings.retention_seconds
+        ):
+            self._ctx.audio.delete(task.audio_path)
+        self._ctx.audio.sweep(created_before=now - ORPHAN_AGE_SECONDS)
 
     # --- devices --------------------------------------------------------------------------
     def watch_devices(self) -> None:
         """Read every device fresh: publish its figures, and begin or end its memory warning
         episode (memory/warning.py), which closes the device to admission while it lasts."""
-        for slot in self._slots.values():
-            reading = self._telemetry.read(slot.uuid)
+        for slot in self._ctx.slots.values():
+            reading = self._ctx.telemetry.read(slot.uuid)
             slot.reading = reading
-            labels = slot.metric_labels(self._settings.node_name)
+            labels = slot.metric_labels(self._ctx.settings.node_name)
             total = reading.memory_total_bytes or 1
-            self._metrics.memory_used.labels(*labels).set(reading.memory_used_bytes)
-            self._metrics.memory_utilization.labels(*labels).set(reading.memory_used_bytes / total)
-            self._metrics.memory_reserved.labels(*labels).set(slot.ledger.admitted_bytes)
-            self._metrics.memory_cap.labels(*labels).set(slot.ledger.cap_bytes)
-            self._metrics.tasks_running.labels(*labels).set(slot.ledger.running_tasks)
-            self._metrics.memory_foreign.labels(*labels).set(slot.foreign_bytes())
+            self._ctx.metrics.memory_used.labels(*labels).set(reading.memory_used_bytes)
+            self._ctx.metrics.memory_utilization.labels(*labels).set(
+                reading.memory_used_bytes / total
+            )
+            self._ctx.metrics.memory_reserved.labels(*labels).set(slot.ledger.admitted_bytes)
+            self._ctx.metrics.memory_cap.labels(*labels).set(slot.ledger.cap_bytes)
+            self._ctx.metrics.tasks_running.labels(*labels).set(slot.ledger.running_tasks)
+            self._ctx.metrics.memory_foreign.labels(*labels).set(slot.foreign_bytes())
             if slot.kind is not DeviceKind.CPU:  # the CPU's memory is the whole machine's
                 self._watch_memory(slot, labels)
             self._record_history(slot)
@@ -150,7 +145,7 @@ class Upkeep:
         # growth rule has nothing to go on there.
         attributed = slot.attributed
         sample = MemorySample(
-            at=self._clock(),
+            at=self._ctx.clock(),
             total_bytes=reading.memory_total_bytes,
             used_bytes=reading.memory_used_bytes,
             foreign_bytes=slot.foreign_bytes() if attributed else None,
@@ -159,9 +154,9 @@ class Upkeep:
         )
         before, slot.watch = slot.watch, observe(slot.watch, sample, self._thresholds)
         warning = slot.watch.warning
-        self._metrics.memory_warning.labels(*labels).set(0 if warning is None else 1)
+        self._ctx.metrics.memory_warning.labels(*labels).set(0 if warning is None else 1)
         if began(before, slot.watch) and warning is not None:
-            self._metrics.memory_warnings.labels(*labels, warning.condition.value).inc()
+            self._ctx.metrics.memory_warnings.labels(*labels, warning.condition.value).inc()
             log.warning(
                 "memory warning on GPU %d (%s): %s; no new task goes there until it recovers",
                 slot.device.index, slot.uuid, warning.message,
@@ -171,7 +166,7 @@ class Upkeep:
                 "memory warning on GPU %d (%s) is over: tasks are admitted there again",
                 slot.device.index, slot.uuid,
             )  # fmt: skip
-            self._wake()
+            self._ctx.wake()
         self._free_idle_models(slot)
 
     def _free_idle_models(self, slot: DeviceSlot) -> None:
