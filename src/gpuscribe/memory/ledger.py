@@ -20,11 +20,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, replace
 
-from gpuscribe.memory.types import GIB, MemoryEstimate, ModelKey
-
-
-def gib_text(n: int) -> str:
-    return f"{n / GIB:.1f} GiB"
+from gpuscribe.memory.types import MemoryEstimate, ModelKey, gib_text
 
 
 @dataclass(frozen=True, slots=True)

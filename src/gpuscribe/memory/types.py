@@ -9,6 +9,11 @@ GIB = 1024**3
 MIB = 1024**2
 
 
+def gib_text(n: int, digits: int = 1) -> str:
+    """Bytes as people read them in messages: `9.3 GiB`."""
+    return f"{n / GIB:.{digits}f} GiB"
+
+
 class EstimateSource(enum.StrEnum):
     PRIOR = "prior"  # the user's design table and factors
     PROFILE = "profile"  # a measured profile shipped in the package for this GPU model

@@ -18,7 +18,7 @@ import enum
 from dataclasses import dataclass, replace
 
 from gpuscribe.config import Settings
-from gpuscribe.memory.types import GIB
+from gpuscribe.memory.types import gib_text
 
 
 class WarningCondition(enum.StrEnum):
@@ -127,7 +127,7 @@ def _trouble(sample: MemorySample, growth: int, limits: WarningThresholds) -> Me
         return MemoryWarning(
             WarningCondition.USED_HIGH,
             sample.at,
-            f"memory use {_gib(used)} of {_gib(sample.total_bytes)} "
+            f"memory use {gib_text(used, 2)} of {gib_text(sample.total_bytes, 2)} "
             f"({100 * used / sample.total_bytes:.1f}%) passed the warning level of "
             f"{100 * limits.warn_fraction:.0f}%",
         )
@@ -136,9 +136,9 @@ def _trouble(sample: MemorySample, growth: int, limits: WarningThresholds) -> Me
         return MemoryWarning(
             WarningCondition.FOREIGN_GROWTH,
             sample.at,
-            f"other processes' memory grew by {_gib(growth)} (to {_gib(foreign)}) "
+            f"other processes' memory grew by {gib_text(growth, 2)} (to {gib_text(foreign, 2)}) "
             f"while {sample.tasks_running} task(s) ran, more than the "
-            f"{_gib(limits.foreign_growth_bytes)} allowed",
+            f"{gib_text(limits.foreign_growth_bytes, 2)} allowed",
         )
     return None
 
@@ -146,7 +146,3 @@ def _trouble(sample: MemorySample, growth: int, limits: WarningThresholds) -> Me
 def _calm(sample: MemorySample, growth: int, limits: WarningThresholds) -> bool:
     level = (limits.warn_fraction - limits.clear_margin) * sample.total_bytes
     return judged_used_bytes(sample) <= level and growth <= limits.foreign_growth_bytes
-
-
-def _gib(nbytes: int) -> str:
-    return f"{nbytes / GIB:.2f} GiB"

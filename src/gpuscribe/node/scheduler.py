@@ -14,7 +14,7 @@ import logging
 from gpuscribe.domain import Task
 from gpuscribe.memory.estimator import Estimator
 from gpuscribe.memory.ledger import Fit, NotAdmitted
-from gpuscribe.memory.types import GIB, MemoryEstimate, ProfileKey
+from gpuscribe.memory.types import MemoryEstimate, ProfileKey, gib_text
 from gpuscribe.node.context import NodeContext
 from gpuscribe.node.devices import DeviceSlot
 from gpuscribe.node.events import local_failure_error
@@ -135,7 +135,7 @@ class SchedulerPass:
         if best[0] <= own:
             return None, f"{reason}; no other live node has a larger GPU"
         return None, (
-            f"{reason}; the largest cap in the cluster is {best[0] / GIB:.1f} GiB "
+            f"{reason}; the largest cap in the cluster is {gib_text(best[0])} "
             f"({best[2]} on node {best[1]})"
         )
 

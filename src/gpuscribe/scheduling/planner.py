@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gpuscribe.domain import Task
-from gpuscribe.memory.ledger import DeviceLedger, gib_text
-from gpuscribe.memory.types import MemoryEstimate, ModelKey
+from gpuscribe.memory.ledger import DeviceLedger
+from gpuscribe.memory.types import MemoryEstimate, ModelKey, gib_text
 from gpuscribe.scheduling.placement import LeastAdmitted
 from gpuscribe.scheduling.priority import order_queue
 from gpuscribe.telemetry.base import DeviceKind
