@@ -377,9 +377,9 @@ def test_gpus_table_and_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert json.loads(capsys.readouterr().out) == {"gpus": GPUS}
 
 
-def test_gpus_watch_redraws_until_interrupted(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def interrupt_the_second_sleep(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """`time.sleep` records its seconds and is interrupted (Ctrl-C) at its second call: a
+    `--watch` draws twice. The recorded seconds."""
     sleeps: list[float] = []
 
     def sleep(seconds: float) -> None:
@@ -388,6 +388,13 @@ def test_gpus_watch_redraws_until_interrupted(
             raise KeyboardInterrupt
 
     monkeypatch.setattr(time, "sleep", sleep)
+    return sleeps
+
+
+def test_gpus_watch_redraws_until_interrupted(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sleeps = interrupt_the_second_sleep(monkeypatch)
     assert main(["gpus", "--watch", "0.5", "--json"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2
@@ -397,14 +404,7 @@ def test_gpus_watch_redraws_until_interrupted(
 def test_gpus_watch_shows_the_memory_warning_on_every_redraw(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    sleeps: list[float] = []
-
-    def sleep(seconds: float) -> None:
-        sleeps.append(seconds)
-        if len(sleeps) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(time, "sleep", sleep)
+    interrupt_the_second_sleep(monkeypatch)
     assert main(["gpus", "--watch", "0.5"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert sum(line.startswith("WARNING GPU [1] since ") for line in lines) == 2

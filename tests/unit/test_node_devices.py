@@ -95,9 +95,8 @@ def test_cpu_or_nothing_selects_the_cpu() -> None:
     assert select_devices(cpu, "") == cpu
 
 
-def test_foreign_bytes_leave_out_the_workers_own_memory(
-    gpus: SimulatedGpus, tmp_path: Path
-) -> None:
+def simulated_slot(gpus: SimulatedGpus, tmp_path: Path) -> DeviceSlot:
+    """The first simulated GPU's slot: its simulated worker (not started) and a fresh ledger."""
     settings = load_settings(flags={"data_dir": str(tmp_path)}, env={})
     reading = gpus.discover()[0]
     device = DeviceRef(reading.kind, reading.uuid, reading.index, reading.name)
@@ -106,7 +105,14 @@ def test_foreign_bytes_leave_out_the_workers_own_memory(
         reading.uuid, reading.index, reading.memory_total_bytes,
         cap_fraction=0.9, reserve_bytes=GIB, max_tasks=5,
     )  # fmt: skip
-    slot = DeviceSlot(device, ledger, worker, reading)
+    return DeviceSlot(device, ledger, worker, reading)
+
+
+def test_foreign_bytes_leave_out_the_workers_own_memory(
+    gpus: SimulatedGpus, tmp_path: Path
+) -> None:
+    slot = simulated_slot(gpus, tmp_path)
+    reading = slot.reading
     assert slot.uuid == reading.uuid and slot.kind is reading.kind
     assert slot.foreign_bytes() == 0
 
@@ -122,17 +128,11 @@ def test_where_the_device_lists_no_worker_memory_gpuscribe_holds_what_it_admitte
 ) -> None:
     """A container's GPU lists no process of its own: counting gpuscribe's memory as another
     process's would charge it twice at admission."""
-    settings = load_settings(flags={"data_dir": str(tmp_path)}, env={})
-    reading = gpus.discover()[0]
-    device = DeviceRef(reading.kind, reading.uuid, reading.index, reading.name)
-    worker = make_worker(device, settings, gpus, lambda event: None)
-    ledger = DeviceLedger(
-        reading.uuid, reading.index, reading.memory_total_bytes,
-        cap_fraction=0.9, reserve_bytes=GIB, max_tasks=5,
-    )  # fmt: skip
+    slot = simulated_slot(gpus, tmp_path)
+    ledger = slot.ledger
     ledger.charge_context(3 * GIB)  # what the ledger admitted for the worker
-    gpus.set_foreign(reading.uuid, 5 * GIB)  # all of it unattributed, as the device lists it
-    slot = DeviceSlot(device, ledger, worker, gpus.read(reading.uuid))
+    gpus.set_foreign(slot.uuid, 5 * GIB)  # all of it unattributed, as the device lists it
+    slot.reading = gpus.read(slot.uuid)
     assert not slot.attributed
     assert slot.foreign_bytes() == 2 * GIB
     ledger.charge_context(6 * GIB)  # more admitted than the device reports in use
