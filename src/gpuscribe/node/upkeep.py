@@ -114,41 +114,43 @@ class Upkeep:
             reading = self._ctx.telemetry.read(slot.uuid)
             slot.reading = reading
             labels = slot.metric_labels(self._ctx.settings.node_name)
-            total = reading.memory_total_bytes or 1
-            self._ctx.metrics.memory_used.labels(*labels).set(reading.memory_used_bytes)
-            self._ctx.metrics.memory_utilization.labels(*labels).set(
-                reading.memory_used_bytes / total
-            )
-            self._ctx.metrics.memory_reserved.labels(*labels).set(slot.ledger.admitted_bytes)
-            self._ctx.metrics.memory_cap.labels(*labels).set(slot.ledger.cap_bytes)
-            self._ctx.metrics.tasks_running.labels(*labels).set(slot.ledger.running_tasks)
-            self._ctx.metrics.memory_foreign.labels(*labels).set(slot.foreign_bytes())
+            foreign = slot.foreign_bytes()  # once per reading: metrics, warning and history
+            self._publish(slot, labels, foreign)
             if slot.kind is not DeviceKind.CPU:  # the CPU's memory is the whole machine's
-                self._watch_memory(slot, labels)
-            self._record_history(slot)
+                self._watch_memory(slot, labels, foreign)
+            self._record_history(slot, foreign)
             if not reading.healthy:
                 log.error("device %s is unhealthy (%s): drained", slot.uuid, reading.error)
 
-    def _record_history(self, slot: DeviceSlot) -> None:
+    def _publish(self, slot: DeviceSlot, labels: tuple[str, ...], foreign: int) -> None:
+        metrics, reading, ledger = self._ctx.metrics, slot.reading, slot.ledger
+        used = reading.memory_used_bytes
+        metrics.memory_used.labels(*labels).set(used)
+        metrics.memory_utilization.labels(*labels).set(used / (reading.memory_total_bytes or 1))
+        metrics.memory_reserved.labels(*labels).set(ledger.admitted_bytes)
+        metrics.memory_cap.labels(*labels).set(ledger.cap_bytes)
+        metrics.tasks_running.labels(*labels).set(ledger.running_tasks)
+        metrics.memory_foreign.labels(*labels).set(foreign)
+
+    def _record_history(self, slot: DeviceSlot, foreign: int) -> None:
         sample = DeviceSample.of(
             slot.reading,
-            foreign_bytes=slot.foreign_bytes(),
+            foreign_bytes=foreign,
             reserved_bytes=slot.ledger.admitted_bytes,
             cap_bytes=slot.ledger.cap_bytes,
         )
         self.history.record(slot.uuid, sample)
 
-    def _watch_memory(self, slot: DeviceSlot, labels: tuple[str, ...]) -> None:
+    def _watch_memory(self, slot: DeviceSlot, labels: tuple[str, ...], foreign: int) -> None:
         reading = slot.reading
-        # A worker holds its CUDA context while it lives: a device that lists none of the
-        # workers' memory does not tell gpuscribe's memory from other processes', and the
-        # growth rule has nothing to go on there.
-        attributed = slot.attributed
         sample = MemorySample(
             at=self._ctx.clock(),
             total_bytes=reading.memory_total_bytes,
             used_bytes=reading.memory_used_bytes,
-            foreign_bytes=slot.foreign_bytes() if attributed else None,
+            # A worker holds its CUDA context while it lives: a device that lists none of the
+            # workers' memory does not tell gpuscribe's memory from other processes', and the
+            # growth rule has nothing to go on there.
+            foreign_bytes=foreign if slot.attributed else None,
             tasks_running=slot.ledger.running_tasks,
             admitted_bytes=slot.ledger.admitted_bytes,
         )
