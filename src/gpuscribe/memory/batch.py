@@ -10,6 +10,8 @@ resident model holds is therefore fixed once it is loaded, whatever the number o
                      (self-attention over the text, cross-attention over the encoder frames)
     workspace(rows) = fixed + per_row x rows
     fixed          = ENCODER_BATCH x (log-mel of one window + encoder activations of one window)
+                     + READY_BATCHES x ENCODER_BATCH x one window's encoder output (the windows
+                     encoded ahead of free rows, and the batch being encoded)
     per_row        = the encoder output a row's window keeps, the cross-attention keys/values
                      computed for it when it starts (FILL_WIDTHS), its prompt's logits at prefill
                      (PREFILL_TOKENS x vocab in the model's type and in float32), and the float32
@@ -26,8 +28,8 @@ steps of `ROW_STEP`, up to `MAX_ROWS`, such that the worker's context and the re
 within `BATCH_SHARE` of the device's cap (`MAX_MEMORY_UTILIZATION` x total). The rest of the cap
 (15 %) is left to the running tasks' own working memory and to the allocator's slack; at least
 `MIN_ROWS`. With the default cap of 0.9 and a 1.2 GiB context: large-v3 gets 32 rows on a 24 GiB
-GPU, 160 on an 80 GB one (168 on an H100, whose measured context is 0.75 GiB) and 256 on a 141 GB
-H200; large-v3-turbo 200 on 24 GiB and 256 on the others (tests/unit/test_memory_batch.py).
+GPU, 168 on an 80 GB one and 256 on a 141 GB H200; large-v3-turbo 232 on 24 GiB and 256 on the
+others (tests/unit/test_memory_batch.py).
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ MAX_ROWS = 256  # the most rows the auto rule gives (the decode step's speed lev
 ROW_STEP = 8  # auto rows are a multiple of this
 MIN_ROWS = 8  # and never fewer: a window takes up to 5 rows (beams, or best-of candidates)
 BATCH_SHARE = 0.85  # of the cap: context + resident model; the rest is left to running tasks
-ENCODER_BATCH = 64  # windows the batcher encodes at once (engines/batched/batcher.py)
+ENCODER_BATCH = 32  # windows the batcher encodes at once (engines/batched/batcher.py)
+READY_BATCHES = 2  # encoder outputs held ahead of free rows: up to one batch ready, one in flight
 ENCODER_WIDTHS = 12  # encoder activations of one window at its peak, in frames x d_model units
 FILL_WIDTHS = 3  # a starting row's encoder output (stacked) and its cross keys/values
 PREFILL_TOKENS = 16  # prompt positions charged per row at prefill: the start sequence and a
@@ -113,7 +116,9 @@ def mel_bytes_per_window(n_mels: int) -> int:
 def batch_shape(arch: WhisperArchitecture, compute_type: str) -> BatchShape:
     element = element_size(compute_type)
     hidden = arch.max_source_positions * arch.d_model * element
-    fixed = ENCODER_BATCH * (mel_bytes_per_window(arch.n_mels) + ENCODER_WIDTHS * hidden)
+    fixed = ENCODER_BATCH * (
+        mel_bytes_per_window(arch.n_mels) + (ENCODER_WIDTHS + READY_BATCHES) * hidden
+    )
     per_row = (
         hidden * (1 + FILL_WIDTHS)
         + PREFILL_TOKENS * arch.vocab_size * (element + 4)

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from gpuscribe.memory.batch import ENCODER_BATCH  # the memory it charges is that module's
 from gpuscribe.workers.base import TaskCancelled
 from gpuscribe.workers.engines.batched.decoder import StaticDecoder
 from gpuscribe.workers.engines.batched.features import MelFeatures
@@ -38,7 +39,7 @@ from gpuscribe.workers.engines.batched.search import (
 
 log = logging.getLogger(__name__)
 
-ENCODER_BATCH = 64
+START_ROWS = 16  # free rows that make a start (one prompt pass) worth it while more is coming
 CANCEL_CHECK_STEPS = 8
 STOP_POLL_SECONDS = 0.2  # how often a waiting task thread looks at its stop flag
 # The batcher thread waits on the device every step, and task threads run meanwhile; with
@@ -160,9 +161,11 @@ class Batcher:
         self._suppress_cache: dict[tuple[int, ...], Any] = {}
         self._constants = RuleConstants.of(torch, vocabulary, decoder.device)
         self._encoding: _Encoding | None = None
+        self._ready: list[tuple[Group, EncoderInput]] = []  # encoded, waiting for free rows
         cuda = decoder.device.type == "cuda"
         self._side_stream = torch.cuda.Stream() if cuda and overlap_encoder else None  # type: ignore[no-untyped-call]
         self.steps = 0
+        self.row_steps = 0  # rows stepped, summed over steps: / steps is the mean occupancy
         self.seconds: dict[str, float] = {"calls": 0.0, "admit": 0.0, "step": 0.0, "select": 0.0}
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_SECONDS))
         self._thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
@@ -256,7 +259,12 @@ class Batcher:
         while True:
             with self._lock:
                 while not (
-                    self._closed or self._waiting or self._calls or self._rows or self._encoding
+                    self._closed
+                    or self._waiting
+                    or self._calls
+                    or self._rows
+                    or self._encoding
+                    or self._ready
                 ):
                     self._lock.wait()
                 if self._closed:
@@ -286,38 +294,77 @@ class Batcher:
         call.request.done.set()
 
     def _free_rows(self) -> int:
-        reserved = sum(g.options.rows for g, _ in self._encoding.taken) if self._encoding else 0
-        return self.decoder.rows - len(self._rows) - reserved
+        return self.decoder.rows - len(self._rows)
 
     def _admit(self) -> None:
-        """Start the windows whose encoding is done; then take the next waiting windows that
-        fit the free rows and encode them (on a second CUDA stream, overlapping the decode
-        steps that go on meanwhile, where `overlap_encoder`)."""
+        """Move finished encodings to the ready windows, start ready windows in free rows, and
+        keep the encoder one batch ahead of the rows: while the steps run, the next windows are
+        encoded (on a second CUDA stream where `overlap_encoder`), so that a row that ends is
+        refilled within a few steps instead of after a whole encoder batch."""
         pending = self._encoding
-        if pending is not None:
-            if not self._encoded(pending):
-                return
+        if pending is not None and self._encoded(pending):
             self._encoding = None
-            self._start(pending.taken)
+            self._ready.extend(pending.taken)
+        self._start_ready()
+        if self._encoding is None and len(self._ready) < ENCODER_BATCH:
+            self._encode_ahead()
+        if not self._rows and self._ready and self._encoding is None:
+            self._start_ready()  # the CPU (no side stream): what was just encoded starts now
+
+    def _ready_rows(self) -> int:
+        return sum(g.options.rows for g, _ in self._ready)
+
+    def _start_ready(self) -> None:
+        """Start the best ready windows (priority first, then first come) that fit the free
+        rows, once enough rows are free to make the start worth its prompt pass (`START_ROWS`,
+        an eighth of a small batch, or every ready row when fewer are ready), or at once when
+        nothing decodes."""
+        if not self._ready:
+            return
+        free = self._free_rows()
+        worth = min(START_ROWS, max(1, self.decoder.rows // 8), self._ready_rows())
+        if self._rows and free < worth:
+            return
+        self._ready.sort(key=lambda item: (-item[0].request.priority, item[0].request.order,
+                                           item[0].index))  # fmt: skip
+        starting: list[tuple[Group, EncoderInput]] = []
+        kept: list[tuple[Group, EncoderInput]] = []
+        for group, encoded in self._ready:
+            if group.options.rows <= free and not kept:
+                free -= group.options.rows
+                starting.append((group, encoded))
+            else:
+                kept.append((group, encoded))
+        self._ready = kept
+        self._start(starting)
+
+    def _encode_ahead(self) -> None:
+        """Encode the next waiting windows into the ready list (through `_encoding` while the
+        side stream runs). Windows whose encoding fails fail with it (they left the queue)."""
         taken = self._take()
         if not taken:
             return
-        if self._side_stream is None:
-            self._encode_all(taken)
-            self._start(taken)
-            return
-        torch = self._torch
-        self._side_stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(self._side_stream):
-            self._encode_all(taken)
-            done = torch.cuda.Event()
-            done.record(self._side_stream)
-        self._encoding = _Encoding(taken, done)
+        try:
+            if self._side_stream is None:
+                self._encode_all(taken)
+                self._ready.extend(taken)
+                return
+            torch = self._torch
+            self._side_stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self._side_stream):
+                self._encode_all(taken)
+                done = torch.cuda.Event()
+                done.record(self._side_stream)
+            self._encoding = _Encoding(taken, done)
+        except Exception as exc:
+            for group, _ in taken:
+                group.request.fail(exc)
+            raise
 
     def _encoded(self, pending: _Encoding) -> bool:
         """Whether `pending`'s encoder output is ready; then the decode stream waits on it, and
         its tensors are marked as used there (they were allocated on the side stream)."""
-        if not pending.done.query() and self._rows:
+        if not pending.done.query() and (self._rows or self._ready):
             return False  # the batch has work meanwhile: step it, look again after
         torch = self._torch
         current = torch.cuda.current_stream()
@@ -329,23 +376,11 @@ class Batcher:
         return True
 
     def _take(self) -> list[tuple[Group, EncoderInput]]:
-        """The next waiting windows (best priority first) that fit the free rows, once enough
-        rows are free for the encoder to run a real batch."""
-        free = self._free_rows()
+        """The next waiting windows, best priority first: one encoder batch."""
         with self._lock:
-            if not self._waiting:
-                return []
-            wanted = self._waiting[0][3].options.rows
-            threshold = min(max(1, self.decoder.rows // 4), len(self._waiting) * wanted)
-            if self._rows and free < threshold:
-                return []
             taken: list[tuple[Group, EncoderInput]] = []
             while self._waiting and len(taken) < ENCODER_BATCH:
-                group = self._waiting[0][3]
-                if group.options.rows > free:
-                    break
                 _, _, _, group, encoded = heapq.heappop(self._waiting)
-                free -= group.options.rows
                 taken.append((group, encoded))
         return [(g, e) for g, e in taken if not self._cancelled(g)]
 
@@ -448,6 +483,7 @@ class Batcher:
         started = time.perf_counter()
         logits = self.decoder.step(n, max(positions))
         self.steps += 1
+        self.row_steps += n
         for row in self._rows:
             row.position += 1
         launched = time.perf_counter()
@@ -726,6 +762,9 @@ class Batcher:
 
     def _fail_everything(self, error: BaseException) -> None:
         self._fail_rows(error)
+        for group, _ in self._ready:
+            group.request.fail(error)
+        self._ready = []
         for *_, group, _ in self._waiting:
             group.request.fail(error)
         self._waiting = []
