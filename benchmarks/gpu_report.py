@@ -417,7 +417,10 @@ def _report_stream(args: argparse.Namespace, out: Path, tasks: list[dict[str, An
         "urgent_probes": getattr(args, "probes", []),
     }  # fmt: skip
     (out / f"stream-{args.name}.json").write_text(json.dumps(report, indent=1))
-    _plot(out / f"stream-{args.name}.png", samples, gpus, args.name, used_before)
+    try:
+        _plot(out / f"stream-{args.name}.png", samples, gpus, args.name, used_before)
+    except ImportError:
+        print("no matplotlib here: no plot")
     print(json.dumps({k: v for k, v in report.items() if k != "per_gpu"}, indent=1))
     for uuid, g in per_gpu.items():
         print(
