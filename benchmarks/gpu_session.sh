@@ -7,9 +7,9 @@
 #   bash benchmarks/gpu_session.sh inprocess   engine / generate / ceiling / profile, both models
 #                                              (after install 1; ~6 min)
 #   bash benchmarks/gpu_session.sh real        tiny.en on CUDA against the CPU (after 3; ~1 min)
-#   bash benchmarks/gpu_session.sh service M   the service over HTTP on model M: 300 tasks at
+#   bash benchmarks/gpu_session.sh service M [T]  the service over HTTP on model M: 300 tasks at
 #                                              MAX_TASKS_PER_GPU 300 with 3 urgent probes, then
-#                                              at the default 5 (after 2; ~4 min)
+#                                              at the default 5 (or at each of "T"; after 2)
 #   bash benchmarks/gpu_session.sh multi M N   the same stream at 300 on GPUs 0..N-1 (an -x2 or
 #                                              -x4 machine); `service M`'s first run on the same
 #                                              machine is its one-GPU baseline
@@ -42,7 +42,7 @@ case "${1:-}" in
     done ;;
   service)
     model=${2:-large-v3-turbo}
-    for tasks in 300 5; do
+    for tasks in ${3:-300 5}; do
       python3 benchmarks/gpu_report.py --out "$OUT" --devices 0 stream --models "$model" \
         --beams 1 --tokens 0 --tasks 300 --min-seconds 5 --max-tasks "$tasks" --urgent 3 \
         --urgent-after 15 --name "$model-$tasks" --max-seconds 150 2>&1 | grep -v "final$" | tail -15
