@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -92,6 +93,7 @@ def test_cuda_worker_sees_only_its_own_gpu() -> None:
         (MemoryError(), True, FailureKind.OUT_OF_MEMORY),
         (TaskCancelled("stop"), False, FailureKind.CANCELLED),
         (KeyError("x"), False, FailureKind.TRANSIENT),
+        (BrokenProcessPool("a decoding child died"), True, FailureKind.TRANSIENT),
     ],
 )
 def test_failures_are_classified(exc: BaseException, decoding: bool, kind: FailureKind) -> None:
@@ -367,6 +369,9 @@ def test_the_batch_gets_the_ledgers_rows_and_the_tasks_priority(
     monkeypatch.setattr(
         decode_module, "decode", lambda path, sample_rate=16000: np.zeros(16000, np.float32)
     )
+    # decoded in the task's thread (where the fake decode is), not in a child process
+    monkeypatch.setattr(importlib.import_module("gpuscribe.workers.process"),
+                        "decode_processes", lambda cpus: 0)  # fmt: skip
     memory = FakeMemory()
     engine = BatchedFakeEngine(memory)
     monkeypatch.setattr(registry_module, "create_engine", lambda name, settings: engine)

@@ -14,12 +14,12 @@ import os
 import threading
 import time
 from collections.abc import Callable, MutableMapping
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-from gpuscribe.audio import SAMPLE_RATE
 from gpuscribe.config import Settings
 from gpuscribe.domain import InvalidRequest, Segment, Transcript
 from gpuscribe.memory.types import ModelKey
@@ -31,6 +31,7 @@ from gpuscribe.store.audio import (
     spool,
 )
 from gpuscribe.telemetry.base import DeviceKind
+from gpuscribe.workers.audio_decoding import AudioDecoder, decode_processes
 from gpuscribe.workers.base import TaskCancelled
 from gpuscribe.workers.measure import DeviceMemory, PeakSampler, ProgressThrottle
 from gpuscribe.workers.messages import (
@@ -95,6 +96,8 @@ def classify_failure(exc: BaseException, *, decoding: bool) -> FailureKind:
         return FailureKind.NODE_LOCAL
     if isinstance(exc, InvalidRequest):
         return FailureKind.BAD_INPUT
+    if isinstance(exc, BrokenProcessPool):
+        return FailureKind.TRANSIENT  # a decoding child died: retried, within the attempt limit
     if decoding:
         return FailureKind.BAD_INPUT  # the audio was probed at upload: it is the input's fault
     return FailureKind.TRANSIENT
@@ -242,6 +245,8 @@ class Worker:
         self.outbox = outbox
         self.memory = memory
         self.sampler = PeakSampler(memory)
+        cuda = device.kind is DeviceKind.CUDA
+        self.audio = AudioDecoder(decode_processes(os.cpu_count()) if cuda else 0)
         self.models: ModelCache[LoadedModel] = ModelCache(self._load_model, self._unload_model)
         self._engines: dict[str, Engine] = {}
         self._tasks: dict[str, _Running] = {}
@@ -305,6 +310,7 @@ class Worker:
         if not stuck:
             self.models.clear()
         self.sampler.stop()
+        self.audio.close()
         return stuck
 
     # one task
@@ -325,7 +331,7 @@ class Worker:
         throttle = ProgressThrottle()
         decoding = True
         try:
-            audio = self._read_audio(command.audio_path)
+            audio = self._read_audio(command.audio_path, command.priority)
             decoding = False
             transcript = self._transcribe(running, audio, throttle)
         except BaseException as exc:
@@ -403,7 +409,7 @@ class Worker:
         return TaskFailed(command.task_id, command.lease_token, kind, error, peak_bytes=peak)
 
     # audio
-    def _read_audio(self, ref: str) -> object:
+    def _read_audio(self, ref: str, priority: int) -> object:
         """Decode the task's audio, read through the audio store (PostgreSQL audio is spooled
         to a temporary file under the node's data directory first)."""
         try:
@@ -419,7 +425,7 @@ class Worker:
         except Exception as exc:
             raise AudioUnavailable(f"cannot open the audio store: {describe(exc)}") from exc
         with spool(store, ref, Path(self.settings.data_dir) / "spool") as path:
-            return _decode(str(path))
+            return self.audio.decode(str(path), priority)
 
     # models
     def _engine(self, name: str) -> Engine:
@@ -459,20 +465,6 @@ class Worker:
             self.memory.release_cached()
             log.info("unloaded %s", key)
             self.outbox.send(ModelUnloaded(self.device.uuid, key))
-
-
-# One task decodes its audio at a time. PyAV's frame loop takes the interpreter lock in short
-# bursts: two threads decoding at once took 4.7 times as long as one (a 20-minute WAV, 0.42 s
-# alone), and 300 tasks starting together on one batch starved the model's load (142 s instead
-# of 10) and the batcher thread. One at a time, each decode runs at full speed.
-_DECODE_LOCK = threading.Lock()
-
-
-def _decode(path: str) -> object:
-    from gpuscribe.audio.decode import decode
-
-    with _DECODE_LOCK:
-        return decode(path, sample_rate=SAMPLE_RATE)
 
 
 # --- entry point ------------------------------------------------------------------------------
