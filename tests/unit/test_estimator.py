@@ -144,7 +144,7 @@ def test_a_batched_model_is_charged_its_batch_once_and_a_small_working_figure() 
     assert shape is not None
     assert est.batch_rows == 256
     assert est.batch_bytes == plan_batch(256, shape).batch_bytes
-    assert est.working_bytes == task_working_bytes(shape, 1)
+    assert est.working_bytes == task_working_bytes(shape, 1, 30.0)
     assert est.weights_bytes == with_margin(reference_weights_bytes("large-v3"))
     assert est.context_bytes == REFERENCE_CONTEXT_BYTES
     assert est.source is EstimateSource.PROFILE  # context and weights: the H200 profile
@@ -202,7 +202,7 @@ def test_per_task_samples_do_not_set_a_batched_tasks_working_figure() -> None:
     est = estimator(book).estimate(H200, 30, device_kind=DeviceKind.CUDA, total_bytes=H200_TOTAL)
     shape = shape_of("large-v3", "float16")
     assert shape is not None
-    assert est.working_bytes == task_working_bytes(shape, 1)
+    assert est.working_bytes == task_working_bytes(shape, 1, 30.0)
     assert est.source is EstimateSource.PROFILE
 
 

@@ -144,13 +144,17 @@ def test_the_workspace_formula_is_named_parts_of_the_architecture() -> None:
     assert large.window_hidden_bytes == 1500 * 1280 * 2
 
 
-def test_a_tasks_own_memory_is_small_and_grows_with_its_batch() -> None:
+def test_a_tasks_own_memory_is_small_and_grows_with_its_windows_and_batch() -> None:
     shape = shape_of("large-v3", "float16")
     assert shape is not None
-    one = task_working_bytes(shape, 1)
-    assert one < 256 * MIB
-    assert task_working_bytes(shape, 16) == one
-    assert task_working_bytes(shape, 32) == one + 16 * shape.window_hidden_bytes
+    hidden = shape.window_hidden_bytes
+    clip = task_working_bytes(shape, 1, 20.0)  # one window
+    assert clip == 16 * MIB + hidden < 24 * MIB
+    assert task_working_bytes(shape, 1, 95.0) == clip + 3 * hidden  # four windows
+    hour = task_working_bytes(shape, 1, 3600.0)
+    assert hour == 16 * MIB + 16 * hidden < 96 * MIB  # at most 16 windows kept
+    assert task_working_bytes(shape, 16, 3600.0) == hour
+    assert task_working_bytes(shape, 32, 3600.0) == hour + 16 * hidden
 
 
 # --- the workspace fit ------------------------------------------------------------------------

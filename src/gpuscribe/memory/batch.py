@@ -38,7 +38,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gpuscribe.audio import HOP, MEL_FRAMES, N_FFT, WINDOW_SAMPLES
+from gpuscribe.audio import HOP, MEL_FRAMES, N_FFT, WINDOW_SAMPLES, WINDOW_SECONDS
 from gpuscribe.memory.architectures import ARCHITECTURES, WhisperArchitecture, canonical_model_name
 from gpuscribe.memory.types import MIB
 
@@ -53,7 +53,8 @@ FILL_WIDTHS = 3  # a starting row's encoder output (stacked) and its cross keys/
 PREFILL_TOKENS = 16  # prompt positions charged per row at prefill: the start sequence and a
 # short initial prompt (a long initial prompt takes more: see docs, and calibration)
 STEP_VOCAB_COPIES = 8  # float32 [rows, vocab] tensors of one step: logits, log-probs, masks, top-k
-TASK_BASE_BYTES = 64 * MIB  # a running task beyond the batch: its features and stray tensors
+TASK_BASE_BYTES = 16 * MIB  # a running task beyond the batch: stray tensors (its log-mel is
+# computed in the encoder's batch, its rows are the batch's)
 TASK_KEPT_WINDOWS = 16  # windows of one task whose encoder output may outlive their rows
 CPU_DEFAULT_ROWS = 0  # on the CPU the engine keeps its own default (RunTask says 0)
 
@@ -163,11 +164,15 @@ def plan_batch(rows: int, shape: BatchShape, workspace: Workspace | None = None)
     return BatchPlan(rows, rows * shape.row_bytes, ws.at(rows))
 
 
-def task_working_bytes(shape: BatchShape, batch_size: int) -> int:
+def task_working_bytes(shape: BatchShape, batch_size: int, audio_seconds: float) -> int:
     """A running task's own memory on a batched model: its rows are the model's (charged
-    with it); what is its own is a little host-side slack and the encoder outputs of its
-    windows that outlive their rows (word timing reads them again)."""
-    kept = max(TASK_KEPT_WINDOWS, batch_size)
+    with it); what is its own is a little slack and the encoder outputs of its windows that
+    outlive their rows (word timing reads them again): at most `TASK_KEPT_WINDOWS` (or its
+    batch size), and never more windows than its audio has. On an H200, 300 large-v3 tasks at
+    once held no memory NVML could see beyond the batch's estimate, where the earlier flat 0.12
+    GiB a task had the ledger reserve 35 GiB for them."""
+    windows = max(1, math.ceil(audio_seconds / WINDOW_SECONDS))
+    kept = min(windows, max(TASK_KEPT_WINDOWS, batch_size))
     return TASK_BASE_BYTES + kept * shape.window_hidden_bytes
 
 

@@ -91,7 +91,10 @@ class Estimator:
         )
         shape = shape_of(key.model, key.compute_type) if self.batched(key, device_kind) else None
         if shape is not None:
-            return self._batched(key, shape, fallback, device_kind, min_working_bytes, total_bytes)
+            working = max(
+                task_working_bytes(shape, key.batch_size, audio_seconds), min_working_bytes
+            )
+            return self._batched(key, shape, fallback, device_kind, working, total_bytes)
         working, source, count = fallback.working_bytes, fallback.source, 0
         calibrated = self.book.working(key)
         if calibrated is not None:
@@ -117,7 +120,7 @@ class Estimator:
         shape: BatchShape,
         fallback: MemoryEstimate,
         device_kind: DeviceKind,
-        min_working_bytes: int,
+        working_bytes: int,
         total_bytes: int | None,
     ) -> MemoryEstimate:
         context = self._context(key, fallback, device_kind)
@@ -140,7 +143,7 @@ class Estimator:
         return MemoryEstimate(
             context_bytes=context,
             weights_bytes=weights,
-            working_bytes=max(task_working_bytes(shape, key.batch_size), min_working_bytes),
+            working_bytes=working_bytes,
             source=EstimateSource.CALIBRATED if workspace is not None else fallback.source,
             sample_count=count,
             batch_bytes=plan.batch_bytes,
