@@ -39,7 +39,7 @@ from gpuscribe.workers.engines.batched.search import (
 
 log = logging.getLogger(__name__)
 
-START_ROWS = 16  # free rows that make a start (one prompt pass) worth it while more is coming
+START_ROWS = 16  # free rows that make a start (one prompt pass for them all) worth its cost
 CANCEL_CHECK_STEPS = 8
 STOP_POLL_SECONDS = 0.2  # how often a waiting task thread looks at its stop flag
 # The batcher thread waits on the device every step, and task threads run meanwhile; with
