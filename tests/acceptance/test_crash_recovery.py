@@ -100,7 +100,7 @@ def test_sigkill_mid_transcription_on_cpu(audio: AudioSet, tmp_path: Path) -> No
 
 
 def test_sigkill_with_simulated_gpus(audio: AudioSet, tmp_path: Path) -> None:
-    env = {**RECOVERY_ENV, "GPUSCRIBE_SIMULATION_SPEED": "60", "GPUSCRIBE_BENCHMARK_ONLY": "1"}
+    env = {**RECOVERY_ENV, "GPUSCRIBE_SIMULATION_SPEED": "30", "GPUSCRIBE_BENCHMARK_ONLY": "1"}
     service = ServiceProcess(tmp_path / "data", simulate_gpus="2x24GiB", env=env)
     with service:
         lengths = (10, 30, 60, 120)
