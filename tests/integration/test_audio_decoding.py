@@ -1,12 +1,17 @@
 """workers/audio_decoding.py: decode slots let the most urgent waiter in first; decoding in a
 child process gives the same samples as in the thread, and a file that is not audio still comes
-back as the client's error (with its code) rather than a broken pool."""
+back as the client's error (with its code) rather than a broken pool; a daemon worker (as the
+node starts them) can start its decoding child, which ends when the worker is killed."""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -90,3 +95,38 @@ def test_a_child_process_decodes_what_the_thread_decodes(flac: Path, tmp_path: P
         np.testing.assert_array_equal(in_child.decode(str(flac), priority=0), here)  # still up
     finally:
         in_child.close()
+
+
+def _decode_as_a_worker(path: str, answers: Any) -> None:
+    """A daemon process, as a node's worker is: decodes in a child, reports its pid, waits."""
+    decoder = AudioDecoder(1)
+    samples = decoder.decode(path, priority=2)
+    pool = decoder._pool
+    assert pool is not None
+    answers.put((samples.size, [p.pid for p in pool._processes.values()]))
+    time.sleep(120)
+
+
+def test_a_daemon_worker_decodes_in_a_child_that_ends_when_it_is_killed(flac: Path) -> None:
+    context = multiprocessing.get_context("spawn")
+    answers = context.Queue()
+    worker = context.Process(target=_decode_as_a_worker, args=(str(flac), answers), daemon=True)
+    worker.start()
+    try:
+        size, children = answers.get(timeout=120)
+        assert size == 40_000 and len(children) == 1
+    finally:
+        os.kill(worker.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        worker.join(10)
+    deadline = time.monotonic() + 15
+    while _running(children[0]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _running(children[0]), "the decoding child outlived its killed worker"
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"

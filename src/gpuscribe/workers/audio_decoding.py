@@ -21,6 +21,7 @@ import logging
 import multiprocessing
 import os
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -132,8 +133,40 @@ class AudioDecoder:
     def _executor(self) -> ProcessPoolExecutor:
         with self._pool_lock:
             if self._pool is None:
+                _allow_children()
                 context = multiprocessing.get_context("spawn")
-                self._pool = ProcessPoolExecutor(self._processes, mp_context=context)
+                self._pool = ProcessPoolExecutor(
+                    self._processes,
+                    mp_context=context,
+                    initializer=_end_with_parent,
+                    initargs=(os.getpid(),),
+                )
                 log.info("decoding audio in %d child processes (pid %d)", self._processes,
                          os.getpid())  # fmt: skip
             return self._pool
+
+
+def _allow_children() -> None:
+    """A worker process is started as a daemon (it ends with its node), and multiprocessing
+    refuses to start children from a daemon. The flag read here is this process's own copy
+    (the node's handle keeps its own): clearing it only lets the decoding children start. They
+    end with this process: at its exit the pool is shut down, and if it is killed they notice
+    (`_end_with_parent`)."""
+    me = multiprocessing.current_process()
+    if me.daemon:
+        me.daemon = False
+
+
+PARENT_CHECK_SECONDS = 1.0
+
+
+def _end_with_parent(parent_pid: int) -> None:
+    """In each decoding child: exit once the worker that started it is gone (a worker killed
+    with SIGKILL left its children waiting on their task pipe for good)."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_CHECK_SECONDS)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
