@@ -10,6 +10,7 @@ import os
 import signal
 import threading
 import time
+from concurrent.futures import CancelledError
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,8 @@ def test_a_child_process_decodes_what_the_thread_decodes(flac: Path, tmp_path: P
         np.testing.assert_array_equal(in_child.decode(str(flac), priority=0), here)  # still up
     finally:
         in_child.close()
+    with pytest.raises(CancelledError):  # closed with its worker: no new children
+        in_child.decode(str(flac), priority=0)
 
 
 def _decode_as_a_worker(path: str, answers: Any) -> None:

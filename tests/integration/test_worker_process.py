@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import CancelledError
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from multiprocessing.connection import Connection
@@ -94,6 +95,7 @@ def test_cuda_worker_sees_only_its_own_gpu() -> None:
         (TaskCancelled("stop"), False, FailureKind.CANCELLED),
         (KeyError("x"), False, FailureKind.TRANSIENT),
         (BrokenProcessPool("a decoding child died"), True, FailureKind.TRANSIENT),
+        (CancelledError(), True, FailureKind.CANCELLED),  # a decode cancelled by shutdown
     ],
 )
 def test_failures_are_classified(exc: BaseException, decoding: bool, kind: FailureKind) -> None:

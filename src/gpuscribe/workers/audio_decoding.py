@@ -23,7 +23,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import CancelledError, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 
@@ -102,6 +102,7 @@ class AudioDecoder:
         self._slots = DecodeSlots(max(1, processes))
         self._pool: ProcessPoolExecutor | None = None
         self._pool_lock = threading.Lock()
+        self._closed = False
 
     def decode(self, path: str, priority: int) -> npt.NDArray[np.float32]:
         with self._slots.held(priority):
@@ -110,7 +111,9 @@ class AudioDecoder:
             return self._decode_in_pool(path)
 
     def close(self) -> None:
+        """Stop the children; decodes waiting or running end with `CancelledError`."""
         with self._pool_lock:
+            self._closed = True
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
@@ -132,6 +135,8 @@ class AudioDecoder:
 
     def _executor(self) -> ProcessPoolExecutor:
         with self._pool_lock:
+            if self._closed:
+                raise CancelledError("the worker is stopping")
             if self._pool is None:
                 _allow_children()
                 context = multiprocessing.get_context("spawn")

@@ -14,6 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, MutableMapping
+from concurrent.futures import CancelledError
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -86,8 +87,8 @@ def classify_failure(exc: BaseException, *, decoding: bool) -> FailureKind:
 
     What only this node lacks (the audio's bytes, a model it cannot load) is NODE_LOCAL: the
     task goes back to the queue for another node, never failed as the input's fault."""
-    if isinstance(exc, TaskCancelled):
-        return FailureKind.CANCELLED
+    if isinstance(exc, (TaskCancelled, CancelledError)):  # the latter: a decode the pool's
+        return FailureKind.CANCELLED  # shutdown cancelled (the worker is stopping)
     if is_out_of_memory(exc) or is_out_of_memory(exc.__cause__ or exc):
         return FailureKind.OUT_OF_MEMORY
     if isinstance(exc, (AudioUnavailable, ModelUnavailable)) or (
