@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -212,36 +213,39 @@ def test_bad_requests_are_refused(make: Callable[[int], Batcher]) -> None:
 
 
 # --- priorities -----------------------------------------------------------------------------
-def test_an_urgent_window_takes_the_first_free_row(make: Callable[[int], Batcher]) -> None:
-    batcher = make(2)
-    v = batcher.vocabulary
+class _Finishing:
+    """Names of pending windows in the order their results came (each waited on a thread)."""
 
-    def forced(length: int) -> DecodeOptions:
-        return DecodeOptions(beam_size=1, forced_length=length, max_length=448)
+    def __init__(self) -> None:
+        self.order: list[str] = []
+        self.threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
 
-    finished: list[str] = []
-    lock = threading.Lock()
-
-    def watch(name: str, pending: Any) -> threading.Thread:
+    def watch(self, name: str, pending: Any) -> None:
         def wait() -> None:
             try:
                 pending.result()
             finally:
-                with lock:
-                    finished.append(name)
+                with self._lock:
+                    self.order.append(name)
 
         thread = threading.Thread(target=wait)
         thread.start()
-        return thread
+        self.threads.append(thread)
 
-    threads = [
-        watch("short", batcher.submit(_windows(1, 10), [_prompt(v)], forced(10))),
-        watch("long", batcher.submit(_windows(1, 11), [_prompt(v)], forced(60))),
-    ]
-    _wait_for(lambda: len(batcher._rows) == 2, "both rows to be busy")
+    def join(self) -> list[str]:
+        for thread in self.threads:
+            thread.join(WAIT)
+        return self.order
+
+
+@contextmanager
+def _held(batcher: Batcher) -> Iterator[None]:
+    """The batcher thread waits inside a call while the block runs (what it submits is only
+    seen once the block ends)."""
     entered, gate = threading.Event(), threading.Event()
 
-    def hold() -> None:  # the batcher waits here while the rest is queued
+    def hold() -> None:
         entered.set()
         gate.wait(WAIT)
 
@@ -249,19 +253,32 @@ def test_an_urgent_window_takes_the_first_free_row(make: Callable[[int], Batcher
     holder.start()
     try:
         assert entered.wait(WAIT)
+        yield
+    finally:
+        gate.set()
+        holder.join(WAIT)
+
+
+def test_an_urgent_window_takes_the_first_free_row(make: Callable[[int], Batcher]) -> None:
+    batcher = make(2)
+    v = batcher.vocabulary
+
+    def forced(length: int) -> DecodeOptions:
+        return DecodeOptions(beam_size=1, forced_length=length, max_length=448)
+
+    finishing = _Finishing()
+    finishing.watch("short", batcher.submit(_windows(1, 10), [_prompt(v)], forced(10)))
+    finishing.watch("long", batcher.submit(_windows(1, 11), [_prompt(v)], forced(60)))
+    _wait_for(lambda: len(batcher._rows) == 2, "both rows to be busy")
+    with _held(batcher):  # the rest is queued while the batcher waits
         assert len(batcher._rows) == 2
         normal, most_urgent = batch_priority(Priority.NORMAL), batch_priority(Priority.URGENT)
         for name, seed in (("normal-1", 12), ("normal-2", 13)):
             queued = batcher.submit(_windows(1, seed), [_prompt(v)], forced(5), priority=normal)
-            threads.append(watch(name, queued))
+            finishing.watch(name, queued)
         urgent = batcher.submit(_windows(1, 14), [_prompt(v)], forced(5), priority=most_urgent)
-        threads.append(watch("urgent", urgent))
-    finally:
-        gate.set()
-    holder.join(WAIT)
-    for thread in threads:
-        thread.join(WAIT)
-    assert finished == ["short", "urgent", "normal-1", "normal-2", "long"]
+        finishing.watch("urgent", urgent)
+    assert finishing.join() == ["short", "urgent", "normal-1", "normal-2", "long"]
 
 
 def test_windows_encoded_ahead_still_yield_to_an_urgent_one(
@@ -272,40 +289,19 @@ def test_windows_encoded_ahead_still_yield_to_an_urgent_one(
     batcher = make(1)
     v = batcher.vocabulary
     forced = DecodeOptions(beam_size=1, forced_length=5, max_length=448)
-    order: list[str] = []
-
-    def watch(name: str, pending: Any) -> threading.Thread:
-        thread = threading.Thread(target=lambda: (pending.result(), order.append(name)))
-        thread.start()
-        return thread
-
     long = DecodeOptions(beam_size=1, forced_length=220, max_length=448)
-    threads = [watch("long", batcher.submit(_windows(1, 30), [_prompt(v)], long))]
+    finishing = _Finishing()
+    finishing.watch("long", batcher.submit(_windows(1, 30), [_prompt(v)], long))
     _wait_for(lambda: len(batcher._rows) == 1, "the row to be busy")
-    normal = batch_priority(Priority.NORMAL)
-    threads.append(watch("normal", batcher.submit(_windows(1, 31), [_prompt(v)], forced,
-                                                  priority=normal)))  # fmt: skip
+    normal, urgent = batch_priority(Priority.NORMAL), batch_priority(Priority.URGENT)
+    finishing.watch("normal", batcher.submit(_windows(1, 31), [_prompt(v)], forced,
+                                             priority=normal))  # fmt: skip
     _wait_for(lambda: len(batcher._ready) == 1, "the normal window to be encoded ahead")
-    entered, gate = threading.Event(), threading.Event()
-
-    def hold() -> None:  # the batcher waits here while the urgent window is queued
-        entered.set()
-        gate.wait(WAIT)
-
-    holder = threading.Thread(target=lambda: batcher.call(hold))
-    holder.start()
-    try:
-        assert entered.wait(WAIT)
+    with _held(batcher):  # the urgent window is queued while the batcher waits
         assert len(batcher._ready) == 1 and len(batcher._rows) == 1  # still decoding "long"
-        urgent = batch_priority(Priority.URGENT)
-        threads.append(watch("urgent", batcher.submit(_windows(1, 32), [_prompt(v)], forced,
-                                                      priority=urgent)))  # fmt: skip
-    finally:
-        gate.set()
-    holder.join(WAIT)
-    for thread in threads:
-        thread.join(WAIT)
-    assert order == ["long", "urgent", "normal"]
+        finishing.watch("urgent", batcher.submit(_windows(1, 32), [_prompt(v)], forced,
+                                                 priority=urgent))  # fmt: skip
+    assert finishing.join() == ["long", "urgent", "normal"]
 
 
 # --- cancellation and failures --------------------------------------------------------------
