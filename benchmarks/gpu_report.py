@@ -175,12 +175,7 @@ def _urgent_probe(
     with httpx.Client(timeout=120) as client:
         for _ in range(count):
             sent = time.monotonic()
-            with open(path, "rb") as f:
-                form = {"priority": "urgent", "beam_size": "1", "model": model}
-                files = {"file": ("urgent.wav", f, "audio/wav")}
-                r = client.post(url + "/v1/tasks", files=files, data=form)
-            r.raise_for_status()
-            task_id = r.json()["id"]
+            task_id = _upload(client, url, path, priority="urgent", beam_size="1", model=model)
             started = finished = None
             while finished is None and time.monotonic() - sent < 120:
                 t = client.get(f"{url}/v1/tasks/{task_id}").json()
@@ -326,17 +321,23 @@ def cmd_stream(args: argparse.Namespace) -> None:
     _report_stream(args, out, tasks, final, samples, wall, metrics, used_before)
 
 
+def _upload(client: httpx.Client, url: str, path: Path, **form: str) -> str:
+    """POST one WAV file as a task with these form fields; its id."""
+    with open(path, "rb") as f:
+        r = client.post(url + "/v1/tasks", files={"file": (path.name, f, "audio/wav")}, data=form)
+    r.raise_for_status()
+    return str(r.json()["id"])
+
+
 def _warm_up(url: str, folder: Path, model: str) -> None:
     """One 30 s task before the clock starts: the stream then measures a running service (its
     model loaded), not the model's load, which the report's `model_loads` counts apart."""
     path = folder / "warm-up.wav"
     _write_wav(path, 30.0, 998)
-    with open(path, "rb") as f:
-        r = httpx.post(url + "/v1/tasks", files={"file": ("warm-up.wav", f, "audio/wav")},
-                       data={"model": model, "beam_size": "1"}, timeout=60)  # fmt: skip
-    r.raise_for_status()
+    with httpx.Client(timeout=60) as client:
+        task_id = _upload(client, url, path, model=model, beam_size="1")
     started = time.monotonic()
-    final = _wait_all(url, [r.json()["id"]], 600)
+    final = _wait_all(url, [task_id], 600)
     print(f"warm-up: {final[0]['state']} in {time.monotonic() - started:.1f} s", flush=True)
 
 
@@ -358,19 +359,11 @@ def _submit_all(url: str, tasks: list[dict[str, Any]], clients: int = 8) -> list
     from concurrent.futures import ThreadPoolExecutor
 
     def submit(t: dict[str, Any]) -> str:
-        with httpx.Client(timeout=120) as client, open(t["path"], "rb") as f:
-            r = client.post(
-                url + "/v1/tasks",
-                files={"file": (t["path"].name, f, "audio/wav")},
-                data={
-                    "model": t["model"],
-                    "batch_size": str(t["batch_size"]),
-                    "beam_size": str(t["beam_size"]),
-                    "priority": t["priority"],
-                },
-            )
-        r.raise_for_status()
-        return str(r.json()["id"])
+        with httpx.Client(timeout=120) as client:
+            return _upload(
+                client, url, t["path"], model=t["model"], batch_size=str(t["batch_size"]),
+                beam_size=str(t["beam_size"]), priority=t["priority"],
+            )  # fmt: skip
 
     with ThreadPoolExecutor(clients) as pool:
         return list(pool.map(submit, tasks))
