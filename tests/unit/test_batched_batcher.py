@@ -72,11 +72,13 @@ def _wait_for(condition: Callable[[], bool], what: str) -> None:
         time.sleep(0.002)
 
 
-def _teacher_forced_score(batcher: Batcher, encoded: EncoderInput, tokens: list[int]) -> float:
-    """Sum of the log-probabilities of `tokens` after the no-timestamps prompt, no rule
-    masking anything (no suppression, no timestamps, blank allowed)."""
+def _teacher_forced_score(
+    batcher: Batcher, encoded: EncoderInput, tokens: list[int], prompt: list[int] | None = None
+) -> float:
+    """Sum of the log-probabilities of `tokens` after `prompt` (the no-timestamps prompt by
+    default), no rule masking anything (no suppression, no timestamps, blank allowed)."""
     v = batcher.vocabulary
-    prompt = _prompt(v)
+    prompt = prompt or _prompt(v)
     hidden = encoded.hidden[0][None]
     ids = torch.tensor([[*prompt, *tokens]])
     logits, _ = batcher.decoder.teacher_forced(hidden, ids, [])
@@ -130,6 +132,31 @@ def test_greedy_score_is_the_sequence_log_probability(make: Callable[[int], Batc
     assert 0 < len(tokens) <= 12  # at most half of max_length
     score = _teacher_forced_score(batcher, encoded, tokens)
     assert result.scores[0] * len(tokens) == pytest.approx(score, abs=1e-3)
+
+
+@pytest.mark.parametrize("head", [10, 0], ids=["previous-text", "long-prefix"])
+def test_long_prompts_score_and_see_no_speech_as_teacher_forcing(
+    make: Callable[[int], Batcher], head: int
+) -> None:
+    """A prompt with previous text before <|startoftranscript|> (its head prefilled, the rest
+    fed as steps), and one whose tokens after it are more than the steps feed (the start token
+    itself prefilled): the result scores as teacher forcing does, and the no-speech
+    probability is the one at <|startoftranscript|>."""
+    batcher = make(4)
+    v = batcher.vocabulary
+    prompt = [*range(300, 300 + head), v.sot, *range(400, 400 + (12 - head)), v.no_timestamps]
+    encoded = _windows(1, 11)
+    options = DecodeOptions(
+        beam_size=1, max_length=40, suppress_tokens=(), suppress_blank=False,
+        return_no_speech_prob=True,
+    )  # fmt: skip
+    (result,) = batcher.generate(encoded, [prompt], options)
+    tokens = result.sequences_ids[0]
+    score = _teacher_forced_score(batcher, encoded, tokens, prompt)
+    assert result.scores[0] * max(1, len(tokens)) == pytest.approx(score, abs=1e-3)
+    logits, _ = batcher.decoder.teacher_forced(encoded.hidden[0][None], torch.tensor([prompt]), [])
+    expected = float(logits[0, head].softmax(-1)[v.no_speech])
+    assert result.no_speech_prob == pytest.approx(expected, rel=1e-4)
 
 
 # --- beams, sampling, forced length --------------------------------------------------------

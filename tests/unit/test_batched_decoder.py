@@ -61,6 +61,8 @@ def test_buckets() -> None:
     assert batch_buckets(1) == (1,)
     assert batch_buckets(32) == (1, 2, 4, 8, 16, 32)
     assert batch_buckets(48) == (1, 2, 4, 8, 16, 32, 48)
+    assert batch_buckets(256) == (1, 2, 4, 8, 16, 32, 64, 96, 128, 160, 192, 224, 256)
+    assert batch_buckets(168) == (1, 2, 4, 8, 16, 32, 64, 96, 128, 160, 168)
     assert bucket_for(5, batch_buckets(48)) == 8
     assert bucket_for(33, batch_buckets(48)) == 48
     assert bucket_for(200, LENGTH_BUCKETS) == 256

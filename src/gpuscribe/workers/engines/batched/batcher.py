@@ -15,6 +15,7 @@ import logging
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,15 @@ import numpy as np
 
 from gpuscribe.memory.batch import ENCODER_BATCH  # the memory it charges is that module's
 from gpuscribe.workers.base import TaskCancelled
+from gpuscribe.workers.engines.batched.choice import (
+    OUT_LOGPROB,
+    OUT_NO_SPEECH,
+    OUT_TOKEN,
+    Choice,
+    RowStates,
+    forced_start,
+    row_generates,
+)
 from gpuscribe.workers.engines.batched.decoder import StaticDecoder
 from gpuscribe.workers.engines.batched.features import MelFeatures
 from gpuscribe.workers.engines.batched.search import (
@@ -30,17 +40,14 @@ from gpuscribe.workers.engines.batched.search import (
     DecodeOptions,
     Group,
     Row,
-    RuleConstants,
-    RuleInputs,
     Vocabulary,
-    apply_rules,
-    suppress_ids,
 )
 
 log = logging.getLogger(__name__)
 
 START_ROWS = 16  # free rows that make a start (one prompt pass for them all) worth its cost
 CANCEL_CHECK_STEPS = 8
+LOOKAHEAD = 1  # steps queued on the device beyond the one the host is catching up with
 STOP_POLL_SECONDS = 0.2  # how often a waiting task thread looks at its stop flag
 # The batcher thread waits on the device every step, and task threads run meanwhile; with
 # Python's default 5 ms switch interval it could wait that long for the interpreter lock each
@@ -128,6 +135,20 @@ class _Encoding:
 
 
 @dataclass(eq=False)
+class _Launched:
+    """A step queued on the device: its rows (as they were when it was launched), each row's
+    input position, the choice on its way to the host, and whether beams need the host before
+    the next step."""
+
+    rows: list[Row]
+    positions: list[int]
+    out: Any
+    top: Any
+    done: Any  # torch.cuda.Event (None on the CPU)
+    beams: bool
+
+
+@dataclass(eq=False)
 class _Call:
     """A closure run on the batcher thread (language detection, alignment)."""
 
@@ -158,8 +179,8 @@ class Batcher:
         self._rows: list[Row] = []
         self._order = itertools.count()
         self._closed = False
-        self._suppress_cache: dict[tuple[int, ...], Any] = {}
-        self._constants = RuleConstants.of(torch, vocabulary, decoder.device)
+        self._states = RowStates(torch, decoder, vocabulary)
+        self._in_flight: deque[_Launched] = deque()  # steps launched, not yet caught up with
         self._encoding: _Encoding | None = None
         self._ready: list[tuple[Group, EncoderInput]] = []  # encoded, waiting for free rows
         cuda = decoder.device.type == "cuda"
@@ -265,6 +286,7 @@ class Batcher:
                     or self._rows
                     or self._encoding
                     or self._ready
+                    or self._in_flight
                 ):
                     self._lock.wait()
                 if self._closed:
@@ -277,11 +299,13 @@ class Batcher:
                     self._run_call(call)
                 admitted = time.perf_counter()
                 self._admit()
-                self._compact()
                 self.seconds["calls"] += admitted - started
                 self.seconds["admit"] += time.perf_counter() - admitted
                 if self._rows:
-                    self._step()
+                    self._launch()
+                ahead = LOOKAHEAD if self._rows and not self._in_flight[-1].beams else 0
+                while len(self._in_flight) > ahead:
+                    self._collect()
             except Exception as exc:  # out of memory, a kernel failure: fail what is in flight
                 log.exception("the batch failed; failing its windows")
                 self._fail_rows(exc)
@@ -394,8 +418,10 @@ class Batcher:
         return False
 
     def _start(self, taken: list[tuple[Group, EncoderInput]]) -> None:
-        """Put encoded windows into rows: cross-attention, prompt, first token. Encoder output
-        no caller will ask for again is let go here (it is 3.8 MB a window for large-v3)."""
+        """Put encoded windows into rows: cross-attention, rule state, the prompt's head where
+        it begins before the tokens fed as steps. No wait for the device: the next step feeds
+        the rows their prompts. Encoder output no caller will ask for again is let go here (it
+        is 3.8 MB a window for large-v3)."""
         torch = self._torch
         taken = [(g, e) for g, e in taken if not self._cancelled(g)]
         if not taken:
@@ -405,18 +431,19 @@ class Batcher:
         hidden: list[Any] = []
         for group, encoded in taken:
             for _ in range(group.options.rows):
-                row = Row(group)
+                row = Row(group, position=forced_start(group.prompt, self.vocabulary.sot))
                 group.rows.append(row)
                 new_rows.append(row)
                 hidden.append(encoded.hidden[group.index])
-        indices = torch.arange(first_row, first_row + len(new_rows), device=self.decoder.device)
-        self.decoder.fill_cross(indices, torch.stack(hidden))
+        targets = list(range(first_row, first_row + len(new_rows)))
+        self.decoder.fill_cross(self._states.upload(np.array(targets)), torch.stack(hidden))
         del hidden
         for group, encoded in taken:
             if not encoded.keep:
                 encoded.hidden[group.index] = None
+        self._states.start(targets, new_rows)
+        self._prefill_heads(new_rows, first_row)
         self._rows.extend(new_rows)
-        self._prefill(new_rows, first_row)
 
     def _encode_all(self, taken: list[tuple[Group, EncoderInput]]) -> None:
         """Encode every window about to start that has no encoder output yet."""
@@ -440,193 +467,108 @@ class Batcher:
             for k, (e, i) in enumerate(from_audio + from_features):
                 e.hidden[i] = out[k]
 
-    def _prefill(self, rows: list[Row], first_row: int) -> None:
-        """Run each new row's prompt (rows of one prompt length together) and choose its first
-        token from the last prompt position's logits."""
-        torch = self._torch
-        device = self.decoder.device
-        by_length: dict[int, list[int]] = {}
+    def _prefill_heads(self, rows: list[Row], first_row: int) -> None:
+        """Run the prompt positions before `forced_start` (a previous-text prompt) in one pass
+        per length; where that head holds <|startoftranscript|>, its logits give the
+        no-speech probability."""
+        sot = self.vocabulary.sot
+        by_start: dict[int, list[int]] = {}
         for offset, row in enumerate(rows):
-            by_length.setdefault(len(row.group.prompt), []).append(offset)
-        for length, offsets in by_length.items():
-            tokens = torch.tensor([rows[o].group.prompt for o in offsets], device=device)
-            cache_rows = torch.tensor([first_row + o for o in offsets], device=device)
-            chosen = [rows[o] for o in offsets]
-            sot = self.vocabulary.sot
-            at = torch.tensor(
-                [[r.group.prompt.index(sot), length - 1] for r in chosen], device=device
-            )
-            logits = self.decoder.prefill(cache_rows, tokens, at=at)
-            self._no_speech(chosen, logits[:, 0])
-            for row in chosen:
-                row.position = length
-            self._select(chosen, logits[:, 1])
+            start = row.position
+            if start > 0:
+                by_start.setdefault(start, []).append(offset)
+        upload = self._states.upload
+        for start, offsets in by_start.items():
+            prompts = [rows[o].group.prompt for o in offsets]
+            sot_at = [p.index(sot) for p in prompts]
+            cache_rows = upload(np.array([first_row + o for o in offsets]))
+            at = upload(np.array([[min(p, start - 1)] for p in sot_at]))
+            heads_tokens = upload(np.array([p[:start] for p in prompts]))
+            logits = self.decoder.prefill(cache_rows, heads_tokens, at=at)
+            heads = [k for k, p in enumerate(sot_at) if p < start]
+            if heads:
+                index = upload(np.array(heads))
+                self._states.set_no_speech(cache_rows[index], logits[index, 0])
 
-    def _no_speech(self, rows: list[Row], sot_logits: Any) -> None:
-        """The no-speech probability of each row's window, from the logits after its
-        <|startoftranscript|> token."""
-        v = self.vocabulary
-        wanted = [i for i, r in enumerate(rows) if r.group.options.return_no_speech_prob]
-        if not wanted:
-            return
-        probs = sot_logits[wanted].softmax(-1)[:, v.no_speech].tolist()
-        for i, p in zip(wanted, probs, strict=True):
-            rows[i].group.no_speech_prob = float(p)
-
-    def _step(self) -> None:
-        torch = self._torch
-        n = len(self._rows)
-        tokens = [r.next_token for r in self._rows]
-        positions = [r.position for r in self._rows]
-        self.decoder.tokens[:n].copy_(torch.tensor(tokens), non_blocking=True)
-        self.decoder.positions[:n].copy_(torch.tensor(positions), non_blocking=True)
+    # --- one step, and catching up with it --------------------------------------------------
+    def _launch(self) -> None:
+        """Queue a step over every row and its token choice, without waiting for either."""
+        rows = list(self._rows)
+        n = len(rows)
+        positions = [r.position for r in rows]
         started = time.perf_counter()
         logits = self.decoder.step(n, max(positions))
+        beams = [r.group.options.beam_size for r in rows if r.group.options.beam_size > 1]
+        sampling = any(r.group.options.sampling for r in rows)
+        choice = self._states.choose(logits, n, sampling=sampling, width=2 * max(beams, default=0))
+        last = self._states.max_position
+        for row in rows:
+            row.position = min(row.position + 1, last)
+        self._in_flight.append(_Launched(rows, positions, *self._to_host(choice), bool(beams)))
         self.steps += 1
         self.row_steps += n
-        for row in self._rows:
-            row.position += 1
-        launched = time.perf_counter()
-        self._select(list(self._rows), logits)
-        self.seconds["step"] += launched - started
-        self.seconds["select"] += time.perf_counter() - launched
-        if self.steps % CANCEL_CHECK_STEPS == 0:
-            for group in {id(r.group): r.group for r in self._rows}.values():
-                if self._cancelled(group):
-                    self._drop(group)
-        self._compact()
+        self.seconds["step"] += time.perf_counter() - started
 
-    # --- choosing tokens --------------------------------------------------------------------
-    def _rule_inputs(self, rows: list[Row]) -> RuleInputs:
-        """Each row's rule state packed into one array, sent to the device in one copy."""
+    def _to_host(self, choice: Choice) -> tuple[Any, Any, Any]:
+        """The choice copied to the host as the device gets to it, and the event that says so."""
         torch = self._torch
-        v = self.vocabulary
-        packed = np.array(
-            [
-                (
-                    not r.tokens,
-                    r.group.options.suppress_blank,
-                    r.group.timestamps,
-                    r.tokens[-1] if r.tokens else -1,
-                    r.tokens[-2] if len(r.tokens) > 1 else -1,
-                    r.last_timestamp,
-                    v.timestamp_begin + r.group.options.max_initial_timestamp_index,
-                    bool(r.group.options.forced_length) and len(r.tokens) >= r.group.max_new_tokens,
-                    bool(r.group.options.forced_length) and len(r.tokens) < r.group.max_new_tokens,
-                )
-                for r in rows
-            ],
-            dtype=np.int64,
-        )
-        state = torch.from_numpy(packed).to(self.decoder.device, non_blocking=True)
-        keys = {r.group.options.suppress_tokens for r in rows}
-        if len(keys) == 1:
-            suppress = self._suppress_mask(rows[0].group.options)[None, :]
-        else:
-            suppress = torch.stack([self._suppress_mask(r.group.options) for r in rows])
-        flags = state[:, [0, 1, 2, 7, 8]].bool()
-        return RuleInputs(
-            suppress=suppress,
-            first=flags[:, 0],
-            blank=flags[:, 1],
-            timestamps=flags[:, 2],
-            last=state[:, 3],
-            penultimate=state[:, 4],
-            last_timestamp=state[:, 5],
-            max_initial=state[:, 6],
-            force_end=flags[:, 3],
-            forbid_end=flags[:, 4],
-        )
+        if self.decoder.device.type != "cuda":
+            top = None if choice.top is None else choice.top.clone()
+            return choice.out.clone(), top, None
+        out = choice.out.to("cpu", non_blocking=True)  # into pinned memory
+        top = None if choice.top is None else choice.top.to("cpu", non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return out, top, done
 
-    def _suppress_mask(self, options: DecodeOptions) -> Any:
-        key = options.suppress_tokens
-        mask = self._suppress_cache.get(key)
-        if mask is None:
-            torch = self._torch
-            mask = torch.zeros(self.vocabulary.size, dtype=torch.bool, device=self.decoder.device)
-            ids = suppress_ids(options, self.vocabulary)
-            if ids:
-                mask[ids] = True
-            self._suppress_cache[key] = mask
-        return mask
-
-    def _select(self, rows: list[Row], logits: Any) -> None:
-        torch = self._torch
-        rules = self._rule_inputs(rows)
-        logprobs, masked = apply_rules(torch, logits, rules, self.vocabulary, self._constants)
-        beams = any(r.group.options.beam_size > 1 for r in rows)
-        if beams:
-            width = max(2 * r.group.options.beam_size for r in rows)
-            top_lp, top_id = logprobs.topk(width, dim=-1)
-        else:
-            best_lp, best_id = logprobs.max(dim=-1)
-            top_lp, top_id = best_lp[:, None], best_id[:, None]
-        sampled = self._sample(rows, masked, logprobs)
-        # One transfer (and one wait for the device) for the whole step.
-        both = torch.cat([top_lp.double(), top_id.double()], dim=1).cpu().numpy()
-        width = top_lp.shape[1]
-        lps, ids = both[:, :width], both[:, width:].astype(np.int64)
-        if not beams:
-            self._advance_greedy(rows, ids[:, 0].tolist(), lps[:, 0].tolist(), sampled)
-            return
-        by_group: dict[int, list[int]] = {}
-        for i, row in enumerate(rows):
-            by_group.setdefault(id(row.group), []).append(i)
-        for indices in by_group.values():
-            group = rows[indices[0]].group
-            if group.done:
-                continue
-            if group.options.beam_size > 1:
-                self._advance_beams(
-                    group,
-                    [rows[i] for i in indices],
-                    [lps[i].tolist() for i in indices],
-                    [ids[i].tolist() for i in indices],
-                )
-            else:
-                tokens, scores = ids[indices, 0].tolist(), lps[indices, 0].tolist()
-                self._advance_greedy(
-                    [rows[i] for i in indices],
-                    tokens,
-                    scores,
-                    {k: sampled[i] for k, i in enumerate(indices) if i in sampled},
-                )
-
-    def _advance_greedy(
-        self,
-        rows: list[Row],
-        tokens: list[int],
-        scores: list[float],
-        sampled: dict[int, tuple[int, float]],
-    ) -> None:
-        closing = []
-        for i, row in enumerate(rows):
+    def _collect(self) -> None:
+        """Catch up with the oldest launched step: each row's chosen token joins its
+        hypothesis (beams are chosen here), finished windows close, their rows are freed."""
+        launched = self._in_flight.popleft()
+        started = time.perf_counter()
+        if launched.done is not None:
+            launched.done.synchronize()
+        out = launched.out.numpy()
+        beams: dict[int, list[int]] = {}
+        closing: list[Group] = []
+        for i, row in enumerate(launched.rows):
             group = row.group
-            if group.done:
+            position = launched.positions[i]
+            if row.finished or group.done or not row_generates(row, position):
                 continue
-            token, lp = sampled.get(i, (tokens[i], scores[i]))
-            self._advance(row, token, lp)
+            if position + 1 == len(group.prompt) and group.options.return_no_speech_prob:
+                group.no_speech_prob = float(out[i, OUT_NO_SPEECH])
+            if group.options.beam_size > 1:
+                beams.setdefault(id(group), []).append(i)
+                continue
+            self._advance(row, int(out[i, OUT_TOKEN]), float(out[i, OUT_LOGPROB]))
             if row.finished:
                 closing.append(group)
         for group in closing:
             if not group.done and all(r.finished for r in group.rows):
                 self._close(group)
+        for indices in beams.values():
+            self._choose_beams([launched.rows[i] for i in indices], launched.top.numpy()[indices])
+        if self.steps % CANCEL_CHECK_STEPS == 0:
+            for group in {id(r.group): r.group for r in self._rows}.values():
+                if self._cancelled(group):
+                    self._drop(group)
+        self._compact()
+        self.seconds["select"] += time.perf_counter() - started
 
-    def _sample(self, rows: list[Row], masked: Any, logprobs: Any) -> dict[int, tuple[int, float]]:
-        torch = self._torch
-        picked = [i for i, r in enumerate(rows) if r.group.options.sampling]
-        if not picked:
-            return {}
-        temperatures = torch.tensor(
-            [rows[i].group.options.sampling_temperature for i in picked], device=masked.device
+    def _choose_beams(self, rows: list[Row], top: np.ndarray[Any, Any]) -> None:
+        """One window's beams from their rows' best continuations (`top`: log-probabilities,
+        then token ids); the device gets the surviving beams' state and next tokens back."""
+        group = rows[0].group
+        if group.done:
+            return
+        width = top.shape[1] // 2
+        self._advance_beams(
+            group, rows, top[:, :width].tolist(), top[:, width:].astype(np.int64).tolist()
         )
-        probs = (masked[picked] / temperatures[:, None]).softmax(-1)
-        tokens = torch.multinomial(probs, 1)[:, 0]
-        lps = logprobs[picked].gather(1, tokens[:, None])[:, 0]
-        return {
-            i: (int(t), float(lp))
-            for i, t, lp in zip(picked, tokens.tolist(), lps.tolist(), strict=True)
-        }
+        if not group.done:
+            index = {id(r): i for i, r in enumerate(self._rows)}
+            self._states.write_rows([index[id(r)] for r in rows], rows)
 
     def _advance(self, row: Row, token: int, logprob: float) -> None:
         if row.finished:
@@ -683,7 +625,6 @@ class Batcher:
     def _reorder(
         self, rows: list[Row], sources: list[Row], survivors: list[tuple[float, int, int]]
     ) -> None:
-        torch = self._torch
         index = {id(r): i for i, r in enumerate(self._rows)}
         old = [(list(s.tokens), s.logprob, s.last_timestamp) for s in sources]
         moves_from: list[int] = []
@@ -698,11 +639,10 @@ class Batcher:
             row.last_timestamp = token if token >= self.vocabulary.timestamp_begin else last_ts
             row.next_token = token
         if moves_from:
-            device = self.decoder.device
             written = max(r.position for r in rows)  # the next step writes at `position`
             self.decoder.copy_self_rows(
-                torch.tensor(moves_from, device=device),
-                torch.tensor(moves_to, device=device),
+                self._states.upload(np.array(moves_from)),
+                self._states.upload(np.array(moves_to)),
                 written,
             )
 
@@ -741,11 +681,11 @@ class Batcher:
         holes = [i for i in range(n) if rows[i].finished or rows[i].group.done]
         movers = [r for r in rows[n:] if not (r.finished or r.group.done)]
         if movers:
-            torch = self._torch
-            device = self.decoder.device
-            sources = torch.tensor([position[id(r)] for r in movers], device=device)
-            targets = torch.tensor(holes, device=device)
+            upload = self._states.upload
+            sources = upload(np.array([position[id(r)] for r in movers]))
+            targets = upload(np.array(holes))
             self.decoder.copy_rows(sources, targets)
+            self._states.move(sources, targets)
         new = rows[:n]
         for hole, mover in zip(holes, movers, strict=True):
             new[hole] = mover
@@ -755,6 +695,7 @@ class Batcher:
         for row in self._rows:
             row.group.request.fail(error)
         self._rows = []
+        self._in_flight.clear()
         if self._encoding is not None:
             for group, _ in self._encoding.taken:
                 group.request.fail(error)

@@ -25,16 +25,23 @@ log = logging.getLogger(__name__)
 LENGTH_BUCKETS = (64, 128, 256, 448)
 ATTENTION_KINDS = ("sdpa", "bmm", "kq")
 TUNE_REPLAYS = 3
+FINE_BUCKETS_FROM = 64
+FINE_BUCKET_STEP = 32
 
 
 def batch_buckets(max_rows: int) -> tuple[int, ...]:
-    """Row counts a step is run (and, on CUDA, captured) at: powers of two up to `max_rows`,
-    and `max_rows` itself."""
+    """Row counts a step is run (and, on CUDA, captured) at: powers of two up to
+    `FINE_BUCKETS_FROM`, then every `FINE_BUCKET_STEP` rows, and `max_rows` itself. A step
+    reads every row of its bucket's cache (cross-attention keys and values dominate it), so
+    a batch of 200 rows stepped at 256 would read 28 % more than it needs."""
     sizes = []
     size = 1
-    while size < max_rows:
+    while size < min(max_rows, FINE_BUCKETS_FROM):
         sizes.append(size)
         size *= 2
+    while size < max_rows:
+        sizes.append(size)
+        size += FINE_BUCKET_STEP
     sizes.append(max_rows)
     return tuple(sizes)
 

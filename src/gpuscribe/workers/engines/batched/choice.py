@@ -1,0 +1,237 @@
+"""Token choice on the device, so that the host never stands between two decode steps.
+
+Each cache row has its rule state beside it on the device (how many tokens it has generated,
+its last two tokens, its last timestamp, its options) and the tail of its prompt. After a step,
+`RowStates.choose` applies Whisper's rules to every row at once (`search.apply_rules`), picks
+each row's token (greedy, or drawn for sampling rows), feeds a row still inside its prompt its
+next prompt token instead, updates the rule state, and writes the next step's tokens and
+positions in place. Nothing waits for the device: the batcher launches the next step before it
+reads what this one chose, and catches up with its own bookkeeping one step behind.
+
+A prompt is fed as decode steps from its <|startoftranscript|> token on (at most
+`FORCED_TOKENS` of them): a new row costs a few row-steps of the batch instead of an eager
+prompt pass, and the step that feeds <|startoftranscript|> also gives the window's no-speech
+probability. Positions before that (a previous-text prompt) are prefilled.
+
+Beam search stays on the host: when beams are in the batch, the step also returns each row's
+best `width` log-probabilities, the batcher chooses, and `write_tokens` puts its choice back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from gpuscribe.workers.engines.batched.search import (
+    DecodeOptions,
+    Row,
+    RuleConstants,
+    RuleInputs,
+    Vocabulary,
+    apply_rules,
+    suppress_ids,
+)
+
+FORCED_TOKENS = 8  # prompt tokens fed as steps: <|sot|>, language, task, notimestamps, a prefix
+# Columns of the per-row state (one long tensor, so that moving a row is one copy).
+COUNT, LAST, PENULTIMATE, LAST_TIMESTAMP, MAX_INITIAL = 0, 1, 2, 3, 4
+TIMESTAMPS, BLANK, FORCED_LENGTH, MAX_NEW, PROMPT_END = 5, 6, 7, 8, 9
+FORCED_START, SOT_POSITION, SUPPRESS, SAMPLING = 10, 11, 12, 13
+COLUMNS = 14
+OUT_TOKEN, OUT_LOGPROB, OUT_NO_SPEECH = 0, 1, 2
+
+
+def forced_start(prompt: Sequence[int], sot: int) -> int:
+    """The first prompt position fed as a decode step: the <|startoftranscript|> token, or
+    later when more than `FORCED_TOKENS` follow it (at least the last token is fed)."""
+    return max(prompt.index(sot), len(prompt) - FORCED_TOKENS)
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """What one step chose, on the device: `out` `[n, 3]` float64 (token, its log-probability
+    after the rules, the row's no-speech probability), and for beams `top` `[n, 2 x width]`
+    (the best log-probabilities, then their token ids)."""
+
+    out: Any
+    top: Any | None
+
+
+class RowStates:
+    """The device-side decoding state of every cache row, and the step's token choice."""
+
+    def __init__(self, torch: Any, decoder: Any, vocabulary: Vocabulary) -> None:
+        self._torch = torch
+        self.vocabulary = vocabulary
+        rows, device = decoder.rows, decoder.device
+        self.device = device
+        self.max_position = decoder.shape.max_len - 1
+        self.tokens, self.positions = decoder.tokens, decoder.positions  # the step's inputs
+        self.state = torch.zeros(rows, COLUMNS, dtype=torch.long, device=device)
+        self.forced = torch.zeros(rows, FORCED_TOKENS, dtype=torch.long, device=device)
+        self.temperature = torch.ones(rows, dtype=torch.float32, device=device)
+        self.no_speech = torch.zeros(rows, dtype=torch.float32, device=device)
+        self._out = torch.zeros(rows, 3, dtype=torch.float64, device=device)
+        self._constants = RuleConstants.of(torch, vocabulary, device)
+        self._suppress_keys: dict[tuple[int, ...], int] = {}
+        self._suppress = torch.zeros(0, vocabulary.size, dtype=torch.bool, device=device)
+
+    # --- host -> device ---------------------------------------------------------------------
+    def upload(self, values: np.ndarray[Any, Any]) -> Any:
+        """`values` on the device without waiting for it (pinned memory on CUDA: a plain copy
+        would wait for every step already queued)."""
+        tensor = self._torch.from_numpy(np.ascontiguousarray(values))
+        if self.device.type != "cuda":
+            return tensor.to(self.device)
+        return tensor.pin_memory().to(self.device, non_blocking=True)
+
+    def start(self, targets: Sequence[int], rows: Sequence[Row]) -> None:
+        """Rows `targets` begin `rows`' windows: rule state from scratch, their prompt tails,
+        and their first input (the prompt token at `forced_start`)."""
+        packed = np.zeros((len(rows), COLUMNS + FORCED_TOKENS + 3), dtype=np.int64)
+        for k, row in enumerate(rows):
+            group = row.group
+            start = forced_start(group.prompt, self.vocabulary.sot)
+            tail = group.prompt[start:]
+            packed[k, :COLUMNS] = self._pack(row, start)
+            packed[k, COLUMNS : COLUMNS + len(tail)] = tail
+            packed[k, -3:] = (targets[k], tail[0], start)
+        temperatures = np.array([r.group.options.sampling_temperature for r in rows], np.float32)
+        self._scatter(packed, temperatures)
+
+    def write_rows(self, targets: Sequence[int], rows: Sequence[Row]) -> None:
+        """The host chose for `rows` (beams): their rule state and next input token."""
+        packed = np.zeros((len(rows), COLUMNS + 2), dtype=np.int64)
+        sot = self.vocabulary.sot
+        for k, row in enumerate(rows):
+            packed[k, :COLUMNS] = self._pack(row, forced_start(row.group.prompt, sot))
+            packed[k, -2:] = (targets[k], row.next_token)
+        data = self.upload(packed)
+        index = data[:, -2]
+        self.state.index_copy_(0, index, data[:, :COLUMNS])
+        self.tokens.index_copy_(0, index, data[:, -1])
+
+    def _scatter(self, packed: np.ndarray[Any, Any], temperatures: np.ndarray[Any, Any]) -> None:
+        data = self.upload(packed)
+        index = data[:, -3]
+        self.state.index_copy_(0, index, data[:, :COLUMNS])
+        self.forced.index_copy_(0, index, data[:, COLUMNS : COLUMNS + FORCED_TOKENS])
+        self.tokens.index_copy_(0, index, data[:, -2])
+        self.positions.index_copy_(0, index, data[:, -1])
+        self.temperature.index_copy_(0, index, self.upload(temperatures))
+        self.no_speech.index_fill_(0, index, 0.0)
+
+    def _pack(self, row: Row, start: int) -> list[int]:
+        group, v = row.group, self.vocabulary
+        o = group.options
+        tokens = row.tokens
+        prompt = group.prompt
+        sot = prompt.index(v.sot)
+        values = [0] * COLUMNS
+        values[COUNT] = len(tokens)
+        values[LAST] = tokens[-1] if tokens else -1
+        values[PENULTIMATE] = tokens[-2] if len(tokens) > 1 else -1
+        values[LAST_TIMESTAMP] = row.last_timestamp
+        values[MAX_INITIAL] = v.timestamp_begin + o.max_initial_timestamp_index
+        values[TIMESTAMPS] = int(group.timestamps)
+        values[BLANK] = int(o.suppress_blank)
+        values[FORCED_LENGTH] = int(bool(o.forced_length))
+        values[MAX_NEW] = group.max_new_tokens
+        values[PROMPT_END] = len(prompt)
+        values[FORCED_START] = start
+        values[SOT_POSITION] = sot if sot >= start else -1
+        values[SUPPRESS] = self._suppress_index(o)
+        values[SAMPLING] = int(o.sampling)
+        return values
+
+    def _suppress_index(self, options: DecodeOptions) -> int:
+        key = options.suppress_tokens
+        index = self._suppress_keys.get(key)
+        if index is None:
+            torch = self._torch
+            mask = torch.zeros(1, self.vocabulary.size, dtype=torch.bool, device=self.device)
+            ids = suppress_ids(options, self.vocabulary)
+            if ids:
+                mask[0, ids] = True
+            self._suppress = torch.cat([self._suppress, mask])
+            index = self._suppress_keys[key] = len(self._suppress_keys)
+        return index
+
+    def set_no_speech(self, rows: Any, sot_logits: Any) -> None:
+        """No-speech probabilities of rows whose <|startoftranscript|> was prefilled."""
+        probs = sot_logits.float().softmax(-1)[:, self.vocabulary.no_speech]
+        self.no_speech.index_copy_(0, rows, probs)
+
+    def move(self, sources: Any, targets: Any) -> None:
+        """Rows `sources` onto rows `targets` (the batch compacting)."""
+        for tensor in (self.state, self.forced, self.temperature, self.no_speech,
+                       self.tokens, self.positions):  # fmt: skip
+            tensor[targets] = tensor[sources]
+
+    # --- the choice -------------------------------------------------------------------------
+    def choose(self, logits: Any, n: int, *, sampling: bool, width: int) -> Choice:
+        """Choose every row's token from a step's `logits` (`[n, vocab]`, float32, the rows'
+        input at `self.positions`), write the next step's inputs, and return the choice."""
+        torch = self._torch
+        s = self.state[:n]
+        logprobs, masked = apply_rules(torch, logits, self._rules(s), self.vocabulary,
+                                       self._constants)  # fmt: skip
+        best_lp, pick = logprobs.max(-1)
+        if sampling:
+            drawn = torch.multinomial((masked / self.temperature[:n, None]).softmax(-1), 1)[:, 0]
+            sampled = s[:, SAMPLING].bool()
+            pick = torch.where(sampled, drawn, pick)
+            best_lp = torch.where(sampled, logprobs.gather(1, drawn[:, None])[:, 0], best_lp)
+        position = self.positions[:n]
+        in_prompt = position + 1 < s[:, PROMPT_END]
+        offset = (position + 1 - s[:, FORCED_START]).clamp(0, FORCED_TOKENS - 1)
+        prompt_token = self.forced[:n].gather(1, offset[:, None])[:, 0]
+        self._advance(s, pick, ~in_prompt)
+        at_sot = position == s[:, SOT_POSITION]
+        no_speech = (logits[:, self.vocabulary.no_speech] - logits.logsumexp(-1)).exp()
+        self.no_speech[:n] = torch.where(at_sot, no_speech, self.no_speech[:n])
+        self.tokens[:n] = torch.where(in_prompt, prompt_token, pick)
+        self.positions[:n] = (position + 1).clamp(max=self.max_position)
+        out = self._out[:n]
+        out[:, OUT_TOKEN] = pick
+        out[:, OUT_LOGPROB] = best_lp
+        out[:, OUT_NO_SPEECH] = self.no_speech[:n]
+        top = None
+        if width:
+            top_lp, top_id = logprobs.topk(width, dim=-1)
+            top = torch.cat([top_lp.double(), top_id.double()], dim=1)
+        return Choice(out, top)
+
+    def _rules(self, s: Any) -> RuleInputs:
+        forced = s[:, FORCED_LENGTH].bool()
+        at_limit = s[:, COUNT] >= s[:, MAX_NEW]
+        return RuleInputs(
+            suppress=self._suppress[s[:, SUPPRESS]],
+            first=s[:, COUNT] == 0,
+            blank=s[:, BLANK].bool(),
+            timestamps=s[:, TIMESTAMPS].bool(),
+            last=s[:, LAST],
+            penultimate=s[:, PENULTIMATE],
+            last_timestamp=s[:, LAST_TIMESTAMP],
+            max_initial=s[:, MAX_INITIAL],
+            force_end=forced & at_limit,
+            forbid_end=forced & ~at_limit,
+        )
+
+    def _advance(self, s: Any, pick: Any, generated: Any) -> None:
+        """The rule state after `pick`, for rows whose step generated (not inside the prompt)."""
+        torch = self._torch
+        last = s[:, LAST].clone()
+        s[:, PENULTIMATE] = torch.where(generated, last, s[:, PENULTIMATE])
+        s[:, LAST] = torch.where(generated, pick, last)
+        s[:, COUNT] += generated.long()
+        timestamp = generated & (pick >= self.vocabulary.timestamp_begin)
+        s[:, LAST_TIMESTAMP] = torch.where(timestamp, pick, s[:, LAST_TIMESTAMP])
+
+
+def row_generates(row: Row, position: int) -> bool:
+    """Whether a step that fed `row` at `position` chose its next generated token."""
+    return position + 1 >= len(row.group.prompt)
