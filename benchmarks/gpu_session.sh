@@ -4,8 +4,8 @@
 # each call installs one part (carry .gpu/wN) before its run, while the machine stays warm:
 #   bash benchmarks/gpu_session.sh install N   .gpu/wN into /tmp (1: serving + faster-whisper,
 #                                              2: PyAV + a third of tiny.en, 3: the rest)
-#   bash benchmarks/gpu_session.sh inprocess   engine / generate / ceiling / profile, both models
-#                                              (after install 1; ~6 min)
+#   bash benchmarks/gpu_session.sh inprocess [M]  engine / generate / ceiling / profile, model M
+#                                              or both (after install 1; ~3 min a model)
 #   bash benchmarks/gpu_session.sh real        tiny.en on CUDA against the CPU (after 3; ~1 min)
 #   bash benchmarks/gpu_session.sh service M [T]  the service over HTTP on model M: 300 tasks at
 #                                              MAX_TASKS_PER_GPU 300 with 3 urgent probes, then
@@ -36,7 +36,7 @@ case "${1:-}" in
   real)
     python3 benchmarks/gpu_real_weights.py --out "$OUT" --copies 8 ;;
   inprocess)
-    for model in large-v3-turbo large-v3; do
+    for model in ${2:-large-v3-turbo large-v3}; do
       python3 benchmarks/gpu_batching.py --out "$OUT" --model "$model" --tasks 300 \
         --threads 300 --generate-batches 128 2>&1 | grep -v "captured a decode" | cut -c1-600
     done ;;

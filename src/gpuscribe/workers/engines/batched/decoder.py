@@ -20,6 +20,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from gpuscribe.workers.engines.batched.encoder import FusedEncoder
+
 log = logging.getLogger(__name__)
 
 LENGTH_BUCKETS = (64, 128, 256, 448)
@@ -116,7 +118,8 @@ class StaticDecoder:
         self._embed = weight
         self._positions = decoder.embed_positions.weight
         self._final_ln = decoder.layer_norm
-        self._encoder = whisper.model.encoder
+        self.hf_encoder = whisper.model.encoder  # Hugging Face's module (baselines)
+        self.encoder = FusedEncoder(self.hf_encoder)
         with torch.no_grad():
             self._layers = [_Layer(torch, layer) for layer in decoder.layers]
         s = self.shape
@@ -160,7 +163,7 @@ class StaticDecoder:
         torch = self._torch
         with torch.inference_mode():
             features = features.to(self.device, self.dtype)
-            return self._encoder(features).last_hidden_state
+            return self.encoder(features)
 
     def fill_cross(self, rows: Any, hidden: Any) -> None:
         """Write the cross-attention keys/values of `hidden` (`[len(rows), frames, d]`) into
