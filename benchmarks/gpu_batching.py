@@ -202,6 +202,7 @@ def part_engine(model: Any, lengths: list[float], threads: int, beam: int) -> di
                 failures.append(repr(exc))
 
     steps_before = model.batcher.steps
+    host_bound_before = model.batcher.host_bound_steps
     row_steps_before = model.batcher.row_steps
     seconds_before = dict(model.batcher.seconds)
     start = time.perf_counter()
@@ -221,6 +222,7 @@ def part_engine(model: Any, lengths: list[float], threads: int, beam: int) -> di
         "steps": model.batcher.steps - steps_before,
         "mean_rows_per_step": (model.batcher.row_steps - row_steps_before)
         / max(1, model.batcher.steps - steps_before),
+        "host_bound_steps": model.batcher.host_bound_steps - host_bound_before,
         "batcher_seconds": {
             k: round(v - seconds_before[k], 3) for k, v in model.batcher.seconds.items()
         },
@@ -249,8 +251,9 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model = load(args.model, args.rows, args.cpu)
-    if not args.cpu:
+    if not args.cpu and args.attention != "auto":  # a new form drops the graphs of the load
         model.decoder.set_attention(args.attention)
+        model.batcher.call(model.decoder.capture_all)
     lengths = stream_lengths(args.tasks, longest=args.longest)
     tokens = window_tokens(model, lengths)
     report: dict[str, Any] = {

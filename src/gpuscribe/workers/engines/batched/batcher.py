@@ -187,6 +187,7 @@ class Batcher:
         self._side_stream = torch.cuda.Stream() if cuda and overlap_encoder else None  # type: ignore[no-untyped-call]
         self.steps = 0
         self.row_steps = 0  # rows stepped, summed over steps: / steps is the mean occupancy
+        self.host_bound_steps = 0  # steps the device had finished before the host caught up
         self.seconds: dict[str, float] = {"calls": 0.0, "admit": 0.0, "step": 0.0, "select": 0.0}
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_SECONDS))
         self._thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
@@ -527,6 +528,8 @@ class Batcher:
         launched = self._in_flight.popleft()
         started = time.perf_counter()
         if launched.done is not None:
+            if launched.done.query():  # the device finished first: it waited on the host
+                self.host_bound_steps += 1
             launched.done.synchronize()
         out = launched.out.numpy()
         beams: dict[int, list[int]] = {}

@@ -145,10 +145,10 @@ class StaticDecoder:
         self._kind = "sdpa"  # the kind a capture in progress uses (under "auto")
 
     def set_attention(self, kind: str) -> None:
-        """How a step attends to one query row: "sdpa" (PyTorch's fused kernels), "bmm" (q·Kᵀ
-        and the weights·V as batched products), "kq" (K·q, which reads the keys as the big
-        operand of a matrix-vector product, as the weights·V product already does), or "auto".
-        Captured graphs are dropped."""
+        """How a step's self-attention (over the text so far, masked per row) attends to one
+        query row: "sdpa" (PyTorch's fused kernels), "bmm" (q·Kᵀ and the weights·V as batched
+        products), "kq" (K·q, the keys as the big operand of a matrix-vector product), or
+        "auto". The cross-attention always uses the fused kernel. Captured graphs are dropped."""
         if kind not in (*ATTENTION_KINDS, "auto"):
             raise ValueError(f"unknown attention {kind!r}")
         self.attention = kind
@@ -275,9 +275,28 @@ class StaticDecoder:
         graph.replay()
         return self.logits[:count]
 
+    def capture_all(self) -> None:
+        """Capture the step at every row bucket and length now (at load), longest first. A
+        capture in the middle of a stream stalls every row while it runs (about 7 step times,
+        or 21 where the attention form is chosen), and the graphs' memory is held from the
+        start instead of growing as new shapes come."""
+        if not self.use_graphs:
+            return
+        for batch in self.batch_buckets:
+            for length in reversed(LENGTH_BUCKETS):
+                if (batch, length) not in self._graphs:
+                    self._capture(batch, length)
+
     def _capture(self, batch: int, length: int) -> Any:
+        """The graph of a step shape. Under "auto" the attention form is timed once per row
+        bucket (at the first length captured, the longest under `capture_all`) and kept for
+        its other lengths."""
         if self.attention != "auto":
             return self._capture_kind(batch, length, self.attention)
+        known = next((k for (b, _), k in self.chosen.items() if b == batch), None)
+        if known is not None:
+            self.chosen[(batch, length)] = known
+            return self._capture_kind(batch, length, known)
         timed = []
         for kind in ATTENTION_KINDS:
             graph = self._capture_kind(batch, length, kind)
@@ -314,7 +333,8 @@ class StaticDecoder:
         graph = torch.cuda.CUDAGraph()
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
-        with torch.cuda.graph(graph, pool=self._pool):
+        # thread_local: another model's batcher thread may use the device meanwhile
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
             self._step_into(batch, length)
         self._graphs[(batch, length)] = graph
         log.debug("captured a decode step: %d rows, %d positions, %s", batch, length, kind)
@@ -349,11 +369,10 @@ class StaticDecoder:
         h = layer.ln2(x)
         q = self._heads(F.linear(h, layer.xq_w, layer.xq_b), n, length)
         keys, values = self.cross_k[index, rows], self.cross_v[index, rows]
-        a = (
-            self._attend(q, keys, values, None)
-            if length == 1
-            else F.scaled_dot_product_attention(q, keys, values)
-        )
+        # PyTorch's fused kernel, unmasked, in every form: one query against 1,500 frames reads
+        # the keys and values at 4.5 TB/s on an H200, where q.K^T as a batched product read
+        # them at 1.8 (docs/benchmarks/h200-batching.md, benchmarks/gpu_attention.py).
+        a = F.scaled_dot_product_attention(q, keys, values)
         return F.linear(self._merge(a, n, length), layer.xout_w, layer.xout_b)
 
     def _attend(self, q: Any, keys: Any, values: Any, visible: Any) -> Any:
