@@ -33,6 +33,29 @@ def timed(torch: Any, run: Any, repeats: int = 20) -> float:
     return float(start.elapsed_time(end)) / repeats
 
 
+def _under(kernel: Any, backend: Any, sdpa: Any, *args: Any) -> Any:
+    with kernel(backend):
+        return sdpa(*args)
+
+
+def _graphed(torch: Any, kernel: Any, backend: Any, sdpa: Any, *args: Any) -> Any:
+    """The attention under `backend` captured in a CUDA graph: its replay, or None."""
+    try:
+        with torch.inference_mode():
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                _under(kernel, backend, sdpa, *args)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                _under(kernel, backend, sdpa, *args)
+        return graph.replay
+    except Exception as exc:  # a backend that cannot serve these shapes, or cannot be captured
+        print(backend, "capture failed:", repr(exc)[:300], flush=True)
+        return None
+
+
 def main() -> None:
     import torch
 
@@ -61,10 +84,28 @@ def main() -> None:
     ref = (q @ keys.transpose(-1, -2)).float()
     agree = float(((q @ keys_t).float() - ref).abs().max())
     report: dict[str, Any] = {"rows": r, "heads": h, "dim": d, "frames": f, "qkt_max_diff": agree}
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    backends = {
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+    }
+    for name, backend in backends.items():
+        forms[f"sdpa-{name}"] = lambda b=backend: _under(sdpa_kernel, b, sdpa, q, keys, values)
+        forms[f"graph-sdpa-{name}"] = _graphed(torch, sdpa_kernel, backend, sdpa, q, keys, values)
     with torch.inference_mode():
         for name, run in forms.items():
-            ms = timed(torch, run)
-            read = 2 * gigabytes if name == "sdpa" else gigabytes
+            if run is None:
+                report[name] = {"error": "capture failed"}
+                continue
+            try:
+                ms = timed(torch, run)
+            except Exception as exc:
+                report[name] = {"error": repr(exc)[:300]}
+                continue
+            read = 2 * gigabytes if "sdpa" in name else gigabytes
             report[name] = {"ms": ms, "gb_per_s": read / (ms / 1000)}
             print(name, json.dumps(report[name]), flush=True)
     out = Path(args.out)
