@@ -15,8 +15,11 @@ never read, so rows need no clearing when they are reused.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +56,26 @@ def bucket_for(value: int, buckets: tuple[int, ...]) -> int:
         if value <= size:
             return size
     raise ValueError(f"{value} is above the largest bucket {buckets[-1]}")
+
+
+def _cudnn_first() -> Callable[[], AbstractContextManager[None]]:
+    """The fused attention backends for a decode step's cross-attention, cuDNN's first.
+
+    One query per sequence against 1,500 frames, on an H200 (benchmarks/gpu_attention.py,
+    large-v3 at 256 rows, a layer): cuDNN's kernel reads the keys and values at 4.6 TB/s
+    (0.43 ms), also captured in a CUDA graph; the flash kernel at 2.3 (0.87 ms); q.K^T and
+    weights.V as batched products take 0.83 ms. The worker turns cuDNN attention off for
+    everything else (`transformers_engine._configure_cuda`); the step asks for it by name,
+    and takes flash or memory-efficient where cuDNN cannot serve the shapes. The backend
+    flags are process-wide while the context lasts: graphs are captured at load."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    order = [
+        SDPBackend.CUDNN_ATTENTION,
+        SDPBackend.FLASH_ATTENTION,
+        SDPBackend.EFFICIENT_ATTENTION,
+    ]
+    return functools.partial(sdpa_kernel, order, set_priority=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +159,7 @@ class StaticDecoder:
         self._arange = torch.arange(s.max_len, device=self.device)
         self._rows_index = torch.arange(rows, device=self.device)
         self.use_graphs = use_graphs and self.device.type == "cuda"
+        self._decode_cross = _cudnn_first() if self.device.type == "cuda" else None
         self._graphs: dict[tuple[int, int], Any] = {}
         self._pool: Any = None
         self.batch_buckets = batch_buckets(rows)
@@ -369,10 +393,11 @@ class StaticDecoder:
         h = layer.ln2(x)
         q = self._heads(F.linear(h, layer.xq_w, layer.xq_b), n, length)
         keys, values = self.cross_k[index, rows], self.cross_v[index, rows]
-        # PyTorch's fused kernel, unmasked, in every form: one query against 1,500 frames reads
-        # the keys and values at 4.5 TB/s on an H200, where q.K^T as a batched product read
-        # them at 1.8 (docs/benchmarks/h200-batching.md, benchmarks/gpu_attention.py).
-        a = F.scaled_dot_product_attention(q, keys, values)
+        if length == 1 and self._decode_cross is not None:
+            with self._decode_cross():
+                a = F.scaled_dot_product_attention(q, keys, values)
+        else:
+            a = F.scaled_dot_product_attention(q, keys, values)
         return F.linear(self._merge(a, n, length), layer.xout_w, layer.xout_b)
 
     def _attend(self, q: Any, keys: Any, values: Any, visible: Any) -> Any:
