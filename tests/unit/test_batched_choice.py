@@ -1,0 +1,148 @@
+"""batched/choice.py on the CPU, over a small vocabulary: a row inside its prompt is fed its
+next prompt token and keeps its rule state; the step after its last prompt token picks under
+Whisper's rules and advances the state; the no-speech probability comes from the step that fed
+<|startoftranscript|>; the next step's inputs are written in place; rows move whole."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from gpuscribe.workers.engines.batched.choice import (
+    COUNT,
+    FORCED_TOKENS,
+    LAST,
+    LAST_TIMESTAMP,
+    OUT_LOGPROB,
+    OUT_NO_SPEECH,
+    OUT_TOKEN,
+    PENULTIMATE,
+    RowStates,
+    forced_start,
+    row_generates,
+)
+from gpuscribe.workers.engines.batched.search import DecodeOptions, Group, Row, Vocabulary
+
+torch = pytest.importorskip("torch")
+
+# Text 0-9, the specials, then 8 timestamps (16-23), as in test_batched_search.py.
+V = Vocabulary(
+    size=24, eot=10, sot=11, no_timestamps=14, no_speech=12, timestamp_begin=15,
+    blank_ids=(0, 10), default_suppress=(3, 4),
+)  # fmt: skip
+GREEDY = DecodeOptions(beam_size=1, suppress_tokens=())
+ROWS = 4
+
+
+def _states() -> RowStates:
+    decoder = SimpleNamespace(
+        rows=ROWS,
+        device=torch.device("cpu"),
+        shape=SimpleNamespace(max_len=32),
+        tokens=torch.zeros(ROWS, dtype=torch.long),
+        positions=torch.zeros(ROWS, dtype=torch.long),
+    )
+    return RowStates(torch, decoder, V)
+
+
+def _row(prompt: list[int], options: DecodeOptions = GREEDY, max_new: int = 8) -> Row:
+    timestamps = prompt[-1] != V.no_timestamps
+    group = Group(None, 0, prompt, options, timestamps, max_new)
+    row = Row(group, position=forced_start(prompt, V.sot))
+    group.rows.append(row)
+    return row
+
+
+def _logits(best: int, n: int = 1, seed: int = 0) -> Any:
+    logits = torch.randn(n, V.size, generator=torch.Generator().manual_seed(seed))
+    logits[:, best] = 10.0
+    return logits
+
+
+def test_the_fed_part_of_a_prompt_starts_at_sot_and_holds_at_most_the_forced_tokens() -> None:
+    assert forced_start([V.sot, 5, V.no_timestamps], V.sot) == 0
+    assert forced_start([1, 2, 3, V.sot, 5], V.sot) == 3  # previous text is prefilled
+    long_prefix = [V.sot, *range(1, 10), V.no_timestamps]
+    assert forced_start(long_prefix, V.sot) == len(long_prefix) - FORCED_TOKENS
+
+
+def test_a_prompt_is_fed_then_the_rules_pick() -> None:
+    states = _states()
+    row = _row([V.sot, 5, V.no_timestamps])
+    states.start([0], [row])
+    assert states.tokens[0] == V.sot and states.positions[0] == 0
+    fed = []
+    for step in range(2):  # the steps that feed <|sot|> and 5 choose nothing
+        logits = _logits(best=7, seed=step)
+        choice = states.choose(logits, 1, sampling=False, width=0)
+        fed.append(int(states.tokens[0]))
+        assert not row_generates(row, step)
+        if step == 0:
+            expected = float(logits[0].softmax(-1)[V.no_speech])
+            assert float(choice.out[0, OUT_NO_SPEECH]) == pytest.approx(expected, rel=1e-5)
+    assert fed == [5, V.no_timestamps]
+    assert int(states.state[0, COUNT]) == 0 and int(states.state[0, LAST]) == -1
+    logits = _logits(best=7, seed=5)
+    choice = states.choose(logits, 1, sampling=False, width=0)  # after the last prompt token
+    assert row_generates(row, 2)
+    assert int(choice.out[0, OUT_TOKEN]) == 7 and int(states.tokens[0]) == 7
+    allowed = logits[0].clone()
+    allowed[list(V.blank_ids)] = -torch.inf  # the first pick: no blank, no immediate end
+    assert float(choice.out[0, OUT_LOGPROB]) == pytest.approx(float(allowed.log_softmax(-1)[7]))
+    assert int(states.positions[0]) == 3
+    assert int(states.state[0, COUNT]) == 1 and int(states.state[0, LAST]) == 7
+    # The no-speech probability stays the one of the <|sot|> step.
+    assert float(choice.out[0, OUT_NO_SPEECH]) != pytest.approx(
+        float(logits[0].softmax(-1)[V.no_speech])
+    )
+
+
+def test_the_first_pick_follows_the_rules_and_timestamps_are_remembered() -> None:
+    states = _states()
+    row = _row([V.sot])  # timestamps on: the first token must be a timestamp
+    states.start([0], [row])
+    choice = states.choose(_logits(best=7), 1, sampling=False, width=0)
+    first = int(choice.out[0, OUT_TOKEN])
+    assert first >= V.timestamp_begin
+    assert int(states.state[0, LAST_TIMESTAMP]) == first
+    choice = states.choose(_logits(best=7, seed=1), 1, sampling=False, width=0)
+    assert int(states.state[0, PENULTIMATE]) == first
+    assert int(states.state[0, LAST]) == int(choice.out[0, OUT_TOKEN])
+
+
+def test_blank_is_suppressed_at_the_first_pick_only() -> None:
+    states = _states()
+    row = _row([V.sot, V.no_timestamps], DecodeOptions(beam_size=1, suppress_tokens=()))
+    states.start([0], [row])
+    states.choose(_logits(best=2), 1, sampling=False, width=0)  # feeds <|notimestamps|>
+    assert int(states.choose(_logits(best=0), 1, sampling=False, width=0).out[0, 0]) != 0
+    assert int(states.choose(_logits(best=0), 1, sampling=False, width=0).out[0, 0]) == 0
+
+
+def test_sampling_rows_draw_allowed_tokens_and_beams_get_their_best() -> None:
+    states = _states()
+    sampled = _row([V.sot, V.no_timestamps], DecodeOptions(beam_size=1, sampling_topk=0,
+                                                           suppress_tokens=(-1,)))  # fmt: skip
+    greedy = _row([V.sot, V.no_timestamps])
+    states.start([0, 1], [sampled, greedy])
+    states.choose(_logits(best=5, n=2), 2, sampling=True, width=0)
+    flat = torch.zeros(2, V.size)  # every token equally likely
+    drawn = set()
+    for _ in range(40):
+        states.state[:2, COUNT] = 1  # past the first pick (no blank rule)
+        choice = states.choose(flat.clone(), 2, sampling=True, width=4)
+        drawn.add(int(choice.out[0, OUT_TOKEN]))
+        assert choice.top is not None and choice.top.shape == (2, 8)
+    assert len(drawn) > 1 and not drawn & {3, 4}  # sampled, never a suppressed token
+
+
+def test_rows_move_whole() -> None:
+    states = _states()
+    rows = [_row([V.sot, 5, V.no_timestamps]), _row([1, 2, V.sot, 6])]
+    states.start([0, 3], rows)
+    before = states.state[3].clone(), states.forced[3].clone(), int(states.positions[3])
+    states.move(torch.tensor([3]), torch.tensor([1]))
+    assert torch.equal(states.state[1], before[0]) and torch.equal(states.forced[1], before[1])
+    assert int(states.positions[1]) == before[2] == 2 and int(states.tokens[1]) == V.sot

@@ -1,0 +1,28 @@
+"""batched/encoder.py on a tiny random Whisper, on the CPU: the fused encoder gives Hugging
+Face's output from the same weights, and the module it was made from still runs on them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gpuscribe.workers.engines.batched.encoder import FusedEncoder
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+
+def test_the_fused_encoder_gives_hugging_faces_output(whisper: Any) -> None:
+    module = whisper.model.encoder
+    frames = 2 * module.config.max_source_positions
+    features = torch.randn(3, module.conv1.in_channels, frames)
+    with torch.inference_mode():
+        before = module(features).last_hidden_state
+    fused = FusedEncoder(module)  # the module's own weights become views of the fused ones
+    with torch.inference_mode():
+        after = module(features).last_hidden_state
+    assert torch.allclose(fused(features), before, atol=1e-4, rtol=1e-4)
+    assert torch.equal(after, before)
+    layer = module.layers[0].self_attn
+    assert layer.k_proj.weight.data_ptr() == fused._layers[0].qkv_w[layer.embed_dim :].data_ptr()
