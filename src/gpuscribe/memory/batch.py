@@ -13,9 +13,11 @@ resident model holds is therefore fixed once it is loaded, whatever the number o
                      + READY_BATCHES x ENCODER_BATCH x one window's encoder output (the windows
                      encoded ahead of free rows, and the batch being encoded)
     per_row        = the encoder output a row's window keeps, the cross-attention keys/values
-                     computed for it when it starts (FILL_WIDTHS), its prompt's logits at prefill
-                     (PREFILL_TOKENS x vocab in the model's type and in float32), and the float32
-                     vocabulary-wide tensors a decode step's token choice holds (STEP_VOCAB_COPIES)
+                     computed for it when it starts (FILL_WIDTHS), the logits of a prompt's
+                     prefilled head (PREFILL_TOKENS x vocab in the model's type and in float32;
+                     only a previous-text prompt is prefilled, the start sequence is fed as
+                     decode steps), and the float32 vocabulary-wide tensors a decode step's
+                     token choice holds (STEP_VOCAB_COPIES)
 
 (`ENCODER_WIDTHS` counts, in units of `1500 frames x d_model` elements, what one window's encoder
 pass holds at its peak: the residual, the layer norm's output, the feed-forward's 4 x d_model

@@ -204,7 +204,9 @@ def _hf(*names: str) -> tuple[Any, ...]:
 def _configure_cuda(torch: Any) -> None:
     """Attention through cuDNN off: with several tasks generating at once in one worker it
     failed on an H100 (PyTorch 2.11: "mha_graph.execute(...).is_good()" errors, 24 in a
-    300-task stream); the flash and memory-efficient kernels serve the same shapes."""
+    300-task stream); the flash and memory-efficient kernels serve the same shapes. The batched
+    decode step asks for cuDNN's kernel by name for its cross-attention, where it is twice as
+    fast (`batched/decoder._cudnn_first`): that step runs on one thread and in a CUDA graph."""
     torch.backends.cuda.enable_cudnn_sdp(False)
 
 
