@@ -231,3 +231,12 @@ def test_encode_gives_the_encoder_output(whisper: Any, decoder: StaticDecoder) -
         expected = whisper.model.encoder(features).last_hidden_state
     assert hidden.shape == (1, TEST_ARCHITECTURE.max_source_positions, TEST_ARCHITECTURE.d_model)
     assert torch.allclose(hidden, expected)
+
+
+def test_rows_sharing_a_window_get_its_keys_and_values(decoder: StaticDecoder) -> None:
+    hidden = _hidden(2, 21)
+    decoder.fill_cross(torch.tensor([0, 1, 2, 3]), hidden, torch.tensor([0, 0, 1, 0]))
+    shared = (decoder.cross_k.clone(), decoder.cross_v.clone())
+    decoder.fill_cross(torch.tensor([0, 1, 2, 3]), hidden[[0, 0, 1, 0]])
+    assert torch.allclose(shared[0], decoder.cross_k, atol=1e-6)
+    assert torch.allclose(shared[1], decoder.cross_v, atol=1e-6)

@@ -429,15 +429,20 @@ class Batcher:
             return
         first_row = len(self._rows)
         new_rows: list[Row] = []
-        hidden: list[Any] = []
-        for group, encoded in taken:
+        windows: list[int] = []  # each new row's window, an index into `taken`
+        for window, (group, _) in enumerate(taken):
             for _ in range(group.options.rows):
                 row = Row(group, position=forced_start(group.prompt, self.vocabulary.sot))
                 group.rows.append(row)
                 new_rows.append(row)
-                hidden.append(encoded.hidden[group.index])
+                windows.append(window)
         targets = list(range(first_row, first_row + len(new_rows)))
-        self.decoder.fill_cross(self._states.upload(np.array(targets)), torch.stack(hidden))
+        upload = self._states.upload
+        hidden = torch.stack([encoded.hidden[group.index] for group, encoded in taken])
+        shared = len(windows) > len(taken)  # beams: one window's keys and values, computed once
+        self.decoder.fill_cross(
+            upload(np.array(targets)), hidden, upload(np.array(windows)) if shared else None
+        )
         del hidden
         for group, encoded in taken:
             if not encoded.keep:

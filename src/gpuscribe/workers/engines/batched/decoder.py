@@ -189,18 +189,21 @@ class StaticDecoder:
             features = features.to(self.device, self.dtype)
             return self.encoder(features)
 
-    def fill_cross(self, rows: Any, hidden: Any) -> None:
-        """Write the cross-attention keys/values of `hidden` (`[len(rows), frames, d]`) into
-        cache `rows` (a long tensor)."""
+    def fill_cross(self, rows: Any, hidden: Any, windows: Any = None) -> None:
+        """Write the cross-attention keys/values of `hidden` (`[w, frames, d]`) into cache
+        `rows` (a long tensor): row `rows[i]` gets window `windows[i]` (by default window
+        `i`). The beams of one window share its keys and values, computed once."""
         torch = self._torch
         s = self.shape
-        n = hidden.shape[0]
+        w = hidden.shape[0]
         with torch.inference_mode():
             for index, layer in enumerate(self._layers):
                 k = torch.nn.functional.linear(hidden, layer.xk_w)
                 v = torch.nn.functional.linear(hidden, layer.xv_w, layer.xv_b)
-                k = k.view(n, s.frames, s.heads, s.head_dim).transpose(1, 2)
-                v = v.view(n, s.frames, s.heads, s.head_dim).transpose(1, 2)
+                k = k.view(w, s.frames, s.heads, s.head_dim).transpose(1, 2)
+                v = v.view(w, s.frames, s.heads, s.head_dim).transpose(1, 2)
+                if windows is not None:
+                    k, v = k.index_select(0, windows), v.index_select(0, windows)
                 self.cross_k[index].index_copy_(0, rows, k)
                 self.cross_v[index].index_copy_(0, rows, v)
 
