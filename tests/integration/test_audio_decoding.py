@@ -1,7 +1,8 @@
 """workers/audio_decoding.py: decode slots let the most urgent waiter in first; decoding in a
 child process gives the same samples as in the thread, and a file that is not audio still comes
 back as the client's error (with its code) rather than a broken pool; a daemon worker (as the
-node starts them) can start its decoding child, which ends when the worker is killed."""
+node starts them) can start its decoding child, which ends when the worker is killed; a worker
+that closes its decoder exits at once."""
 
 from __future__ import annotations
 
@@ -133,3 +134,25 @@ def _running(pid: int) -> bool:
     except (FileNotFoundError, IndexError):
         return False
     return state != "Z"
+
+
+def _decode_close_and_return(path: str) -> None:
+    """A daemon process, as a node's worker is: decodes in two children, closes, returns."""
+    decoder = AudioDecoder(2)
+    decoder.decode(path, priority=2)
+    decoder.close()
+
+
+def test_a_worker_that_closes_its_decoder_exits_at_once(flac: Path) -> None:
+    """After a decode, `close` must leave no child that the worker's exit waits on: an idle
+    child that never got its signal to stop held every worker's exit on an H200 until the
+    node terminated it."""
+    context = multiprocessing.get_context("spawn")
+    worker = context.Process(target=_decode_close_and_return, args=(str(flac),), daemon=True)
+    worker.start()
+    worker.join(30)
+    try:
+        assert worker.exitcode == 0, "the worker did not exit after closing its decoder"
+    finally:
+        if worker.is_alive():
+            worker.kill()

@@ -111,12 +111,15 @@ class AudioDecoder:
             return self._decode_in_pool(path)
 
     def close(self) -> None:
-        """Stop the children; decodes waiting or running end with `CancelledError`."""
+        """Stop the children: decodes waiting end with `CancelledError`, running ones finish
+        first. The wait is what ends the children: after `shutdown(wait=False)` a child that
+        was idle never got its signal to stop, and the worker's exit waited on it for good
+        (on an H200 the node terminated every worker after its 15 s)."""
         with self._pool_lock:
             self._closed = True
             pool, self._pool = self._pool, None
         if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _decode_in_pool(self, path: str) -> npt.NDArray[np.float32]:
         pool = self._executor()
