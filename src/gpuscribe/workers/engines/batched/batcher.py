@@ -1,10 +1,12 @@
 """One continuous batch per loaded model: every task's windows decode in the same steps.
 
 Task threads call `generate` (and `detect_language`, `align`) and wait; one batcher thread owns
-the device. It encodes waiting windows in batches, writes their cross-attention into free cache
-rows, runs their prompts, and then steps every active row at once; a window whose rows end frees
-them for the next waiting window (higher priority first, then first come) at the next step.
-All device work happens on the batcher thread, which keeps CUDA graph capture safe.
+the device. It encodes waiting windows in batches, writes their cross-attention and rule state
+into free cache rows, and steps every active row at once, a row inside its prompt being fed its
+next prompt token; a window whose rows end frees them for the next waiting window (higher
+priority first, then first come). Tokens are chosen on the device (`choice.py`), so the thread
+launches each step before catching up with the one before (beams excepted). All device work
+happens on the batcher thread, which keeps CUDA graph capture safe.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from gpuscribe.workers.engines.batched.search import (
 
 log = logging.getLogger(__name__)
 
-START_ROWS = 16  # free rows that make a start (one prompt pass for them all) worth its cost
+START_ROWS = 16  # free rows that make a start (one cross-attention fill for all) worth its cost
 CANCEL_CHECK_STEPS = 8
 LOOKAHEAD = 1  # steps queued on the device beyond the one the host is catching up with
 STOP_POLL_SECONDS = 0.2  # how often a waiting task thread looks at its stop flag

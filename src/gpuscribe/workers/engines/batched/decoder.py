@@ -224,8 +224,8 @@ class StaticDecoder:
         """Run prompts `tokens` (`[n, P]`) on cache `rows` from position 0, writing their
         keys/values. Returns float32 logits `[n, P, vocab]`, or with `at` (`[n, k]` positions)
         only those `[n, k, vocab]`: a long prompt's logits at every position would take
-        P x vocab x 4 bytes a row, and decoding needs two of them. Rows of one call share their
-        prompt length."""
+        P x vocab x 4 bytes a row, and the batch needs one of them (at <|startoftranscript|>,
+        for the no-speech probability). Rows of one call share their prompt length."""
         torch = self._torch
         F = torch.nn.functional
         n, length = tokens.shape
