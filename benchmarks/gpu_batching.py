@@ -253,7 +253,7 @@ def main() -> None:
     model = load(args.model, args.rows, args.cpu)
     if not args.cpu and args.attention != "auto":  # a new form drops the graphs of the load
         model.decoder.set_attention(args.attention)
-        model.batcher.call(model.decoder.capture_all)
+        model.batcher.call(model.batcher.capture_graphs)
     lengths = stream_lengths(args.tasks, longest=args.longest)
     tokens = window_tokens(model, lengths)
     report: dict[str, Any] = {

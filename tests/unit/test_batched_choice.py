@@ -19,6 +19,8 @@ from gpuscribe.workers.engines.batched.choice import (
     OUT_NO_SPEECH,
     OUT_TOKEN,
     PENULTIMATE,
+    SUPPRESS,
+    SUPPRESS_SETS,
     RowStates,
     forced_start,
     row_generates,
@@ -36,13 +38,16 @@ GREEDY = DecodeOptions(beam_size=1, suppress_tokens=())
 ROWS = 4
 
 
-def _states() -> RowStates:
+def _states(rows: int = ROWS) -> RowStates:
     decoder = SimpleNamespace(
-        rows=ROWS,
+        rows=rows,
         device=torch.device("cpu"),
         shape=SimpleNamespace(max_len=32),
-        tokens=torch.zeros(ROWS, dtype=torch.long),
-        positions=torch.zeros(ROWS, dtype=torch.long),
+        tokens=torch.zeros(rows, dtype=torch.long),
+        positions=torch.zeros(rows, dtype=torch.long),
+        logits=torch.zeros(rows, V.size),
+        batch_buckets=(rows,),
+        use_graphs=False,
     )
     return RowStates(torch, decoder, V)
 
@@ -146,3 +151,35 @@ def test_rows_move_whole() -> None:
     states.move(torch.tensor([3]), torch.tensor([1]))
     assert torch.equal(states.state[1], before[0]) and torch.equal(states.forced[1], before[1])
     assert int(states.positions[1]) == before[2] == 2 and int(states.tokens[1]) == V.sot
+
+
+def test_choosing_over_a_whole_bucket_leaves_the_batch_rows_choice_alone() -> None:
+    """A captured choice runs over its whole row bucket: whatever the free rows past the batch
+    hold, the batch's rows get the choice they get alone."""
+    alone, bucket = _states(), _states(rows=8)
+    for states in (alone, bucket):
+        states.start([0, 1], [_row([V.sot, 5, V.no_timestamps]), _row([V.sot])])
+    junk = torch.Generator().manual_seed(3)
+    bucket.state[2:] = torch.randint(-1, 30, (6, bucket.state.shape[1]), generator=junk)
+    bucket.state[2:, SUPPRESS] = 0
+    bucket.positions[2:] = torch.randint(0, 31, (6,), generator=junk)
+    for step in range(6):
+        logits = torch.randn(8, V.size, generator=torch.Generator().manual_seed(step))
+        one = alone.choose(logits[:2], 2, sampling=False, width=0)
+        whole = bucket._choose_rows(logits, 8, sampling=False, width=0)
+        assert torch.equal(one.out, whole.out[:2])
+        for name in ("state", "tokens", "positions", "no_speech"):
+            assert torch.equal(getattr(alone, name)[:2], getattr(bucket, name)[:2]), name
+
+
+def test_the_suppression_table_grows_past_its_sets_and_keeps_each() -> None:
+    states = _states()
+    lists = [(token,) for token in range(SUPPRESS_SETS + 3)]
+    rows = [_row([V.sot], DecodeOptions(beam_size=1, suppress_tokens=t)) for t in lists]
+    indices = [states._suppress_index(r.group.options) for r in rows]
+    assert indices == list(range(len(lists)))
+    for index, (token,) in zip(indices, lists, strict=True):
+        expected = torch.zeros(V.size, dtype=torch.bool)
+        if token < V.size:
+            expected[token] = True
+        assert torch.equal(states._suppress[index], expected)

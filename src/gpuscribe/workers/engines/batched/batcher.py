@@ -252,6 +252,12 @@ class Batcher:
         self._encode([(encoded, i) for i, h in enumerate(encoded.hidden) if h is None])
         return encoded.hidden
 
+    def capture_graphs(self) -> None:
+        """Capture the step and the token choice at every shape (CUDA; on the batcher thread,
+        through `call`, when the model loads)."""
+        self.decoder.capture_all()
+        self._states.capture_all()
+
     def close(self) -> None:
         with self._lock:
             self._closed = True

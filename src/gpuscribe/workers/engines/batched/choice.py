@@ -14,17 +14,24 @@ prompt pass, and the step that feeds <|startoftranscript|> also gives the window
 probability. Positions before that (a previous-text prompt) are prefilled.
 
 Beam search stays on the host: when beams are in the batch, the step also returns each row's
-best `width` log-probabilities, the batcher chooses, and `write_tokens` puts its choice back.
+best `width` log-probabilities, the batcher chooses, and `write_rows` puts its choice back.
+
+On CUDA a choice without beams or sampling (the common one) is captured in a CUDA graph per row
+bucket, like the step, and replayed over the whole bucket: its ~75 small kernels cost one launch.
+Rows past the batch in the bucket are free rows; what the choice writes there is overwritten
+when a window starts in them.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from gpuscribe.workers.engines.batched.decoder import bucket_for
 from gpuscribe.workers.engines.batched.search import (
     DecodeOptions,
     Row,
@@ -35,6 +42,9 @@ from gpuscribe.workers.engines.batched.search import (
     suppress_ids,
 )
 
+log = logging.getLogger(__name__)
+
+SUPPRESS_SETS = 16  # distinct suppression lists the device table holds before it grows
 FORCED_TOKENS = 8  # prompt tokens fed as steps: <|sot|>, language, task, notimestamps, a prefix
 # Columns of the per-row state (one long tensor, so that moving a row is one copy).
 COUNT, LAST, PENULTIMATE, LAST_TIMESTAMP, MAX_INITIAL = 0, 1, 2, 3, 4
@@ -77,7 +87,13 @@ class RowStates:
         self._out = torch.zeros(rows, 3, dtype=torch.float64, device=device)
         self._constants = RuleConstants.of(torch, vocabulary, device)
         self._suppress_keys: dict[tuple[int, ...], int] = {}
-        self._suppress = torch.zeros(0, vocabulary.size, dtype=torch.bool, device=device)
+        self._suppress = torch.zeros(SUPPRESS_SETS, vocabulary.size, dtype=torch.bool,
+                                     device=device)  # fmt: skip
+        self._logits = decoder.logits  # the step's output buffer, read by captured choices
+        self._buckets = decoder.batch_buckets
+        self.use_graphs = bool(decoder.use_graphs)
+        self._graphs: dict[int, Any] = {}
+        self._pool: Any = None
 
     # --- host -> device ---------------------------------------------------------------------
     def upload(self, values: np.ndarray[Any, Any]) -> Any:
@@ -151,13 +167,15 @@ class RowStates:
         key = options.suppress_tokens
         index = self._suppress_keys.get(key)
         if index is None:
-            torch = self._torch
-            mask = torch.zeros(1, self.vocabulary.size, dtype=torch.bool, device=self.device)
+            index = len(self._suppress_keys)
+            if index == self._suppress.shape[0]:  # full: a table twice as large, new graphs
+                self._suppress = self._torch.cat([self._suppress, self._suppress.clone()])
+                self._graphs.clear()
             ids = suppress_ids(options, self.vocabulary)
+            self._suppress[index] = False
             if ids:
-                mask[0, ids] = True
-            self._suppress = torch.cat([self._suppress, mask])
-            index = self._suppress_keys[key] = len(self._suppress_keys)
+                self._suppress[index, ids] = True
+            self._suppress_keys[key] = index
         return index
 
     def set_no_speech(self, rows: Any, sot_logits: Any) -> None:
@@ -175,6 +193,56 @@ class RowStates:
     def choose(self, logits: Any, n: int, *, sampling: bool, width: int) -> Choice:
         """Choose every row's token from a step's `logits` (`[n, vocab]`, float32, the rows'
         input at `self.positions`), write the next step's inputs, and return the choice."""
+        if self.use_graphs and not sampling and not width:
+            graph = self._graph(bucket_for(n, self._buckets))
+            if graph is not None:
+                graph.replay()
+                return Choice(self._out[:n], None)
+        return self._choose_rows(logits, n, sampling=sampling, width=width)
+
+    def capture_all(self) -> None:
+        """Capture the choice at every row bucket now (at load)."""
+        for bucket in self._buckets:
+            if self.use_graphs:
+                self._graph(bucket)
+
+    def _graph(self, bucket: int) -> Any:
+        graph = self._graphs.get(bucket)
+        if graph is None and self.use_graphs:
+            graph = self._capture(bucket)
+        return graph
+
+    def _capture(self, bucket: int) -> Any:
+        """The choice over `bucket` rows in a CUDA graph, or None (then every choice is made
+        eagerly). What the warm-up run writes is put back: a capture may come while rows
+        decode (after the suppression table grew)."""
+        torch = self._torch
+        written = (self.state, self.no_speech, self.tokens, self.positions, self._out)
+        kept = [t.clone() for t in written]
+        graph = None
+        try:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):  # warm-up outside the graph
+                self._choose_rows(self._logits[:bucket], bucket, sampling=False, width=0)
+            torch.cuda.current_stream().wait_stream(stream)
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            captured = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(captured, pool=self._pool, capture_error_mode="thread_local"):
+                self._choose_rows(self._logits[:bucket], bucket, sampling=False, width=0)
+            graph = self._graphs[bucket] = captured
+        except Exception:
+            log.warning("the token choice was not captured in a CUDA graph: it runs eagerly",
+                        exc_info=True)  # fmt: skip
+            self.use_graphs = False
+        finally:
+            for tensor, saved in zip(written, kept, strict=True):
+                tensor.copy_(saved)
+        return graph
+
+    def _choose_rows(self, logits: Any, n: int, *, sampling: bool, width: int) -> Choice:
+        """`choose` over rows `0..n-1`, eagerly (or being captured)."""
         torch = self._torch
         s = self.state[:n]
         logprobs, masked = apply_rules(torch, logits, self._rules(s), self.vocabulary,

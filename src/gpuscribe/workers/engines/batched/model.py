@@ -104,7 +104,7 @@ class BatchedModel:
         self.decoder = StaticDecoder(whisper, rows, use_graphs=use_graphs)
         vocabulary = vocabulary_from_tokenizer(info.tokenizer_file, self.decoder.shape.vocab, info)
         self.batcher = Batcher(self.decoder, vocabulary, info.n_mels)
-        self.batcher.call(self.decoder.capture_all)  # on the thread that owns the device
+        self.batcher.call(self.batcher.capture_graphs)  # on the thread that owns the device
         self.backend = BatchedWhisper(
             self.batcher,
             multilingual=info.multilingual and not benchmark_only,
