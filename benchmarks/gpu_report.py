@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 import wave
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -166,8 +167,8 @@ def _urgent_probe(
     url: str, folder: Path, count: int, delay: float, model: str
 ) -> list[dict[str, Any]]:
     """`count` urgent 30 s tasks submitted one after another into the running stream, `delay`
-    seconds after it starts: how long each waits to start (claimed and handed to its engine)
-    and to finish."""
+    seconds after it starts: how long each waits to start (claimed and handed to its engine),
+    to decode (its first window in the batch, from the task's history) and to finish."""
     time.sleep(delay)
     path = folder / "urgent.wav"
     _write_wav(path, 30.0, 999)
@@ -184,8 +185,23 @@ def _urgent_probe(
                 if t["state"] in ("completed", "failed", "cancelled"):
                     finished = time.monotonic() - sent
                 time.sleep(0.05)
-            probes.append({"to_start_s": started, "to_finish_s": finished, "id": task_id})
+            task = client.get(f"{url}/v1/tasks/{task_id}").json()
+            probes.append({"to_start_s": started, "to_decode_s": _to_decode(task),
+                           "to_finish_s": finished, "id": task_id})  # fmt: skip
     return probes
+
+
+def _to_decode(task: dict[str, Any]) -> float | None:
+    """Seconds from a task's submission to its first window in the batch (its history's
+    "decoding began" line, which the batched engine's tasks have)."""
+    began = [e["at"] for e in task.get("history") or [] if e.get("detail") == "decoding began"]
+    if not began:
+        return None
+    return _epoch(began[0]) - _epoch(task["created_at"])
+
+
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
 class _Sampler(threading.Thread):

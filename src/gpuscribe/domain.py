@@ -255,6 +255,9 @@ class Transcript:
     task: TaskKind = TaskKind.TRANSCRIBE
     simulated: bool = False
     benchmark_only: bool = False
+    # When the engine's first decode step for this audio ran (seconds since the epoch), where
+    # the engine knows it: the task's history records it; not part of the result.
+    decoding_started_at: float | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {

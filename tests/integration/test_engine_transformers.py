@@ -107,8 +107,12 @@ def test_word_error_rate_is_faster_whispers(
 
 def test_short_clip(ours: BatchedModel) -> None:
     clip = short_clip()
+    called = time.time()
     result = _run(ours, samples(clip.path), OURS)
     assert word_error_rate(clip.text, result.text) <= 0.25, result.text
+    began = result.decoding_started_at  # for the task's history, not the result's JSON
+    assert began is not None and called <= began <= time.time()
+    assert "decoding_started_at" not in result.to_dict()
 
 
 def test_continuous_speech_loses_nothing(continuous: tuple[Any, Any, Any]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import threading
 import uuid
@@ -310,6 +311,16 @@ def test_progress_and_complete(store: TaskStore) -> None:
     assert store.history(task_id)[-1].state == TaskState.COMPLETED
     assert not store.complete(task_id, token, TRANSCRIPT, peak_bytes=None, now=121.0)
     assert not store.set_progress(task_id, token, 0.5)
+
+
+def test_the_history_says_when_decoding_began(store: TaskStore) -> None:
+    task_id, token = running(store)
+    result = dataclasses.replace(TRANSCRIPT, decoding_started_at=100.75)
+    assert store.complete(task_id, token, result, peak_bytes=None, now=120.0)
+    *_, began, done = store.history(task_id)
+    assert (began.at, began.state, began.detail) == (100.75, TaskState.RUNNING, "decoding began")
+    assert (done.at, done.state) == (120.0, TaskState.COMPLETED)
+    assert store.result(task_id) == TRANSCRIPT  # not part of the result
 
 
 def test_fail_retries_then_fails_keeping_the_history(store: TaskStore) -> None:

@@ -123,6 +123,16 @@ def test_greedy_alone_equals_greedy_in_a_mixed_batch(make: Callable[[int], Batch
     assert [r.scores[0] for r in together] == pytest.approx(scores, abs=1e-4)
 
 
+def test_a_request_knows_when_its_first_window_entered_the_batch(
+    make: Callable[[int], Batcher],
+) -> None:
+    batcher = make(4)
+    submitted = time.time()
+    pending = batcher.submit(_windows(2, 12), [_prompt(batcher.vocabulary)] * 2, GREEDY)
+    pending.result()
+    assert pending.started_at is not None and submitted <= pending.started_at <= time.time()
+
+
 def test_greedy_score_is_the_sequence_log_probability(make: Callable[[int], Batcher]) -> None:
     batcher = make(4)
     encoded = _windows(1, 5)

@@ -127,7 +127,8 @@ class TaskStore(Protocol):
     def complete(
         self, task_id: str, token: str, result: Transcript, *, peak_bytes: int | None, now: float
     ) -> bool:
-        """Running -> completed with its result, in one transaction. False if the lease is stale."""
+        """Running -> completed with its result, in one transaction; where the result says when
+        its decoding began, the history gets that line too. False if the lease is stale."""
         ...
 
     def fail(

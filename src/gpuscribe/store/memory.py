@@ -177,6 +177,9 @@ class InMemoryStore:
             task.memory_peak_bytes, task.finished_at = peak_bytes, now
             _drop_lease(task)
             self._results[task_id] = result
+            if result.decoding_started_at is not None:
+                self._event(task_id, result.decoding_started_at, TaskState.RUNNING,
+                            rows.DECODING_BEGAN)  # fmt: skip
             self._event(task_id, now, TaskState.COMPLETED, None)
             return True
 

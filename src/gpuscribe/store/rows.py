@@ -159,6 +159,7 @@ def _float_or_none(value: Any) -> float | None:
 # --- history lines, the same in every store ------------------------------------------------
 SUBMITTED = "submitted"
 CANCEL_REQUESTED = "cancel requested"
+DECODING_BEGAN = "decoding began"  # the engine's first decode step (batched engine)
 CANCELLED_QUEUED = "cancelled while queued"
 CANCELLED_RUNNING = "cancelled while running"
 LEASE_EXPIRED = "lease expired"

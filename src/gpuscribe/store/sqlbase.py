@@ -287,6 +287,9 @@ class SqlTaskStore(abc.ABC):
             if s.run("complete", params) != 1:
                 return False
             s.run("insert_result", {"id": task_id, "transcript": rows.transcript_json(result)})
+            if result.decoding_started_at is not None:
+                began = result.decoding_started_at
+                s.event(task_id, began, TaskState.RUNNING, rows.DECODING_BEGAN)
             s.event(task_id, now, TaskState.COMPLETED, None)
         return True
 

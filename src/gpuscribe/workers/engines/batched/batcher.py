@@ -99,6 +99,7 @@ class _Request:
     results: list[Any] = field(default_factory=list)
     error: BaseException | None = None
     pending: int = 0
+    started_at: float | None = None  # when its first window entered the batch (epoch seconds)
 
     def fail(self, error: BaseException) -> None:
         if self.error is None:
@@ -114,6 +115,11 @@ class Pending:
 
     def done(self) -> bool:
         return self._request.done.is_set()
+
+    @property
+    def started_at(self) -> float | None:
+        """When the first of these windows entered the batch (seconds since the epoch)."""
+        return self._request.started_at
 
     def result(self) -> list[GenerationResult]:
         """The results, once every window has ended. A stop asked for while waiting ends the
@@ -438,7 +444,10 @@ class Batcher:
         first_row = len(self._rows)
         new_rows: list[Row] = []
         windows: list[int] = []  # each new row's window, an index into `taken`
+        now = time.time()
         for window, (group, _) in enumerate(taken):
+            if group.request.started_at is None:
+                group.request.started_at = now
             for _ in range(group.options.rows):
                 row = Row(group, position=forced_start(group.prompt, self.vocabulary.sot))
                 group.rows.append(row)

@@ -163,6 +163,7 @@ class BatchedModel:
             segments=tuple(segments),
             task=options.task,
             benchmark_only=self.benchmark_only,
+            decoding_started_at=run.decoding_started_at,
         )
 
     def _forced_lengths(self, audio: npt.NDArray[np.float32]) -> Callable[[int], int]:

@@ -180,6 +180,7 @@ class WindowedTranscription:
         self._prompt = shell.get_prompt(self._tokenizer, previous, without_timestamps=False)
         self._temperatures = temperatures(options.temperature)
         self._last_speech = 0.0
+        self._first: Pending | None = None  # the first window submitted
 
     # --- cutting ----------------------------------------------------------------------------
     def _clip_timestamps(self, audio: npt.NDArray[np.float32], cut: bool) -> list[dict[str, int]]:
@@ -235,14 +236,22 @@ class WindowedTranscription:
             forced_length=forced,
         )
 
+    @property
+    def decoding_started_at(self) -> float | None:
+        """When this task's first window entered the batch (seconds since the epoch)."""
+        return None if self._first is None else self._first.started_at
+
     def _submit(self, index: int, encoded: EncoderInput, temperature_index: int) -> Pending:
-        return self._backend.batcher.submit(
+        pending = self._backend.batcher.submit(
             encoded,
             [list(self._prompt)],
             self._decode_options(index, temperature_index),
             priority=self._priority,
             should_stop=self._should_stop,
         )
+        if self._first is None:
+            self._first = pending
+        return pending
 
     def segments(self) -> Iterator[Any]:
         """faster-whisper `Segment`s in time order, as their windows finish."""
