@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from gpuscribe.workers.engines.batched.decoder import bucket_for
+from gpuscribe.workers.engines.batched.decoder import bucket_for, capture_graph
 from gpuscribe.workers.engines.batched.search import (
     DecodeOptions,
     Row,
@@ -221,17 +221,14 @@ class RowStates:
         kept = [t.clone() for t in written]
         graph = None
         try:
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):  # warm-up outside the graph
-                self._choose_rows(self._logits[:bucket], bucket, sampling=False, width=0)
-            torch.cuda.current_stream().wait_stream(stream)
             if self._pool is None:
                 self._pool = torch.cuda.graph_pool_handle()
-            captured = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(captured, pool=self._pool, capture_error_mode="thread_local"):
-                self._choose_rows(self._logits[:bucket], bucket, sampling=False, width=0)
-            graph = self._graphs[bucket] = captured
+            graph = self._graphs[bucket] = capture_graph(
+                torch,
+                lambda: self._choose_rows(self._logits[:bucket], bucket, sampling=False, width=0),
+                self._pool,
+                warm_ups=1,
+            )
         except Exception:
             log.warning("the token choice was not captured in a CUDA graph: it runs eagerly",
                         exc_info=True)  # fmt: skip

@@ -58,6 +58,22 @@ def bucket_for(value: int, buckets: tuple[int, ...]) -> int:
     raise ValueError(f"{value} is above the largest bucket {buckets[-1]}")
 
 
+def capture_graph(torch: Any, run: Callable[[], object], pool: Any, warm_ups: int = 2) -> Any:
+    """`run` captured in a CUDA graph drawing on memory `pool`, after `warm_ups` runs outside
+    the graph on a side stream (kernel choices, workspaces). Capture errors are this thread's
+    only: another model's batcher thread may use the device meanwhile."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(warm_ups):
+            run()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+        run()
+    return graph
+
+
 def _cudnn_first() -> Callable[[], AbstractContextManager[None]]:
     """The fused attention backends for a decode step's cross-attention, cuDNN's first.
 
@@ -351,18 +367,9 @@ class StaticDecoder:
     def _capture_kind(self, batch: int, length: int, kind: str) -> Any:
         self._kind = kind
         torch = self._torch
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):  # warm-up outside the graph (kernel choices, workspaces)
-                self._step_into(batch, length)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
-        # thread_local: another model's batcher thread may use the device meanwhile
-        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-            self._step_into(batch, length)
+        graph = capture_graph(torch, lambda: self._step_into(batch, length), self._pool)
         self._graphs[(batch, length)] = graph
         log.debug("captured a decode step: %d rows, %d positions, %s", batch, length, kind)
         return graph
