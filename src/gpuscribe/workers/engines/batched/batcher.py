@@ -157,6 +157,19 @@ class _Launched:
 
 
 @dataclass(eq=False)
+class _BeamStep:
+    """What one step's beam choices ask of the device, sent once for every window: the cache
+    rows to copy (a beam continuing another's hypothesis takes its keys and values) and the
+    surviving beams whose rule state and next token go back."""
+
+    index: dict[int, int]  # id(row) -> the row's place in the batch
+    moves_from: list[int] = field(default_factory=list)
+    moves_to: list[int] = field(default_factory=list)
+    written: int = 0  # positions the moved rows have written
+    chosen: list[Row] = field(default_factory=list)
+
+
+@dataclass(eq=False)
 class _Call:
     """A closure run on the batcher thread (language detection, alignment)."""
 
@@ -572,8 +585,12 @@ class Batcher:
         for group in closing:
             if not group.done and all(r.finished for r in group.rows):
                 self._close(group)
-        for indices in beams.values():
-            self._choose_beams([launched.rows[i] for i in indices], launched.top.numpy()[indices])
+        if beams:
+            top = launched.top.numpy()
+            step = _BeamStep({id(r): i for i, r in enumerate(self._rows)})
+            for indices in beams.values():
+                self._choose_beams([launched.rows[i] for i in indices], top[indices], step)
+            self._send_beams(step)
         if self.steps % CANCEL_CHECK_STEPS == 0:
             for group in {id(r.group): r.group for r in self._rows}.values():
                 if self._cancelled(group):
@@ -581,19 +598,29 @@ class Batcher:
         self._compact()
         self.seconds["select"] += time.perf_counter() - started
 
-    def _choose_beams(self, rows: list[Row], top: np.ndarray[Any, Any]) -> None:
+    def _choose_beams(self, rows: list[Row], top: np.ndarray[Any, Any], step: _BeamStep) -> None:
         """One window's beams from their rows' best continuations (`top`: log-probabilities,
-        then token ids); the device gets the surviving beams' state and next tokens back."""
+        then token ids); what the device must learn of them goes into `step`."""
         group = rows[0].group
         if group.done:
             return
         width = top.shape[1] // 2
         self._advance_beams(
-            group, rows, top[:, :width].tolist(), top[:, width:].astype(np.int64).tolist()
+            group, rows, top[:, :width].tolist(), top[:, width:].astype(np.int64).tolist(), step
         )
         if not group.done:
-            index = {id(r): i for i, r in enumerate(self._rows)}
-            self._states.write_rows([index[id(r)] for r in rows], rows)
+            step.chosen.extend(rows)
+
+    def _send_beams(self, step: _BeamStep) -> None:
+        """Every window's beam choices of a step to the device, in one copy of cache rows and
+        one write of rule state."""
+        upload = self._states.upload
+        if step.moves_from:
+            self.decoder.copy_self_rows(
+                upload(np.array(step.moves_from)), upload(np.array(step.moves_to)), step.written
+            )
+        if step.chosen:
+            self._states.write_rows([step.index[id(r)] for r in step.chosen], step.chosen)
 
     def _advance(self, row: Row, token: int, logprob: float) -> None:
         if row.finished:
@@ -614,7 +641,12 @@ class Batcher:
             group.finish(row.tokens, row.logprob)
 
     def _advance_beams(
-        self, group: Group, rows: list[Row], top_lp: list[list[float]], top_id: list[list[int]]
+        self,
+        group: Group,
+        rows: list[Row],
+        top_lp: list[list[float]],
+        top_id: list[list[int]],
+        step: _BeamStep,
     ) -> None:
         """Beam search over one window's rows: the best `beam_size` continuations of all beams
         stay; an end token finishes a hypothesis."""
@@ -645,31 +677,29 @@ class Batcher:
             return
         while len(survivors) < beam:
             survivors.append(survivors[-1])
-        self._reorder(rows, sources, survivors)
+        self._reorder(rows, sources, survivors, step)
 
     def _reorder(
-        self, rows: list[Row], sources: list[Row], survivors: list[tuple[float, int, int]]
+        self,
+        rows: list[Row],
+        sources: list[Row],
+        survivors: list[tuple[float, int, int]],
+        step: _BeamStep,
     ) -> None:
-        index = {id(r): i for i, r in enumerate(self._rows)}
         old = [(list(s.tokens), s.logprob, s.last_timestamp) for s in sources]
-        moves_from: list[int] = []
-        moves_to: list[int] = []
+        moved = False
         for row, (score, parent, token) in zip(rows, survivors, strict=True):
             tokens, _, last_ts = old[parent]
             if sources[parent] is not row:
-                moves_from.append(index[id(sources[parent])])
-                moves_to.append(index[id(row)])
+                step.moves_from.append(step.index[id(sources[parent])])
+                step.moves_to.append(step.index[id(row)])
+                moved = True
             row.tokens = [*tokens, token]
             row.logprob = score
             row.last_timestamp = token if token >= self.vocabulary.timestamp_begin else last_ts
             row.next_token = token
-        if moves_from:
-            written = max(r.position for r in rows)  # the next step writes at `position`
-            self.decoder.copy_self_rows(
-                self._states.upload(np.array(moves_from)),
-                self._states.upload(np.array(moves_to)),
-                written,
-            )
+        if moved:  # the next step writes at `position`: everything before it moves
+            step.written = max(step.written, *(r.position for r in rows))
 
     # --- ending windows ---------------------------------------------------------------------
     def _close(self, group: Group) -> None:
