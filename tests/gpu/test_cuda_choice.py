@@ -46,8 +46,12 @@ def _rows() -> list[Row]:
     rows = []
     for prompt, suppress in PROMPTS:
         options = DecodeOptions(beam_size=1, suppress_tokens=suppress)
-        group = Group(None, 0, prompt, options, prompt[-1] != V.no_timestamps, 20)
-        row = Row(group, position=forced_start(prompt, V.sot))
+        timestamps = prompt[-1] != V.no_timestamps
+        group = Group(
+            None, 0, prompt, options, timestamps, 20,
+            sot_position=prompt.index(V.sot), forced_start=forced_start(prompt, V.sot),
+        )  # fmt: skip
+        row = Row(group, position=group.forced_start)
         group.rows.append(row)
         rows.append(row)
     return rows

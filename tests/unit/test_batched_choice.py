@@ -54,8 +54,11 @@ def _states(rows: int = ROWS) -> RowStates:
 
 def _row(prompt: list[int], options: DecodeOptions = GREEDY, max_new: int = 8) -> Row:
     timestamps = prompt[-1] != V.no_timestamps
-    group = Group(None, 0, prompt, options, timestamps, max_new)
-    row = Row(group, position=forced_start(prompt, V.sot))
+    group = Group(
+        None, 0, prompt, options, timestamps, max_new,
+        sot_position=prompt.index(V.sot), forced_start=forced_start(prompt, V.sot),
+    )  # fmt: skip
+    row = Row(group, position=group.forced_start)
     group.rows.append(row)
     return row
 

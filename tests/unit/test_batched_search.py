@@ -247,7 +247,9 @@ def test_rows_per_window() -> None:
 
 
 def _group(**options: Any) -> Group:
-    return Group(None, 0, [V.sot], DecodeOptions(**options), True, 10)
+    return Group(
+        None, 0, [V.sot], DecodeOptions(**options), True, 10, sot_position=0, forced_start=0
+    )
 
 
 def test_finished_hypotheses_are_ranked_by_length_normalised_score() -> None:

@@ -301,7 +301,10 @@ class Batcher:
         limit = max(1, min(limit, self.decoder.shape.max_len - len(prompt)))
         if o.forced_length:
             limit = min(limit, o.forced_length)
-        return Group(request, index, list(prompt), o, timestamps, limit)
+        return Group(
+            request, index, list(prompt), o, timestamps, limit,
+            sot_position=prompt.index(v.sot), forced_start=forced_start(prompt, v.sot),
+        )  # fmt: skip
 
     # --- the batcher thread -----------------------------------------------------------------
     def _loop(self) -> None:
@@ -462,7 +465,7 @@ class Batcher:
             if group.request.started_at is None:
                 group.request.started_at = now
             for _ in range(group.options.rows):
-                row = Row(group, position=forced_start(group.prompt, self.vocabulary.sot))
+                row = Row(group, position=group.forced_start)
                 group.rows.append(row)
                 new_rows.append(row)
                 windows.append(window)
@@ -507,16 +510,15 @@ class Batcher:
         """Run the prompt positions before `forced_start` (a previous-text prompt) in one pass
         per length; where that head holds <|startoftranscript|>, its logits give the
         no-speech probability."""
-        sot = self.vocabulary.sot
         by_start: dict[int, list[int]] = {}
         for offset, row in enumerate(rows):
-            start = row.position
+            start = row.group.forced_start
             if start > 0:
                 by_start.setdefault(start, []).append(offset)
         upload = self._states.upload
         for start, offsets in by_start.items():
             prompts = [rows[o].group.prompt for o in offsets]
-            sot_at = [p.index(sot) for p in prompts]
+            sot_at = [rows[o].group.sot_position for o in offsets]
             cache_rows = upload(np.array([first_row + o for o in offsets]))
             at = upload(np.array([[min(p, start - 1)] for p in sot_at]))
             heads_tokens = upload(np.array([p[:start] for p in prompts]))

@@ -109,10 +109,9 @@ class RowStates:
         and their first input (the prompt token at `forced_start`)."""
         packed = np.zeros((len(rows), COLUMNS + FORCED_TOKENS + 3), dtype=np.int64)
         for k, row in enumerate(rows):
-            group = row.group
-            start = forced_start(group.prompt, self.vocabulary.sot)
-            tail = group.prompt[start:]
-            packed[k, :COLUMNS] = self._pack(row, start)
+            start = row.group.forced_start
+            tail = row.group.prompt[start:]
+            packed[k, :COLUMNS] = self._pack(row)
             packed[k, COLUMNS : COLUMNS + len(tail)] = tail
             packed[k, -3:] = (targets[k], tail[0], start)
         temperatures = np.array([r.group.options.sampling_temperature for r in rows], np.float32)
@@ -121,9 +120,8 @@ class RowStates:
     def write_rows(self, targets: Sequence[int], rows: Sequence[Row]) -> None:
         """The host chose for `rows` (beams): their rule state and next input token."""
         packed = np.zeros((len(rows), COLUMNS + 2), dtype=np.int64)
-        sot = self.vocabulary.sot
         for k, row in enumerate(rows):
-            packed[k, :COLUMNS] = self._pack(row, forced_start(row.group.prompt, sot))
+            packed[k, :COLUMNS] = self._pack(row)
             packed[k, -2:] = (targets[k], row.next_token)
         data = self.upload(packed)
         index = data[:, -2]
@@ -140,12 +138,11 @@ class RowStates:
         self.temperature.index_copy_(0, index, self.upload(temperatures))
         self.no_speech.index_fill_(0, index, 0.0)
 
-    def _pack(self, row: Row, start: int) -> list[int]:
+    def _pack(self, row: Row) -> list[int]:
         group, v = row.group, self.vocabulary
         o = group.options
         tokens = row.tokens
-        prompt = group.prompt
-        sot = prompt.index(v.sot)
+        start, sot = group.forced_start, group.sot_position
         values = [0] * COLUMNS
         values[COUNT] = len(tokens)
         values[LAST] = tokens[-1] if tokens else -1
@@ -156,7 +153,7 @@ class RowStates:
         values[BLANK] = int(o.suppress_blank)
         values[FORCED_LENGTH] = int(bool(o.forced_length))
         values[MAX_NEW] = group.max_new_tokens
-        values[PROMPT_END] = len(prompt)
+        values[PROMPT_END] = len(group.prompt)
         values[FORCED_START] = start
         values[SOT_POSITION] = sot if sot >= start else -1
         values[SUPPRESS] = self._suppress_index(o)

@@ -95,6 +95,9 @@ class Group:
         options: DecodeOptions,
         timestamps: bool,
         max_new_tokens: int,
+        *,
+        sot_position: int,
+        forced_start: int,
     ) -> None:
         self.request = request
         self.index = index
@@ -102,6 +105,8 @@ class Group:
         self.options = options
         self.timestamps = timestamps
         self.max_new_tokens = max_new_tokens
+        self.sot_position = sot_position  # where <|startoftranscript|> is in the prompt
+        self.forced_start = forced_start  # the first prompt position fed as a decode step
         self.rows: list[Row] = []
         self.finished: list[Hypothesis] = []
         self.no_speech_prob = 0.0
