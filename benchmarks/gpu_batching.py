@@ -7,6 +7,9 @@ on one GPU (random weights, benchmark only). Run on a GPU machine with `PYTHONPA
             over 256 rows (no decoding rules, argmax only): audio-s/s at the stream's mean tokens
   generate  Hugging Face `generate` over the stream's windows at batch 16/64/128, each batch
             decoding its longest window's token count (what a plain loop must do)
+  timeline  the engine over the stream's first --timeline-tasks tasks under the profiler: how
+            long the device was busy, per stream (the encoder's side stream and the steps'),
+            both at once, and idle (optionally again at each --priorities decode priority)
   engine    the engine a worker runs (`TransformersEngine` -> `BatchedModel`), the stream's tasks
             run by N threads at once (what a worker does at MAX_TASKS_PER_GPU=N)
 
@@ -231,6 +234,88 @@ def part_engine(model: Any, lengths: list[float], threads: int, beam: int) -> di
     }
 
 
+def merged(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """`intervals` (start, end) merged where they touch or overlap, in order."""
+    out: list[tuple[float, float]] = []
+    for start, end in sorted(intervals):
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out
+
+
+def overlap(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> float:
+    """Total length where two merged interval lists overlap."""
+    total, i, j = 0.0, 0, 0
+    while i < len(a) and j < len(b):
+        total += max(0.0, min(a[i][1], b[j][1]) - max(a[i][0], b[j][0]))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return total
+
+
+def busy_summary(trace_events: list[dict[str, Any]]) -> dict[str, Any]:
+    """Device time of a chrome trace's kernels and copies, by stream, in seconds."""
+    by_stream: dict[str, list[tuple[float, float]]] = {}
+    counts: dict[str, int] = {}
+    for event in trace_events:
+        if event.get("ph") != "X" or event.get("cat") not in ("kernel", "gpu_memcpy", "gpu_memset"):
+            continue
+        stream = str(event.get("args", {}).get("stream", event.get("tid")))
+        start = float(event["ts"]) / 1e6
+        by_stream.setdefault(stream, []).append((start, start + float(event["dur"]) / 1e6))
+        counts[stream] = counts.get(stream, 0) + 1
+    if not by_stream:
+        return {"error": "no device events in the trace"}
+    streams = {k: merged(v) for k, v in by_stream.items()}
+    everything = merged([i for v in by_stream.values() for i in v])
+    first, last = everything[0][0], everything[-1][1]
+    busy = sum(e - s for s, e in everything)
+    top = sorted(streams, key=lambda k: -sum(e - s for s, e in streams[k]))[:2]
+    return {
+        "span_s": last - first,
+        "busy_s": busy,
+        "idle_s": (last - first) - busy,
+        "streams": {
+            k: {"kernels": counts[k], "busy_s": sum(e - s for s, e in v)}
+            for k, v in streams.items()
+        },
+        "two_busiest_overlap_s": overlap(streams[top[0]], streams[top[1]]) if len(top) == 2 else 0,
+    }
+
+
+def _arrange(model: Any, priority: int | None) -> None:
+    """Decode-stream `priority` with the encoder overlapped, or (None) the encoder serial."""
+    batcher = model.batcher
+    if priority is None:
+        batcher.call(lambda: batcher.set_overlap_encoder(False))
+        return
+    batcher.call(lambda: batcher.set_overlap_encoder(True))
+    batcher.call(lambda: batcher.set_decode_priority(priority))
+
+
+def part_timeline(
+    model: Any, lengths: list[float], beam: int, priorities: list[int | None], out: Path
+) -> dict[str, Any]:
+    """The engine over `lengths` under the profiler, once per decode-stream priority."""
+    from torch.profiler import ProfilerActivity, profile
+
+    results = {}
+    for priority in priorities:
+        _arrange(model, priority)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            run = part_engine(model, lengths, len(lengths), beam)
+        path = out / "timeline.json"
+        prof.export_chrome_trace(str(path))
+        events = json.loads(path.read_text()).get("traceEvents", [])
+        path.unlink()
+        results[str(priority)] = {"engine": run, "device": busy_summary(events)}
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", required=True)
@@ -246,6 +331,12 @@ def main() -> None:
     )
     parser.add_argument("--longest", type=float, default=1200, help="longest task, seconds")
     parser.add_argument("--cpu", action="store_true", help="smoke run: --parts engine only")
+    parser.add_argument("--timeline-tasks", type=int, default=60)
+    parser.add_argument(
+        "--priorities",
+        default="-1,0",
+        help="decode-stream priorities the timeline and engine try (serial: no side stream)",
+    )
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     out = Path(args.out)
@@ -271,11 +362,19 @@ def main() -> None:
         path.write_text(json.dumps(report, indent=2))
         print(part, json.dumps(value), flush=True)
 
+    priorities = [None if p == "serial" else int(p) for p in args.priorities.split(",")]
+    if "timeline" in parts:
+        few = lengths[: args.timeline_tasks]
+        save("timeline", part_timeline(model, few, args.beam, priorities, out))
     if "engine" in parts:
         runs = []
-        for threads in args.threads.split(","):
-            runs.append(part_engine(model, lengths, int(threads), args.beam))
-            save("engine", runs)
+        for priority in priorities:
+            _arrange(model, priority)
+            for threads in args.threads.split(","):
+                run = part_engine(model, lengths, int(threads), args.beam)
+                runs.append({"decode_priority": priority, **run})
+                save("engine", runs)
+        _arrange(model, priorities[0])
 
     def attempt(part: str, run: Any) -> None:  # one part failing must not lose the others
         try:

@@ -55,6 +55,11 @@ STOP_POLL_SECONDS = 0.2  # how often a waiting task thread looks at its stop fla
 # Python's default 5 ms switch interval it could wait that long for the interpreter lock each
 # step once the device is done. A worker process that runs a batch switches threads sooner.
 SWITCH_INTERVAL_SECONDS = 0.0002
+# The decode steps run on a stream of higher priority than the encoder's side stream: a step is
+# a few milliseconds of small kernels that every row waits for, an encoder batch is hundreds of
+# milliseconds of large ones, and at equal priority each of the step's kernels queues behind
+# the encoder's on the device.
+DECODE_STREAM_PRIORITY = -1
 
 
 class EncoderInput:
@@ -205,7 +210,9 @@ class Batcher:
         self._encoding: _Encoding | None = None
         self._ready: list[tuple[Group, EncoderInput]] = []  # encoded, waiting for free rows
         cuda = decoder.device.type == "cuda"
-        self._side_stream = torch.cuda.Stream() if cuda and overlap_encoder else None  # type: ignore[no-untyped-call]
+        self._encoder_stream = torch.cuda.Stream() if cuda else None  # type: ignore[no-untyped-call]
+        self._side_stream = self._encoder_stream if overlap_encoder else None
+        self._decode_priority = DECODE_STREAM_PRIORITY if cuda else 0
         self.steps = 0
         self.row_steps = 0  # rows stepped, summed over steps: / steps is the mean occupancy
         self.host_bound_steps = 0  # steps the device had finished before the host caught up
@@ -277,6 +284,24 @@ class Batcher:
         self.decoder.capture_all()
         self._states.capture_all()
 
+    def set_decode_priority(self, priority: int) -> None:
+        """Run the decode steps on a new stream of `priority` (CUDA; lower is sooner, 0 is the
+        encoder's). On the batcher thread, through `call`; benchmarks compare priorities."""
+        torch = self._torch
+        if self.decoder.device.type != "cuda":
+            return
+        stream = torch.cuda.Stream(priority=priority)  # type: ignore[no-untyped-call]
+        stream.wait_stream(torch.cuda.current_stream())
+        torch.cuda.set_stream(stream)
+        self._decode_priority = priority
+
+    def set_overlap_encoder(self, overlap: bool) -> None:
+        """Encode on the side stream while steps run (True), or between steps on the steps'
+        stream. On the batcher thread, through `call`, with no encoding in progress."""
+        if self._encoding is not None:
+            raise RuntimeError("an encoding is in progress")
+        self._side_stream = self._encoder_stream if overlap else None
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
@@ -308,6 +333,8 @@ class Batcher:
 
     # --- the batcher thread -----------------------------------------------------------------
     def _loop(self) -> None:
+        if self.decoder.device.type == "cuda":  # this thread's work waits on the loader's first
+            self.set_decode_priority(self._decode_priority)
         while True:
             with self._lock:
                 while not (
