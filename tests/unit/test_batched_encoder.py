@@ -26,3 +26,21 @@ def test_the_fused_encoder_gives_hugging_faces_output(whisper: Any) -> None:
     assert torch.equal(after, before)
     layer = module.layers[0].self_attn
     assert layer.k_proj.weight.data_ptr() == fused._layers[0].qkv_w[layer.embed_dim :].data_ptr()
+
+
+def test_the_encoder_falls_back_to_pytorchs_attention_where_cudnn_cannot_run(
+    whisper: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On the CPU cuDNN's attention does not exist: the first call says so in the log, runs
+    PyTorch's attention, and later calls do not try cuDNN again."""
+    module = whisper.model.encoder
+    features = torch.randn(2, module.conv1.in_channels, 2 * module.config.max_source_positions)
+    with torch.inference_mode():
+        expected = module(features).last_hidden_state
+    fused = FusedEncoder(module, cudnn_attention=True)
+    with caplog.at_level("WARNING"):
+        first = fused(features)
+    assert fused.cudnn_attention is False
+    assert "cuDNN attention failed" in caplog.text
+    assert torch.allclose(first, expected, atol=1e-4, rtol=1e-4)
+    assert torch.allclose(fused(features), expected, atol=1e-4, rtol=1e-4)

@@ -158,7 +158,7 @@ class StaticDecoder:
         self._positions = decoder.embed_positions.weight
         self._final_ln = decoder.layer_norm
         self.hf_encoder = whisper.model.encoder  # Hugging Face's module (baselines)
-        self.encoder = FusedEncoder(self.hf_encoder)
+        self.encoder = FusedEncoder(self.hf_encoder, cudnn_attention=self.device.type == "cuda")
         with torch.no_grad():
             self._layers = [_Layer(torch, layer) for layer in decoder.layers]
         s = self.shape

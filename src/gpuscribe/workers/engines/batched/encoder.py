@@ -3,8 +3,10 @@
 The encoder is most of the batch's work for a model with a small decoder (large-v3-turbo spends
 three times as long encoding a window as decoding it). Hugging Face's layer runs three
 projections for the attention's queries, keys and values, scales the queries in a pass of its
-own, copies each into a contiguous layout, and clamps the output in a further pass. Here the
-three projections are one matrix product whose output the attention kernel reads in place.
+own, copies each into a contiguous layout, and clamps the output in a further pass; and its
+hidden states keep the transposed layout of the convolutions' output through every layer. Here
+the three projections are one matrix product whose output the attention kernel reads in place,
+and the hidden states are made contiguous once.
 
 The fused weights are one tensor; the Hugging Face module's own query/key/value weights become
 views of it, so the model holds them once and the module still runs (language detection and
@@ -13,7 +15,17 @@ baselines use it).
 
 from __future__ import annotations
 
+import logging
+import threading
 from typing import Any
+
+log = logging.getLogger(__name__)
+
+# cuDNN's attention is called from one thread at a time: with several threads at once it failed
+# on an H100 ("mha_graph.execute(...).is_good()"; see `transformers_engine._configure_cuda`),
+# and two models in one worker each have a batcher thread. The lock is held while the kernel is
+# queued, not while it runs.
+_CUDNN_LOCK = threading.Lock()
 
 
 class _EncoderLayer:
@@ -40,11 +52,15 @@ class _EncoderLayer:
 class FusedEncoder:
     """The encoder of a loaded `WhisperForConditionalGeneration`, same weights, same output."""
 
-    def __init__(self, encoder: Any) -> None:
+    def __init__(self, encoder: Any, *, cudnn_attention: bool = False) -> None:
         import torch
 
         self._torch = torch
         self._encoder = encoder
+        # cuDNN's fused attention (CUDA only): on an H200, large-v3 at batch 64, 1.1 ms a
+        # window against the flash kernel's 1.5 (benchmarks/gpu_encoder.py). It is called by
+        # name, so the process-wide switch that keeps cuDNN from other callers stays off.
+        self.cudnn_attention = cudnn_attention
         with torch.no_grad():
             self._layers = [_EncoderLayer(torch, layer) for layer in encoder.layers]
 
@@ -55,7 +71,11 @@ class FusedEncoder:
         e = self._encoder
         with torch.inference_mode():
             x = F.gelu(e.conv1(features))
-            x = F.gelu(e.conv2(x)).permute(0, 2, 1)
+            # Contiguous once, here: a permuted tensor keeps its layout through every later
+            # add and clamp (PyTorch gives a result its input's strides), and each of those
+            # then runs PyTorch's slow non-vectorized kernel, and every layer norm copies it.
+            # On an H200 (large-v3, batch 64) that was 1.6 of 6.5 ms a window.
+            x = F.gelu(e.conv2(x)).permute(0, 2, 1).contiguous()
             x = x + e.embed_positions.weight[: x.shape[1]]
             clamp = torch.finfo(x.dtype).max - 1000 if x.dtype == torch.float16 else None
             for layer in self._layers:
@@ -68,10 +88,23 @@ class FusedEncoder:
         heads = layer.heads
         qkv = F.linear(layer.ln1(x), layer.qkv_w, layer.qkv_b)
         q, k, v = qkv.view(batch, frames, 3, heads, d // heads).permute(2, 0, 3, 1, 4).unbind(0)
-        a = F.scaled_dot_product_attention(q, k, v)
+        a = self._attend(q, k, v)
         x = x + F.linear(a.transpose(1, 2).reshape(batch, frames, d), layer.out_w, layer.out_b)
         h = F.gelu(F.linear(layer.ln2(x), layer.fc1_w, layer.fc1_b))
         x = x + F.linear(h, layer.fc2_w, layer.fc2_b)
         if clamp is not None:  # as Hugging Face's layer does in float16
             x = x.clamp_(-clamp, clamp)
         return x
+
+    def _attend(self, q: Any, k: Any, v: Any) -> Any:
+        torch = self._torch
+        if self.cudnn_attention:
+            try:
+                with _CUDNN_LOCK:
+                    out = torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, False)
+                return out[0]
+            except RuntimeError:
+                log.warning("cuDNN attention failed in the encoder; the flash kernel from now on",
+                            exc_info=True)  # fmt: skip
+                self.cudnn_attention = False
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
