@@ -46,8 +46,12 @@ test-acceptance: $(TEST_STAMP)
 
 # On a machine with CUDA GPUs, with the Python that has torch and transformers (no .venv: GPU
 # images bring their own PyTorch build): only the tests marked `gpu`.
+# Each file in a process of its own: test_cuda_node checks that the process which runs the
+# scheduler holds no CUDA context, which a file that decodes on CUDA here would have made.
 test-gpu:
-	PYTHONPATH=src $(PYTHON) -m pytest -p no:cacheprovider -m gpu tests/gpu
+	for f in tests/gpu/test_*.py; do \
+	  PYTHONPATH=src$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) -m pytest -p no:cacheprovider -m gpu $$f || exit 1; \
+	done
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check src tests benchmarks tools

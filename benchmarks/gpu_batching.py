@@ -35,6 +35,7 @@ import numpy as np
 from gpuscribe.audio import SAMPLE_RATE, WINDOW_SECONDS
 from gpuscribe.domain import TranscriptionOptions
 from gpuscribe.telemetry.base import DeviceKind
+from gpuscribe.workers.engines.batched.batcher import LOOKAHEAD
 from gpuscribe.workers.engines.transformers_engine import TransformersEngine
 from gpuscribe.workers.messages import DeviceRef
 
@@ -333,6 +334,9 @@ def main() -> None:
     parser.add_argument("--cpu", action="store_true", help="smoke run: --parts engine only")
     parser.add_argument("--timeline-tasks", type=int, default=60)
     parser.add_argument(
+        "--lookaheads", default=str(LOOKAHEAD), help="steps queued ahead the engine tries"
+    )
+    parser.add_argument(
         "--priorities",
         default="-1,0",
         help="decode-stream priorities the timeline and engine try (serial: no side stream)",
@@ -370,11 +374,14 @@ def main() -> None:
         runs = []
         for priority in priorities:
             _arrange(model, priority)
-            for threads in args.threads.split(","):
-                run = part_engine(model, lengths, int(threads), args.beam)
-                runs.append({"decode_priority": priority, **run})
-                save("engine", runs)
+            for lookahead in [int(k) for k in args.lookaheads.split(",")]:
+                model.batcher.lookahead = lookahead  # read by the batcher thread each step
+                for threads in args.threads.split(","):
+                    run = part_engine(model, lengths, int(threads), args.beam)
+                    runs.append({"decode_priority": priority, "lookahead": lookahead, **run})
+                    save("engine", runs)
         _arrange(model, priorities[0])
+        model.batcher.lookahead = LOOKAHEAD
 
     def attempt(part: str, run: Any) -> None:  # one part failing must not lose the others
         try:

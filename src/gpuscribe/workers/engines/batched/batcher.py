@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 START_ROWS = 16  # free rows that make a start (one cross-attention fill for all) worth its cost
 CANCEL_CHECK_STEPS = 8
-LOOKAHEAD = 1  # steps queued on the device beyond the one the host is catching up with
+LOOKAHEAD = 2  # steps queued on the device beyond the one the host is catching up with
 STOP_POLL_SECONDS = 0.2  # how often a waiting task thread looks at its stop flag
 # The batcher thread waits on the device every step, and task threads run meanwhile; with
 # Python's default 5 ms switch interval it could wait that long for the interpreter lock each
@@ -213,6 +213,7 @@ class Batcher:
         self._encoder_stream = torch.cuda.Stream() if cuda else None  # type: ignore[no-untyped-call]
         self._side_stream = self._encoder_stream if overlap_encoder else None
         self._decode_priority = DECODE_STREAM_PRIORITY if cuda else 0
+        self.lookahead = LOOKAHEAD
         self.steps = 0
         self.row_steps = 0  # rows stepped, summed over steps: / steps is the mean occupancy
         self.host_bound_steps = 0  # steps the device had finished before the host caught up
@@ -361,7 +362,7 @@ class Batcher:
                 self.seconds["admit"] += time.perf_counter() - admitted
                 if self._rows:
                     self._launch()
-                ahead = LOOKAHEAD if self._rows and not self._in_flight[-1].beams else 0
+                ahead = self.lookahead if self._rows and not self._in_flight[-1].beams else 0
                 while len(self._in_flight) > ahead:
                     self._collect()
             except Exception as exc:  # out of memory, a kernel failure: fail what is in flight
