@@ -5,7 +5,7 @@ the device. It encodes waiting windows in batches, writes their cross-attention 
 into free cache rows, and steps every active row at once, a row inside its prompt being fed its
 next prompt token; a window whose rows end frees them for the next waiting window (higher
 priority first, then first come). Tokens are chosen on the device (`choice.py`), so the thread
-launches each step before catching up with the one before (beams excepted). All device work
+keeps `LOOKAHEAD` steps queued beyond the one it catches up with (beams excepted). All device work
 happens on the batcher thread, which keeps CUDA graph capture safe.
 """
 
