@@ -123,6 +123,38 @@ def test_greedy_alone_equals_greedy_in_a_mixed_batch(make: Callable[[int], Batch
     assert [r.scores[0] for r in together] == pytest.approx(scores, abs=1e-4)
 
 
+@pytest.mark.parametrize("lookahead", [0, 1, 2, 3])
+def test_steps_queued_ahead_change_no_result(
+    make: Callable[[int], Batcher], lookahead: int
+) -> None:
+    """The batcher reads each step's choice up to `lookahead` steps late: rows that end are
+    stepped that many times more and those outputs dropped. Windows of every kind, with rows
+    ending at different steps and a window that starts while others decode, give the same
+    tokens and scores as with no step queued ahead."""
+
+    def run(batcher: Batcher) -> list[tuple[list[list[int]], list[float]]]:
+        v = batcher.vocabulary
+        short = DecodeOptions(beam_size=1, max_length=24, suppress_tokens=(), forced_length=3)
+        jobs = [
+            (_windows(3, 11), [_prompt(v), _prompt(v, True), [v.sot, 220, 764, v.no_timestamps]],
+             GREEDY),
+            (_windows(2, 12), [_prompt(v)] * 2, short),
+            (_windows(1, 13), [_prompt(v, True)], DecodeOptions(beam_size=3, max_length=30)),
+        ]  # fmt: skip
+        pending = [batcher.submit(*job) for job in jobs[:2]]
+        _wait_for(lambda: batcher.steps > 2, "the first steps")
+        pending.append(batcher.submit(*jobs[2]))
+        results = [r for p in pending for r in p.result()]
+        return [(r.sequences_ids, [round(x, 4) for x in r.scores]) for r in results]
+
+    reference = make(16)
+    reference.lookahead = 0
+    queued = make(16)
+    queued.lookahead = lookahead
+    assert run(queued) == run(reference)
+    _wait_for(lambda: not queued._rows, "every row to be freed")
+
+
 def test_a_request_knows_when_its_first_window_entered_the_batch(
     make: Callable[[int], Batcher],
 ) -> None:
