@@ -42,7 +42,7 @@ case "${1:-}" in
   inprocess)
     for model in ${2:-large-v3-turbo large-v3}; do
       python3 benchmarks/gpu_batching.py --out "$OUT" --model "$model" --tasks 300 \
-        --threads 300 --generate-batches 128 --priorities=-1 \
+        --threads 300 --generate-batches 64,128,256 --priorities=-1 \
         --parts timeline,engine,ceiling,profile,generate 2>&1 | grep -v "captured a decode" \
         | cut -c1-600
     done ;;
