@@ -45,6 +45,7 @@ VALIDATE_MODELS = ["large-v2", "medium.en", "small.en"]
 VALIDATE_BATCHES = [2, 8]
 VALIDATE_BEAMS = [1, 3]
 PRIORITIES = ["urgent", "high", "normal", "low"]
+FINAL_STATES = ("completed", "failed", "cancelled")
 STREAM_MODELS = ["tiny", "base", "small", "medium", "large-v3", "large-v3-turbo"]
 
 
@@ -182,7 +183,7 @@ def _urgent_probe(
                 t = client.get(f"{url}/v1/tasks/{task_id}").json()
                 if started is None and t["state"] != "queued":
                     started = time.monotonic() - sent
-                if t["state"] in ("completed", "failed", "cancelled"):
+                if t["state"] in FINAL_STATES:
                     finished = time.monotonic() - sent
                 time.sleep(0.05)
             task = client.get(f"{url}/v1/tasks/{task_id}").json()
@@ -322,8 +323,9 @@ def cmd_stream(args: argparse.Namespace) -> None:
         if args.urgent:
             prober.start()
         ids = _submit_all(url, tasks)
-        final = _wait_all(url, ids, args.max_seconds)
+        _wait_quiet(url, args.max_seconds)
         wall = time.monotonic() - started
+        final = _fetch(url, ids)
         sampler.stop.set()
         sampler.join()
         metrics = httpx.get(url + "/metrics").text
@@ -389,15 +391,28 @@ def _submit_all(url: str, tasks: list[dict[str, Any]], clients: int = 8) -> list
 def _wait_all(url: str, ids: list[str], max_seconds: float) -> list[dict[str, Any]]:
     """Every task once all are final, or as they stand at the deadline (the report then counts
     the unfinished ones): a time limit must not lose the figures measured so far."""
+    _wait_quiet(url, max_seconds)
+    return _fetch(url, ids)
+
+
+def _wait_quiet(url: str, max_seconds: float) -> None:
+    """Until no task is queued or running (or the deadline), watching the queue's counts: one
+    request every 0.2 s, so that a stream's wall ends within 0.2 s of its last task."""
     deadline = time.monotonic() + max_seconds
     with httpx.Client(timeout=30) as client:
-        while True:
-            tasks = [client.get(f"{url}/v1/tasks/{i}").json() for i in ids]
-            done = sum(t["state"] in ("completed", "failed", "cancelled") for t in tasks)
-            print(f"{done}/{len(tasks)} final", flush=True)
-            if done == len(tasks) or time.monotonic() > deadline:
-                return tasks
-            time.sleep(2)
+        while time.monotonic() < deadline:
+            states = client.get(f"{url}/v1/queue").json()["state"]
+            if not any(n for state, n in states.items() if state not in FINAL_STATES):
+                return
+            time.sleep(0.2)
+
+
+def _fetch(url: str, ids: list[str]) -> list[dict[str, Any]]:
+    with httpx.Client(timeout=30) as client:
+        tasks = [client.get(f"{url}/v1/tasks/{i}").json() for i in ids]
+    done = sum(t["state"] in FINAL_STATES for t in tasks)
+    print(f"{done}/{len(tasks)} final", flush=True)
+    return tasks
 
 
 def _metric(text: str, name: str) -> float:
@@ -408,7 +423,8 @@ def _metric(text: str, name: str) -> float:
 def _stages(final: list[dict[str, Any]], started: float | None) -> dict[str, Any]:
     """Where the stream's wall time went, from the tasks' own timestamps, in seconds after the
     first upload began: the last upload accepted, the first and last task claimed, the first
-    and last task finished (the service's work ended there; the wall also holds the polling)."""
+    and last task finished (the service's work ended there; the wall ends when the
+    queue is seen empty, within 0.2 s after)."""
     if started is None or not final:
         return {}
 
