@@ -186,3 +186,21 @@ def test_the_suppression_table_grows_past_its_sets_and_keeps_each() -> None:
         if token < V.size:
             expected[token] = True
         assert torch.equal(states._suppress[index], expected)
+
+
+def test_a_beam_written_back_has_the_state_its_tokens_give() -> None:
+    """`write_rows` (the host's beam choice) writes only what a row's tokens decide; the whole
+    state is then what starting a window with those tokens gives, window columns included, and
+    the next input is the row's next token."""
+    states = _states()
+    beam = DecodeOptions(beam_size=2, suppress_tokens=())
+    first, second = _row([V.sot], beam), _row([V.sot], beam)
+    states.start([1, 2], [first, second])
+    states.choose(_logits(best=7, n=3), 3, sampling=False, width=4)  # picks for every row
+    first.tokens, first.last_timestamp, first.next_token = [16, 5, 6], 16, 6
+    second.tokens, second.last_timestamp, second.next_token = [17], 17, 17
+    states.write_rows([2, 1], [first, second])
+    expected = _states()
+    expected.start([2, 1], [first, second])
+    assert torch.equal(states.state[1:3], expected.state[1:3])
+    assert states.tokens[1:3].tolist() == [17, 6]

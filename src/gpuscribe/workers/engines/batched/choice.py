@@ -51,6 +51,7 @@ COUNT, LAST, PENULTIMATE, LAST_TIMESTAMP, MAX_INITIAL = 0, 1, 2, 3, 4
 TIMESTAMPS, BLANK, FORCED_LENGTH, MAX_NEW, PROMPT_END = 5, 6, 7, 8, 9
 FORCED_START, SOT_POSITION, SUPPRESS, SAMPLING = 10, 11, 12, 13
 COLUMNS = 14
+_TOKEN_COLUMNS = (COUNT, LAST, PENULTIMATE, LAST_TIMESTAMP)  # what a row's tokens decide
 OUT_TOKEN, OUT_LOGPROB, OUT_NO_SPEECH = 0, 1, 2
 
 
@@ -86,6 +87,7 @@ class RowStates:
         self.no_speech = torch.zeros(rows, dtype=torch.float32, device=device)
         self._out = torch.zeros(rows, 3, dtype=torch.float64, device=device)
         self._constants = RuleConstants.of(torch, vocabulary, device)
+        self._token_columns = torch.tensor(_TOKEN_COLUMNS, device=device)
         self._suppress_keys: dict[tuple[int, ...], int] = {}
         self._suppress = torch.zeros(SUPPRESS_SETS, vocabulary.size, dtype=torch.bool,
                                      device=device)  # fmt: skip
@@ -118,14 +120,15 @@ class RowStates:
         self._scatter(packed, temperatures)
 
     def write_rows(self, targets: Sequence[int], rows: Sequence[Row]) -> None:
-        """The host chose for `rows` (beams): their rule state and next input token."""
-        packed = np.zeros((len(rows), COLUMNS + 2), dtype=np.int64)
+        """The host chose for `rows` (beams): the rule state their tokens decide, and their
+        next input token. The other columns are their window's, the same in each of its beam
+        rows, and a beam moves only within its window's rows: they stay as they are."""
+        packed = np.empty((len(rows), 2 + len(_TOKEN_COLUMNS)), dtype=np.int64)
         for k, row in enumerate(rows):
-            packed[k, :COLUMNS] = self._pack(row)
-            packed[k, -2:] = (targets[k], row.next_token)
+            packed[k] = (targets[k], *_token_state(row), row.next_token)
         data = self.upload(packed)
-        index = data[:, -2]
-        self.state.index_copy_(0, index, data[:, :COLUMNS])
+        index = data[:, 0]
+        self.state[index[:, None], self._token_columns] = data[:, 1:-1]
         self.tokens.index_copy_(0, index, data[:, -1])
 
     def _scatter(self, packed: np.ndarray[Any, Any], temperatures: np.ndarray[Any, Any]) -> None:
@@ -141,13 +144,10 @@ class RowStates:
     def _pack(self, row: Row) -> list[int]:
         group, v = row.group, self.vocabulary
         o = group.options
-        tokens = row.tokens
         start, sot = group.forced_start, group.sot_position
         values = [0] * COLUMNS
-        values[COUNT] = len(tokens)
-        values[LAST] = tokens[-1] if tokens else -1
-        values[PENULTIMATE] = tokens[-2] if len(tokens) > 1 else -1
-        values[LAST_TIMESTAMP] = row.last_timestamp
+        for column, value in zip(_TOKEN_COLUMNS, _token_state(row), strict=True):
+            values[column] = value
         values[MAX_INITIAL] = v.timestamp_begin + o.max_initial_timestamp_index
         values[TIMESTAMPS] = int(group.timestamps)
         values[BLANK] = int(o.suppress_blank)
@@ -292,6 +292,14 @@ class RowStates:
         s[:, COUNT] += generated.long()
         timestamp = generated & (pick >= self.vocabulary.timestamp_begin)
         s[:, LAST_TIMESTAMP] = torch.where(timestamp, pick, s[:, LAST_TIMESTAMP])
+
+
+def _token_state(row: Row) -> tuple[int, int, int, int]:
+    """The `_TOKEN_COLUMNS` of `row`'s rule state, from its tokens so far."""
+    tokens = row.tokens
+    last = tokens[-1] if tokens else -1
+    penultimate = tokens[-2] if len(tokens) > 1 else -1
+    return len(tokens), last, penultimate, row.last_timestamp
 
 
 def row_generates(row: Row, position: int) -> bool:
