@@ -718,7 +718,8 @@ class Batcher:
     ) -> None:
         old = [(list(s.tokens), s.logprob, s.last_timestamp) for s in sources]
         moved = False
-        for row, (score, parent, token) in zip(rows, survivors, strict=True):
+        for row, (score, parent, token) in zip(rows, _in_place(rows, sources, survivors),
+                                               strict=True):  # fmt: skip
             tokens, _, last_ts = old[parent]
             if sources[parent] is not row:
                 step.moves_from.append(step.index[id(sources[parent])])
@@ -797,6 +798,26 @@ class Batcher:
         for call in self._calls:
             call.request.fail(error)
         self._calls = []
+
+
+def _in_place(
+    rows: list[Row], sources: list[Row], survivors: list[tuple[float, int, int]]
+) -> list[tuple[float, int, int]]:
+    """`survivors` (best first) in the order of `rows`: a survivor stays in its parent's row
+    where no better survivor of that parent took it, the others fill the rows left in order.
+    A beam whose row keeps its hypothesis needs no copy of its cache (with real tiny.en at 5
+    beams, taking the rows in score order moved 30 % of the beam rows every step)."""
+    where = {id(row): k for k, row in enumerate(rows)}
+    placed: list[tuple[float, int, int] | None] = [None] * len(rows)
+    rest: list[tuple[float, int, int]] = []
+    for survivor in survivors:
+        k = where.get(id(sources[survivor[1]]))
+        if k is not None and placed[k] is None:
+            placed[k] = survivor
+        else:
+            rest.append(survivor)
+    fill = iter(rest)
+    return [p if p is not None else next(fill) for p in placed]
 
 
 __all__ = ["NO_TIMESTAMP_RULES", "Batcher", "EncoderInput", "GenerationResult", "Pending"]
