@@ -529,8 +529,8 @@ class Batcher:
                 parts.append(self._mel([e.audio[i] for e, i in from_audio]))  # type: ignore[index]
             if from_features:
                 stacked = np.stack([e.features[i] for e, i in from_features])  # type: ignore[index]
-                parts.append(torch.from_numpy(np.ascontiguousarray(stacked)))
-            out = self.decoder.encode(torch.cat([p.to(self.decoder.device) for p in parts]))
+                parts.append(self._states.upload(stacked))  # no wait for the queued steps
+            out = self.decoder.encode(torch.cat(parts))
             for k, (e, i) in enumerate(from_audio + from_features):
                 e.hidden[i] = out[k]
 
