@@ -41,6 +41,7 @@ from gpuscribe.workers.engines.batched.search import (
     apply_rules,
     suppress_ids,
 )
+from gpuscribe.workers.engines.batched.transfer import upload
 
 log = logging.getLogger(__name__)
 
@@ -99,12 +100,8 @@ class RowStates:
 
     # --- host -> device ---------------------------------------------------------------------
     def upload(self, values: np.ndarray[Any, Any]) -> Any:
-        """`values` on the device without waiting for it (pinned memory on CUDA: a plain copy
-        would wait for every step already queued)."""
-        tensor = self._torch.from_numpy(np.ascontiguousarray(values))
-        if self.device.type != "cuda":
-            return tensor.to(self.device)
-        return tensor.pin_memory().to(self.device, non_blocking=True)
+        """`values` on the device without waiting for it (`transfer.upload`)."""
+        return upload(self._torch, values, self.device)
 
     def start(self, targets: Sequence[int], rows: Sequence[Row]) -> None:
         """Rows `targets` begin `rows`' windows: rule state from scratch, their prompt tails,

@@ -14,6 +14,7 @@ import numpy.typing as npt
 
 from gpuscribe.audio import HOP, N_FFT, WINDOW_SAMPLES
 from gpuscribe.audio import MEL_FRAMES as FRAMES
+from gpuscribe.workers.engines.batched.transfer import upload
 
 SAMPLES = WINDOW_SAMPLES
 
@@ -40,7 +41,7 @@ class MelFeatures:
         )  # fmt: skip
         power = stft[..., :-1].abs() ** 2
         log_spec = (self._filters @ power).clamp(min=1e-10).log10()[..., :FRAMES]
-        real = self._upload(np.array([n // HOP for n in lengths]))
+        real = upload(torch, np.array([n // HOP for n in lengths]), self._device)
         valid = torch.arange(FRAMES, device=self._device)[None, :] < real[:, None]
         highest = log_spec.masked_fill(~valid[:, None, :], -torch.inf).amax(dim=(1, 2))
         log_spec = torch.maximum(log_spec, highest[:, None, None] - 8.0)
@@ -49,10 +50,8 @@ class MelFeatures:
 
     def _batch(self, chunks: list[npt.NDArray[np.float32]], lengths: list[int]) -> Any:
         """The chunks, zero-padded to a window and one hop, on the device: written once into
-        pinned memory on CUDA and copied in one transfer that waits for nothing. A copy from
-        pageable memory makes PyTorch wait for its stream, which the batcher's encoder stream
-        shares with the decode steps queued before it: one such copy per window emptied the
-        device's queue at every encoder batch."""
+        pinned memory on CUDA and copied in one transfer that waits for nothing (`transfer`;
+        a pageable copy per window emptied the device's queue at every encoder batch)."""
         cuda = self._device.type == "cuda"
         torch = self._torch
         host = torch.empty(len(chunks), SAMPLES + HOP, dtype=torch.float32, pin_memory=cuda)
@@ -61,10 +60,3 @@ class MelFeatures:
             view[i, :length] = chunk[:length]
             view[i, length:] = 0.0
         return host.to(self._device, non_blocking=cuda)
-
-    def _upload(self, values: npt.NDArray[Any]) -> Any:
-        """Small `values` on the device, through pinned memory on CUDA (see `_batch`)."""
-        tensor = self._torch.from_numpy(values)
-        if self._device.type != "cuda":
-            return tensor.to(self._device)
-        return tensor.pin_memory().to(self._device, non_blocking=True)
