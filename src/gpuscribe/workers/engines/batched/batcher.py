@@ -217,6 +217,8 @@ class Batcher:
         self.steps = 0
         self.row_steps = 0  # rows stepped, summed over steps: / steps is the mean occupancy
         self.host_bound_steps = 0  # steps the device had finished before the host caught up
+        self.beam_rows_chosen = 0  # beam rows the host chose for, summed over steps
+        self.beam_rows_moved = 0  # of those, rows that took another row's cache
         self.seconds: dict[str, float] = {"calls": 0.0, "admit": 0.0, "step": 0.0, "select": 0.0}
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_SECONDS))
         self._thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
@@ -645,6 +647,8 @@ class Batcher:
         """Every window's beam choices of a step to the device, in one copy of cache rows and
         one write of rule state."""
         upload = self._states.upload
+        self.beam_rows_chosen += len(step.chosen)
+        self.beam_rows_moved += len(step.moves_from)
         if step.moves_from:
             self.decoder.copy_self_rows(
                 upload(np.array(step.moves_from)), upload(np.array(step.moves_to)), step.written
