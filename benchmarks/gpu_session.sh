@@ -8,9 +8,10 @@
 #   bash benchmarks/gpu_session.sh inprocess [M]  timeline / engine / generate / ceiling / profile, model M
 #                                              or both (after install 1; ~3 min a model)
 #   bash benchmarks/gpu_session.sh real        tiny.en on CUDA against the CPU (after 3; ~1 min)
-#   bash benchmarks/gpu_session.sh service M [T]  the service over HTTP on model M: 300 tasks at
-#                                              MAX_TASKS_PER_GPU 300 with 3 urgent probes, then
-#                                              at the default 5 (or at each of "T"; after 2)
+#   bash benchmarks/gpu_session.sh service M [T] [B]  the service over HTTP on model M: 300 tasks
+#                                              at MAX_TASKS_PER_GPU 300 with 3 urgent probes,
+#                                              then at the default 5 (or at each of "T"), greedy
+#                                              or at B beams (the service's default is 5; after 3)
 #   bash benchmarks/gpu_session.sh multi M N   the same stream at 300 on GPUs 0..N-1 (an -x2 or
 #                                              -x4 machine); `service M`'s first run on the same
 #                                              machine is its one-GPU baseline
@@ -48,10 +49,12 @@ case "${1:-}" in
     done ;;
   service)
     model=${2:-large-v3-turbo}
+    beams=${4:-1}
     for tasks in ${3:-300 5}; do
       python3 benchmarks/gpu_report.py --out "$OUT" --devices 0 stream --models "$model" \
-        --beams 1 --tokens 0 --tasks 300 --min-seconds 5 --max-tasks "$tasks" --urgent 3 \
-        --urgent-after 15 --name "$model-$tasks" --max-seconds 150 2>&1 | grep -v "final$" | tail -15
+        --beams "$beams" --tokens 0 --tasks 300 --min-seconds 5 --max-tasks "$tasks" --urgent 3 \
+        --urgent-after 15 --name "$model-$tasks-beam$beams" --max-seconds 300 2>&1 \
+        | grep -v "final$" | tail -15
     done ;;
   multi)
     model=${2:-large-v3-turbo}
@@ -61,5 +64,5 @@ case "${1:-}" in
       --beams 1 --tokens 0 --tasks 300 --min-seconds 5 --max-tasks 300 \
       --name "$model-gpus-${devices//,/}" --max-seconds 200 2>&1 | grep -v "final$" | tail -15 ;;
   *)
-    echo "usage: $0 install N | encoder | real | inprocess | service MODEL | multi MODEL GPUS" >&2; exit 2 ;;
+    echo "usage: $0 install N | encoder | real | inprocess | service MODEL [TASKS] [BEAMS] | multi MODEL GPUS" >&2; exit 2 ;;
 esac
