@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 
-def timed(torch: Any, run: Any, repeats: int = 20) -> float:
-    for _ in range(3):
+def timed(torch: Any, run: Any, repeats: int = 20, warm_ups: int = 3) -> float:
+    """Milliseconds per call of `run` on the device, after `warm_ups` calls."""
+    for _ in range(warm_ups):
         run()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()

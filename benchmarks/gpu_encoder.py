@@ -20,22 +20,18 @@ import json
 from pathlib import Path
 from typing import Any
 
+from gpu_attention import timed  # this folder, run as a script
+
 from gpuscribe.memory.architectures import ARCHITECTURES
 from gpuscribe.workers.engines.batched.encoder import FusedEncoder
 from gpuscribe.workers.engines.transformers_engine import _build_random, _Target
 
+ENCODER_REPEATS = 6  # an encoder batch of 64 windows takes about 0.3 s
 
-def timed(torch: Any, run: Any, repeats: int = 6) -> float:
-    """Milliseconds per call of `run`, after two warm-up calls."""
-    for _ in range(2):
-        run()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(repeats):
-        run()
-    end.record()
-    end.synchronize()
-    return float(start.elapsed_time(end)) / repeats
+
+def _ms(torch: Any, run: Any) -> float:
+    """Milliseconds per call of `run` (an encoder batch), after two warm-up calls."""
+    return timed(torch, run, ENCODER_REPEATS, warm_ups=2)
 
 
 def kernel_classes(torch: Any, run: Any) -> dict[str, float]:
@@ -84,12 +80,12 @@ def main() -> None:
         features = torch.randn(batch, n_mels, 3000, device="cuda", dtype=torch.float16)
         row: dict[str, Any] = {}
         with torch.inference_mode():
-            row["hf_ms_per_window"] = timed(torch, lambda f=features: hf(f)) / batch
+            row["hf_ms_per_window"] = _ms(torch, lambda f=features: hf(f)) / batch
             reference = hf(features).last_hidden_state
             for name in ("flash", "cudnn"):
                 fused.cudnn_attention = name == "cudnn"
                 out = fused(features)
-                ms = timed(torch, lambda f=features: fused(f)) / batch
+                ms = _ms(torch, lambda f=features: fused(f)) / batch
                 row[name] = {
                     "ms_per_window": ms,
                     "cudnn_still_on": fused.cudnn_attention,  # False: it failed, flash ran
