@@ -347,7 +347,8 @@ class BatchedFakeEngine:
         self, model: str, device: DeviceRef, compute_type: str, batch_rows: int = 0
     ) -> BatchedFakeModel:
         self.rows.append(batch_rows)
-        self.memory.held += 500 + self.model.cache_bytes  # weights and the batch's cache
+        # weights, the batch's cache, and the pool its captured steps draw on (300)
+        self.memory.held += 500 + self.model.cache_bytes + 300
         return self.model
 
 
@@ -363,7 +364,8 @@ def test_the_batch_gets_the_ledgers_rows_and_the_tasks_priority(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """On a GPU the ledger's rows reach the engine's load, the task's priority its transcribe,
-    and the model's cache is not reported as weights (the ledger charges it with the batch)."""
+    and neither the model's cache nor what its load allocated for its rows is reported as
+    weights (the ledger charges them with the batch)."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a.wav").write_bytes(b"RIFF")
     decode_module = importlib.import_module("gpuscribe.audio.decode")

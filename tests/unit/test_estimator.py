@@ -1,4 +1,5 @@
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -6,6 +7,7 @@ from gpuscribe.domain import TranscriptionOptions
 from gpuscribe.memory.batch import (
     MAX_ROWS,
     OccupancySample,
+    Workspace,
     fit_workspace,
     plan_batch,
     shape_of,
@@ -15,7 +17,9 @@ from gpuscribe.memory.calibration import CalibrationBook, occupancy_sample
 from gpuscribe.memory.estimator import Estimator, profile_key_for
 from gpuscribe.memory.prior import CPU_RUNTIME_BYTES, prior_estimate
 from gpuscribe.memory.profiles import (
+    PROFILE_FORMAT,
     REFERENCE_CONTEXT_BYTES,
+    GpuProfile,
     ProfileBook,
     reference_weights_bytes,
     reference_working_bytes,
@@ -239,3 +243,47 @@ def test_other_engines_and_devices_have_no_batch() -> None:
     for key, kind in ((fw, DeviceKind.CUDA), (H200, SIMULATED), (CPU, DeviceKind.CPU)):
         est = e.estimate(key, 30, device_kind=kind, total_bytes=H200_TOTAL)
         assert (est.batch_bytes, est.batch_rows) == (0, 0)
+
+
+PROFILE_WITH_BATCH = {  # an H200 profile that measured large-v3 only as a batch
+    "format": PROFILE_FORMAT, "gpu_name_contains": "H200", "engine": "transformers",
+    "compute_types": ["default", "float16"], "context_bytes": 1_500_000_000,
+    "models": {"large-v3": {
+        "weights_bytes": 3_000_000_000, "points": [],
+        "batch": {"rows": 256, "points": [],
+                  "fit": {"fixed_bytes": 2_000_000_000, "per_row_bytes": 10_000_000}},
+    }},
+}  # fmt: skip
+
+
+def test_a_profiles_batch_fit_replaces_the_formula_and_calibration_the_profile() -> None:
+    profiles = ProfileBook([GpuProfile.from_json(PROFILE_WITH_BATCH)])
+    book = CalibrationBook(10, 1.2)
+    e = Estimator(book, profiles, confidence_factor=1.2, cuda_context_bytes=CUDA_CONTEXT)
+    shape = shape_of("large-v3", "float16")
+    assert shape is not None
+    est = e.estimate(H200, 30, device_kind=DeviceKind.CUDA, total_bytes=H200_TOTAL)
+    margin = Workspace(with_margin(2_000_000_000), with_margin(10_000_000))
+    assert est.source is EstimateSource.PROFILE
+    assert (est.context_bytes, est.weights_bytes) == (1_500_000_000, with_margin(3_000_000_000))
+    assert est.batch_bytes == est.batch_rows * shape.row_bytes + margin.at(est.batch_rows)
+    large_v2 = replace(H200, model="large-v2")  # same shape: the fit carries over
+    assert e.estimate(large_v2, 30, device_kind=DeviceKind.CUDA, total_bytes=H200_TOTAL)\
+        .batch_bytes == est.batch_bytes  # fmt: skip
+    model = ModelKey("transformers", "large-v3", "float16")
+    for rows in (64, 128):
+        book.add(
+            occupancy_sample(
+                "NVIDIA H200", model, rows_in_use=rows, workspace_bytes=1_000_000_000 + rows,
+                weights_bytes=None, context_bytes=None, measured_at=0.0,
+            )
+        )  # fmt: skip
+    calibrated = e.estimate(H200, 30, device_kind=DeviceKind.CUDA, total_bytes=H200_TOTAL)
+    assert calibrated.source is EstimateSource.CALIBRATED
+    rows = calibrated.batch_rows
+    assert calibrated.batch_bytes == rows * shape.row_bytes + 1_000_000_000 + rows
+    formula = estimator().estimate(
+        replace(H200, gpu_name="NVIDIA A100"), 30, device_kind=DeviceKind.CUDA,
+        total_bytes=H200_TOTAL,
+    )  # fmt: skip
+    assert formula.batch_bytes == plan_batch(formula.batch_rows, shape).batch_bytes

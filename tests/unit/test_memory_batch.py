@@ -13,9 +13,9 @@ from gpuscribe.memory.batch import (
     OccupancySample,
     Workspace,
     batch_shape,
+    calibration_rows,
     choose_rows,
     fit_workspace,
-    occupancy_levels,
     plan_batch,
     row_bytes,
     shape_of,
@@ -190,10 +190,12 @@ def test_one_occupancy_is_no_fit() -> None:
 
 
 @pytest.mark.parametrize(
-    ("rows", "levels"),
-    [(256, (32, 64, 128, 256)), (160, (20, 40, 80, 160)), (32, (8, 16, 32)), (8, (8,)), (3, (3,))],
+    ("rows", "sizes"),
+    [(256, (64, 128, 256)), (168, (40, 80, 168)), (32, (8, 16, 32)), (8, (8,)), (3, (3,))],
 )
-def test_calibration_measures_a_batch_at_several_occupancies(
-    rows: int, levels: tuple[int, ...]
+def test_calibration_loads_a_batch_at_several_sizes_up_to_its_rows(
+    rows: int, sizes: tuple[int, ...]
 ) -> None:
-    assert occupancy_levels(rows) == levels
+    """Sizes are multiples of ROW_STEP (the rows a scheduler could give), the rows themselves
+    included, never above them."""
+    assert calibration_rows(rows) == sizes

@@ -4,6 +4,7 @@ shipped profile."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from gpuscribe.config import Settings
 from gpuscribe.memory.batch import Workspace
 from gpuscribe.memory.calibration import OCCUPANCY_BEAM, CalibrationBook
-from gpuscribe.memory.profiles import PROFILE_FORMAT, GpuProfile, ProfileBook
+from gpuscribe.memory.profiles import PROFILE_FORMAT, PROFILE_MARGIN, GpuProfile, ProfileBook
 from gpuscribe.memory.types import MIB, EstimateSource, ModelKey, ProfileKey
 from gpuscribe.node.calibrate import (
     _split_jobs,
@@ -170,22 +171,26 @@ def test_batched_models_get_the_rows_the_scheduler_would_give_them() -> None:
     assert batch_rows_for(settings, simulated, "transformers", "float16", ["tiny"]) == ()
 
 
-def test_each_job_names_the_rows_of_its_own_models() -> None:
+def test_each_job_names_the_batch_sizes_of_its_own_models() -> None:
     devices = SimulatedGpus(f"2x80GiB:{GPU}").discover()
-    rows = (("tiny.en", 256), ("base", 256), ("large-v3", 168))
+    sizes = (("tiny.en", (64, 128, 256)), ("base", (64, 128, 256)), ("large-v3", (40, 80, 168)))
     jobs = _split_jobs(
         devices, ["tiny.en", "base", "large-v3"], "transformers", "float16", [1], [5],
-        batch_rows=rows,
+        batch_sizes_of_models=sizes,
     )  # fmt: skip
-    assert jobs[0][1].batch_rows == (("tiny.en", 256), ("large-v3", 168))
-    assert jobs[0][1].rows_of("large-v3") == 168 and jobs[0][1].rows_of("base") == 0
-    assert jobs[1][1].batch_rows == (("base", 256),)
+    assert jobs[0][1].batch_sizes_of_models == (sizes[0], sizes[2])
+    assert jobs[0][1].rows_of("large-v3") == (40, 80, 168) and jobs[0][1].rows_of("base") == ()
+    assert jobs[1][1].batch_sizes_of_models == (sizes[1],)
 
 
-def occupancy_row(rows_in_use: int, workspace: int, model: str = "large-v3") -> CalibrationRow:
+def occupancy_row(
+    rows: int, workspace: int, model: str = "large-v3", beams: int = 1
+) -> CalibrationRow:
+    """A batch of `rows` rows, all in use, at `beams` beams a window."""
     return replace(
-        row(model, rows_in_use, OCCUPANCY_BEAM, working=workspace, weights=3 * 1024**3),
-        batch_rows=256,
+        row(model, rows, OCCUPANCY_BEAM, working=workspace, weights=3 * 1024**3),
+        batch_rows=rows,
+        beams=beams,
     )
 
 
@@ -198,14 +203,25 @@ def test_occupancy_rows_are_stored_as_occupancy_samples_the_estimator_fits() -> 
     assert book.weights(GPU, ModelKey("transformers", "large-v3", "float16")) == (3 * 1024**3, 4)
 
 
-def test_a_profile_keeps_a_batched_models_occupancies_and_their_fit() -> None:
+def test_a_profile_keeps_a_batched_models_sizes_and_their_fit() -> None:
     rows = [occupancy_row(k, 1_000 * MIB + k * 10 * MIB) for k in (64, 32)]
+    rows.append(occupancy_row(64, 1_500 * MIB, beams=5))
     rows.append(row("tiny.en", 1, 1))
     profile = json.loads(json.dumps(profile_from_rows(rows)))
     batch = profile["models"]["large-v3"]["batch"]
     assert profile["models"]["large-v3"]["points"] == []
-    assert batch["rows"] == 256
-    assert [p["rows_in_use"] for p in batch["points"]] == [32, 64]
-    assert batch["fit"] == {"fixed_bytes": 1_000 * MIB, "per_row_bytes": 10 * MIB}
-    loaded = GpuProfile.from_json(profile)  # the batched-only model has no task curve
-    assert loaded.model("tiny.en") is not None and "large-v3" not in loaded.models
+    assert batch["rows"] == 64  # the largest batch measured
+    assert [(p["rows_in_use"], p["beams"]) for p in batch["points"]] == [(32, 1), (64, 1), (64, 5)]
+    fit = batch["fit"]
+    assert fit["fixed_bytes"] + 64 * fit["per_row_bytes"] >= 1_500 * MIB  # covers the beams
+    loaded = GpuProfile.from_json(profile)
+    assert loaded.model("tiny.en") is not None
+    large = loaded.model("large-v3")
+    assert large is not None and not large.per_task  # measured only as a batch
+    assert large.batch_workspace == Workspace(fit["fixed_bytes"], fit["per_row_bytes"])
+    key = ProfileKey(GPU, "transformers", "large-v3", "float16", 1, 5)
+    book = ProfileBook([loaded])
+    assert book.lookup(key) is None  # no task curve to estimate a task from
+    found = book.batch(key)
+    assert found is not None and found.weights_bytes == math.ceil(3 * 1024**3 * PROFILE_MARGIN)
+    assert found.workspace.at(64) >= 1_500 * MIB * PROFILE_MARGIN

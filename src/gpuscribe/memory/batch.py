@@ -22,8 +22,9 @@ resident model holds is therefore fixed once it is loaded, whatever the number o
 (`ENCODER_WIDTHS` counts, in units of `1500 frames x d_model` elements, what one window's encoder
 pass holds at its peak: the residual, the layer norm's output, the feed-forward's 4 x d_model
 input and activation, the output, and one spare.) These are upper bounds from the shapes the
-engine allocates, not measurements; `gpuscribe calibrate` measures `workspace` at several
-occupancies and the fit (`fit_workspace`) replaces `fixed` and `per_row` where it exists.
+engine allocates, not measurements; `gpuscribe calibrate` measures `workspace` in batches of
+several sizes, each with every row in use, and the fit (`fit_workspace`) replaces `fixed` and
+`per_row` where it exists (a shipped profile's fit, then this deployment's).
 
 Rows (`choose_rows`): `GPUSCRIBE_BATCH_ROWS` when set (>0); otherwise (0, auto) the most rows, in
 steps of `ROW_STEP`, up to `MAX_ROWS`, such that the worker's context and the resident model fit
@@ -181,25 +182,29 @@ def task_working_bytes(shape: BatchShape, batch_size: int, audio_seconds: float)
 # --- calibration ------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class OccupancySample:
-    """The batch's workspace measured at its peak while `rows_in_use` rows were decoding:
-    the process's peak less its context, the weights and the cache."""
+    """The workspace of a batch of `rows_in_use` rows measured with every row decoding: the
+    process's peak less its context, the weights' parameters and the cache. What a load holds
+    beyond those (the captured steps' memory pool, the batcher's buffers) grows with the batch's
+    rows, so it is workspace, not weights."""
 
     rows_in_use: int
     workspace_bytes: int
 
 
-def occupancy_levels(rows: int) -> tuple[int, ...]:
-    """Rows in use at which calibration measures a batch of `rows` rows: an eighth, a quarter,
-    half and all of it (at least `MIN_ROWS` each; fewer levels for a small batch)."""
-    wanted = {max(MIN_ROWS, rows // d) for d in (8, 4, 2)} | {rows}
+def calibration_rows(rows: int) -> tuple[int, ...]:
+    """Batch sizes calibration loads a model at, `rows` being what the scheduler gives it on
+    this GPU: a quarter, half and all of it (multiples of `ROW_STEP`, at least `MIN_ROWS`; fewer
+    sizes for a small batch). The estimator charges a batch at its full size, so the sizes vary
+    the batch, not the rows in use of one batch: what a load allocates for its rows counts."""
+    wanted = {max(MIN_ROWS, rows // d - rows // d % ROW_STEP) for d in (4, 2)} | {rows}
     return tuple(sorted(level for level in wanted if 0 < level <= rows))
 
 
 def fit_workspace(samples: Sequence[OccupancySample]) -> Workspace | None:
-    """`workspace = fixed + per_row x rows_in_use` from peaks at several occupancies: the slope
+    """`workspace = fixed + per_row x rows` from peaks of batches of several sizes: the slope
     by least squares (never negative), the intercept raised until the line covers every
     sample (an estimate must not fall below a measured peak). None with fewer than two
-    distinct occupancies (no slope to fit)."""
+    distinct sizes (no slope to fit)."""
     points = [(s.rows_in_use, s.workspace_bytes) for s in samples if s.rows_in_use > 0]
     if len({x for x, _ in points}) < 2:
         return None

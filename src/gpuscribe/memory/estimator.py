@@ -7,12 +7,12 @@ Each part comes from the most specific source that knows it: samples measured he
 The transformers engine on a GPU runs each model as one continuous batch (`memory/batch.py`):
 what a task there needs is the model's resident batch (its cache rows and workspace, charged
 once per resident model with the weights) and a small working figure of its own. The batch's
-rows follow from the device's total memory (`choose_rows`), its workspace from the formula or,
-where `gpuscribe calibrate` measured it, from the fit of peaks at several occupancies. The
+rows follow from the device's total memory (`choose_rows`), its workspace from the fit of peaks
+of batches of several sizes measured by `gpuscribe calibrate` on this deployment, else from the
+fit shipped in a profile for this GPU model, else from the formula. The
 per-task samples of that engine (tasks that ran alone) are not used for it: with a batch, a
 task's peak above the loaded model measures the batch's workspace (already charged), not the
-task. The profiles' working figures were measured with the earlier per-task engine and are not
-used for it either; their context and weights are.
+task. The profiles' per-task working figures are not used for it either.
 """
 
 from __future__ import annotations
@@ -123,10 +123,18 @@ class Estimator:
         working_bytes: int,
         total_bytes: int | None,
     ) -> MemoryEstimate:
+        profiled = self.profiles.batch(key)
+        if profiled is not None:
+            fallback = MemoryEstimate(
+                profiled.context_bytes, profiled.weights_bytes, 0, EstimateSource.PROFILE
+            )
         context = self._context(key, fallback, device_kind)
         weights = self._weights(key, fallback)
         fitted = self.book.batch_workspace(key.gpu_name, key.model_key)
         workspace, count = fitted if fitted is not None else (None, 0)
+        source = EstimateSource.CALIBRATED if workspace is not None else fallback.source
+        if workspace is None and profiled is not None:
+            workspace = profiled.workspace
         if total_bytes is None:
             rows = self.batch_rows or MAX_ROWS
         else:
@@ -144,7 +152,7 @@ class Estimator:
             context_bytes=context,
             weights_bytes=weights,
             working_bytes=working_bytes,
-            source=EstimateSource.CALIBRATED if workspace is not None else fallback.source,
+            source=source,
             sample_count=count,
             batch_bytes=plan.batch_bytes,
             batch_rows=rows,

@@ -11,6 +11,11 @@ are not used: they ran right after a batch-16 run and their reserved figure stil
 run's cache. Beam search of batch b with k beams is modelled as an effective batch of b x k on
 the batch curve, interpolated linearly between measured points and extrapolated linearly past
 the largest one.
+
+A model measured as a continuous batch (`gpuscribe calibrate` with the transformers engine on a
+GPU) also has a `batch` entry: the workspace of batches of several sizes and its fit
+`fixed + per_row x rows` (`memory/batch.py`). `ProfileBook.batch` gives it, with the weights and
+the context, to the estimator of a batched model.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from importlib import resources
 from typing import Any
 
 from gpuscribe.memory.architectures import ARCHITECTURES, canonical_model_name, parameter_count
+from gpuscribe.memory.batch import Workspace
 from gpuscribe.memory.types import GIB, EstimateSource, MemoryEstimate, ProfileKey
 
 PROFILE_FORMAT = 1
@@ -51,6 +57,12 @@ class ModelProfile:
     derived_from: str | None = None  # the measured model this one was scaled from, if any
     beam_points: Mapping[int, tuple[tuple[int, int], ...]] = field(default_factory=dict)
     # measured beam search: beam size -> ((batch size, working bytes), ...), ascending batch
+    batch_workspace: Workspace | None = None  # the fit of a batch's measured workspace
+
+    @property
+    def per_task(self) -> bool:
+        """Whether tasks were measured (a model measured only as a batch has no task curve)."""
+        return bool(self.batch_points)
 
     def working_bytes(self, batch_size: int, beam_size: int) -> int:
         """Measured beam widths interpolate over batch on their own curve; others are modelled
@@ -97,10 +109,10 @@ class GpuProfile:
     def from_json(cls, data: Mapping[str, Any]) -> GpuProfile:
         if data.get("format") != PROFILE_FORMAT:
             raise ValueError(f"unsupported profile format {data.get('format')!r}")
-        measured = {  # a model measured only as a batch (no task points) has no task curve
+        measured = {
             name: _model_from_json(entry)
             for name, entry in data["models"].items()
-            if entry.get("points")
+            if entry.get("points") or (entry.get("batch") or {}).get("fit")
         }
         return cls(
             gpu_name_contains=str(data["gpu_name_contains"]),
@@ -114,14 +126,18 @@ class GpuProfile:
 def _model_from_json(entry: Mapping[str, Any]) -> ModelProfile:
     """Points without `beam_size` (or with 1) are greedy; others form per-beam curves."""
     curves: dict[int, list[tuple[int, int]]] = {}
-    for point in entry["points"]:
+    for point in entry.get("points") or ():
         beam = int(point.get("beam_size", 1))
         curves.setdefault(beam, []).append((int(point["batch_size"]), int(point["working_bytes"])))
-    greedy = curves.pop(1, None) or curves[min(curves)]
+    greedy = curves.pop(1, None) or (curves.pop(min(curves)) if curves else [])
+    fit = (entry.get("batch") or {}).get("fit")
     return ModelProfile(
         weights_bytes=int(entry["weights_bytes"]),
         batch_points=tuple(sorted(greedy)),
         beam_points={beam: tuple(sorted(points)) for beam, points in curves.items()},
+        batch_workspace=Workspace(int(fit["fixed_bytes"]), int(fit["per_row_bytes"]))
+        if fit
+        else None,
     )
 
 
@@ -132,8 +148,9 @@ def _shape(name: str) -> tuple[int, int, int]:
 
 def _derive_missing(measured: Mapping[str, ModelProfile]) -> dict[str, ModelProfile]:
     """Profiles for known models that were not measured, from a measured model of the same
-    width and depth (large-v2 from large-v3, tiny.en from tiny): the same working curve, and
-    weights scaled by the ratio of parameter counts (vocabulary and mel bins differ)."""
+    width and depth (large-v2 from large-v3, tiny.en from tiny): the same working curve and
+    batch workspace, and weights scaled by the ratio of parameter counts (vocabulary and mel
+    bins differ)."""
     derived: dict[str, ModelProfile] = {}
     for name in ARCHITECTURES:
         if name in measured:
@@ -144,8 +161,9 @@ def _derive_missing(measured: Mapping[str, ModelProfile]) -> dict[str, ModelProf
         base = measured[source]
         ratio = parameter_count(ARCHITECTURES[name]) / parameter_count(ARCHITECTURES[source])
         derived[name] = ModelProfile(
-            round(base.weights_bytes * ratio), base.batch_points, source, base.beam_points
-        )
+            round(base.weights_bytes * ratio), base.batch_points, source, base.beam_points,
+            base.batch_workspace,
+        )  # fmt: skip
     return derived
 
 
@@ -187,6 +205,15 @@ def shipped_profiles() -> tuple[GpuProfile, ...]:
     return tuple(GpuProfile.from_json(json.loads((folder / n).read_text())) for n in names)
 
 
+@dataclass(frozen=True, slots=True)
+class ProfileBatch:
+    """What a profile says of a batched model: `workspace` replaces the formula's."""
+
+    context_bytes: int
+    weights_bytes: int
+    workspace: Workspace
+
+
 class ProfileBook:
     """Looks up the shipped (or given) profiles by ProfileKey. Lookups are memoised: a profile
     estimate does not depend on the audio, and the scheduler asks for the same keys often."""
@@ -202,10 +229,27 @@ class ProfileBook:
             found = self._memo[key] = self._find(key)
             return found
 
+    def batch(self, key: ProfileKey) -> ProfileBatch | None:
+        """A batched model's context, weights and workspace fit on this GPU model, with the
+        profile's margin; None where no profile measured it as a batch."""
+        for profile in self._profiles:
+            model = profile.model(key.model) if profile.matches(key) else None
+            if model is not None and model.batch_workspace is not None:
+                ws = model.batch_workspace
+                return ProfileBatch(
+                    context_bytes=profile.context_bytes,
+                    weights_bytes=math.ceil(model.weights_bytes * PROFILE_MARGIN),
+                    workspace=Workspace(
+                        math.ceil(ws.fixed_bytes * PROFILE_MARGIN),
+                        math.ceil(ws.per_row_bytes * PROFILE_MARGIN),
+                    ),
+                )
+        return None
+
     def _find(self, key: ProfileKey) -> MemoryEstimate | None:
         for profile in self._profiles:
             model = profile.model(key.model) if profile.matches(key) else None
-            if model is not None:
+            if model is not None and model.per_task:
                 return MemoryEstimate(
                     context_bytes=profile.context_bytes,
                     weights_bytes=math.ceil(model.weights_bytes * PROFILE_MARGIN),

@@ -5,10 +5,11 @@ Each device runs its share of the models in a process of its own (the caller nev
 CUDA context). Devices of one GPU model split the models between them, so four GPUs measure a
 grid about four times faster.
 
-With the transformers engine on GPUs each model runs as one batch: it is loaded with the rows
-the scheduler would give it on this GPU (`batch_rows_for`: the formula's rows, before any
-calibration) and its batch is measured at several occupancies instead of the task grid
-(`workers/calibrate.py`); the stored samples are fitted by the estimator.
+With the transformers engine on GPUs each model runs as one batch: instead of the task grid it
+is loaded at several batch sizes up to the rows the scheduler would give it on this GPU
+(`batch_rows_for`: the formula's rows, before any calibration), every row in use at each beam
+size of the grid (`workers/calibrate.py`); the stored samples are fitted by the estimator.
+`batch_sizes` of `run_calibration` names other sizes (the validation of a profile).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 from gpuscribe.config import ConfigError, Settings
 from gpuscribe.domain import InvalidRequest
-from gpuscribe.memory.batch import OccupancySample, fit_workspace
+from gpuscribe.memory.batch import OccupancySample, calibration_rows, fit_workspace
 from gpuscribe.memory.calibration import CalibrationBook
 from gpuscribe.memory.estimator import Estimator
 from gpuscribe.memory.profiles import PROFILE_FORMAT, REFERENCE_CONTEXT_BYTES, ProfileBook
@@ -46,7 +47,10 @@ def run_calibration(
     beam_sizes: Sequence[int],
     *,
     export_profile: str | None = None,
+    batch_sizes_of_models: Sequence[int] | None = None,
 ) -> list[dict[str, Any]]:
+    """Measure `models` on the local devices. A model that runs as a batch there is measured at
+    `batch_sizes_of_models` rows when given, otherwise at `calibration_rows` of its rows."""
     devices = _devices(settings)
     engine = settings.default_engine or (
         "transformers" if devices[0].kind is DeviceKind.CUDA else "faster-whisper"
@@ -54,14 +58,18 @@ def run_calibration(
     compute_type = "float16" if devices[0].kind is DeviceKind.CUDA else "default"
     names = [_available(settings, m, engine, devices[0]) for m in models]
     batch_rows = batch_rows_for(settings, devices[0], engine, compute_type, names)
-    if batch_rows:
+    sizes = tuple(
+        (m, tuple(batch_sizes_of_models) if batch_sizes_of_models else calibration_rows(r))
+        for m, r in batch_rows
+    )
+    if sizes:
         log.info(
-            "batched models: measuring their batch at several occupancies (rows: %s), not the "
-            "batch/beam grid",
-            ", ".join(f"{m} {r}" for m, r in batch_rows),
+            "batched models: measuring their batch at several sizes, every row in use (rows: "
+            "%s), not the batch/beam grid",
+            "; ".join(f"{m} {', '.join(map(str, s))}" for m, s in sizes),
         )
     jobs = _split_jobs(
-        devices, names, engine, compute_type, batch_sizes, beam_sizes, batch_rows=batch_rows
+        devices, names, engine, compute_type, batch_sizes, beam_sizes, batch_sizes_of_models=sizes
     )
     rows = _run_jobs(settings, jobs)
     if not any(r.error is None for r in rows):
@@ -151,7 +159,7 @@ def _split_jobs(
     batch_sizes: Sequence[int],
     beam_sizes: Sequence[int],
     *,
-    batch_rows: Sequence[tuple[str, int]] = (),
+    batch_sizes_of_models: Sequence[tuple[str, tuple[int, ...]]] = (),
 ) -> list[tuple[DeviceReading, CalibrationJob]]:
     """Round-robin the models over the devices of the first device's GPU model."""
     same = [d for d in devices if d.name == devices[0].name]
@@ -161,7 +169,7 @@ def _split_jobs(
     return [
         (device, CalibrationJob(engine, compute_type, tuple(share), tuple(batch_sizes),
                                 tuple(beam_sizes),
-                                tuple((m, r) for m, r in batch_rows if m in share)))
+                                tuple((m, r) for m, r in batch_sizes_of_models if m in share)))
         for device, share in zip(same, shares, strict=True)
         if share
     ]  # fmt: skip
@@ -225,19 +233,21 @@ def sample_from_row(row: CalibrationRow, *, measured_at: float) -> CalibrationSa
 
 def profile_from_rows(rows: Sequence[CalibrationRow]) -> dict[str, Any]:
     """The rows as a shipped profile (`memory/profiles/*.json`): per model its weights and its
-    working memory at each measured (batch, beam); a batched model's occupancy rows as its
-    `batch` (rows, the workspace at each occupancy, and their fit)."""
+    working memory at each measured (batch, beam); a batched model's rows as its `batch` (the
+    largest size measured, the workspace at each size and beam count, and their fit)."""
     good = [r for r in rows if r.error is None]
     if not good:
         raise ValueError("no successful measurement to make a profile of")
     models: dict[str, dict[str, Any]] = {}
-    for row in sorted(good, key=lambda r: (r.model, r.beam_size, r.batch_size)):
+    for row in sorted(good, key=lambda r: (r.model, r.beam_size, r.batch_size, r.beams)):
         entry = models.setdefault(row.model, {"weights_bytes": row.weights_bytes, "points": []})
         if row.occupancy:
             batch = entry.setdefault("batch", {"rows": row.batch_rows, "points": []})
+            batch["rows"] = max(batch["rows"], row.batch_rows)
             batch["points"].append(
-                {"rows_in_use": row.batch_size, "workspace_bytes": row.working_bytes}
-            )
+                {"rows_in_use": row.batch_size, "beams": row.beams,
+                 "workspace_bytes": row.working_bytes}
+            )  # fmt: skip
             continue
         entry["points"].append(
             {"batch_size": row.batch_size, "beam_size": row.beam_size,

@@ -5,15 +5,17 @@ the process holds after loading, less before), and for each (batch size, beam si
 transcribing `batch_size` 30 s windows at once, less what it held before. Random-weight models
 decode the full 224 tokens per window (the worst case), so the peak is the most a task can take.
 
-A batched model (the transformers engine on a GPU: the job names its rows) is loaded with the
-rows the scheduler would give it, and instead of the task grid its batch is measured at several
-occupancies (`memory.batch.occupancy_levels`): that many one-row windows (greedy) submitted at
-once, the peak less the context, the weights and the cache being the batch's workspace at that
-occupancy. Those rows carry `beam_size` 0 (`OCCUPANCY_BEAM`) and the rows in use as
-`batch_size`; stored, they are what the estimator fits (`memory.batch.fit_workspace`). The rows in
-use are those asked for: windows that end early (a real model on noise) make them fewer, which is
-why calibration is run with random weights (`GPUSCRIBE_BENCHMARK_ONLY=1`, every window decodes
-`benchmark_tokens`).
+A batched model (the transformers engine on a GPU: the job names its batch sizes) is measured as
+a batch instead of the task grid: loaded at each of its batch sizes (`memory.batch.
+calibration_rows` of the rows the scheduler gives it), and at each size given every row at once,
+for each beam size of the grid (`rows // beams` windows of `beams` beams). Its weights are its
+parameters' bytes; the peak less the context, the weights and the cache is the batch's workspace
+at that size, which holds what the load allocated for its rows (the captured steps' memory
+pool, the batcher's buffers) and what decoding adds. Those rows carry `beam_size` 0
+(`OCCUPANCY_BEAM`), the batch's rows as `batch_size` and the beams as `beams`; stored, they are
+what the estimator fits (`memory.batch.fit_workspace`). Windows that end early (a real model on
+noise) would leave rows idle, which is why calibration is run with random weights
+(`GPUSCRIBE_BENCHMARK_ONLY=1`, every window decodes `benchmark_tokens`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ import numpy as np
 from gpuscribe.audio import WINDOW_SAMPLES
 from gpuscribe.config import Settings
 from gpuscribe.domain import TranscriptionOptions
-from gpuscribe.memory.batch import occupancy_levels
 from gpuscribe.memory.calibration import OCCUPANCY_BEAM
 from gpuscribe.telemetry.base import DeviceKind
 from gpuscribe.workers.measure import CpuMemory, CudaMemory, DeviceMemory
@@ -41,6 +42,7 @@ from gpuscribe.workers.process import prepare_environment
 log = logging.getLogger(__name__)
 
 SAMPLE_INTERVAL_SECONDS = 0.005
+WINDOWS_PER_TASK = 128  # a larger measured batch runs as several tasks at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,10 +52,12 @@ class CalibrationJob:
     models: tuple[str, ...]
     batch_sizes: tuple[int, ...]
     beam_sizes: tuple[int, ...]
-    batch_rows: tuple[tuple[str, int], ...] = ()  # (model, rows) of batched models
+    batch_sizes_of_models: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    # (model, the batch sizes to load it at) of batched models
 
-    def rows_of(self, model: str) -> int:
-        return dict(self.batch_rows).get(model, 0)
+    def rows_of(self, model: str) -> tuple[int, ...]:
+        """The batch sizes a batched model is measured at; () for a model run per task."""
+        return dict(self.batch_sizes_of_models).get(model, ())
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +77,8 @@ class CalibrationRow:
     seconds: float
     error: str | None = None
     batch_rows: int = 0  # the rows of the model's batch (0: no batch)
+    beams: int = 1  # an occupancy row's beams per window (its rows are windows x beams)
+    load_bytes: int = 0  # a batch's: what its load added (weights, cache, the pool of its steps)
 
     @property
     def occupancy(self) -> bool:
@@ -134,32 +140,98 @@ def measure(device: DeviceRef, settings: Settings, job: CalibrationJob) -> list[
     context = _warm_up(engine, device, memory, job)
     rows: list[CalibrationRow] = []
     for model in job.models:
+        sizes = job.rows_of(model)
+        measured = (
+            _measure_batches(engine, device, memory, model, job, sizes, context)
+            if sizes
+            else _measure_tasks(engine, device, memory, model, job, context)
+        )
+        for row in measured:
+            rows.append(row)
+            log.info("%s", row)
+    return rows
+
+
+def _measure_tasks(
+    engine: Any,
+    device: DeviceRef,
+    memory: DeviceMemory,
+    model: str,
+    job: CalibrationJob,
+    context: int,
+) -> list[CalibrationRow]:
+    """The task grid: the model loaded once, each (batch, beam) its peak above the idle model."""
+    memory.release_cached()
+    before = memory.held_bytes()
+    loaded = _load(engine, model, device, job.compute_type, 0)
+    memory.release_cached()
+    weights = max(0, memory.held_bytes() - before)
+    rows = [
+        replace(
+            _measure_one(device, memory, loaded, model, job, batch, beam, weights),
+            context_bytes=context,
+        )
+        for batch in job.batch_sizes
+        for beam in job.beam_sizes
+    ]
+    loaded.unload()
+    return rows
+
+
+def _measure_batches(
+    engine: Any,
+    device: DeviceRef,
+    memory: DeviceMemory,
+    model: str,
+    job: CalibrationJob,
+    sizes: tuple[int, ...],
+    context: int,
+) -> list[CalibrationRow]:
+    """The model loaded at each batch size, every row in use at each beam size."""
+    rows = []
+    for size in sizes:
         memory.release_cached()
         before = memory.held_bytes()
-        batch_rows = job.rows_of(model)
-        loaded = _load(engine, model, device, job.compute_type, batch_rows)
+        try:
+            loaded = _load(engine, model, device, job.compute_type, size)
+        except Exception as exc:  # a batch that does not fit is a finding, not a crash
+            log.warning("%s at %d rows did not load: %s", model, size, exc)
+            rows.append(_failed_load(device, model, job, size, context, exc))
+            memory.release_cached()
+            continue
+        weights = int(loaded.weights_bytes)
+        held_idle = context + weights + int(loaded.cache_bytes)
         memory.release_cached()
-        cache = int(getattr(loaded, "cache_bytes", 0))  # a batch's cache is not weights
-        weights = max(0, memory.held_bytes() - before - cache)
-        if batch_rows:
-            for level in occupancy_levels(batch_rows):
-                row = _measure_occupancy(
-                    device, memory, loaded, model, job, level, context + weights + cache
-                )
-                rows.append(
-                    replace(
-                        row, context_bytes=context, weights_bytes=weights, batch_rows=batch_rows
-                    )
-                )
-                log.info("%s", rows[-1])
-        else:
-            for batch in job.batch_sizes:
-                for beam in job.beam_sizes:
-                    row = _measure_one(device, memory, loaded, model, job, batch, beam, weights)
-                    rows.append(replace(row, context_bytes=context))
-                    log.info("%s", rows[-1])
+        load_bytes = max(0, memory.held_bytes() - before)
+        for beams in job.beam_sizes:
+            windows = max(1, size // max(1, beams))
+            row = _measure_one(device, memory, loaded, model, job, windows, beams, weights)
+            rows.append(
+                replace(_as_batch_row(row, size, beams, context, held_idle), load_bytes=load_bytes)
+            )
         loaded.unload()
     return rows
+
+
+def _as_batch_row(
+    row: CalibrationRow, size: int, beams: int, context: int, held_idle: int
+) -> CalibrationRow:
+    """A task row as the batch's: its size, and its peak less what the idle model held."""
+    return replace(
+        row, batch_size=size, beam_size=OCCUPANCY_BEAM, beams=beams, batch_rows=size,
+        context_bytes=context, working_bytes=max(0, row.peak_bytes - held_idle),
+    )  # fmt: skip
+
+
+def _failed_load(
+    device: DeviceRef, model: str, job: CalibrationJob, size: int, context: int, exc: Exception
+) -> CalibrationRow:
+    return CalibrationRow(
+        gpu_name=device.name, gpu_uuid=device.uuid, engine=job.engine, model=model,
+        compute_type=job.compute_type, batch_size=size, beam_size=OCCUPANCY_BEAM,
+        context_bytes=context, weights_bytes=0, working_bytes=0, peak_bytes=0, seconds=0.0,
+        error=f"load: {type(exc).__name__}: {exc}", batch_rows=size,
+    )  # fmt: skip
 
 
 def _load(engine: Any, model: str, device: DeviceRef, compute_type: str, batch_rows: int) -> Any:
@@ -172,11 +244,42 @@ def _warm_up(engine: Any, device: DeviceRef, memory: DeviceMemory, job: Calibrat
     """Run one window once, so that what the first task of a process leaves behind for good
     (library handles and workspaces) counts as the process's context, not as the first
     model's weights or the first configuration's working memory. Returns that context."""
-    loaded = _load(engine, job.models[0], device, job.compute_type, job.rows_of(job.models[0]))
-    _measure_one(device, memory, loaded, job.models[0], job, 1, 1, 0)
+    first = job.models[0]
+    loaded = _load(engine, first, device, job.compute_type, min(job.rows_of(first), default=0))
+    _measure_one(device, memory, loaded, first, job, 1, 1, 0)
     loaded.unload()
     memory.release_cached()
     return memory.held_bytes()
+
+
+def _transcribe_in_tasks(
+    loaded: Any, audio: np.ndarray[Any, Any], options: TranscriptionOptions
+) -> str | None:
+    """`options.batch_size` windows at once, in tasks of at most `WINDOWS_PER_TASK` run in
+    threads (a batch larger than one task keeps queued fills every row). The first error, as
+    text: an out-of-memory here is a finding, not a crash."""
+    windows = max(1, options.batch_size)
+    parts = [
+        (audio[first * WINDOW_SAMPLES : (first + size) * WINDOW_SAMPLES], size)
+        for first in range(0, windows, WINDOWS_PER_TASK)
+        for size in [min(WINDOWS_PER_TASK, windows - first)]
+    ]
+    errors: list[str] = []
+
+    def run(part: np.ndarray[Any, Any], size: int) -> None:
+        try:
+            loaded.transcribe(
+                part, replace(options, batch_size=size), lambda s, p: None, lambda: False
+            )
+        except Exception as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=run, args=part) for part in parts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors[0] if errors else None
 
 
 def _measure_one(
@@ -198,12 +301,8 @@ def _measure_one(
         batch_size=batch, beam_size=beam, language="en",
     )  # fmt: skip
     started = time.perf_counter()
-    error = None
     with _Peak(memory) as peak:
-        try:
-            loaded.transcribe(audio, options, lambda s, p: None, lambda: False)
-        except Exception as exc:  # an OOM here is a finding, not a crash
-            error = f"{type(exc).__name__}: {exc}"
+        error = _transcribe_in_tasks(loaded, audio, options)
     return CalibrationRow(
         gpu_name=device.name, gpu_uuid=device.uuid, engine=job.engine, model=model,
         compute_type=job.compute_type, batch_size=batch, beam_size=beam,
@@ -211,22 +310,3 @@ def _measure_one(
         working_bytes=max(0, peak.bytes - baseline), peak_bytes=peak.bytes,
         seconds=time.perf_counter() - started, error=error,
     )  # fmt: skip
-
-
-def _measure_occupancy(
-    device: DeviceRef,
-    memory: DeviceMemory,
-    loaded: Any,
-    model: str,
-    job: CalibrationJob,
-    rows_in_use: int,
-    held_idle: int,
-) -> CalibrationRow:
-    """The batch's peak with `rows_in_use` greedy windows submitted at once; its workspace is
-    the peak less `held_idle` (context, weights and cache)."""
-    row = _measure_one(device, memory, loaded, model, job, rows_in_use, 1, 0)
-    return replace(
-        row,
-        beam_size=OCCUPANCY_BEAM,
-        working_bytes=max(0, row.peak_bytes - held_idle),
-    )
