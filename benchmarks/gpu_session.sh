@@ -47,12 +47,12 @@ case "${1:-}" in
     python3 benchmarks/gpu_real_weights.py --out "$OUT" --copies 8 ;;
   calibrate)
     python3 benchmarks/gpu_report.py --out "$OUT" --devices 0 calibrate 2>&1 \
-      | grep -v "captured a decode" | cut -c1-300
+      | tee "$OUT/calibrate.log" | grep -v "captured a decode" | cut -c1-300
     cp "$OUT/profile.json" /tmp/gpuscribe-profile.json ;;
   validate)
     python3 benchmarks/gpu_report.py --out "$OUT" --devices 0 validate \
-      --profile "${2:-/tmp/gpuscribe-profile.json}" 2>&1 | grep -v "captured a decode" \
-      | cut -c1-300 ;;
+      --profile "${2:-/tmp/gpuscribe-profile.json}" 2>&1 | tee "$OUT/validate.log" \
+      | grep -v "captured a decode" | cut -c1-300 ;;
   inprocess)
     for model in ${2:-large-v3-turbo large-v3}; do
       python3 benchmarks/gpu_batching.py --out "$OUT" --model "$model" --tasks 300 \
