@@ -189,7 +189,10 @@ def register(sub: Any) -> None:
         "calibrate",
         help="measure real memory peaks on local GPUs and store them",
         description="Run each model with each batch and beam size on the local GPUs, measure the "
-        "peak memory and store the samples that calibrate future estimates.",
+        "peak memory and store the samples that calibrate future estimates. A model that runs as "
+        "one continuous batch (the transformers engine on a GPU) is instead loaded at a quarter, "
+        "half and all of the rows that GPU gives it, every row in use at each beam size: its "
+        "batch's workspace is fitted over the sizes (--batch-size does not apply to it).",
     )
     calibrate.add_argument(
         "--model",

@@ -6,9 +6,9 @@ memory is windowed per ProfileKey; weights and the CUDA context per (GPU name, m
 samples that carry them.
 
 Occupancy samples of a batched model (`gpuscribe calibrate` on the transformers engine: the
-batch's workspace at its peak with a number of rows decoding, `memory/batch.py`) are stored as
+workspace at its peak of a batch with every row decoding, `memory/batch.py`) are stored as
 samples whose `beam_size` is `OCCUPANCY_BEAM` (0, never a task's) and whose `batch_size` is the
-number of rows in use; they are kept per occupancy and fitted as `fixed + per_row x rows`.
+batch's rows; they are kept per size and fitted as `fixed + per_row x rows`.
 
 One non-reentrant lock guards every window. No method that holds it calls another public
 method (the design's sketch deadlocked that way: docs/DESIGN.md, What we changed and why): the
