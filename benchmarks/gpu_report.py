@@ -38,11 +38,11 @@ from gpuscribe.memory.calibration import CalibrationBook
 from gpuscribe.memory.estimator import Estimator
 from gpuscribe.memory.profiles import REFERENCE_CONTEXT_BYTES, GpuProfile, ProfileBook
 from gpuscribe.memory.types import GIB, ProfileKey
-from gpuscribe.node.calibrate import run_calibration
+from gpuscribe.node.calibrate import profile_from_rows, run_calibration
 from gpuscribe.node.devices import select_devices
 from gpuscribe.telemetry.base import DeviceKind
 from gpuscribe.telemetry.detect import open_telemetry
-from gpuscribe.workers.calibrate import WINDOWS_PER_TASK
+from gpuscribe.workers.calibrate import WINDOWS_PER_TASK, CalibrationRow
 
 GRID_MODELS = ["tiny", "base", "small", "medium", "large-v3", "large-v3-turbo"]
 GRID_BATCHES = [1, 4, 16]
@@ -68,12 +68,22 @@ def _settings(devices: str, db: Path) -> Any:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
+    """The grid's models (or --models), in one process per GPU. With --rows-file the rows of
+    earlier runs in that file are kept beside this run's, and the profile is made of them all:
+    a grid split over several calls of a time-limited machine makes one profile."""
     out = Path(args.out)
+    models = args.models.split(",") if args.models else GRID_MODELS
     rows = run_calibration(
-        _settings(args.devices, out / "calibration.db"), GRID_MODELS, GRID_BATCHES, GRID_BEAMS,
-        export_profile=str(out / "profile.json"),
-    )  # fmt: skip
+        _settings(args.devices, out / "calibration.db"), models, GRID_BATCHES, GRID_BEAMS
+    )
+    kept = Path(args.rows_file) if args.rows_file else None
+    if kept is not None and kept.exists():
+        rows = json.loads(kept.read_text()) + rows
+    if kept is not None:
+        kept.write_text(json.dumps(rows, indent=1))
     (out / "calibration_rows.json").write_text(json.dumps(rows, indent=1))
+    profile = profile_from_rows([CalibrationRow(**r) for r in rows])
+    (out / "profile.json").write_text(json.dumps(profile, indent=1) + "\n")
     for r in rows:
         size = f"rows {r['batch_rows']:<4} beams {r['beams']}" if r["batch_rows"] else (
             f"b{r['batch_size']:<3} k{r['beam_size']}"
@@ -608,7 +618,10 @@ def main() -> None:
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     parser.add_argument("--devices", default="")
     sub = parser.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("calibrate").set_defaults(fn=cmd_calibrate)
+    c = sub.add_parser("calibrate")
+    c.add_argument("--models", default="", help="comma-separated (default: the grid's)")
+    c.add_argument("--rows-file", default="", help="rows of earlier runs to keep and add to")
+    c.set_defaults(fn=cmd_calibrate)
     v = sub.add_parser("validate")
     v.add_argument("--profile", required=True)
     v.set_defaults(fn=cmd_validate)

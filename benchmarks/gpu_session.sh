@@ -8,9 +8,11 @@
 #   bash benchmarks/gpu_session.sh inprocess [M]  timeline / engine / generate / ceiling / profile, model M
 #                                              or both (after install 1; ~3 min a model)
 #   bash benchmarks/gpu_session.sh real        tiny.en on CUDA against the CPU (after 3; ~1 min)
-#   bash benchmarks/gpu_session.sh calibrate   the memory grid of every model as a batch: the
-#                                              profile to ship for this GPU, also kept in /tmp
-#                                              for `validate` (after install 1; ~5 min)
+#   bash benchmarks/gpu_session.sh calibrate [MODELS]  the memory grid of every model (or of
+#                                              MODELS, comma-separated; rows of earlier calls
+#                                              are kept) as a batch: the profile to ship for
+#                                              this GPU, also kept in /tmp for `validate`
+#                                              (after install 1; ~5 min)
 #   bash benchmarks/gpu_session.sh validate    sizes, beams and models the grid did not
 #                                              measure, against that profile (~4 min)
 #   bash benchmarks/gpu_session.sh service M [T] [B]  the service over HTTP on model M: 300 tasks
@@ -46,8 +48,10 @@ case "${1:-}" in
   real)
     python3 benchmarks/gpu_real_weights.py --out "$OUT" --copies 8 ;;
   calibrate)
-    python3 benchmarks/gpu_report.py --out "$OUT" --devices 0 calibrate 2>&1 \
-      | tee "$OUT/calibrate.log" | grep -v "captured a decode" | cut -c1-300
+    # "MODELS" (comma-separated) splits the grid over calls: the rows add up in /tmp
+    python3 benchmarks/gpu_report.py --out "$OUT" --devices 0 calibrate --models "${2:-}" \
+      --rows-file /tmp/gpuscribe-rows.json 2>&1 | tee "$OUT/calibrate.log" \
+      | grep -v "captured a decode" | cut -c1-300
     cp "$OUT/profile.json" /tmp/gpuscribe-profile.json ;;
   validate)
     python3 benchmarks/gpu_report.py --out "$OUT" --devices 0 validate \
@@ -77,6 +81,7 @@ case "${1:-}" in
       --beams 1 --tokens 0 --tasks 300 --min-seconds 5 --max-tasks 300 \
       --name "$model-gpus-${devices//,/}" --max-seconds 200 2>&1 | grep -v "final$" | tail -15 ;;
   *)
-    echo "usage: $0 install N | encoder | real | calibrate | validate [PROFILE] | inprocess |" \
+    echo "usage: $0 install N | encoder | real | calibrate [MODELS] | validate [PROFILE] |" \
+      "inprocess |" \
       "service MODEL [TASKS] [BEAMS] | multi MODEL GPUS" >&2; exit 2 ;;
 esac
