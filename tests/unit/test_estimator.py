@@ -23,6 +23,7 @@ from gpuscribe.memory.profiles import (
     ProfileBook,
     reference_weights_bytes,
     reference_working_bytes,
+    shipped_profiles,
 )
 from gpuscribe.memory.types import CalibrationSample, EstimateSource, ModelKey, ProfileKey
 from gpuscribe.telemetry.base import DeviceKind
@@ -32,10 +33,17 @@ A100 = ProfileKey("NVIDIA A100", "transformers", "large-v3", "float16", 1, 1)
 CUDA_CONTEXT = 999
 
 
+# The shipped profiles measured per task (tests of the formula and of the per-task model do not
+# depend on which GPU models have a shipped batch profile; those are tested at the end).
+PER_TASK_PROFILES = ProfileBook(
+    p for p in shipped_profiles() if all(m.batch_workspace is None for m in p.models.values())
+)
+
+
 def estimator(book: CalibrationBook | None = None) -> Estimator:
     return Estimator(
         book or CalibrationBook(10, 1.2),
-        ProfileBook(),
+        PER_TASK_PROFILES,
         confidence_factor=1.2,
         cuda_context_bytes=CUDA_CONTEXT,
     )
@@ -170,7 +178,7 @@ def test_the_rows_follow_the_devices_memory_and_the_setting() -> None:
     assert turbo.batch_rows > small.batch_rows
     fixed = Estimator(
         CalibrationBook(10, 1.2),
-        ProfileBook(),
+        PER_TASK_PROFILES,
         confidence_factor=1.2,
         cuda_context_bytes=CUDA_CONTEXT,
         batch_rows=48,
@@ -185,7 +193,7 @@ def test_the_rows_follow_the_devices_memory_and_the_setting() -> None:
 def test_a_lower_cap_gives_a_smaller_batch() -> None:
     low = Estimator(
         CalibrationBook(10, 1.2),
-        ProfileBook(),
+        PER_TASK_PROFILES,
         confidence_factor=1.2,
         cuda_context_bytes=CUDA_CONTEXT,
         cap_fraction=0.5,

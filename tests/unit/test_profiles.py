@@ -124,8 +124,12 @@ def test_book_of_given_profiles() -> None:
     assert book.lookup(key("NVIDIA H200", "tiny")) is None
 
 
+def measured_as_batch(profile: GpuProfile) -> bool:
+    return any(m.batch_workspace is not None for m in profile.models.values())
+
+
 def test_shipped_profiles_hold_every_known_model() -> None:
-    profiles = {p.gpu_name_contains: p for p in shipped_profiles()}
+    profiles = {p.gpu_name_contains: p for p in shipped_profiles() if not measured_as_batch(p)}
     assert set(profiles) == {"H100", "H200"}
     for profile in profiles.values():
         assert {"tiny", "tiny.en", "large-v1", "large-v2", "medium.en"} <= set(profile.models)
@@ -162,3 +166,20 @@ def with_margin(measured: int) -> int:
     from gpuscribe.memory.profiles import PROFILE_MARGIN
 
     return math.ceil(measured * PROFILE_MARGIN)
+
+
+@pytest.mark.parametrize("gpu", ["NVIDIA H100 80GB HBM3", "NVIDIA H200"])
+def test_shipped_batch_profiles_cover_the_grid_and_its_shapes(gpu: str) -> None:
+    """Each GPU model's profile of the batched engine: a fit for every model of the grid, the
+    same fit for the models of the same shapes, and no task curve of its own (the per-task
+    profile of that GPU keeps giving those)."""
+    book = ProfileBook()
+    grid = ("tiny", "base", "small", "medium", "large-v3", "large-v3-turbo")
+    for model in (*grid, "tiny.en", "medium.en", "large-v2"):
+        found = book.batch(key(gpu, model))
+        assert found is not None, model
+        assert found.weights_bytes > 0 and found.workspace.fixed_bytes > 0
+    assert book.batch(key(gpu, "large-v2")) is not None
+    v2, v3 = book.batch(key(gpu, "large-v2")), book.batch(key(gpu, "large-v3"))
+    assert v2 is not None and v3 is not None and v2.workspace == v3.workspace
+    assert book.lookup(key(gpu, "large-v3")) is not None  # the per-task profile's
