@@ -267,6 +267,8 @@ def profile_from_rows(rows: Sequence[CalibrationRow]) -> dict[str, Any]:
         "compute_types": sorted({good[0].compute_type, "default"}),
         "context_bytes": max(r.context_bytes for r in good),
         "note": "measured by gpuscribe calibrate: working = peak held less what the process "
-        "held with the model loaded and idle; random weights decode 224 tokens per window",
+        "held with the model loaded and idle; a batch's workspace = peak held less the context, "
+        "the parameters and the cache, every row of the batch in use; random weights decode "
+        "224 tokens per window",
         "models": models,
     }
