@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import statistics
 import time
+import weakref
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -242,3 +243,22 @@ def test_random_weights_run_and_are_marked_benchmark_only(random_model: BatchedM
     assert result.segments  # random text, but three windows decoded
     assert all(0 <= s.start <= s.end <= result.duration for s in result.segments)
     assert 5 * 1024**2 < random_model.weights_bytes < 50 * 1024**2
+
+
+def test_an_unloaded_model_lets_go_of_its_tensors_at_once() -> None:
+    """Unload frees the weights, the cache and the decoder's tensors when it returns, though the
+    caller still holds the model (a worker measures its memory right after), and a second
+    unload or a late transcribe fails cleanly."""
+    engine = TransformersEngine(tiny_config_for_tests=True, benchmark_tokens=4, batch_rows=8)
+    model = engine.load("tiny.en", CPU, "default")
+    audio = np.random.default_rng(1).normal(scale=0.1, size=30 * 16000).astype(np.float32)
+    model.transcribe(audio, OURS, lambda s, p: None, lambda: False)
+    decoder, cache = model.decoder, model.cache_bytes
+    held = [weakref.ref(t) for t in (decoder.self_k, decoder.cross_v, decoder.logits)]
+    held += [weakref.ref(p) for p in model._whisper.parameters()]  # type: ignore[union-attr]
+    model.unload()
+    assert [ref() for ref in held] == [None] * len(held)
+    assert model.cache_bytes == cache  # still readable
+    model.unload()
+    with pytest.raises(RuntimeError, match="unloaded"):
+        model.transcribe(audio, OURS, lambda s, p: None, lambda: False)

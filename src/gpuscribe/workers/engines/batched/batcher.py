@@ -248,6 +248,7 @@ class Batcher:
         should_stop: Callable[[], bool] = lambda: False,
     ) -> Pending:
         """Queue windows for decoding and return at once; `Pending.result()` waits."""
+        self._check_open()  # before anything a closed batcher has let go of
         if len(prompts) != len(encoded):
             raise ValueError(f"{len(prompts)} prompts for {len(encoded)} windows")
         if options.rows > self.decoder.rows:
@@ -306,10 +307,25 @@ class Batcher:
         self._side_stream = self._encoder_stream if overlap else None
 
     def close(self) -> None:
+        """Stop the batcher's thread, then drop what it holds on the device (its decoder's
+        cache, captured steps and their pool, the encoded windows and row states): an unloaded
+        model gives its memory back at once, not whenever a garbage collection finds the
+        references between its parts. Calibration measured a worker still holding 17 GiB of an
+        unloaded large-v3 before this."""
         with self._lock:
             self._closed = True
             self._lock.notify()
         self._thread.join(timeout=30)
+        if "decoder" not in vars(self):
+            return  # closed and released before
+        if self._thread.is_alive():
+            log.warning("the batcher's thread did not stop within 30 s: its memory stays held")
+            return
+        self.decoder.release()
+        kept = {"_lock": self._lock, "_closed": True, "_thread": self._thread,
+                "vocabulary": self.vocabulary}  # fmt: skip
+        vars(self).clear()
+        vars(self).update(kept)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -184,6 +184,13 @@ class StaticDecoder:
         self.chosen: dict[tuple[int, int], str] = {}
         self._kind = "sdpa"  # the kind a capture in progress uses (under "auto")
 
+    def release(self) -> None:
+        """Drop every tensor, captured graph and memory pool the decoder holds (its model is
+        unloaded, its batcher stopped); its rows and shape stay readable."""
+        kept = {"rows": self.rows, "shape": self.shape, "device": self.device, "dtype": self.dtype}
+        vars(self).clear()
+        vars(self).update(kept)
+
     def set_attention(self, kind: str) -> None:
         """How a step's self-attention (over the text so far, masked per row) attends to one
         query row: "sdpa" (PyTorch's fused kernels), "bmm" (q·Kᵀ and the weights·V as batched

@@ -7,6 +7,7 @@ windows together.
 
 from __future__ import annotations
 
+import gc
 import logging
 import random
 from collections.abc import Callable
@@ -119,7 +120,7 @@ class BatchedModel:
     @property
     def cache_bytes(self) -> int:
         d = self.decoder
-        return d.rows * d.shape.row_bytes(d.self_k.element_size())
+        return d.rows * d.shape.row_bytes(d.dtype.itemsize)
 
     def transcribe(
         self,
@@ -133,6 +134,8 @@ class BatchedModel:
         batcher's by `batch_priority`."""
         from gpuscribe.workers.engines.faster_whisper_engine import _segment
 
+        if self._whisper is None:
+            raise RuntimeError("the model was unloaded")
         if should_stop():
             raise TaskCancelled("cancelled before it started")
         forced = self._forced_lengths(audio) if self.benchmark_only else None
@@ -184,5 +187,8 @@ class BatchedModel:
         return draw
 
     def unload(self) -> None:
+        """Stop the batch and drop the model's device memory (weights, cache, captured steps);
+        a collection frees what only reference cycles still hold."""
         self.batcher.close()
         self._whisper = None
+        gc.collect()
