@@ -224,6 +224,20 @@ def test_copy_self_rows_keeps_the_target_cross_attention(decoder: StaticDecoder)
     assert torch.allclose(logits[1], expected[0, 5], atol=TOLERANCE)
 
 
+def test_a_permutation_of_rows_reads_every_row_before_writing(decoder: StaticDecoder) -> None:
+    """Beams that swap rows: each target gets its source's old content, whatever the order."""
+    caches = (decoder.self_k, decoder.self_v, decoder.cross_k, decoder.cross_v)
+    for cache in caches:
+        cache[:, :3].copy_(torch.randn_like(cache[:, :3]))
+    before = [cache.clone() for cache in caches]
+    decoder.copy_rows(torch.tensor([1, 2, 0]), torch.tensor([0, 1, 2]))
+    for cache, old in zip(caches, before, strict=True):
+        assert torch.equal(cache[:, [0, 1, 2]], old[:, [1, 2, 0]])
+    decoder.copy_self_rows(torch.tensor([2, 0]), torch.tensor([0, 2]), length=4)
+    assert torch.equal(decoder.self_k[:, 0, :, :4], before[0][:, 0, :, :4])  # row 2 was old 0
+    assert torch.equal(decoder.self_k[:, 0, :, 4:], before[0][:, 1, :, 4:])  # past `length`
+
+
 def test_encode_gives_the_encoder_output(whisper: Any, decoder: StaticDecoder) -> None:
     features = torch.randn(1, TEST_ARCHITECTURE.n_mels, 2 * TEST_ARCHITECTURE.max_source_positions)
     hidden = decoder.encode(features)
