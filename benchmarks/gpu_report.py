@@ -5,6 +5,7 @@
              use, at 1 and 5 beams; others: batch x beam)
   validate   measure configurations the grid did not sample and compare them with the estimate
              the profile gives (target: estimate >= measured and <= 1.15 x measured)
+  rescore    a validation's measurements against the estimate today's code gives (no GPU)
   stream     run `gpuscribe serve` on chosen GPUs, submit a mixed stream of tasks, sample NVML
              (20 Hz) and the ledger, and report out-of-memory failures, peaks against the cap,
              throughput, and a plot of admitted against used memory
@@ -133,6 +134,18 @@ def _on_cuda(settings: Any) -> bool:
     return any(d.kind is DeviceKind.CUDA for d in found)
 
 
+def cmd_rescore(args: argparse.Namespace) -> None:
+    """A validation's measured rows against the estimate the current code gives from a profile
+    (the estimate is a pure function: no GPU needed), written as `validation.json` in --out."""
+    profile = GpuProfile.from_json(json.loads(Path(args.profile).read_text()))
+    measured = json.loads(Path(args.validation).read_text())["rows"]
+    fields = ("measured_total_bytes", "estimate_total_bytes", "ratio", "within")
+    rows = [{k: v for k, v in r.items() if k not in fields} for r in measured]
+    results = [_compare(profile, r) for r in rows if not r["error"]]
+    results += [{**r, "within": None} for r in rows if r["error"]]
+    _report_validation(Path(args.out), results)
+
+
 def _compare(profile: GpuProfile, row: dict[str, Any]) -> dict[str, Any]:
     """A measured configuration against the estimate of the profile for it: for a batch, what
     the ledger would charge a model resident at that size with the measured tasks running
@@ -169,7 +182,9 @@ def _batch_estimate(book: ProfileBook, row: dict[str, Any]) -> int:
         size = min(WINDOWS_PER_TASK, windows - first)
         key = ProfileKey(row["gpu_name"], row["engine"], row["model"], row["compute_type"],
                          size, beams)  # fmt: skip
-        est = estimator.estimate(key, size * 30.0, device_kind=DeviceKind.CUDA)
+        est = estimator.estimate(  # calibration asks for no word timestamps
+            key, size * 30.0, device_kind=DeviceKind.CUDA, word_timestamps=False
+        )
         total = total or est.context_bytes + est.resident_bytes
         total += est.working_bytes
     return total
@@ -625,6 +640,10 @@ def main() -> None:
     v = sub.add_parser("validate")
     v.add_argument("--profile", required=True)
     v.set_defaults(fn=cmd_validate)
+    r = sub.add_parser("rescore")
+    r.add_argument("--profile", required=True)
+    r.add_argument("--validation", required=True, help="a validation.json of `validate`")
+    r.set_defaults(fn=cmd_rescore)
     s = sub.add_parser("stream")
     s.add_argument("--name", default="stream")
     s.add_argument("--tasks", type=int, default=100)

@@ -6,6 +6,7 @@ import pytest
 from gpuscribe.domain import TranscriptionOptions
 from gpuscribe.memory.batch import (
     MAX_ROWS,
+    TASK_BASE_BYTES,
     OccupancySample,
     Workspace,
     fit_workspace,
@@ -188,6 +189,16 @@ def test_the_rows_follow_the_devices_memory_and_the_setting() -> None:
             fixed.estimate(H200, 30, device_kind=DeviceKind.CUDA, total_bytes=total).batch_rows
             == 48
         )
+
+
+def test_a_task_without_word_timestamps_keeps_no_encoder_output() -> None:
+    e = estimator()
+    kept = e.estimate(H200, 3600, device_kind=DeviceKind.CUDA, total_bytes=H200_TOTAL)
+    none = e.estimate(
+        H200, 3600, device_kind=DeviceKind.CUDA, total_bytes=H200_TOTAL, word_timestamps=False
+    )
+    assert none.working_bytes == TASK_BASE_BYTES < kept.working_bytes
+    assert none.batch_bytes == kept.batch_bytes  # the batch is the model's either way
 
 
 def test_a_lower_cap_gives_a_smaller_batch() -> None:

@@ -155,6 +155,8 @@ def test_a_tasks_own_memory_is_small_and_grows_with_its_windows_and_batch() -> N
     assert hour == 16 * MIB + 16 * hidden < 96 * MIB  # at most 16 windows kept
     assert task_working_bytes(shape, 16, 3600.0) == hour
     assert task_working_bytes(shape, 32, 3600.0) == hour + 16 * hidden
+    # without word timestamps no encoder output outlives its rows
+    assert task_working_bytes(shape, 32, 3600.0, word_timestamps=False) == 16 * MIB
 
 
 # --- the workspace fit ------------------------------------------------------------------------

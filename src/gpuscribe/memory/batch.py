@@ -167,13 +167,18 @@ def plan_batch(rows: int, shape: BatchShape, workspace: Workspace | None = None)
     return BatchPlan(rows, rows * shape.row_bytes, ws.at(rows))
 
 
-def task_working_bytes(shape: BatchShape, batch_size: int, audio_seconds: float) -> int:
+def task_working_bytes(
+    shape: BatchShape, batch_size: int, audio_seconds: float, *, word_timestamps: bool = True
+) -> int:
     """A running task's own memory on a batched model: its rows are the model's (charged
-    with it); what is its own is a little slack and the encoder outputs of its windows that
-    outlive their rows (word timing reads them again): at most `TASK_KEPT_WINDOWS` (or its
-    batch size), and never more windows than its audio has. On an H200, 300 large-v3 tasks at
-    once held no memory NVML could see beyond the batch's estimate, where the earlier flat 0.12
-    GiB a task had the ledger reserve 35 GiB for them."""
+    with it); what is its own is a little slack and, with word timestamps, the encoder outputs
+    of its windows that outlive their rows (word timing reads them again; without it none is
+    kept): at most `TASK_KEPT_WINDOWS` (or its batch size), and never more windows than its
+    audio has. On an H200, 300 large-v3 tasks at once held no memory NVML could see beyond the
+    batch's estimate, where the earlier flat 0.12 GiB a task had the ledger reserve 35 GiB for
+    them."""
+    if not word_timestamps:
+        return TASK_BASE_BYTES
     windows = max(1, math.ceil(audio_seconds / WINDOW_SECONDS))
     kept = min(windows, max(TASK_KEPT_WINDOWS, batch_size))
     return TASK_BASE_BYTES + kept * shape.window_hidden_bytes

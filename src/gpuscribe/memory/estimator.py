@@ -78,10 +78,13 @@ class Estimator:
         device_kind: DeviceKind,
         min_working_bytes: int = 0,
         total_bytes: int | None = None,
+        word_timestamps: bool = True,
     ) -> MemoryEstimate:
         """`min_working_bytes` raises the working figure (a retry after an out-of-memory).
         `total_bytes` is the device's memory, from which a batched model's rows are chosen
-        (unknown: GPUSCRIBE_BATCH_ROWS, else the most rows, 256)."""
+        (unknown: GPUSCRIBE_BATCH_ROWS, else the most rows, 256). `word_timestamps` (unknown:
+        True, the larger) decides whether a task on a batch keeps its windows' encoder
+        output."""
         fallback = self.profiles.lookup(key) or prior_estimate(
             key,
             audio_seconds,
@@ -91,9 +94,10 @@ class Estimator:
         )
         shape = shape_of(key.model, key.compute_type) if self.batched(key, device_kind) else None
         if shape is not None:
-            working = max(
-                task_working_bytes(shape, key.batch_size, audio_seconds), min_working_bytes
+            own = task_working_bytes(
+                shape, key.batch_size, audio_seconds, word_timestamps=word_timestamps
             )
+            working = max(own, min_working_bytes)
             return self._batched(key, shape, fallback, device_kind, working, total_bytes)
         working, source, count = fallback.working_bytes, fallback.source, 0
         calibrated = self.book.working(key)

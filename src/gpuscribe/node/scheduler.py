@@ -121,6 +121,7 @@ class SchedulerPass:
                     device_kind=DeviceKind(device["kind"]),
                     min_working_bytes=self._ctx.oom_floors.get(task.id),
                     total_bytes=int(device["memory_total_bytes"]),
+                    word_timestamps=task.options.word_timestamps,
                 ).total_bytes
                 if need <= limit:
                     return record.name, (
@@ -178,6 +179,7 @@ class SchedulerPass:
             device_kind=device.kind,
             min_working_bytes=self._ctx.oom_floors.get(task.id),
             total_bytes=device.ledger.total_bytes,
+            word_timestamps=task.options.word_timestamps,
         )
 
     def _claim_of(self, placement: Placement) -> Claim:
