@@ -562,8 +562,9 @@ def test_a_batched_model_is_charged_its_batch_once_and_its_tasks_name_its_rows(
     assert rig.scheduler().run_once() == 3
     key = ProfileKey(GPU_NAME, "transformers", "large-v3", "float16", 1, 5)
     est = rig.estimator.estimate(
-        key, LONG_AUDIO, device_kind=DeviceKind.CUDA, total_bytes=slot.ledger.total_bytes
-    )
+        key, LONG_AUDIO, device_kind=DeviceKind.CUDA, total_bytes=slot.ledger.total_bytes,
+        word_timestamps=LARGE.word_timestamps,  # the scheduler passes the task's
+    )  # fmt: skip
     assert est.batch_rows == 256 and est.batch_bytes > 70 * GIB
     assert [c.batch_rows for c in worker.commands] == [256, 256, 256]
     assert [c.priority for c in worker.commands] == [
