@@ -171,7 +171,7 @@ def test_a_batched_model_is_charged_its_batch_once_and_a_small_working_figure() 
 def test_the_rows_follow_the_devices_memory_and_the_setting() -> None:
     e = estimator()
     small = e.estimate(A100, 30, device_kind=DeviceKind.CUDA, total_bytes=24 * 1024**3)
-    assert small.batch_rows == 40 and small.source is EstimateSource.PRIOR  # a tiny context here
+    assert small.batch_rows == 32 and small.source is EstimateSource.PRIOR  # a tiny context here
     assert small.total_bytes <= 24 * 1024**3 * 0.9
     unknown = e.estimate(A100, 30, device_kind=DeviceKind.CUDA)
     assert unknown.batch_rows == MAX_ROWS
