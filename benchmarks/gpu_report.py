@@ -107,10 +107,12 @@ def cmd_validate(args: argparse.Namespace) -> None:
     profile = GpuProfile.from_json(json.loads(Path(args.profile).read_text()))
     settings = _settings(args.devices, out / "validate.db")
     batched_models = ["tiny", "small.en", "medium.en", "large-v3-turbo", "large-v3", "large-v2"]
+    sizes = [int(n) for n in args.sizes.split(",")]
     parts: list[tuple[list[str], list[int], list[int], list[int] | None]] = [
-        (batched_models, GRID_BATCHES, VALIDATE_BEAMS, VALIDATE_BATCH_SIZES[:1]),
-        # the large models' cache at 384 rows is past an 80 GB or 141 GB GPU
-        (batched_models[:4], GRID_BATCHES, VALIDATE_BEAMS, VALIDATE_BATCH_SIZES[1:]),
+        # the large models' cache at 384 rows is past an 80 GB GPU
+        (batched_models if size < 256 else batched_models[:4], GRID_BATCHES, VALIDATE_BEAMS,
+         [size])
+        for size in sizes
     ] if _on_cuda(settings) else [
         (VALIDATE_MODELS, GRID_BATCHES, GRID_BEAMS, None),
         (["tiny", "small", "large-v3", "large-v3-turbo"], VALIDATE_BATCHES, VALIDATE_BEAMS, None),
@@ -639,6 +641,8 @@ def main() -> None:
     c.set_defaults(fn=cmd_calibrate)
     v = sub.add_parser("validate")
     v.add_argument("--profile", required=True)
+    v.add_argument("--sizes", default=",".join(map(str, VALIDATE_BATCH_SIZES)),
+                   help="batch sizes a batched model is validated at, one part each")  # fmt: skip
     v.set_defaults(fn=cmd_validate)
     r = sub.add_parser("rescore")
     r.add_argument("--profile", required=True)

@@ -13,8 +13,9 @@
 #                                              are kept) as a batch: the profile to ship for
 #                                              this GPU, also kept in /tmp for `validate`
 #                                              (after install 1; ~5 min)
-#   bash benchmarks/gpu_session.sh validate    sizes, beams and models the grid did not
-#                                              measure, against that profile (~4 min)
+#   bash benchmarks/gpu_session.sh validate [PROFILE [SIZES]]  sizes (default 96,384), beams
+#                                              and models the grid did not measure, against
+#                                              that profile (~1.5 min a size)
 #   bash benchmarks/gpu_session.sh service M [T] [B]  the service over HTTP on model M: 300 tasks
 #                                              at MAX_TASKS_PER_GPU 300 with 3 urgent probes,
 #                                              then at the default 5 (or at each of "T"), greedy
@@ -55,7 +56,8 @@ case "${1:-}" in
     cp "$OUT/profile.json" /tmp/gpuscribe-profile.json ;;
   validate)
     python3 benchmarks/gpu_report.py --out "$OUT" --devices 0 validate \
-      --profile "${2:-/tmp/gpuscribe-profile.json}" 2>&1 | tee "$OUT/validate.log" \
+      --profile "${2:-/tmp/gpuscribe-profile.json}" --sizes "${3:-96,384}" 2>&1 \
+      | tee "$OUT/validate.log" \
       | grep -v "captured a decode" | cut -c1-300 ;;
   inprocess)
     for model in ${2:-large-v3-turbo large-v3}; do
@@ -81,7 +83,7 @@ case "${1:-}" in
       --beams 1 --tokens 0 --tasks 300 --min-seconds 5 --max-tasks 300 \
       --name "$model-gpus-${devices//,/}" --max-seconds 200 2>&1 | grep -v "final$" | tail -15 ;;
   *)
-    echo "usage: $0 install N | encoder | real | calibrate [MODELS] | validate [PROFILE] |" \
+    echo "usage: $0 install N | encoder | real | calibrate [MODELS] | validate [PROFILE [SIZES]] |" \
       "inprocess |" \
       "service MODEL [TASKS] [BEAMS] | multi MODEL GPUS" >&2; exit 2 ;;
 esac
