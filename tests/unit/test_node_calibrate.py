@@ -179,7 +179,8 @@ def test_each_job_names_the_batch_sizes_of_its_own_models() -> None:
         batch_sizes_of_models=sizes,
     )  # fmt: skip
     assert jobs[0][1].batch_sizes_of_models == (sizes[0], sizes[2])
-    assert jobs[0][1].rows_of("large-v3") == (40, 80, 168) and jobs[0][1].rows_of("base") == ()
+    assert jobs[0][1].batch_sizes_of("large-v3") == (40, 80, 168)
+    assert jobs[0][1].batch_sizes_of("base") == ()
     assert jobs[1][1].batch_sizes_of_models == (sizes[1],)
 
 

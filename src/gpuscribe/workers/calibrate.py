@@ -42,7 +42,8 @@ from gpuscribe.workers.process import prepare_environment
 log = logging.getLogger(__name__)
 
 SAMPLE_INTERVAL_SECONDS = 0.005
-WINDOWS_PER_TASK = 128  # a larger measured batch runs as several tasks at once
+WINDOWS_PER_TASK = 128  # more windows are given as several tasks at once (one task keeps at
+# most the batched engine's IN_FLIGHT windows queued)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +56,7 @@ class CalibrationJob:
     batch_sizes_of_models: tuple[tuple[str, tuple[int, ...]], ...] = ()
     # (model, the batch sizes to load it at) of batched models
 
-    def rows_of(self, model: str) -> tuple[int, ...]:
+    def batch_sizes_of(self, model: str) -> tuple[int, ...]:
         """The batch sizes a batched model is measured at; () for a model run per task."""
         return dict(self.batch_sizes_of_models).get(model, ())
 
@@ -140,7 +141,7 @@ def measure(device: DeviceRef, settings: Settings, job: CalibrationJob) -> list[
     context = _warm_up(engine, device, memory, job)
     rows: list[CalibrationRow] = []
     for model in job.models:
-        sizes = job.rows_of(model)
+        sizes = job.batch_sizes_of(model)
         measured = (
             _measure_batches(engine, device, memory, model, job, sizes, context)
             if sizes
@@ -245,7 +246,8 @@ def _warm_up(engine: Any, device: DeviceRef, memory: DeviceMemory, job: Calibrat
     (library handles and workspaces) counts as the process's context, not as the first
     model's weights or the first configuration's working memory. Returns that context."""
     first = job.models[0]
-    loaded = _load(engine, first, device, job.compute_type, min(job.rows_of(first), default=0))
+    smallest = min(job.batch_sizes_of(first), default=0)
+    loaded = _load(engine, first, device, job.compute_type, smallest)
     _measure_one(device, memory, loaded, first, job, 1, 1, 0)
     loaded.unload()
     memory.release_cached()
@@ -256,8 +258,8 @@ def _transcribe_in_tasks(
     loaded: Any, audio: np.ndarray[Any, Any], options: TranscriptionOptions
 ) -> str | None:
     """`options.batch_size` windows at once, in tasks of at most `WINDOWS_PER_TASK` run in
-    threads (a batch larger than one task keeps queued fills every row). The first error, as
-    text: an out-of-memory here is a finding, not a crash."""
+    threads, so that a batch of more rows than one task keeps queued has every row in use.
+    The first error, as text: an out-of-memory here is a finding, not a crash."""
     windows = max(1, options.batch_size)
     parts = [
         (audio[first * WINDOW_SAMPLES : (first + size) * WINDOW_SAMPLES], size)
