@@ -450,12 +450,12 @@ class Worker:
             model = load(key.model, self.device, key.compute_type)
         seconds = time.monotonic() - started
         measured = self.memory.held_bytes() - before
+        weights = measured if measured > 0 else model.weights_bytes
         if self.device.kind is DeviceKind.CUDA and hasattr(model, "cache_bytes"):
             # A batched model's cache and what its load allocated for its rows (the captured
             # steps' pool, the batcher's buffers) are charged with its batch (memory/batch.py,
             # measured so by calibration): ModelLoaded reports its parameters alone.
-            measured = 0
-        weights = measured if measured > 0 else model.weights_bytes
+            weights = model.weights_bytes
         log.info("loaded %s in %.1f s: %d bytes", key, seconds, weights)
         self.outbox.send(ModelLoaded(self.device.uuid, key, weights, seconds))
         return model
