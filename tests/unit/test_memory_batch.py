@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from importlib import resources
+
 import pytest
 
 from gpuscribe.memory.architectures import ARCHITECTURES, weights_bytes
@@ -201,3 +204,20 @@ def test_calibration_loads_a_batch_at_several_sizes_up_to_its_rows(
     """Sizes are multiples of ROW_STEP (the rows a scheduler could give), the rows themselves
     included, never above them."""
     assert calibration_rows(rows) == sizes
+
+
+def test_the_formula_covers_every_greedy_batch_the_h100_measured() -> None:
+    """The formula is the estimate for GPU models no profile measured: it must not fall below
+    what a measured GPU held (the shipped H100 batch profile's greedy points)."""
+    folder = resources.files("gpuscribe.memory") / "profiles"
+    profile = json.loads((folder / "h100-transformers-float16-batch.json").read_text())
+    checked = 0
+    for model, entry in profile["models"].items():
+        shape = shape_of(model, "float16")
+        assert shape is not None
+        for point in entry["batch"]["points"]:
+            if point["beams"] == 1:
+                rows, measured = point["rows_in_use"], point["workspace_bytes"]
+                assert shape.workspace.at(rows) >= measured, (model, rows)
+                checked += 1
+    assert checked == 18  # six models at three sizes
