@@ -39,10 +39,8 @@ from gpuscribe.memory.calibration import CalibrationBook
 from gpuscribe.memory.estimator import Estimator
 from gpuscribe.memory.profiles import REFERENCE_CONTEXT_BYTES, GpuProfile, ProfileBook
 from gpuscribe.memory.types import GIB, ProfileKey
-from gpuscribe.node.calibrate import profile_from_rows, run_calibration
-from gpuscribe.node.devices import select_devices
+from gpuscribe.node.calibrate import calibration_devices, profile_from_rows, run_calibration
 from gpuscribe.telemetry.base import DeviceKind
-from gpuscribe.telemetry.detect import open_telemetry
 from gpuscribe.workers.calibrate import WINDOWS_PER_TASK, CalibrationRow
 
 GRID_MODELS = ["tiny", "base", "small", "medium", "large-v3", "large-v3-turbo"]
@@ -126,14 +124,8 @@ def cmd_validate(args: argparse.Namespace) -> None:
 
 
 def _on_cuda(settings: Any) -> bool:
-    """Whether the devices are real GPUs (where the transformers engine runs as a batch), read
-    through NVML: this process never creates a CUDA context."""
-    telemetry = open_telemetry(settings)
-    try:
-        found = select_devices(telemetry.discover(), settings.devices)
-    finally:
-        telemetry.close()
-    return any(d.kind is DeviceKind.CUDA for d in found)
+    """Whether the devices are real GPUs (where the transformers engine runs as a batch)."""
+    return any(d.kind is DeviceKind.CUDA for d in calibration_devices(settings))
 
 
 def cmd_rescore(args: argparse.Namespace) -> None:

@@ -51,7 +51,7 @@ def run_calibration(
 ) -> list[dict[str, Any]]:
     """Measure `models` on the local devices. A model that runs as a batch there is measured at
     `batch_sizes_of_models` rows when given, otherwise at `calibration_rows` of its rows."""
-    devices = _devices(settings)
+    devices = calibration_devices(settings)
     engine = settings.default_engine or (
         "transformers" if devices[0].kind is DeviceKind.CUDA else "faster-whisper"
     )
@@ -113,7 +113,9 @@ def _available(settings: Settings, model: str, engine: str, device: DeviceReadin
         ) from exc
 
 
-def _devices(settings: Settings) -> list[DeviceReading]:
+def calibration_devices(settings: Settings) -> list[DeviceReading]:
+    """The devices calibration runs on, read through NVML (no CUDA context here): the selected
+    GPUs, or the first device where there is none."""
     telemetry = open_telemetry(settings)
     try:
         found = select_devices(telemetry.discover(), settings.devices)
