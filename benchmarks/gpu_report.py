@@ -84,9 +84,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     profile = profile_from_rows([CalibrationRow(**r) for r in rows])
     (out / "profile.json").write_text(json.dumps(profile, indent=1) + "\n")
     for r in rows:
-        size = f"rows {r['batch_rows']:<4} beams {r['beams']}" if r["batch_rows"] else (
-            f"b{r['batch_size']:<3} k{r['beam_size']}"
-        )  # fmt: skip
+        size = _size(r)
         print(
             f"{r['model']:>15} {size} working {r['working_bytes'] / GIB:6.2f} GiB  weights "
             f"{r['weights_bytes'] / GIB:5.2f}  ctx {r['context_bytes'] / GIB:4.2f}  peak "
@@ -94,6 +92,13 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
             f"{r['seconds']:5.1f} s  {r['error'] or ''}",
             flush=True,
         )
+
+
+def _size(row: dict[str, Any]) -> str:
+    """A measured configuration's size as the reports print it."""
+    if row["batch_rows"]:
+        return f"rows {row['batch_rows']:<4} beams {row['beams']}"
+    return f"b{row['batch_size']:<3} k{row['beam_size']}"
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
@@ -118,8 +123,7 @@ def cmd_validate(args: argparse.Namespace) -> None:
     results: list[dict[str, Any]] = []
     for models, batches, beams, sizes in parts:
         rows = run_calibration(settings, models, batches, beams, batch_sizes_of_models=sizes)
-        results += [_compare(profile, r) for r in rows if not r["error"]]
-        results += [{**r, "within": None} for r in rows if r["error"]]
+        results += _scored(profile, rows)
         _report_validation(out, results)
 
 
@@ -135,9 +139,14 @@ def cmd_rescore(args: argparse.Namespace) -> None:
     measured = json.loads(Path(args.validation).read_text())["rows"]
     fields = ("measured_total_bytes", "estimate_total_bytes", "ratio", "within")
     rows = [{k: v for k, v in r.items() if k not in fields} for r in measured]
-    results = [_compare(profile, r) for r in rows if not r["error"]]
-    results += [{**r, "within": None} for r in rows if r["error"]]
-    _report_validation(Path(args.out), results)
+    _report_validation(Path(args.out), _scored(profile, rows))
+
+
+def _scored(profile: GpuProfile, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Measured rows against the profile's estimates; a row that failed is kept, unscored."""
+    return [_compare(profile, r) for r in rows if not r["error"]] + [
+        {**r, "within": None} for r in rows if r["error"]
+    ]
 
 
 def _compare(profile: GpuProfile, row: dict[str, Any]) -> dict[str, Any]:
@@ -171,17 +180,17 @@ def _batch_estimate(book: ProfileBook, row: dict[str, Any]) -> int:
         cuda_context_bytes=REFERENCE_CONTEXT_BYTES, batch_rows=rows,
     )  # fmt: skip
     windows = max(1, rows // beams)
-    total = 0
-    for first in range(0, windows, WINDOWS_PER_TASK):  # the tasks calibration ran them as
-        size = min(WINDOWS_PER_TASK, windows - first)
-        key = ProfileKey(row["gpu_name"], row["engine"], row["model"], row["compute_type"],
-                         size, beams)  # fmt: skip
-        est = estimator.estimate(  # calibration asks for no word timestamps
-            key, size * 30.0, device_kind=DeviceKind.CUDA, word_timestamps=False
+    tasks = [  # the tasks calibration ran the windows as, each asking for no word timestamps
+        estimator.estimate(
+            ProfileKey(row["gpu_name"], row["engine"], row["model"], row["compute_type"],
+                       size, beams),
+            size * 30.0, device_kind=DeviceKind.CUDA, word_timestamps=False,
         )
-        total = total or est.context_bytes + est.resident_bytes
-        total += est.working_bytes
-    return total
+        for first in range(0, windows, WINDOWS_PER_TASK)
+        for size in [min(WINDOWS_PER_TASK, windows - first)]
+    ]  # fmt: skip
+    once = tasks[0].context_bytes + tasks[0].resident_bytes  # the worker and its model
+    return once + sum(t.working_bytes for t in tasks)
 
 
 def _report_validation(out: Path, results: list[dict[str, Any]]) -> None:
@@ -200,9 +209,7 @@ def _report_validation(out: Path, results: list[dict[str, Any]]) -> None:
         json.dumps({"summary": summary, "rows": results}, indent=1)
     )
     for r in results:
-        size = f"rows {r['batch_rows']:<4} beams {r['beams']}" if r["batch_rows"] else (
-            f"b{r['batch_size']:<3} k{r['beam_size']}"
-        )  # fmt: skip
+        size = _size(r)
         if r["within"] is None:
             print(f"{r['model']:>15} {size} {r['error']}")
             continue
