@@ -221,6 +221,7 @@ class ProfileBook:
     def __init__(self, profiles: Iterable[GpuProfile] | None = None) -> None:
         self._profiles = tuple(shipped_profiles() if profiles is None else profiles)
         self._memo: dict[ProfileKey, MemoryEstimate | None] = {}
+        self._batch_memo: dict[ProfileKey, ProfileBatch | None] = {}
 
     def lookup(self, key: ProfileKey) -> MemoryEstimate | None:
         try:
@@ -231,7 +232,15 @@ class ProfileBook:
 
     def batch(self, key: ProfileKey) -> ProfileBatch | None:
         """A batched model's context, weights and workspace fit on this GPU model, with the
-        profile's margin; None where no profile measured it as a batch."""
+        profile's margin; None where no profile measured it as a batch. Memoised, as `lookup`:
+        every estimate of a batched task asks."""
+        try:
+            return self._batch_memo[key]
+        except KeyError:
+            found = self._batch_memo[key] = self._find_batch(key)
+            return found
+
+    def _find_batch(self, key: ProfileKey) -> ProfileBatch | None:
         for profile in self._profiles:
             model = profile.model(key.model) if profile.matches(key) else None
             if model is not None and model.batch_workspace is not None:
