@@ -163,7 +163,7 @@ def test_batched_models_get_the_rows_the_scheduler_would_give_them() -> None:
     assert found == (("large-v3", 256), ("large-v3-turbo", 256))
     small = batch_rows_for(settings, cuda("NVIDIA X", 24 * 1024**3), "transformers",
                            "float16", ["large-v3"])  # fmt: skip
-    assert small == (("large-v3", 24),)
+    assert small == (("large-v3", 32),)
     fixed = replace(settings, batch_rows=48)
     assert batch_rows_for(fixed, cuda(), "transformers", "float16", ["tiny"]) == (("tiny", 48),)
     assert batch_rows_for(settings, cuda(), "faster-whisper", "float16", ["tiny"]) == ()

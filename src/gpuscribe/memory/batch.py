@@ -22,10 +22,11 @@ resident model holds is therefore fixed once it is loaded, whatever the number o
 (`ENCODER_WIDTHS` counts, in units of `1500 frames x d_model` elements, what one window of the
 encoder's batch holds at the batch's peak. The shapes alone gave 12: the residual, the layer
 norm's output, the feed-forward's 4 x d_model input and activation, the output, and one spare.
-Calibration on an H100 (docs/benchmarks/batch-calibration.md) measured up to 32 with greedy
-windows, large-v3 at 80 rows: what its load allocates for its rows, and the decoder's
-temporaries beside the encoder's. So 32 it is: the formula covers every greedy measurement of
-that grid.) `gpuscribe calibrate` measures `workspace` in batches of several sizes, each with
+Calibration on an H100 (docs/benchmarks/batch-calibration.md) measured up to 18 with greedy
+windows, large-v3 at 40 rows: what its load allocates for its rows, and the decoder's
+temporaries beside the encoder's. So 20 it is: the formula covers every greedy measurement of
+that grid. A first calibration had asked for 32, inflated by an unload that freed nothing and by
+a cache copy of every layer at once, both fixed since.) `gpuscribe calibrate` measures `workspace` in batches of several sizes, each with
 every row in use, and the fit (`fit_workspace`) replaces `fixed` and `per_row` where it exists
 (this deployment's, else a shipped profile's); the formula is for GPU models no profile
 measured.
@@ -34,8 +35,8 @@ Rows (`choose_rows`): `GPUSCRIBE_BATCH_ROWS` when set (>0); otherwise (0, auto) 
 steps of `ROW_STEP`, up to `MAX_ROWS`, such that the worker's context and the resident model fit
 within `BATCH_SHARE` of the device's cap (`MAX_MEMORY_UTILIZATION` x total). The rest of the cap
 (15 %) is left to the running tasks' own working memory and to the allocator's slack; at least
-`MIN_ROWS`. With the default cap of 0.9 and a 1.2 GiB context: large-v3 gets 24 rows on a 24 GiB
-GPU, 160 on an 80 GB one and 256 on a 141 GB H200; large-v3-turbo 192 on 24 GiB and 256 on the
+`MIN_ROWS`. With the default cap of 0.9 and a 1.2 GiB context: large-v3 gets 32 rows on a 24 GiB
+GPU, 168 on an 80 GB one and 256 on a 141 GB H200; large-v3-turbo 216 on 24 GiB and 256 on the
 others (tests/unit/test_memory_batch.py).
 """
 
@@ -55,7 +56,7 @@ MIN_ROWS = 8  # and never fewer: a window takes up to 5 rows (beams, or best-of 
 BATCH_SHARE = 0.85  # of the cap: context + resident model; the rest is left to running tasks
 ENCODER_BATCH = 32  # windows the batcher encodes at once (engines/batched/batcher.py)
 READY_BATCHES = 2  # encoder outputs held ahead of free rows: up to one batch ready, one in flight
-ENCODER_WIDTHS = 32  # one window of the encoder's batch at the peak, in frames x d_model units
+ENCODER_WIDTHS = 20  # one window of the encoder's batch at the peak, in frames x d_model units
 FILL_WIDTHS = 3  # a starting row's encoder output (stacked) and its cross keys/values
 PREFILL_TOKENS = 16  # prompt positions charged per row at prefill: the start sequence and a
 # short initial prompt (a long initial prompt takes more: see docs, and calibration)
