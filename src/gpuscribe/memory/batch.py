@@ -25,8 +25,8 @@ norm's output, the feed-forward's 4 x d_model input and activation, the output, 
 Calibration on an H100 (docs/benchmarks/batch-calibration.md) measured up to 18 with greedy
 windows, large-v3 at 40 rows: what its load allocates for its rows, and the decoder's
 temporaries beside the encoder's. So 20 it is: the formula covers every greedy measurement of
-that grid. A first calibration had asked for 32, inflated by an unload that freed nothing and
-by a cache copy of every layer at once, both fixed since.) `gpuscribe calibrate` measures
+that grid. A first calibration, made while the cache copy still moved every layer at once,
+had asked for 32.) `gpuscribe calibrate` measures
 `workspace` in batches of several sizes, each with every row in use, and the fit
 (`fit_workspace`) replaces `fixed` and `per_row` where it exists (this deployment's, else a
 shipped profile's); the formula is for GPU models no profile measured.
