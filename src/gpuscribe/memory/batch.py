@@ -24,12 +24,12 @@ encoder's batch holds at the batch's peak. The shapes alone gave 12: the residua
 norm's output, the feed-forward's 4 x d_model input and activation, the output, and one spare.
 Calibration on an H100 (docs/benchmarks/batch-calibration.md) measured up to 18 with greedy
 windows, large-v3 at 40 rows: what its load allocates for its rows, and the decoder's
-temporaries beside the encoder's. So 20 it is: the formula covers every greedy measurement of
-that grid. A first calibration, made while the cache copy still moved every layer at once,
-had asked for 32.) `gpuscribe calibrate` measures
-`workspace` in batches of several sizes, each with every row in use, and the fit
-(`fit_workspace`) replaces `fixed` and `per_row` where it exists (this deployment's, else a
-shipped profile's); the formula is for GPU models no profile measured.
+temporaries beside the encoder's. So 20 it is: the formula covers every measurement of that
+grid, greedy and 5 beams. A first calibration, made while the cache copy still moved every
+layer at once, had asked for 32.) `gpuscribe calibrate` measures `workspace` in batches of
+several sizes, each with every row in use, and the fit (`fit_workspace`) replaces `fixed` and
+`per_row` where it exists (this deployment's, else a shipped profile's); the formula is for GPU
+models no profile measured.
 
 Rows (`choose_rows`): `GPUSCRIBE_BATCH_ROWS` when set (>0); otherwise (0, auto) the most rows, in
 steps of `ROW_STEP`, up to `MAX_ROWS`, such that the worker's context and the resident model fit
