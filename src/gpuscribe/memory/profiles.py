@@ -24,10 +24,10 @@ import functools
 import itertools
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 from gpuscribe.memory.architectures import ARCHITECTURES, canonical_model_name, parameter_count
 from gpuscribe.memory.batch import Workspace
@@ -214,6 +214,17 @@ class ProfileBatch:
     workspace: Workspace
 
 
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _memoised(memo: dict[K, V], key: K, find: Callable[[K], V]) -> V:
+    """`find(key)`, computed once per key (None answers are kept too)."""
+    if key not in memo:
+        memo[key] = find(key)
+    return memo[key]
+
+
 class ProfileBook:
     """Looks up the shipped (or given) profiles by ProfileKey. Lookups are memoised: a profile
     estimate does not depend on the audio, and the scheduler asks for the same keys often."""
@@ -224,21 +235,13 @@ class ProfileBook:
         self._batch_memo: dict[ProfileKey, ProfileBatch | None] = {}
 
     def lookup(self, key: ProfileKey) -> MemoryEstimate | None:
-        try:
-            return self._memo[key]
-        except KeyError:
-            found = self._memo[key] = self._find(key)
-            return found
+        return _memoised(self._memo, key, self._find)
 
     def batch(self, key: ProfileKey) -> ProfileBatch | None:
         """A batched model's context, weights and workspace fit on this GPU model, with the
         profile's margin; None where no profile measured it as a batch. Memoised, as `lookup`:
         every estimate of a batched task asks."""
-        try:
-            return self._batch_memo[key]
-        except KeyError:
-            found = self._batch_memo[key] = self._find_batch(key)
-            return found
+        return _memoised(self._batch_memo, key, self._find_batch)
 
     def _find_batch(self, key: ProfileKey) -> ProfileBatch | None:
         for profile in self._profiles:
