@@ -1,7 +1,8 @@
 """batched/batcher.py on a tiny random Whisper, on the CPU: a window's greedy result does not
 depend on what shares its batch; beams keep their scores right through row reordering;
 sampling gives its hypotheses; urgent windows take the first free rows, also before windows
-encoded ahead; cancelling frees rows; a failed step fails only what was in flight."""
+encoded ahead; equal priorities take turns by task; cancelling frees rows; a failed step fails
+only what was in flight."""
 
 from __future__ import annotations
 
@@ -391,6 +392,77 @@ def test_windows_encoded_ahead_still_yield_to_an_urgent_one(
         finishing.watch("urgent", batcher.submit(_windows(1, 32), [_prompt(v)], forced,
                                                  priority=urgent))  # fmt: skip
     assert finishing.join() == ["long", "urgent", "normal"]
+
+
+def test_tasks_of_equal_priority_take_turns(make: Callable[[int], Batcher]) -> None:
+    """Windows of equal priority go round robin by task, each task's first window first: a
+    task begun after a long one is not queued behind the whole of it."""
+    batcher = make(1)
+    v = batcher.vocabulary
+    forced = DecodeOptions(beam_size=1, forced_length=5, max_length=448)
+    long = DecodeOptions(beam_size=1, forced_length=120, max_length=448)
+    finishing = _Finishing()
+    finishing.watch("long", batcher.submit(_windows(1, 40), [_prompt(v)], long))
+    _wait_for(lambda: len(batcher._rows) == 1, "the row to be busy")
+    normal = batch_priority(Priority.NORMAL)
+    with _held(batcher):
+        for task, windows in (("a", 3), ("b", 2)):  # as a task's transcription submits them
+            first = batcher.next_turn(normal)
+            for index in range(windows):
+                pending = batcher.submit(_windows(1, 41 + index), [_prompt(v)], forced,
+                                         priority=normal, turn=first + index)  # fmt: skip
+                finishing.watch(f"{task}{index}", pending)
+    assert finishing.join() == ["long", "a0", "b0", "a1", "b1", "a2"]
+
+
+def test_a_task_begun_later_goes_before_the_turns_already_encoded(
+    make: Callable[[int], Batcher],
+) -> None:
+    """`next_turn` follows the windows taken to be encoded: a task that begins after another's
+    first windows were encoded goes before that task's next turn."""
+    batcher = make(1)
+    normal = batch_priority(Priority.NORMAL)
+    assert batcher.next_turn(normal) == -1  # nothing served yet: before any first window
+    v = batcher.vocabulary
+    long = DecodeOptions(beam_size=1, forced_length=120, max_length=448)
+    first = batcher.next_turn(normal)
+    pending = [
+        batcher.submit(_windows(1, 50 + i), [_prompt(v)], long, priority=normal, turn=first + i)
+        for i in range(3)
+    ]
+    _wait_for(lambda: len(batcher._ready) == 2, "the rest to be encoded ahead")
+    assert batcher.next_turn(normal) == first + 1  # turns -1, 0, 1 taken: a new task goes at 0
+    assert batcher.next_turn(batch_priority(Priority.LOW)) == -1  # each priority has its own
+    for p in pending:
+        p.result()
+
+
+def test_beam_windows_are_encoded_ahead_by_their_rows(make: Callable[[int], Batcher]) -> None:
+    """What is encoded ahead is bounded in rows, so that a window of 5 beams counts 5: a later
+    urgent window waits behind about `ENCODER_BATCH` rows, not that many windows. One that
+    outranks every window encoded ahead is encoded at once."""
+    batcher = make(5)
+    v = batcher.vocabulary
+    beams = DecodeOptions(beam_size=5, forced_length=5, max_length=448)
+    long = DecodeOptions(beam_size=5, forced_length=200, max_length=448)
+    finishing = _Finishing()
+    finishing.watch("long", batcher.submit(_windows(1, 60), [_prompt(v)], long))
+    _wait_for(lambda: len(batcher._rows) == 5, "the rows to be busy")
+    normal, urgent = batch_priority(Priority.NORMAL), batch_priority(Priority.URGENT)
+    with _held(batcher):
+        for i in range(8):
+            finishing.watch(f"normal-{i}", batcher.submit(_windows(1, 61 + i), [_prompt(v)],
+                                                          beams, priority=normal))  # fmt: skip
+    _wait_for(lambda: len(batcher._ready) == 7, "35 rows to be encoded ahead")
+    assert len(batcher._waiting) == 1 and len(batcher._rows) == 5  # 32 rows reached at 7
+    with _held(batcher):
+        finishing.watch("urgent", batcher.submit(_windows(1, 70), [_prompt(v)], beams,
+                                                 priority=urgent))  # fmt: skip
+    _wait_for(lambda: not batcher._waiting, "the urgent window to be encoded at once")
+    assert len(batcher._rows) == 5  # while "long" still decodes
+    order = finishing.join()
+    assert order[:2] == ["long", "urgent"]
+    assert sorted(order[2:]) == [f"normal-{i}" for i in range(8)]
 
 
 # --- cancellation and failures --------------------------------------------------------------

@@ -3,10 +3,11 @@
 Task threads call `generate` (and `detect_language`, `align`) and wait; one batcher thread owns
 the device. It encodes waiting windows in batches, writes their cross-attention and rule state
 into free cache rows, and steps every active row at once, a row inside its prompt being fed its
-next prompt token; a window whose rows end frees them for the next waiting window (higher
-priority first, then first come). Tokens are chosen on the device (`choice.py`), so the thread
-keeps `LOOKAHEAD` steps queued beyond the one it catches up with (beams excepted). All device work
-happens on the batcher thread, which keeps CUDA graph capture safe.
+next prompt token; a window whose rows end frees them for the next waiting window: higher
+priority first, then tasks of equal priority in turns (a task just begun is not queued behind
+the rest of a long one), then first come. Tokens are chosen on the device (`choice.py`), so the
+thread keeps `LOOKAHEAD` steps queued beyond the one it catches up with (beams excepted). All
+device work happens on the batcher thread, which keeps CUDA graph capture safe.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from gpuscribe.memory.batch import ENCODER_BATCH  # the memory it charges is that module's
+# the memory these bound is charged by that module
+from gpuscribe.memory.batch import ENCODER_BATCH, READY_BATCHES
 from gpuscribe.workers.base import TaskCancelled
 from gpuscribe.workers.engines.batched.choice import (
     OUT_LOGPROB,
@@ -100,6 +102,7 @@ class _Request:
     priority: int
     order: int
     should_stop: Callable[[], bool]
+    turn: int = 0  # its first window's turn among windows of its priority (`Batcher.next_turn`)
     done: threading.Event = field(default_factory=threading.Event)
     results: list[Any] = field(default_factory=list)
     error: BaseException | None = None
@@ -110,6 +113,17 @@ class _Request:
         if self.error is None:
             self.error = error
         self.done.set()
+
+
+_Rank = tuple[int, int, int, int]
+
+
+def _rank(group: Group) -> _Rank:
+    """A waiting window's place in line, best first: priority, then its turn (`next_turn`: a
+    30 s task begun now goes before the rest of a 20-minute one of the same priority), then
+    arrival."""
+    request = group.request
+    return (-request.priority, request.turn + group.index, request.order, group.index)
 
 
 class Pending:
@@ -200,7 +214,7 @@ class Batcher:
         self._mel = MelFeatures(n_mels, decoder.device)
         self.vocabulary = vocabulary
         self._lock = threading.Condition()
-        self._waiting: list[tuple[int, int, int, Group, EncoderInput]] = []
+        self._waiting: list[tuple[_Rank, Group, EncoderInput]] = []
         self._calls: list[_Call] = []
         self._rows: list[Row] = []
         self._order = itertools.count()
@@ -209,6 +223,7 @@ class Batcher:
         self._in_flight: deque[_Launched] = deque()  # steps launched, not yet caught up with
         self._encoding: _Encoding | None = None
         self._ready: list[tuple[Group, EncoderInput]] = []  # encoded, waiting for free rows
+        self._served: dict[int, int] = {}  # priority -> the latest turn taken to be encoded
         cuda = decoder.device.type == "cuda"
         self._encoder_stream = torch.cuda.Stream() if cuda else None  # type: ignore[no-untyped-call]
         self._side_stream = self._encoder_stream if overlap_encoder else None
@@ -232,10 +247,11 @@ class Batcher:
         options: DecodeOptions,
         *,
         priority: int = 0,
+        turn: int | None = None,
         should_stop: Callable[[], bool] = lambda: False,
     ) -> list[GenerationResult]:
         return self.submit(
-            encoded, prompts, options, priority=priority, should_stop=should_stop
+            encoded, prompts, options, priority=priority, turn=turn, should_stop=should_stop
         ).result()
 
     def submit(
@@ -245,25 +261,38 @@ class Batcher:
         options: DecodeOptions,
         *,
         priority: int = 0,
+        turn: int | None = None,
         should_stop: Callable[[], bool] = lambda: False,
     ) -> Pending:
-        """Queue windows for decoding and return at once; `Pending.result()` waits."""
+        """Queue windows for decoding and return at once; `Pending.result()` waits. `turn`: the
+        first window's turn among those of its priority, the next window's one more (a task
+        takes `next_turn` when it begins and adds its window's index); by default, a task's
+        that begins now."""
         self._check_open()  # before anything a closed batcher has let go of
         if len(prompts) != len(encoded):
             raise ValueError(f"{len(prompts)} prompts for {len(encoded)} windows")
         if options.rows > self.decoder.rows:
             raise ValueError(f"{options.rows} rows per window, the batch holds {self.decoder.rows}")
-        request = _Request(priority, next(self._order), should_stop)
+        if turn is None:
+            turn = self.next_turn(priority)
+        request = _Request(priority, next(self._order), should_stop, turn)
         request.results = [None] * len(prompts)
         request.pending = len(prompts)
         groups = [self._group(request, i, p, options) for i, p in enumerate(prompts)]
         with self._lock:
             self._check_open()
             for group in groups:
-                entry = (-priority, request.order, group.index, group, encoded)
-                heapq.heappush(self._waiting, entry)
+                heapq.heappush(self._waiting, (_rank(group), group, encoded))
             self._lock.notify()
         return Pending(request)
+
+    def next_turn(self, priority: int) -> int:
+        """The turn of the first window of a task that begins now at `priority`: one before the
+        turn being encoded, so that it goes next among equals, and its later windows take
+        their turns with the windows of the tasks already running (round robin: a long task
+        is neither waited behind nor starved)."""
+        with self._lock:
+            return self._served.get(priority, 0) - 1
 
     def call(
         self, run: Callable[[], Any], *, should_stop: Callable[[], bool] = lambda: False
@@ -401,13 +430,16 @@ class Batcher:
         """Move finished encodings to the ready windows, start ready windows in free rows, and
         keep the encoder one batch ahead of the rows: while the steps run, the next windows are
         encoded (on a second CUDA stream where `overlap_encoder`), so that a row that ends is
-        refilled within a few steps instead of after a whole encoder batch."""
+        refilled within a few steps instead of after a whole encoder batch. What is held ahead
+        is counted in rows (a window of 5 beams takes 5): a window that arrives with a better
+        rank than those already encoded waits for at most about `ENCODER_BATCH` rows to start
+        before it, not for as many windows."""
         pending = self._encoding
         if pending is not None and self._encoded(pending):
             self._encoding = None
             self._ready.extend(pending.taken)
         self._start_ready()
-        if self._encoding is None and len(self._ready) < ENCODER_BATCH:
+        if self._encoding is None:
             self._encode_ahead()
         if not self._rows and self._ready and self._encoding is None:
             self._start_ready()  # the CPU (no side stream): what was just encoded starts now
@@ -416,18 +448,16 @@ class Batcher:
         return sum(g.options.rows for g, _ in self._ready)
 
     def _start_ready(self) -> None:
-        """Start the best ready windows (priority first, then first come) that fit the free
-        rows, once enough rows are free to make the start worth its prompt pass (`START_ROWS`,
-        an eighth of a small batch, or every ready row when fewer are ready), or at once when
-        nothing decodes."""
+        """Start the best ready windows (by `_rank`) that fit the free rows, once enough rows
+        are free to make the start worth its prompt pass (`START_ROWS`, an eighth of a small
+        batch, or every ready row when fewer are ready), or at once when nothing decodes."""
         if not self._ready:
             return
         free = self._free_rows()
         worth = min(START_ROWS, max(1, self.decoder.rows // 8), self._ready_rows())
         if self._rows and free < worth:
             return
-        self._ready.sort(key=lambda item: (-item[0].request.priority, item[0].request.order,
-                                           item[0].index))  # fmt: skip
+        self._ready.sort(key=lambda item: _rank(item[0]))
         starting: list[tuple[Group, EncoderInput]] = []
         kept: list[tuple[Group, EncoderInput]] = []
         for group, encoded in self._ready:
@@ -442,7 +472,8 @@ class Batcher:
     def _encode_ahead(self) -> None:
         """Encode the next waiting windows into the ready list (through `_encoding` while the
         side stream runs). Windows whose encoding fails fail with it (they left the queue)."""
-        taken = self._take()
+        room = self._room_ahead()
+        taken = self._take(room) if room else []
         if not taken:
             return
         try:
@@ -476,13 +507,31 @@ class Batcher:
                 hidden.record_stream(current)
         return True
 
-    def _take(self) -> list[tuple[Group, EncoderInput]]:
-        """The next waiting windows, best priority first: one encoder batch."""
+    def _room_ahead(self) -> int:
+        """How many waiting windows to encode now: a batch while fewer than `ENCODER_BATCH`
+        rows are ready, or when the best waiting window outranks every ready one (an urgent
+        task must not wait for the windows encoded before it to start); never more than the
+        `READY_BATCHES` encoder batches of output the ledger charges."""
+        room = min(ENCODER_BATCH, READY_BATCHES * ENCODER_BATCH - len(self._ready))
+        if room <= 0 or self._ready_rows() < ENCODER_BATCH:
+            return max(room, 0)
+        with self._lock:
+            best = self._waiting[0][0] if self._waiting else None
+        outranks = best is not None and best < min(_rank(g) for g, _ in self._ready)
+        return room if outranks else 0
+
+    def _take(self, limit: int) -> list[tuple[Group, EncoderInput]]:
+        """The next waiting windows, best first: one encoder batch of at most `limit` windows,
+        and of `ENCODER_BATCH` rows once the first is taken (beams make a window several)."""
         with self._lock:
             taken: list[tuple[Group, EncoderInput]] = []
-            while self._waiting and len(taken) < ENCODER_BATCH:
-                _, _, _, group, encoded = heapq.heappop(self._waiting)
+            rows = 0
+            while self._waiting and len(taken) < limit and rows < ENCODER_BATCH:
+                (_, turn, _, _), group, encoded = heapq.heappop(self._waiting)
                 taken.append((group, encoded))
+                rows += group.options.rows
+                priority = group.request.priority
+                self._served[priority] = max(self._served.get(priority, turn), turn)
         return [(g, e) for g, e in taken if not self._cancelled(g)]
 
     def _cancelled(self, group: Group) -> bool:
@@ -812,7 +861,7 @@ class Batcher:
         for group, _ in self._ready:
             group.request.fail(error)
         self._ready = []
-        for *_, group, _ in self._waiting:
+        for _, group, _ in self._waiting:
             group.request.fail(error)
         self._waiting = []
         for call in self._calls:

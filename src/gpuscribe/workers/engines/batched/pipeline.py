@@ -181,6 +181,7 @@ class WindowedTranscription:
         self._temperatures = temperatures(options.temperature)
         self._last_speech = 0.0
         self._first: Pending | None = None  # the first window submitted
+        self._first_turn: int | None = None  # its turn in the batch's line (`Batcher.next_turn`)
 
     # --- cutting ----------------------------------------------------------------------------
     def _clip_timestamps(self, audio: npt.NDArray[np.float32], cut: bool) -> list[dict[str, int]]:
@@ -242,11 +243,14 @@ class WindowedTranscription:
         return None if self._first is None else self._first.started_at
 
     def _submit(self, index: int, encoded: EncoderInput, temperature_index: int) -> Pending:
+        if self._first_turn is None:
+            self._first_turn = self._backend.batcher.next_turn(self._priority)
         pending = self._backend.batcher.submit(
             encoded,
             [list(self._prompt)],
             self._decode_options(index, temperature_index),
             priority=self._priority,
+            turn=self._first_turn + index,  # windows of equal priority take turns by task
             should_stop=self._should_stop,
         )
         if self._first is None:
