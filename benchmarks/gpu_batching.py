@@ -164,26 +164,34 @@ def part_generate(model: Any, tokens: list[int], batches: tuple[int, ...]) -> di
 
     hf = model._whisper
     n_mels = model.backend.n_mels
-    results = {}
+    results: dict[int, dict[str, Any]] = {}
     for batch in batches:
-        windows = tokens[: max(batch * 2, 128)]
-        with torch.inference_mode():
-            warm = torch.randn(batch, n_mels, 3000, device="cuda", dtype=torch.float16)
-            hf.generate(warm, min_new_tokens=4, max_new_tokens=4)
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-            for first in range(0, len(windows), batch):
-                group = windows[first : first + batch]
-                features = torch.randn(len(group), n_mels, 3000, device="cuda", dtype=torch.float16)
-                longest = max(group)
-                hf.generate(features, min_new_tokens=longest, max_new_tokens=longest)
-            torch.cuda.synchronize()
-        elapsed = time.perf_counter() - start
-        results[batch] = {
-            "windows": len(windows),
-            "audio_s_per_s": len(windows) * WINDOW_SECONDS / elapsed,
-        }
+        try:
+            results[batch] = _generate_at(hf, n_mels, tokens, batch)
+        except torch.OutOfMemoryError as exc:  # a batch too large must not lose the others
+            results[batch] = {"error": repr(exc)[:300]}
+            torch.cuda.empty_cache()
     return results
+
+
+def _generate_at(hf: Any, n_mels: int, tokens: list[int], batch: int) -> dict[str, Any]:
+    """`generate` over the stream's first windows at `batch`, each batch run to its longest."""
+    import torch
+
+    windows = tokens[: max(batch * 2, 128)]
+    with torch.inference_mode():
+        warm = torch.randn(batch, n_mels, 3000, device="cuda", dtype=torch.float16)
+        hf.generate(warm, min_new_tokens=4, max_new_tokens=4)
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for first in range(0, len(windows), batch):
+            group = windows[first : first + batch]
+            features = torch.randn(len(group), n_mels, 3000, device="cuda", dtype=torch.float16)
+            longest = max(group)
+            hf.generate(features, min_new_tokens=longest, max_new_tokens=longest)
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    return {"windows": len(windows), "audio_s_per_s": len(windows) * WINDOW_SECONDS / elapsed}
 
 
 def part_engine(model: Any, lengths: list[float], threads: int, beam: int) -> dict[str, Any]:

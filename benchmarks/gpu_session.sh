@@ -5,8 +5,12 @@
 #   bash benchmarks/gpu_session.sh install N   .gpu/wN into /tmp (1: serving + faster-whisper,
 #                                              2: PyAV + a third of tiny.en, 3: the rest)
 #   bash benchmarks/gpu_session.sh encoder     the encoder's forms alone (after install 1; ~1 min)
-#   bash benchmarks/gpu_session.sh inprocess [M]  timeline / engine / generate / ceiling / profile, model M
-#                                              or both (after install 1; ~3 min a model)
+#   bash benchmarks/gpu_session.sh inprocess [M [ROWS]]  timeline / engine / generate / ceiling /
+#                                              profile, model M or both, ROWS batch rows (256; an
+#                                              H100 holds 160 of large-v3) (after install 1; ~3 min
+#                                              a model)
+#   bash benchmarks/gpu_session.sh generate M [BATCHES]  (b) alone, beside a batch of 32 rows
+#                                              (on an H100 the engine's cache leaves too little)
 #   bash benchmarks/gpu_session.sh real        tiny.en on CUDA against the CPU (after 3; ~1 min)
 #   bash benchmarks/gpu_session.sh calibrate [MODELS]  the memory grid of every model (or of
 #                                              MODELS, comma-separated; rows of earlier calls
@@ -62,10 +66,14 @@ case "${1:-}" in
   inprocess)
     for model in ${2:-large-v3-turbo large-v3}; do
       python3 benchmarks/gpu_batching.py --out "$OUT" --model "$model" --tasks 300 \
-        --threads 300 --generate-batches 64,128,256 --priorities=-1 \
+        --threads 300 --rows "${3:-256}" --generate-batches 64,128,256 --priorities=-1 \
         --parts timeline,engine,ceiling,profile,generate 2>&1 | grep -v "captured a decode" \
         | cut -c1-600
     done ;;
+  generate)
+    python3 benchmarks/gpu_batching.py --out "$OUT" --model "${2:-large-v3}" --tasks 300 \
+      --rows 32 --generate-batches "${3:-32,64,128,192,256}" --parts generate 2>&1 \
+      | grep -v "captured a decode\|\[transformers\]" | cut -c1-600 ;;
   service)
     model=${2:-large-v3-turbo}
     beams=${4:-1}
@@ -84,6 +92,6 @@ case "${1:-}" in
       --name "$model-gpus-${devices//,/}" --max-seconds 200 2>&1 | grep -v "final$" | tail -15 ;;
   *)
     echo "usage: $0 install N | encoder | real | calibrate [MODELS] | validate [PROFILE [SIZES]] |" \
-      "inprocess |" \
+      "inprocess [MODEL [ROWS]] | generate MODEL [BATCHES] |" \
       "service MODEL [TASKS] [BEAMS] | multi MODEL GPUS" >&2; exit 2 ;;
 esac
