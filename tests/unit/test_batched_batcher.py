@@ -395,8 +395,8 @@ def test_windows_encoded_ahead_still_yield_to_an_urgent_one(
 
 
 def test_tasks_of_equal_priority_take_turns(make: Callable[[int], Batcher]) -> None:
-    """Windows of equal priority go round robin by task, each task's first window first: a
-    task begun after a long one is not queued behind the whole of it."""
+    """Windows of equal priority go a window of each task a round, every task's opening window
+    first: a task begun after a long one is not queued behind the whole of it."""
     batcher = make(1)
     v = batcher.vocabulary
     forced = DecodeOptions(beam_size=1, forced_length=5, max_length=448)
@@ -409,32 +409,35 @@ def test_tasks_of_equal_priority_take_turns(make: Callable[[int], Batcher]) -> N
         for task, windows in (("a", 3), ("b", 2)):  # as a task's transcription submits them
             first = batcher.next_turn(normal)
             for index in range(windows):
+                turn = None if index == 0 else first + index
                 pending = batcher.submit(_windows(1, 41 + index), [_prompt(v)], forced,
-                                         priority=normal, turn=first + index)  # fmt: skip
+                                         priority=normal, turn=turn)  # fmt: skip
                 finishing.watch(f"{task}{index}", pending)
     assert finishing.join() == ["long", "a0", "b0", "a1", "b1", "a2"]
 
 
-def test_a_task_begun_later_goes_before_the_turns_already_encoded(
+def test_a_task_begun_later_opens_before_the_turns_already_encoded(
     make: Callable[[int], Batcher],
 ) -> None:
-    """`next_turn` follows the windows taken to be encoded: a task that begins after another's
-    first windows were encoded goes before that task's next turn."""
+    """A task's opening window goes before the later windows of its priority that were encoded
+    before it arrived; `next_turn` follows the turns taken to be encoded."""
     batcher = make(1)
     normal = batch_priority(Priority.NORMAL)
-    assert batcher.next_turn(normal) == -1  # nothing served yet: before any first window
+    assert batcher.next_turn(normal) == 0
     v = batcher.vocabulary
     long = DecodeOptions(beam_size=1, forced_length=120, max_length=448)
+    forced = DecodeOptions(beam_size=1, forced_length=5, max_length=448)
+    finishing = _Finishing()
     first = batcher.next_turn(normal)
-    pending = [
-        batcher.submit(_windows(1, 50 + i), [_prompt(v)], long, priority=normal, turn=first + i)
-        for i in range(3)
-    ]
+    for i, options in enumerate((long, forced, forced)):
+        pending = batcher.submit(_windows(1, 50 + i), [_prompt(v)], options, priority=normal,
+                                 turn=None if i == 0 else first + i)  # fmt: skip
+        finishing.watch(f"a{i}", pending)
     _wait_for(lambda: len(batcher._ready) == 2, "the rest to be encoded ahead")
-    assert batcher.next_turn(normal) == first + 1  # turns -1, 0, 1 taken: a new task goes at 0
-    assert batcher.next_turn(batch_priority(Priority.LOW)) == -1  # each priority has its own
-    for p in pending:
-        p.result()
+    assert batcher.next_turn(normal) == first + 2  # turns 1 and 2 taken
+    assert batcher.next_turn(batch_priority(Priority.LOW)) == 0  # each priority has its own
+    finishing.watch("b0", batcher.submit(_windows(1, 53), [_prompt(v)], forced, priority=normal))
+    assert finishing.join() == ["a0", "b0", "a1", "a2"]
 
 
 def test_beam_windows_are_encoded_ahead_by_their_rows(make: Callable[[int], Batcher]) -> None:

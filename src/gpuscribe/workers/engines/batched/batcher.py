@@ -102,7 +102,7 @@ class _Request:
     priority: int
     order: int
     should_stop: Callable[[], bool]
-    turn: int = 0  # its first window's turn among windows of its priority (`Batcher.next_turn`)
+    turn: int | None = None  # its first window's turn (`Batcher.submit`); None: a task's opening
     done: threading.Event = field(default_factory=threading.Event)
     results: list[Any] = field(default_factory=list)
     error: BaseException | None = None
@@ -115,15 +115,18 @@ class _Request:
         self.done.set()
 
 
-_Rank = tuple[int, int, int, int]
+_Rank = tuple[int, int, int, int, int]
 
 
 def _rank(group: Group) -> _Rank:
-    """A waiting window's place in line, best first: priority, then its turn (`next_turn`: a
-    30 s task begun now goes before the rest of a 20-minute one of the same priority), then
+    """A waiting window's place in line, best first: priority; then a task's opening window
+    before any later one (a 30 s task begun now goes before the rest of a 20-minute one of the
+    same priority); then the later windows by turn, a window of each task a round; then
     arrival."""
     request = group.request
-    return (-request.priority, request.turn + group.index, request.order, group.index)
+    if request.turn is None:
+        return (-request.priority, 0, 0, request.order, group.index)
+    return (-request.priority, 1, request.turn + group.index, request.order, group.index)
 
 
 class Pending:
@@ -264,17 +267,15 @@ class Batcher:
         turn: int | None = None,
         should_stop: Callable[[], bool] = lambda: False,
     ) -> Pending:
-        """Queue windows for decoding and return at once; `Pending.result()` waits. `turn`: the
-        first window's turn among those of its priority, the next window's one more (a task
-        takes `next_turn` when it begins and adds its window's index); by default, a task's
-        that begins now."""
+        """Queue windows for decoding and return at once; `Pending.result()` waits. By default
+        they are a task's opening windows, which go before every later window of their
+        priority; a task's later windows pass their `turn`: `next_turn` read when the task
+        began, plus the window's index in the task."""
         self._check_open()  # before anything a closed batcher has let go of
         if len(prompts) != len(encoded):
             raise ValueError(f"{len(prompts)} prompts for {len(encoded)} windows")
         if options.rows > self.decoder.rows:
             raise ValueError(f"{options.rows} rows per window, the batch holds {self.decoder.rows}")
-        if turn is None:
-            turn = self.next_turn(priority)
         request = _Request(priority, next(self._order), should_stop, turn)
         request.results = [None] * len(prompts)
         request.pending = len(prompts)
@@ -287,12 +288,12 @@ class Batcher:
         return Pending(request)
 
     def next_turn(self, priority: int) -> int:
-        """The turn of the first window of a task that begins now at `priority`: one before the
-        turn being encoded, so that it goes next among equals, and its later windows take
-        their turns with the windows of the tasks already running (round robin: a long task
+        """The turn a task that begins now at `priority` adds its windows' indices to: the
+        latest turn taken to be encoded, so that its later windows join the round being served
+        and take turns with the windows of the tasks already running (round robin: a long task
         is neither waited behind nor starved)."""
         with self._lock:
-            return self._served.get(priority, 0) - 1
+            return self._served.get(priority, 0)
 
     def call(
         self, run: Callable[[], Any], *, should_stop: Callable[[], bool] = lambda: False
@@ -527,11 +528,13 @@ class Batcher:
             taken: list[tuple[Group, EncoderInput]] = []
             rows = 0
             while self._waiting and len(taken) < limit and rows < ENCODER_BATCH:
-                (_, turn, _, _), group, encoded = heapq.heappop(self._waiting)
+                (_, later, turn, _, _), group, encoded = heapq.heappop(self._waiting)
                 taken.append((group, encoded))
                 rows += group.options.rows
-                priority = group.request.priority
-                self._served[priority] = max(self._served.get(priority, turn), turn)
+                if later:
+                    served = self._served
+                    priority = group.request.priority
+                    served[priority] = max(served.get(priority, turn), turn)
         return [(g, e) for g, e in taken if not self._cancelled(g)]
 
     def _cancelled(self, group: Group) -> bool:

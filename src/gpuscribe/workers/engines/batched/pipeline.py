@@ -181,7 +181,7 @@ class WindowedTranscription:
         self._temperatures = temperatures(options.temperature)
         self._last_speech = 0.0
         self._first: Pending | None = None  # the first window submitted
-        self._first_turn: int | None = None  # its turn in the batch's line (`Batcher.next_turn`)
+        self._first_turn: int | None = None  # what later windows' turns count from (`next_turn`)
 
     # --- cutting ----------------------------------------------------------------------------
     def _clip_timestamps(self, audio: npt.NDArray[np.float32], cut: bool) -> list[dict[str, int]]:
@@ -250,7 +250,7 @@ class WindowedTranscription:
             [list(self._prompt)],
             self._decode_options(index, temperature_index),
             priority=self._priority,
-            turn=self._first_turn + index,  # windows of equal priority take turns by task
+            turn=None if index == 0 else self._first_turn + index,  # opening first, then turns
             should_stop=self._should_stop,
         )
         if self._first is None:
