@@ -262,3 +262,29 @@ def test_an_unloaded_model_lets_go_of_its_tensors_at_once() -> None:
     model.unload()
     with pytest.raises(RuntimeError, match="unloaded"):
         model.transcribe(audio, OURS, lambda s, p: None, lambda: False)
+
+
+def test_a_short_task_begun_behind_a_long_one_of_its_priority_ends_first() -> None:
+    """The tasks' windows share one row: a 30 s task that begins while a 4-minute one of the
+    same priority decodes takes the next free row (its opening window goes first) and ends
+    long before the other, whose windows then take turns with it."""
+    engine = TransformersEngine(tiny_config_for_tests=True, benchmark_tokens=16, batch_rows=1)
+    model = engine.load("tiny.en", CPU, "default")
+    greedy = TranscriptionOptions(engine="transformers", beam_size=1)
+    rng = np.random.default_rng(2)
+    long, short = (rng.normal(scale=0.1, size=s * 16000).astype(np.float32) for s in (240, 30))
+    ended: list[str] = []
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            first = model.batcher.steps
+            done = pool.submit(_run, model, long, greedy)
+            done.add_done_callback(lambda _: ended.append("long"))
+            deadline = time.monotonic() + 60
+            while model.batcher.steps < first + 4 and time.monotonic() < deadline:
+                time.sleep(0.002)  # the long task's first window decodes
+            _run(model, short, greedy)
+            ended.append("short")
+            assert done.result(timeout=240).segments
+    finally:
+        model.unload()
+    assert ended == ["short", "long"]
