@@ -250,11 +250,10 @@ class Batcher:
         options: DecodeOptions,
         *,
         priority: int = 0,
-        turn: int | None = None,
         should_stop: Callable[[], bool] = lambda: False,
     ) -> list[GenerationResult]:
         return self.submit(
-            encoded, prompts, options, priority=priority, turn=turn, should_stop=should_stop
+            encoded, prompts, options, priority=priority, should_stop=should_stop
         ).result()
 
     def submit(
@@ -290,8 +289,8 @@ class Batcher:
     def next_turn(self, priority: int) -> int:
         """The turn a task that begins now at `priority` adds its windows' indices to: the
         latest turn taken to be encoded, so that its later windows join the round being served
-        and take turns with the windows of the tasks already running (round robin: a long task
-        is neither waited behind nor starved)."""
+        and take turns with the windows of the tasks already running (a window of each task a
+        round: no task of the priority waits for the whole of another)."""
         with self._lock:
             return self._served.get(priority, 0)
 
