@@ -564,6 +564,13 @@ def _report_stream(args: argparse.Namespace, out: Path, tasks: list[dict[str, An
     audio = sum(
         t["seconds"] for t, f in zip(tasks, final, strict=True) if f["state"] == "completed"
     )
+    # a run cut by --max-seconds: what its unfinished tasks had decoded, by their progress (the
+    # stitched prefix of their audio, so a lower bound where windows end out of order)
+    partial = sum(
+        t["seconds"] * float(f.get("progress") or 0.0)
+        for t, f in zip(tasks, final, strict=True)
+        if f["state"] == "running"
+    )
     report = {
         "name": args.name, "devices": args.devices, "tasks": len(final), "states": states,
         "oom_total": _metric(metrics, "gpuscribe_out_of_memory_total"),
@@ -572,6 +579,8 @@ def _report_stream(args: argparse.Namespace, out: Path, tasks: list[dict[str, An
         "model_loads": _metric(metrics, "gpuscribe_model_load_seconds_count"),
         "failed_errors": sorted({t["error"] for t in final if t["state"] == "failed"}),
         "wall_seconds": wall, "audio_seconds": audio, "audio_seconds_per_second": audio / wall,
+        "audio_seconds_decoded": audio + partial,
+        "audio_seconds_decoded_per_second": (audio + partial) / wall,
         "sample_rate_hz": len(samples) / max(1e-9, samples[-1]["t"]) if samples else 0,
         "per_gpu": per_gpu, "cap_fraction": args.cap, "foreign_fraction": args.foreign,
         "max_tasks_per_gpu": args.max_tasks, "models": args.models, "beams": args.beams,
