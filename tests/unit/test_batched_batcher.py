@@ -2,10 +2,11 @@
 depend on what shares its batch; beams keep their scores right through row reordering;
 sampling gives its hypotheses; urgent windows take the first free rows, also before windows
 encoded ahead; equal priorities take turns by task; cancelling frees rows; a failed step fails
-only what was in flight."""
+only what was in flight; a working batch logs what its steps did."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +18,9 @@ import pytest
 
 from gpuscribe.domain import Priority
 from gpuscribe.workers.base import TaskCancelled
+from gpuscribe.workers.engines.batched import batcher as batcher_module
 from gpuscribe.workers.engines.batched.batcher import (
+    BatchCounters,
     Batcher,
     EncoderInput,
     GenerationResult,
@@ -466,6 +469,30 @@ def test_beam_windows_are_encoded_ahead_by_their_rows(make: Callable[[int], Batc
     order = finishing.join()
     assert order[:2] == ["long", "urgent"]
     assert sorted(order[2:]) == [f"normal-{i}" for i in range(8)]
+
+
+# --- what the log says ----------------------------------------------------------------------
+def test_a_summary_gives_the_steps_between_two_counters() -> None:
+    seconds = {"calls": 0.0, "admit": 1.0, "step": 2.0, "select": 10.0}
+    earlier = BatchCounters(100.0, 10, 1_000, 1, 0, seconds)
+    later = BatchCounters(160.0, 110, 16_000, 21, 5_000,
+                          {"calls": 0.0, "admit": 1.5, "step": 2.5, "select": 12.0})  # fmt: skip
+    assert later.summary(earlier) == (
+        "100 steps in 60 s, 150.0 rows a step (50.0 of them beams), 20% waited on the host;"
+        " ms a step: 30.00 (calls 0.00, admit 5.00, step 5.00, select 20.00)"
+    )
+    assert earlier.summary(earlier) is None  # no step: nothing to say
+
+
+def test_a_working_batch_logs_its_summary(
+    make: Callable[[int], Batcher], monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    monkeypatch.setattr(batcher_module, "STATS_SECONDS", 0.0)
+    batcher = make(2)
+    with caplog.at_level(logging.INFO, logger=batcher_module.__name__):
+        batcher.generate(_windows(2, 80), [_prompt(batcher.vocabulary)] * 2, GREEDY)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("batch: ")]
+    assert lines and "rows a step" in lines[-1]
 
 
 # --- cancellation and failures --------------------------------------------------------------

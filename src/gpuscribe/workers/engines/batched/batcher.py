@@ -62,6 +62,7 @@ SWITCH_INTERVAL_SECONDS = 0.0002
 # milliseconds of large ones, and at equal priority each of the step's kernels queues behind
 # the encoder's on the device.
 DECODE_STREAM_PRIORITY = -1
+STATS_SECONDS = 60.0  # how often a working batch logs what its steps did (`BatchCounters`)
 
 
 class EncoderInput:
@@ -113,6 +114,36 @@ class _Request:
         if self.error is None:
             self.error = error
         self.done.set()
+
+
+@dataclass(frozen=True, slots=True)
+class BatchCounters:
+    """The batch's running totals at one moment, for a summary of the steps between two."""
+
+    at: float  # time.monotonic()
+    steps: int
+    row_steps: int
+    host_bound_steps: int
+    beam_rows_chosen: int
+    seconds: dict[str, float]
+
+    def summary(self, earlier: BatchCounters) -> str | None:
+        """What the steps since `earlier` did: how many, their rows, how many waited on the host,
+        and the batcher thread's milliseconds a step by part ("select" includes the wait for
+        the device). None when no step ran."""
+        steps = self.steps - earlier.steps
+        if steps <= 0:
+            return None
+        ms = {k: 1000 * (v - earlier.seconds.get(k, 0.0)) / steps for k, v in self.seconds.items()}
+        rows = (self.row_steps - earlier.row_steps) / steps
+        beams = (self.beam_rows_chosen - earlier.beam_rows_chosen) / steps
+        host_bound = 100 * (self.host_bound_steps - earlier.host_bound_steps) / steps
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in ms.items())
+        return (
+            f"{steps} steps in {self.at - earlier.at:.0f} s, {rows:.1f} rows a step"
+            f" ({beams:.1f} of them beams), {host_bound:.0f}% waited on the host;"
+            f" ms a step: {sum(ms.values()):.2f} ({parts})"
+        )
 
 
 _Rank = tuple[int, int, int, int, int]
@@ -238,6 +269,7 @@ class Batcher:
         self.beam_rows_chosen = 0  # beam rows the host chose for, summed over steps
         self.beam_rows_moved = 0  # of those, rows that took another row's cache
         self.seconds: dict[str, float] = {"calls": 0.0, "admit": 0.0, "step": 0.0, "select": 0.0}
+        self._logged = self.counters()  # the totals at the last summary in the log
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_SECONDS))
         self._thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
         self._thread.start()
@@ -285,6 +317,13 @@ class Batcher:
                 heapq.heappush(self._waiting, (_rank(group), group, encoded))
             self._lock.notify()
         return Pending(request)
+
+    def counters(self) -> BatchCounters:
+        """The running totals now (read from any thread; each is updated by the batcher's)."""
+        return BatchCounters(
+            time.monotonic(), self.steps, self.row_steps, self.host_bound_steps,
+            self.beam_rows_chosen, dict(self.seconds),
+        )  # fmt: skip
 
     def next_turn(self, priority: int) -> int:
         """The turn a task that begins now at `priority` adds its windows' indices to: the
@@ -412,9 +451,21 @@ class Batcher:
                 ahead = self.lookahead if self._rows and not self._in_flight[-1].beams else 0
                 while len(self._in_flight) > ahead:
                     self._collect()
+                self._log_counters()
             except Exception as exc:  # out of memory, a kernel failure: fail what is in flight
                 log.exception("the batch failed; failing its windows")
                 self._fail_rows(exc)
+
+    def _log_counters(self) -> None:
+        """Every `STATS_SECONDS` while the batch works, a line of what its steps did: an
+        operator (or a benchmark's server log) sees its occupancy and where its time goes."""
+        if time.monotonic() - self._logged.at < STATS_SECONDS:
+            return
+        now = self.counters()
+        line = now.summary(self._logged)
+        if line is not None:
+            log.info("batch: %s", line)
+        self._logged = now
 
     def _run_call(self, call: _Call) -> None:
         try:
