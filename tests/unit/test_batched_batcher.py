@@ -374,6 +374,15 @@ def test_an_urgent_window_takes_the_first_free_row(make: Callable[[int], Batcher
     assert finishing.join() == ["short", "urgent", "normal-1", "normal-2", "long"]
 
 
+def _occupied(batcher: Batcher, options: DecodeOptions, seed: int) -> _Finishing:
+    """Every row of `batcher` busy with one window ("long") of `options`, watched."""
+    finishing = _Finishing()
+    pending = batcher.submit(_windows(1, seed), [_prompt(batcher.vocabulary)], options)
+    finishing.watch("long", pending)
+    _wait_for(lambda: len(batcher._rows) == batcher.decoder.rows, "the rows to be busy")
+    return finishing
+
+
 def test_windows_encoded_ahead_still_yield_to_an_urgent_one(
     make: Callable[[int], Batcher],
 ) -> None:
@@ -383,9 +392,7 @@ def test_windows_encoded_ahead_still_yield_to_an_urgent_one(
     v = batcher.vocabulary
     forced = DecodeOptions(beam_size=1, forced_length=5, max_length=448)
     long = DecodeOptions(beam_size=1, forced_length=220, max_length=448)
-    finishing = _Finishing()
-    finishing.watch("long", batcher.submit(_windows(1, 30), [_prompt(v)], long))
-    _wait_for(lambda: len(batcher._rows) == 1, "the row to be busy")
+    finishing = _occupied(batcher, long, 30)
     normal, urgent = batch_priority(Priority.NORMAL), batch_priority(Priority.URGENT)
     finishing.watch("normal", batcher.submit(_windows(1, 31), [_prompt(v)], forced,
                                              priority=normal))  # fmt: skip
@@ -404,9 +411,7 @@ def test_tasks_of_equal_priority_take_turns(make: Callable[[int], Batcher]) -> N
     v = batcher.vocabulary
     forced = DecodeOptions(beam_size=1, forced_length=5, max_length=448)
     long = DecodeOptions(beam_size=1, forced_length=120, max_length=448)
-    finishing = _Finishing()
-    finishing.watch("long", batcher.submit(_windows(1, 40), [_prompt(v)], long))
-    _wait_for(lambda: len(batcher._rows) == 1, "the row to be busy")
+    finishing = _occupied(batcher, long, 40)
     normal = batch_priority(Priority.NORMAL)
     with _held(batcher):
         for task, windows in (("a", 3), ("b", 2)):  # as a task's transcription submits them
@@ -451,9 +456,7 @@ def test_beam_windows_are_encoded_ahead_by_their_rows(make: Callable[[int], Batc
     v = batcher.vocabulary
     beams = DecodeOptions(beam_size=5, forced_length=5, max_length=448)
     long = DecodeOptions(beam_size=5, forced_length=200, max_length=448)
-    finishing = _Finishing()
-    finishing.watch("long", batcher.submit(_windows(1, 60), [_prompt(v)], long))
-    _wait_for(lambda: len(batcher._rows) == 5, "the rows to be busy")
+    finishing = _occupied(batcher, long, 60)
     normal, urgent = batch_priority(Priority.NORMAL), batch_priority(Priority.URGENT)
     with _held(batcher):
         for i in range(8):
