@@ -68,8 +68,8 @@ def test_the_captured_choice_is_the_eager_choice() -> None:
     for _ in range(12):
         logits = torch.randn(ROWS, V.size, device="cuda", generator=generator)
         captured._logits.copy_(logits)  # the step's output buffer, as a step writes it
-        one = captured.choose(captured._logits[:3], 3, sampling=False, width=0)
-        two = eager.choose(logits[:3], 3, sampling=False, width=0)
+        one = captured.choose(captured._logits[:3], 3, sampling=False)
+        two = eager.choose(logits[:3], 3, sampling=False)
         assert torch.equal(one.out, two.out)
         for name in ("state", "tokens", "positions", "no_speech"):
             assert torch.equal(getattr(captured, name)[:3], getattr(eager, name)[:3]), name

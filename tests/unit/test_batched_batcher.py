@@ -24,7 +24,6 @@ from gpuscribe.workers.engines.batched.batcher import (
     Batcher,
     EncoderInput,
     GenerationResult,
-    _in_place,
 )
 from gpuscribe.workers.engines.batched.decoder import StaticDecoder
 from gpuscribe.workers.engines.batched.model import batch_priority, vocabulary_from_tokenizer
@@ -162,21 +161,6 @@ def test_steps_queued_ahead_change_no_result(
     queued.lookahead = lookahead
     assert run(queued) == run(reference)
     _wait_for(lambda: not queued._rows, "every row to be freed")
-
-
-def test_a_surviving_beam_stays_in_its_parents_row() -> None:
-    """Survivors come best first as (score, parent, token); each keeps its parent's row unless
-    a better survivor of the same parent took it, and the rest fill the free rows in order."""
-    rows: list[Any] = [object(), object(), object()]
-    # Parents 2, 0, 1 in score order: every survivor continues its own row, none moves.
-    survivors = [(-1.0, 2, 7), (-2.0, 0, 8), (-3.0, 1, 9)]
-    assert _in_place(rows, rows, survivors) == [survivors[1], survivors[2], survivors[0]]
-    # Two continuations of row 1: the better stays there, the other takes the first free row.
-    survivors = [(-1.0, 1, 7), (-2.0, 1, 8), (-3.0, 2, 9)]
-    assert _in_place(rows, rows, survivors) == [survivors[1], survivors[0], survivors[2]]
-    # The first step: every survivor continues row 0 (the only source), in score order.
-    survivors = [(-1.0, 0, 7), (-2.0, 0, 8), (-3.0, 0, 9)]
-    assert _in_place(rows, rows[:1], survivors) == survivors
 
 
 def test_a_request_knows_when_its_first_window_entered_the_batch(

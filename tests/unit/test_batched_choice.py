@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from gpuscribe.workers.engines.batched.beams import BeamLayout
 from gpuscribe.workers.engines.batched.choice import (
     COUNT,
     FORCED_TOKENS,
@@ -19,6 +20,7 @@ from gpuscribe.workers.engines.batched.choice import (
     OUT_NO_SPEECH,
     OUT_TOKEN,
     PENULTIMATE,
+    SCORE,
     SUPPRESS,
     SUPPRESS_SETS,
     RowStates,
@@ -84,7 +86,7 @@ def test_a_prompt_is_fed_then_the_rules_pick() -> None:
     fed = []
     for step in range(2):  # the steps that feed <|sot|> and 5 choose nothing
         logits = _logits(best=7, seed=step)
-        choice = states.choose(logits, 1, sampling=False, width=0)
+        choice = states.choose(logits, 1, sampling=False)
         fed.append(int(states.tokens[0]))
         assert not row_generates(row, step)
         if step == 0:
@@ -93,7 +95,7 @@ def test_a_prompt_is_fed_then_the_rules_pick() -> None:
     assert fed == [5, V.no_timestamps]
     assert int(states.state[0, COUNT]) == 0 and int(states.state[0, LAST]) == -1
     logits = _logits(best=7, seed=5)
-    choice = states.choose(logits, 1, sampling=False, width=0)  # after the last prompt token
+    choice = states.choose(logits, 1, sampling=False)  # after the last prompt token
     assert row_generates(row, 2)
     assert int(choice.out[0, OUT_TOKEN]) == 7 and int(states.tokens[0]) == 7
     allowed = logits[0].clone()
@@ -111,11 +113,11 @@ def test_the_first_pick_follows_the_rules_and_timestamps_are_remembered() -> Non
     states = _states()
     row = _row([V.sot])  # timestamps on: the first token must be a timestamp
     states.start([0], [row])
-    choice = states.choose(_logits(best=7), 1, sampling=False, width=0)
+    choice = states.choose(_logits(best=7), 1, sampling=False)
     first = int(choice.out[0, OUT_TOKEN])
     assert first >= V.timestamp_begin
     assert int(states.state[0, LAST_TIMESTAMP]) == first
-    choice = states.choose(_logits(best=7, seed=1), 1, sampling=False, width=0)
+    choice = states.choose(_logits(best=7, seed=1), 1, sampling=False)
     assert int(states.state[0, PENULTIMATE]) == first
     assert int(states.state[0, LAST]) == int(choice.out[0, OUT_TOKEN])
 
@@ -124,25 +126,24 @@ def test_blank_is_suppressed_at_the_first_pick_only() -> None:
     states = _states()
     row = _row([V.sot, V.no_timestamps], DecodeOptions(beam_size=1, suppress_tokens=()))
     states.start([0], [row])
-    states.choose(_logits(best=2), 1, sampling=False, width=0)  # feeds <|notimestamps|>
-    assert int(states.choose(_logits(best=0), 1, sampling=False, width=0).out[0, 0]) != 0
-    assert int(states.choose(_logits(best=0), 1, sampling=False, width=0).out[0, 0]) == 0
+    states.choose(_logits(best=2), 1, sampling=False)  # feeds <|notimestamps|>
+    assert int(states.choose(_logits(best=0), 1, sampling=False).out[0, 0]) != 0
+    assert int(states.choose(_logits(best=0), 1, sampling=False).out[0, 0]) == 0
 
 
-def test_sampling_rows_draw_allowed_tokens_and_beams_get_their_best() -> None:
+def test_sampling_rows_draw_allowed_tokens() -> None:
     states = _states()
     sampled = _row([V.sot, V.no_timestamps], DecodeOptions(beam_size=1, sampling_topk=0,
                                                            suppress_tokens=(-1,)))  # fmt: skip
     greedy = _row([V.sot, V.no_timestamps])
     states.start([0, 1], [sampled, greedy])
-    states.choose(_logits(best=5, n=2), 2, sampling=True, width=0)
+    states.choose(_logits(best=5, n=2), 2, sampling=True)
     flat = torch.zeros(2, V.size)  # every token equally likely
     drawn = set()
     for _ in range(40):
         states.state[:2, COUNT] = 1  # past the first pick (no blank rule)
-        choice = states.choose(flat.clone(), 2, sampling=True, width=4)
+        choice = states.choose(flat.clone(), 2, sampling=True)
         drawn.add(int(choice.out[0, OUT_TOKEN]))
-        assert choice.top is not None and choice.top.shape == (2, 8)
     assert len(drawn) > 1 and not drawn & {3, 4}  # sampled, never a suppressed token
 
 
@@ -168,8 +169,8 @@ def test_choosing_over_a_whole_bucket_leaves_the_batch_rows_choice_alone() -> No
     bucket.positions[2:] = torch.randint(0, 31, (6,), generator=junk)
     for step in range(6):
         logits = torch.randn(8, V.size, generator=torch.Generator().manual_seed(step))
-        one = alone.choose(logits[:2], 2, sampling=False, width=0)
-        whole = bucket._choose_rows(logits, 8, sampling=False, width=0)
+        one = alone.choose(logits[:2], 2, sampling=False)
+        whole = bucket._choose_rows(logits, 8, sampling=False)
         assert torch.equal(one.out, whole.out[:2])
         for name in ("state", "tokens", "positions", "no_speech"):
             assert torch.equal(getattr(alone, name)[:2], getattr(bucket, name)[:2]), name
@@ -188,19 +189,33 @@ def test_the_suppression_table_grows_past_its_sets_and_keeps_each() -> None:
         assert torch.equal(states._suppress[index], expected)
 
 
-def test_a_beam_written_back_has_the_state_its_tokens_give() -> None:
-    """`write_rows` (the host's beam choice) writes only what a row's tokens decide; the whole
-    state is then what starting a window with those tokens gives, window columns included, and
-    the next input is the row's next token."""
-    states = _states()
+def test_a_beam_window_chooses_on_the_device_beside_a_greedy_row() -> None:
+    """A window of 2 beams in rows 2 and 0 (the layout says so) beside a greedy row 1: at its
+    first choice both beams continue beam 0 with its two best tokens, their state and next
+    inputs are written, the record says so; the greedy row chooses as alone."""
+    states, alone = _states(), _states()
     beam = DecodeOptions(beam_size=2, suppress_tokens=())
-    first, second = _row([V.sot], beam), _row([V.sot], beam)
-    states.start([1, 2], [first, second])
-    states.choose(_logits(best=7, n=3), 3, sampling=False, width=4)  # picks for every row
-    first.tokens, first.last_timestamp, first.next_token = [16, 5, 6], 16, 6
-    second.tokens, second.last_timestamp, second.next_token = [17], 17, 17
-    states.write_rows([2, 1], [first, second])
-    expected = _states()
-    expected.start([2, 1], [first, second])
-    assert torch.equal(states.state[1:3], expected.state[1:3])
-    assert states.tokens[1:3].tolist() == [17, 6]
+    beams = [_row([V.sot, V.no_timestamps], beam) for _ in range(2)]
+    greedy = _row([V.sot, V.no_timestamps])
+    states.start([2, 1, 0], [beams[0], greedy, beams[1]])
+    alone.start([1], [_row([V.sot, V.no_timestamps])])
+    layout = BeamLayout(2, [beams[0].group], torch.tensor([[2, 0]]), [1])
+    states.choose(_logits(best=2, n=3), 3, sampling=False, beams=[layout])  # feeds the prompt
+    alone.choose(_logits(best=2, n=3)[:2], 2, sampling=False)
+    logits = _logits(best=7, n=3, seed=4)
+    logits[:, 8] = 9.0  # the second best
+    choice = states.choose(logits, 3, sampling=False, beams=[layout])
+    reference = alone.choose(logits[:2], 2, sampling=False)
+    assert torch.equal(choice.out[1], reference.out[1])
+    (record,) = choice.records
+    score, parent, token = record[0, 0].tolist()
+    assert (parent, token) == (0, 7) and record[0, 1, 2] == 8 and record[0, 1, 1] == 0
+    logprobs = logits[2].clone()
+    logprobs[list(V.blank_ids)] = -torch.inf
+    assert score == pytest.approx(float(logprobs.log_softmax(-1)[7]))
+    assert states.tokens[[2, 0]].tolist() == [7, 8]
+    assert states.state[[2, 0], COUNT].tolist() == [1, 1]
+    assert states.state[[2, 0], LAST].tolist() == [7, 8]
+    scores = states.state[:, SCORE].contiguous().view(torch.float64)
+    assert float(scores[2]) == score and float(scores[0]) == record[0, 1, 0]
+    assert not bool(choice.moves[0].moved.any())  # the beams' caches are alike at the start

@@ -1,20 +1,23 @@
 """batched/decoder.py on a tiny random Whisper (d_model 64, 2 layers, 4 heads), on the CPU: the
 static-cache step gives the logits of a full causal forward (its own `teacher_forced` and
 Hugging Face's), at every position, for rows at different positions, whatever the other rows
-hold; copying rows moves whole sequences."""
+hold; copying rows moves whole sequences; moving beam rows copies what moved, each way."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
 
+from gpuscribe.workers.engines.batched import rowcopy
 from gpuscribe.workers.engines.batched.decoder import (
     LENGTH_BUCKETS,
     StaticDecoder,
     batch_buckets,
     bucket_for,
 )
+from gpuscribe.workers.engines.batched.rowcopy import METHODS, copy_moved
 from gpuscribe.workers.engines.transformers_engine import (
     TEST_ARCHITECTURE,
 )
@@ -211,13 +214,14 @@ def test_copy_rows_moves_a_sequence(decoder: StaticDecoder) -> None:
     assert torch.allclose(logits[0], expected[0, 6], atol=TOLERANCE)
 
 
-def test_copy_self_rows_keeps_the_target_cross_attention(decoder: StaticDecoder) -> None:
+def test_moved_beams_keep_the_target_cross_attention(decoder: StaticDecoder) -> None:
     """Beams of one window: the prefix moves, the (shared) audio stays."""
     hidden, tokens = _hidden(1, 17), _tokens(1, 8, 18)
     decoder.fill_cross(torch.tensor([0, 1]), hidden.expand(2, -1, -1))
     decoder.prefill(torch.tensor([1]), tokens[:, :5])
     decoder.prefill(torch.tensor([0]), _tokens(1, 5, 19))  # another prefix in row 0
-    decoder.copy_self_rows(torch.tensor([1]), torch.tensor([0]))
+    moved = torch.tensor([True, False])
+    decoder.move_beams(torch.tensor([1, 1]), torch.tensor([0, 1]), torch.tensor([5, 5]), moved, 5)
     expected, _ = decoder.teacher_forced(hidden, tokens, [])
     logits = _step(decoder, [int(tokens[0, 5])] * 2, [5, 5])
     assert torch.allclose(logits[0], expected[0, 5], atol=TOLERANCE)
@@ -225,7 +229,7 @@ def test_copy_self_rows_keeps_the_target_cross_attention(decoder: StaticDecoder)
 
 
 def test_a_permutation_of_rows_reads_every_row_before_writing(decoder: StaticDecoder) -> None:
-    """Beams that swap rows: each target gets its source's old content, whatever the order."""
+    """Rows that swap while compacting: each target gets its source's old content."""
     caches = (decoder.self_k, decoder.self_v, decoder.cross_k, decoder.cross_v)
     for cache in caches:
         cache[:, :3].copy_(torch.randn_like(cache[:, :3]))
@@ -233,9 +237,42 @@ def test_a_permutation_of_rows_reads_every_row_before_writing(decoder: StaticDec
     decoder.copy_rows(torch.tensor([1, 2, 0]), torch.tensor([0, 1, 2]))
     for cache, old in zip(caches, before, strict=True):
         assert torch.equal(cache[:, [0, 1, 2]], old[:, [1, 2, 0]])
-    decoder.copy_self_rows(torch.tensor([2, 0]), torch.tensor([0, 2]), length=4)
-    assert torch.equal(decoder.self_k[:, 0, :, :4], before[0][:, 0, :, :4])  # row 2 was old 0
-    assert torch.equal(decoder.self_k[:, 0, :, 4:], before[0][:, 1, :, 4:])  # past `length`
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_way_of_moving_beams_copies_the_moved_rows_up_to_their_lengths(
+    method: str,
+) -> None:
+    """Rows that moved take their parent's first `length` positions, and nothing else changes:
+    not the rows that stayed, not another layer's or head's (a moved row's later positions are
+    never read: a step writes a position before attending to it). The Triton kernel runs in
+    Triton's interpreter on the CPU (where Triton is installed)."""
+    if method == "triton":
+        _triton_interpreter()
+    generator = torch.Generator().manual_seed(3)
+    caches = tuple(torch.randn(3, 9, 2, 16, 4, generator=generator) for _ in range(2))
+    before = [c.clone() for c in caches]
+    sources = torch.tensor([2, 2, 4, 5, 7, 7])
+    targets = torch.tensor([1, 2, 3, 5, 6, 8])
+    lengths = torch.tensor([5, 5, 16, 9, 1, 3])
+    moved = torch.tensor([True, False, True, False, True, True])
+    copy_moved(torch, caches, sources, targets, lengths, moved, 16, method)
+    for cache, old in zip(caches, before, strict=True):
+        expected, unread = old.clone(), torch.zeros_like(old, dtype=torch.bool)
+        for s, t, n, m in zip(sources, targets, lengths, moved, strict=True):
+            if m:
+                expected[:, t, :, :n] = old[:, s, :, :n]
+                unread[:, t, :, n:] = True
+        assert torch.equal(cache.masked_fill(unread, 0), expected.masked_fill(unread, 0))
+
+
+def _triton_interpreter() -> None:
+    """Triton's kernels run on CPU tensors when TRITON_INTERPRET is set before the first
+    kernel is made (skips where Triton is not installed, as in CI)."""
+    pytest.importorskip("triton")
+    os.environ["TRITON_INTERPRET"] = "1"
+    if rowcopy._triton_kernel() is None:
+        pytest.skip("Triton cannot be used here")
 
 
 def test_encode_gives_the_encoder_output(whisper: Any, decoder: StaticDecoder) -> None:

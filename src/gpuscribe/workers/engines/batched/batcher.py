@@ -5,9 +5,10 @@ the device. It encodes waiting windows in batches, writes their cross-attention 
 into free cache rows, and steps every active row at once, a row inside its prompt being fed its
 next prompt token; a window whose rows end frees them for the next waiting window: higher
 priority first, then tasks of equal priority in turns (a task just begun is not queued behind
-the rest of a long one), then first come. Tokens are chosen on the device (`choice.py`), so the
-thread keeps `LOOKAHEAD` steps queued beyond the one it catches up with (beams excepted). All
-device work happens on the batcher thread, which keeps CUDA graph capture safe.
+the rest of a long one), then first come. Tokens and beams are chosen on the device
+(`choice.py`, `beams.py`), so the thread keeps `LOOKAHEAD` steps queued beyond the one it
+catches up with. All device work happens on the batcher thread, which keeps CUDA graph capture
+safe.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import numpy as np
 # the memory these bound is charged by that module
 from gpuscribe.memory.batch import ENCODER_BATCH, READY_BATCHES
 from gpuscribe.workers.base import TaskCancelled
+from gpuscribe.workers.engines.batched.beams import BeamLayout, replay
 from gpuscribe.workers.engines.batched.choice import (
     OUT_LOGPROB,
     OUT_NO_SPEECH,
@@ -198,28 +200,15 @@ class _Encoding:
 @dataclass(eq=False)
 class _Launched:
     """A step queued on the device: its rows (as they were when it was launched), each row's
-    input position, the choice on its way to the host, and whether beams need the host before
-    the next step."""
+    input position, its beam windows, and the choice on its way to the host (each beam
+    layout's record beside it)."""
 
     rows: list[Row]
     positions: list[int]
+    layouts: list[BeamLayout]
     out: Any
-    top: Any
+    records: list[Any]
     done: Any  # torch.cuda.Event (None on the CPU)
-    beams: bool
-
-
-@dataclass(eq=False)
-class _BeamStep:
-    """What one step's beam choices ask of the device, sent once for every window: the cache
-    rows to copy (a beam continuing another's hypothesis takes its keys and values) and the
-    surviving beams whose rule state and next token go back."""
-
-    index: dict[int, int]  # id(row) -> the row's place in the batch
-    moves_from: list[int] = field(default_factory=list)
-    moves_to: list[int] = field(default_factory=list)
-    written: int = 0  # positions the moved rows have written
-    chosen: list[Row] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -448,7 +437,7 @@ class Batcher:
                 self.seconds["admit"] += time.perf_counter() - admitted
                 if self._rows:
                     self._launch()
-                ahead = self.lookahead if self._rows and not self._in_flight[-1].beams else 0
+                ahead = self.lookahead if self._rows else 0
                 while len(self._in_flight) > ahead:
                     self._collect()
                 self._log_counters()
@@ -678,38 +667,60 @@ class Batcher:
 
     # --- one step, and catching up with it --------------------------------------------------
     def _launch(self) -> None:
-        """Queue a step over every row and its token choice, without waiting for either."""
+        """Queue a step over every row and its token choice, beams included, without waiting
+        for either."""
         rows = list(self._rows)
         n = len(rows)
         positions = [r.position for r in rows]
         started = time.perf_counter()
         logits = self.decoder.step(n, max(positions))
-        beams = [r.group.options.beam_size for r in rows if r.group.options.beam_size > 1]
+        layouts = self._beam_layouts(rows, positions)
         sampling = any(r.group.options.sampling for r in rows)
-        choice = self._states.choose(logits, n, sampling=sampling, width=2 * max(beams, default=0))
+        choice = self._states.choose(logits, n, sampling=sampling, beams=layouts)
+        if layouts:
+            end = 1 + max(p for layout in layouts for p in layout.positions)
+            for moves in choice.moves:
+                self.decoder.move_beams(moves.parents, moves.rows, moves.lengths, moves.moved, end)
         last = self._states.max_position
         for row in rows:
             row.position = min(row.position + 1, last)
-        self._in_flight.append(_Launched(rows, positions, *self._to_host(choice), bool(beams)))
+        self._in_flight.append(_Launched(rows, positions, layouts, *self._to_host(choice)))
         self.steps += 1
         self.row_steps += n
         self.seconds["step"] += time.perf_counter() - started
 
-    def _to_host(self, choice: Choice) -> tuple[Any, Any, Any]:
+    def _beam_layouts(self, rows: list[Row], positions: list[int]) -> list[BeamLayout]:
+        """Where the beam windows among `rows` sit, a layout per beam size (`beams.py`)."""
+        where: dict[int, int] = {}
+        groups: dict[int, dict[int, Group]] = {}
+        for i, row in enumerate(rows):
+            beam = row.group.options.beam_size
+            if beam > 1:
+                where[id(row)] = i
+                groups.setdefault(beam, {}).setdefault(id(row.group), row.group)
+        layouts = []
+        for beam, by_id in groups.items():
+            windows = list(by_id.values())
+            index = np.array([[where[id(r)] for r in g.rows] for g in windows], dtype=np.int64)
+            starts = [positions[where[id(g.rows[0])]] for g in windows]
+            layouts.append(BeamLayout(beam, windows, self._states.upload(index), starts))
+        return layouts
+
+    def _to_host(self, choice: Choice) -> tuple[Any, list[Any], Any]:
         """The choice copied to the host as the device gets to it, and the event that says so."""
         torch = self._torch
         if self.decoder.device.type != "cuda":
-            top = None if choice.top is None else choice.top.clone()
-            return choice.out.clone(), top, None
+            return choice.out.clone(), [r.clone() for r in choice.records], None
         out = choice.out.to("cpu", non_blocking=True)  # into pinned memory
-        top = None if choice.top is None else choice.top.to("cpu", non_blocking=True)
+        records = [r.to("cpu", non_blocking=True) for r in choice.records]
         done = torch.cuda.Event()
         done.record()
-        return out, top, done
+        return out, records, done
 
     def _collect(self) -> None:
         """Catch up with the oldest launched step: each row's chosen token joins its
-        hypothesis (beams are chosen here), finished windows close, their rows are freed."""
+        hypothesis, each beam window replays the device's choice, finished windows close,
+        their rows are freed."""
         launched = self._in_flight.popleft()
         started = time.perf_counter()
         if launched.done is not None:
@@ -717,7 +728,6 @@ class Batcher:
                 self.host_bound_steps += 1
             launched.done.synchronize()
         out = launched.out.numpy()
-        beams: dict[int, list[int]] = {}
         closing: list[Group] = []
         for i, row in enumerate(launched.rows):
             group = row.group
@@ -727,7 +737,6 @@ class Batcher:
             if position + 1 == len(group.prompt) and group.options.return_no_speech_prob:
                 group.no_speech_prob = float(out[i, OUT_NO_SPEECH])
             if group.options.beam_size > 1:
-                beams.setdefault(id(group), []).append(i)
                 continue
             self._advance(row, int(out[i, OUT_TOKEN]), float(out[i, OUT_LOGPROB]))
             if row.finished:
@@ -735,12 +744,8 @@ class Batcher:
         for group in closing:
             if not group.done and all(r.finished for r in group.rows):
                 self._close(group)
-        if beams:
-            top = launched.top.numpy()
-            step = _BeamStep({id(r): i for i, r in enumerate(self._rows)})
-            for indices in beams.values():
-                self._choose_beams([launched.rows[i] for i in indices], top[indices], step)
-            self._send_beams(step)
+        for layout, record in zip(launched.layouts, launched.records, strict=True):
+            self._replay(layout, record.numpy())
         if self.steps % CANCEL_CHECK_STEPS == 0:
             for group in {id(r.group): r.group for r in self._rows}.values():
                 if self._cancelled(group):
@@ -748,31 +753,19 @@ class Batcher:
         self._compact()
         self.seconds["select"] += time.perf_counter() - started
 
-    def _choose_beams(self, rows: list[Row], top: np.ndarray[Any, Any], step: _BeamStep) -> None:
-        """One window's beams from their rows' best continuations (`top`: log-probabilities,
-        then token ids); what the device must learn of them goes into `step`."""
-        group = rows[0].group
-        if group.done:
-            return
-        width = top.shape[1] // 2
-        self._advance_beams(
-            group, rows, top[:, :width].tolist(), top[:, width:].astype(np.int64).tolist(), step
-        )
-        if not group.done:
-            step.chosen.extend(rows)
-
-    def _send_beams(self, step: _BeamStep) -> None:
-        """Every window's beam choices of a step to the device, in one copy of cache rows and
-        one write of rule state."""
-        upload = self._states.upload
-        self.beam_rows_chosen += len(step.chosen)
-        self.beam_rows_moved += len(step.moves_from)
-        if step.moves_from:
-            self.decoder.copy_self_rows(
-                upload(np.array(step.moves_from)), upload(np.array(step.moves_to)), step.written
-            )
-        if step.chosen:
-            self._states.write_rows([step.index[id(r)] for r in step.chosen], step.chosen)
+    def _replay(self, layout: BeamLayout, record: np.ndarray[Any, Any]) -> None:
+        """The device's beam choice of one step, for the windows of `layout` that chose in it
+        (`beams.replay`); a window whose hypotheses are complete closes."""
+        v = self.vocabulary
+        for w, group in enumerate(layout.groups):
+            if group.done or layout.positions[w] + 1 < len(group.prompt):
+                continue
+            moved = replay(group, record[w].tolist(), v.eot, v.timestamp_begin)
+            if moved < 0:
+                self._close(group)
+                continue
+            self.beam_rows_chosen += layout.beam
+            self.beam_rows_moved += moved
 
     def _advance(self, row: Row, token: int, logprob: float) -> None:
         if row.finished:
@@ -791,68 +784,6 @@ class Batcher:
         if len(row.tokens) >= group.max_new_tokens and not group.options.forced_length:
             row.finished = True
             group.finish(row.tokens, row.logprob)
-
-    def _advance_beams(
-        self,
-        group: Group,
-        rows: list[Row],
-        top_lp: list[list[float]],
-        top_id: list[list[int]],
-        step: _BeamStep,
-    ) -> None:
-        """Beam search over one window's rows: the best `beam_size` continuations of all beams
-        stay; an end token finishes a hypothesis."""
-        v = self.vocabulary
-        beam = group.options.beam_size
-        first = not rows[0].tokens and rows[0].logprob == 0.0
-        candidates: list[tuple[float, int, int]] = []
-        sources = rows[:1] if first else rows
-        for parent, row in enumerate(sources):
-            for lp, token in zip(top_lp[parent], top_id[parent], strict=True):
-                candidates.append((row.logprob + lp, parent, token))
-        candidates.sort(key=lambda c: c[0], reverse=True)
-        survivors: list[tuple[float, int, int]] = []
-        for score, parent, token in candidates:
-            if token == v.eot:
-                if len(group.finished) < group.max_candidates:
-                    group.finish(sources[parent].tokens, score)
-            else:
-                survivors.append((score, parent, token))
-            if len(survivors) >= beam:
-                break
-        at_limit = len(rows[0].tokens) + 1 >= group.max_new_tokens
-        if len(group.finished) >= group.max_candidates or not survivors or at_limit:
-            if at_limit:
-                for score, parent, token in survivors:
-                    group.finish([*sources[parent].tokens, token], score)
-            self._close(group)
-            return
-        while len(survivors) < beam:
-            survivors.append(survivors[-1])
-        self._reorder(rows, sources, survivors, step)
-
-    def _reorder(
-        self,
-        rows: list[Row],
-        sources: list[Row],
-        survivors: list[tuple[float, int, int]],
-        step: _BeamStep,
-    ) -> None:
-        old = [(list(s.tokens), s.logprob, s.last_timestamp) for s in sources]
-        moved = False
-        for row, (score, parent, token) in zip(rows, _in_place(rows, sources, survivors),
-                                               strict=True):  # fmt: skip
-            tokens, _, last_ts = old[parent]
-            if sources[parent] is not row:
-                step.moves_from.append(step.index[id(sources[parent])])
-                step.moves_to.append(step.index[id(row)])
-                moved = True
-            row.tokens = [*tokens, token]
-            row.logprob = score
-            row.last_timestamp = token if token >= self.vocabulary.timestamp_begin else last_ts
-            row.next_token = token
-        if moved:  # the next step writes at `position`: everything before it moves
-            step.written = max(step.written, *(r.position for r in rows))
 
     # --- ending windows ---------------------------------------------------------------------
     def _close(self, group: Group) -> None:
@@ -920,26 +851,6 @@ class Batcher:
         for call in self._calls:
             call.request.fail(error)
         self._calls = []
-
-
-def _in_place(
-    rows: list[Row], sources: list[Row], survivors: list[tuple[float, int, int]]
-) -> list[tuple[float, int, int]]:
-    """`survivors` (best first) in the order of `rows`: a survivor stays in its parent's row
-    where no better survivor of that parent took it, the others fill the rows left in order.
-    A beam whose row keeps its hypothesis needs no copy of its cache (with real tiny.en at 5
-    beams, taking the rows in score order moved 30 % of the beam rows every step)."""
-    where = {id(row): k for k, row in enumerate(rows)}
-    placed: list[tuple[float, int, int] | None] = [None] * len(rows)
-    rest: list[tuple[float, int, int]] = []
-    for survivor in survivors:
-        k = where.get(id(sources[survivor[1]]))
-        if k is not None and placed[k] is None:
-            placed[k] = survivor
-        else:
-            rest.append(survivor)
-    fill = iter(rest)
-    return [p if p is not None else next(fill) for p in placed]
 
 
 __all__ = ["NO_TIMESTAMP_RULES", "Batcher", "EncoderInput", "GenerationResult", "Pending"]

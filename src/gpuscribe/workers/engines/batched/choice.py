@@ -13,8 +13,10 @@ A prompt is fed as decode steps from its <|startoftranscript|> token on (at most
 prompt pass, and the step that feeds <|startoftranscript|> also gives the window's no-speech
 probability. Positions before that (a previous-text prompt) are prefilled.
 
-Beam search stays on the host: when beams are in the batch, the step also returns each row's
-best `width` log-probabilities, the batcher chooses, and `write_rows` puts its choice back.
+Beams are chosen on the device too (`beams.py`): the step's choice takes every beam window's
+candidates, writes each surviving beam's score, rule state and next token, and returns a record
+of its decisions that the host replays when it catches up, and which rows take another row's
+cache (the batcher has the decoder copy them).
 
 On CUDA a choice without beams or sampling (the common one) is captured in a CUDA graph per row
 bucket, like the step, and replayed over the whole bucket: its ~75 small kernels cost one launch.
@@ -31,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from gpuscribe.workers.engines.batched import beams
+from gpuscribe.workers.engines.batched.beams import BeamLayout, BeamWrites, Columns
 from gpuscribe.workers.engines.batched.decoder import bucket_for, capture_graph
 from gpuscribe.workers.engines.batched.search import (
     DecodeOptions,
@@ -51,7 +55,13 @@ FORCED_TOKENS = 8  # prompt tokens fed as steps: <|sot|>, language, task, notime
 COUNT, LAST, PENULTIMATE, LAST_TIMESTAMP, MAX_INITIAL = 0, 1, 2, 3, 4
 TIMESTAMPS, BLANK, FORCED_LENGTH, MAX_NEW, PROMPT_END = 5, 6, 7, 8, 9
 FORCED_START, SOT_POSITION, SUPPRESS, SAMPLING = 10, 11, 12, 13
-COLUMNS = 14
+CANDIDATES, FINISHED, ENDED, SCORE = 14, 15, 16, 17  # beams: a window's, and the beam's score
+COLUMNS = 18
+BEAM_COLUMNS = Columns(
+    count=COUNT, last=LAST, penultimate=PENULTIMATE, last_timestamp=LAST_TIMESTAMP,
+    max_new=MAX_NEW, prompt_end=PROMPT_END, candidates=CANDIDATES, finished=FINISHED,
+    ended=ENDED, score=SCORE,
+)  # fmt: skip
 _TOKEN_COLUMNS = (COUNT, LAST, PENULTIMATE, LAST_TIMESTAMP)  # what a row's tokens decide
 OUT_TOKEN, OUT_LOGPROB, OUT_NO_SPEECH = 0, 1, 2
 
@@ -65,11 +75,12 @@ def forced_start(prompt: Sequence[int], sot: int) -> int:
 @dataclass(frozen=True, slots=True)
 class Choice:
     """What one step chose, on the device: `out` `[n, 3]` float64 (token, its log-probability
-    after the rules, the row's no-speech probability), and for beams `top` `[n, 2 x width]`
-    (the best log-probabilities, then their token ids)."""
+    after the rules, the row's no-speech probability), and for each beam layout its record
+    (`beams.choose`) and the cache rows to move."""
 
     out: Any
-    top: Any | None
+    records: list[Any]
+    moves: list[BeamWrites]
 
 
 class RowStates:
@@ -116,18 +127,6 @@ class RowStates:
         temperatures = np.array([r.group.options.sampling_temperature for r in rows], np.float32)
         self._scatter(packed, temperatures)
 
-    def write_rows(self, targets: Sequence[int], rows: Sequence[Row]) -> None:
-        """The host chose for `rows` (beams): the rule state their tokens decide, and their
-        next input token. The other columns are their window's, the same in each of its beam
-        rows, and a beam moves only within its window's rows: they stay as they are."""
-        packed = np.empty((len(rows), 2 + len(_TOKEN_COLUMNS)), dtype=np.int64)
-        for k, row in enumerate(rows):
-            packed[k] = (targets[k], *_token_state(row), row.next_token)
-        data = self.upload(packed)
-        index = data[:, 0]
-        self.state[index[:, None], self._token_columns] = data[:, 1:-1]
-        self.tokens.index_copy_(0, index, data[:, -1])
-
     def _scatter(self, packed: np.ndarray[Any, Any], temperatures: np.ndarray[Any, Any]) -> None:
         data = self.upload(packed)
         index = data[:, -3]
@@ -155,6 +154,7 @@ class RowStates:
         values[SOT_POSITION] = sot if sot >= start else -1
         values[SUPPRESS] = self._suppress_index(o)
         values[SAMPLING] = int(o.sampling)
+        values[CANDIDATES] = group.max_candidates  # FINISHED, ENDED and SCORE (0.0) start at 0
         return values
 
     def _suppress_index(self, options: DecodeOptions) -> int:
@@ -184,15 +184,18 @@ class RowStates:
             tensor[targets] = tensor[sources]
 
     # --- the choice -------------------------------------------------------------------------
-    def choose(self, logits: Any, n: int, *, sampling: bool, width: int) -> Choice:
+    def choose(
+        self, logits: Any, n: int, *, sampling: bool, beams: Sequence[BeamLayout] = ()
+    ) -> Choice:
         """Choose every row's token from a step's `logits` (`[n, vocab]`, float32, the rows'
-        input at `self.positions`), write the next step's inputs, and return the choice."""
-        if self.use_graphs and not sampling and not width:
+        input at `self.positions`), the beams of the windows in `beams` among them, write the
+        next step's inputs, and return the choice."""
+        if self.use_graphs and not sampling and not beams:
             graph = self._graph(bucket_for(n, self._buckets))
             if graph is not None:
                 graph.replay()
-                return Choice(self._out[:n], None)
-        return self._choose_rows(logits, n, sampling=sampling, width=width)
+                return Choice(self._out[:n], [], [])
+        return self._choose_rows(logits, n, sampling=sampling, beams=beams)
 
     def capture_all(self) -> None:
         """Capture the choice at every row bucket now (at load)."""
@@ -219,7 +222,7 @@ class RowStates:
                 self._pool = torch.cuda.graph_pool_handle()
             graph = self._graphs[bucket] = capture_graph(
                 torch,
-                lambda: self._choose_rows(self._logits[:bucket], bucket, sampling=False, width=0),
+                lambda: self._choose_rows(self._logits[:bucket], bucket, sampling=False),
                 self._pool,
                 warm_ups=1,
             )
@@ -232,8 +235,11 @@ class RowStates:
                 tensor.copy_(saved)
         return graph
 
-    def _choose_rows(self, logits: Any, n: int, *, sampling: bool, width: int) -> Choice:
-        """`choose` over rows `0..n-1`, eagerly (or being captured)."""
+    def _choose_rows(
+        self, logits: Any, n: int, *, sampling: bool, beams: Sequence[BeamLayout] = ()
+    ) -> Choice:
+        """`choose` over rows `0..n-1`, eagerly (or being captured). Beam rows are chosen for
+        as greedy rows first, then their windows' choice overwrites what it decides."""
         torch = self._torch
         s = self.state[:n]
         logprobs, masked = apply_rules(torch, logits, self._rules(s), self.vocabulary,
@@ -245,6 +251,7 @@ class RowStates:
             pick = torch.where(sampled, drawn, pick)
             best_lp = torch.where(sampled, logprobs.gather(1, drawn[:, None])[:, 0], best_lp)
         position = self.positions[:n]
+        chosen = self._choose_beams(logprobs, position, beams) if beams else []
         in_prompt = position + 1 < s[:, PROMPT_END]
         offset = (position + 1 - s[:, FORCED_START]).clamp(0, FORCED_TOKENS - 1)
         prompt_token = self.forced[:n].gather(1, offset[:, None])[:, 0]
@@ -258,11 +265,32 @@ class RowStates:
         out[:, OUT_TOKEN] = pick
         out[:, OUT_LOGPROB] = best_lp
         out[:, OUT_NO_SPEECH] = self.no_speech[:n]
-        top = None
-        if width:
-            top_lp, top_id = logprobs.topk(width, dim=-1)
-            top = torch.cat([top_lp.double(), top_id.double()], dim=1)
-        return Choice(out, top)
+        for _, writes in chosen:
+            self._write_beams(writes)
+        return Choice(out, [record for record, _ in chosen], [writes for _, writes in chosen])
+
+    def _choose_beams(
+        self, logprobs: Any, position: Any, layouts: Sequence[BeamLayout]
+    ) -> list[tuple[Any, BeamWrites]]:
+        """Each layout's beam choice (`beams.choose`), read from the state as it was before
+        this step's choice changes it."""
+        width = 2 * max(layout.beam for layout in layouts)
+        top_lp, top_id = logprobs.topk(width, dim=-1)
+        v = self.vocabulary
+        torch, state, eot, ts = self._torch, self.state, v.eot, v.timestamp_begin
+        return [
+            beams.choose(torch, top_lp, top_id, state, position, layout, BEAM_COLUMNS, eot, ts)
+            for layout in layouts
+        ]
+
+    def _write_beams(self, writes: BeamWrites) -> None:
+        """A beam choice's rule state and next tokens, for the rows whose window chose."""
+        torch = self._torch
+        rows, active = writes.rows, writes.active
+        state = torch.where(active[:, None], writes.state, self.state.index_select(0, rows))
+        self.state.index_copy_(0, rows, state)
+        tokens = torch.where(active, writes.tokens, self.tokens.index_select(0, rows))
+        self.tokens.index_copy_(0, rows, tokens)
 
     def _rules(self, s: Any) -> RuleInputs:
         forced = s[:, FORCED_LENGTH].bool()

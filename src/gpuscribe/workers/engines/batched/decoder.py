@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gpuscribe.workers.engines.batched.encoder import FusedEncoder
+from gpuscribe.workers.engines.batched.rowcopy import copy_layers, copy_moved
 
 log = logging.getLogger(__name__)
 
@@ -56,16 +57,6 @@ def bucket_for(value: int, buckets: tuple[int, ...]) -> int:
         if value <= size:
             return size
     raise ValueError(f"{value} is above the largest bucket {buckets[-1]}")
-
-
-def _copy_layers(cache: Any, source: Any, target: Any, end: int) -> None:
-    """`cache[:, target, :, :end] = cache[:, source, :, :end]` one layer at a time: each copy
-    gathers its source rows into a temporary first (so that a permutation of beams reads no row
-    already overwritten), and one layer's temporary is a layer's share of what all layers at
-    once would take (medium at 384 rows and 3 beams: 6.6 GiB at once ran an H100 out of
-    memory while compacting). Rows are not split: a chunk could overwrite another's source."""
-    for layer in cache:
-        layer[target, :, :end] = layer[source, :, :end]
 
 
 def capture_graph(torch: Any, run: Callable[[], object], pool: Any, warm_ups: int = 2) -> Any:
@@ -241,17 +232,18 @@ class StaticDecoder:
                 self.cross_v[index].index_copy_(0, rows, v)
 
     def copy_rows(self, source: Any, target: Any) -> None:
-        """Cache rows `source` copied onto rows `target` (compaction and beam reordering), a
-        layer at a time (`_copy_layers`)."""
+        """Cache rows `source` copied onto rows `target` (compaction), a layer at a time
+        (`rowcopy.copy_layers`)."""
         for cache in (self.self_k, self.self_v, self.cross_k, self.cross_v):
-            _copy_layers(cache, source, target, cache.shape[3])
+            copy_layers(cache, source, target, cache.shape[3])
 
-    def copy_self_rows(self, source: Any, target: Any, length: int | None = None) -> None:
-        """Only the self-attention rows (beams of one window share their cross-attention), and
-        only their first `length` positions where no row has written past them."""
-        end = self.shape.max_len if length is None else min(length, self.shape.max_len)
-        for cache in (self.self_k, self.self_v):
-            _copy_layers(cache, source, target, end)
+    def move_beams(self, sources: Any, targets: Any, lengths: Any, moved: Any, end: int) -> None:
+        """Beam rows `targets[i]` with `moved[i]` take rows `sources[i]`'s self-attention keys
+        and values up to `lengths[i]` positions (beams of one window share their
+        cross-attention). Which rows moved is known only on the device: `rowcopy.py`."""
+        caches = (self.self_k, self.self_v)
+        end = min(end, self.shape.max_len)
+        copy_moved(self._torch, caches, sources, targets, lengths, moved, end)
 
     # --- prompt (many positions at once, eager) ---------------------------------------------
     def prefill(self, rows: Any, tokens: Any, *, at: Any = None) -> Any:
