@@ -273,6 +273,7 @@ def _triton_interpreter() -> None:
     os.environ["TRITON_INTERPRET"] = "1"
     if rowcopy._triton_kernel() is None:
         pytest.skip("Triton cannot be used here")
+    assert rowcopy._triton_works("cpu")  # the trial a CUDA device gets at load
 
 
 def test_encode_gives_the_encoder_output(whisper: Any, decoder: StaticDecoder) -> None:

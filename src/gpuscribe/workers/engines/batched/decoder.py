@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gpuscribe.workers.engines.batched.encoder import FusedEncoder
-from gpuscribe.workers.engines.batched.rowcopy import copy_layers, copy_moved
+from gpuscribe.workers.engines.batched.rowcopy import copy_layers, copy_moved, default_method
 
 log = logging.getLogger(__name__)
 
@@ -333,6 +333,7 @@ class StaticDecoder:
         capture in the middle of a stream stalls every row while it runs (about 7 step times,
         or 21 where the attention form is chosen), and the graphs' memory is held from the
         start instead of growing as new shapes come."""
+        default_method(self.device)  # a Triton kernel is compiled now, not in the first beams
         if not self.use_graphs:
             return
         for batch in self.batch_buckets:

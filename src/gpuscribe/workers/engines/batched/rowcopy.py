@@ -62,7 +62,31 @@ def copy_moved(
 def default_method(device: Any) -> str:
     if device.type != "cuda":
         return "looked-up"
-    return "triton" if _triton_kernel() is not None else "every"
+    return "triton" if _triton_works(str(device)) else "every"
+
+
+@functools.cache
+def _triton_works(device: str) -> bool:
+    """Whether the Triton kernel compiles and copies right on `device`, tried once (at the
+    model's load, through `StaticDecoder.capture_all`): Triton builds its launcher with the
+    system's C compiler the first time, and a machine may lack one."""
+    kernel = _triton_kernel()
+    if kernel is None:
+        return False
+    import torch
+
+    try:
+        cache = torch.arange(16, dtype=torch.float16, device=device).view(1, 2, 1, 4, 2)
+        one = torch.ones(1, dtype=torch.long, device=device)
+        kernel((cache,), one, one - 1, one * 3)
+        works = cache[0, 0, 0, :3].equal(cache[0, 1, 0, :3])
+    except Exception:
+        log.warning("the Triton row copy failed: beam rows copy every row of the batch's "
+                    "beams", exc_info=True)  # fmt: skip
+        return False
+    if not works:
+        log.warning("the Triton row copy copied wrong: beam rows copy every row instead")
+    return bool(works)
 
 
 def _copy_looked_up(
