@@ -1,6 +1,7 @@
 """The batcher's host work per decode step, on the CPU, with a tiny random Whisper: how long
-catching up with a step takes (the rows' bookkeeping, beam search, what goes back to the
-device). On a GPU this work stands between two steps whenever beams are in the batch.
+catching up with a step takes (the rows' bookkeeping, the replay of the device's beam choices).
+On a GPU this work runs while the device works through the steps queued ahead of it, so it must
+stay below a step's time, or the device waits for the host.
 
   PYTHONPATH=src python3 benchmarks/batcher_host.py [--rows 200] [--windows 40] [--beam 5]
 

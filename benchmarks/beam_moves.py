@@ -1,6 +1,7 @@
 """How many beam rows copy their cache each step: the bundled tiny.en (real weights) on the
-CPU, every shipped speech clip at 5 beams. Prints the rows moved out of the beam rows the host
-chose for (the batcher's `beam_rows_moved` and `beam_rows_chosen`), and a hash of the
+CPU, every shipped speech clip at 5 beams. Prints the rows moved out of the beam rows chosen
+for (the batcher's `beam_rows_moved` and `beam_rows_chosen`, counted as the host replays the
+device's choices), and a hash of the
 transcripts (a change in where beams sit must not change them).
 
   PYTHONPATH=src python3 benchmarks/beam_moves.py
