@@ -241,6 +241,34 @@ def test_beam_scores_survive_row_reordering(make: Callable[[int], Batcher]) -> N
     _wait_for(lambda: not batcher._rows, "every row to be freed")
 
 
+def test_beams_of_two_sizes_decode_in_a_busy_batch_as_alone(
+    make: Callable[[int], Batcher],
+) -> None:
+    """Windows of 2 and of 4 beams (two layouts in each step) beside short greedy windows that
+    end early, so that compaction moves the beams' rows while steps are queued ahead: the same
+    hypotheses and scores as each job alone."""
+    batcher = make(24)
+    v = batcher.vocabulary
+    two = DecodeOptions(beam_size=2, max_length=30, suppress_tokens=())
+    four = DecodeOptions(beam_size=4, num_hypotheses=2, max_length=30, suppress_tokens=())
+    jobs = [
+        (_windows(2, 21), [_prompt(v), _prompt(v, timestamps=True)], two),
+        (_windows(2, 22), [_prompt(v)] * 2, four),
+    ]
+    alone = [batcher.generate(*job) for job in jobs]
+    short = DecodeOptions(beam_size=1, max_length=24, suppress_tokens=(), forced_length=2)
+    filler = batcher.submit(_windows(6, 23), [_prompt(v)] * 6, short)
+    moved = batcher.beam_rows_moved
+    pending = [batcher.submit(*job) for job in jobs]
+    filler.result()
+    together = [p.result() for p in pending]
+    for one, other in zip(alone, together, strict=True):
+        assert [r.sequences_ids for r in other] == [r.sequences_ids for r in one]
+        for a, b in zip(one, other, strict=True):
+            assert b.scores == pytest.approx(a.scores, abs=1e-4)
+    assert batcher.beam_rows_moved > moved  # beams did take other rows' hypotheses
+
+
 def test_sampling_gives_its_hypotheses(make: Callable[[int], Batcher]) -> None:
     batcher = make(8)
     options = DecodeOptions(
