@@ -9,6 +9,10 @@
 #                                              profile, model M or both, ROWS batch rows (256; an
 #                                              H100 holds 160 of large-v3) (after install 1; ~3 min
 #                                              a model)
+#   bash benchmarks/gpu_session.sh beams M [ROWS]  the engine in one process at 5 beams, 300
+#                                              tasks, with the host catching up after every step
+#                                              (lookahead 0) and two steps behind (2, the
+#                                              default), in one load (after install 1; ~4 min)
 #   bash benchmarks/gpu_session.sh generate M [BATCHES]  (b) alone, beside a batch of 32 rows
 #                                              (on an H100 the engine's cache leaves too little)
 #   bash benchmarks/gpu_session.sh real        tiny.en on CUDA against the CPU (after 3; ~1 min)
@@ -70,6 +74,10 @@ case "${1:-}" in
         --parts timeline,engine,ceiling,profile,generate 2>&1 | grep -v "captured a decode" \
         | cut -c1-600
     done ;;
+  beams)
+    python3 benchmarks/gpu_batching.py --out "$OUT" --model "${2:-large-v3}" --tasks 300 \
+      --threads 300 --rows "${3:-160}" --beam 5 --lookaheads 0,2 --priorities=-1 \
+      --parts engine 2>&1 | grep -v "captured a decode\|\[transformers\]" | cut -c1-600 ;;
   generate)
     python3 benchmarks/gpu_batching.py --out "$OUT" --model "${2:-large-v3}" --tasks 300 \
       --rows 32 --generate-batches "${3:-32,64,128,192,256}" --parts generate 2>&1 \
@@ -92,6 +100,6 @@ case "${1:-}" in
       --name "$model-gpus-${devices//,/}" --max-seconds 200 2>&1 | grep -v "final$" | tail -15 ;;
   *)
     echo "usage: $0 install N | encoder | real | calibrate [MODELS] | validate [PROFILE [SIZES]] |" \
-      "inprocess [MODEL [ROWS]] | generate MODEL [BATCHES] |" \
+      "inprocess [MODEL [ROWS]] | beams MODEL [ROWS] | generate MODEL [BATCHES] |" \
       "service MODEL [TASKS] [BEAMS] | multi MODEL GPUS" >&2; exit 2 ;;
 esac
