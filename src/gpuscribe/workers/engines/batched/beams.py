@@ -203,6 +203,8 @@ def replay(group: Group, record: Sequence[Sequence[float]], eot: int, timestamp_
         if len(survivors) >= beam:
             break
     at_limit = len(rows[0].tokens) + 1 >= group.max_new_tokens
+    # Fewer than `beam` survivors cannot come (each parent has at most one end token among the
+    # 2 x beam candidates kept); were it to, the window ends rather than repeat a hypothesis.
     if len(group.finished) >= group.max_candidates or len(survivors) < beam or at_limit:
         if at_limit:
             for score, parent, token in survivors:
