@@ -90,57 +90,34 @@ def choose(
     c = columns
     index = layout.index
     windows, beam = index.shape
-    width = 2 * beam
     flat = index.reshape(-1)
-    s = state.index_select(0, flat).view(windows, beam, -1)
-    lead = s[:, 0]  # what every beam of a window shares
-    count = lead[:, c.count]
-    first = count == 0  # only beam 0 is a source at a window's first choice
-    score = s[:, :, c.score].contiguous().view(torch.float64)
-    lp = top_lp.index_select(0, flat)[:, :width].double().reshape(windows, beam, width)
-    ids = top_id.index_select(0, flat)[:, :width].reshape(windows, beam * width)
-    candidates = score[:, :, None] + lp
-    later_beams = torch.arange(beam, device=index.device)[None, :] > 0
-    candidates = candidates.masked_fill((first[:, None] & later_beams)[:, :, None], -torch.inf)
-    best, order = candidates.view(windows, beam * width).topk(width, dim=-1)
-    token = ids.gather(1, order)
-    parent = (order // width).masked_fill(first[:, None], 0)
+    lead = state.index_select(0, index[:, 0])  # what every beam of a window shares
+    first = lead[:, c.count] == 0  # only beam 0 is a source at a window's first choice
+    best, parent, token = _ranked(torch, top_lp, top_id, state, index, first, c)
     record = torch.stack([best, parent.double(), token.double()], dim=-1)
 
     is_end = token == eot
     kept = (~is_end).long()
     before = kept.cumsum(1) - kept  # survivors ranked above each candidate
-    survivor = ~is_end & (before < beam)
     finishing = (is_end & (before < beam)).long().sum(1)
     finished = torch.minimum(lead[:, c.finished] + finishing, lead[:, c.candidates])
-    at_limit = count + 1 >= lead[:, c.max_new]
+    at_limit = lead[:, c.count] + 1 >= lead[:, c.max_new]
     generating = positions.index_select(0, index[:, 0]) + 1 >= lead[:, c.prompt_end]
     was_ended = lead[:, c.ended].bool()
     active = generating & ~was_ended
     ended = was_ended | (generating & ((finished >= lead[:, c.candidates]) | at_limit))
 
-    ranked = _scatter_ranks(torch, survivor, before, beam)  # survivor k's place in the record
-    s_parent, s_token = parent.gather(1, ranked), token.gather(1, ranked)
-    s_score = best.gather(1, ranked)
-    slot = in_place_slots(torch, s_parent)
-    source = torch.empty_like(s_parent).scatter_(1, slot, s_parent)
-    new_token = torch.empty_like(s_token).scatter_(1, slot, s_token)
-    new_score = torch.empty_like(s_score).scatter_(1, slot, s_score)
-
+    ranked = _scatter_ranks(torch, ~is_end & (before < beam), before, beam)
+    survivors = [t.gather(1, ranked) for t in (parent, token, best)]
+    slot = in_place_slots(torch, survivors[0])
+    source, new_token, new_score = [torch.empty_like(t).scatter_(1, slot, t) for t in survivors]
     parents = index.gather(1, source)
-    p = state.index_select(0, parents.reshape(-1)).view(windows, beam, -1)
-    new = p.clone()
-    new[:, :, c.count] = p[:, :, c.count] + 1
-    new[:, :, c.last] = new_token
-    new[:, :, c.penultimate] = p[:, :, c.last]
-    is_timestamp = new_token >= timestamp_begin
-    new[:, :, c.last_timestamp] = torch.where(is_timestamp, new_token, p[:, :, c.last_timestamp])
+    new = _continued(torch, state, parents, new_token, timestamp_begin, c)
     new[:, :, c.score] = new_score.contiguous().view(torch.int64)
     new[:, :, c.finished] = finished[:, None]
     new[:, :, c.ended] = ended.long()[:, None]
     active_rows = active[:, None].expand(windows, beam)
     moved = active_rows & ~ended[:, None] & ~first[:, None] & (parents != index)
-    lengths = positions.index_select(0, flat) + 1
     writes = BeamWrites(
         rows=flat,
         parents=parents.reshape(-1),
@@ -148,9 +125,43 @@ def choose(
         state=new.view(windows * beam, -1),
         tokens=new_token.reshape(-1),
         moved=moved.reshape(-1),
-        lengths=lengths,
+        lengths=positions.index_select(0, flat) + 1,
     )
     return record, writes
+
+
+def _ranked(
+    torch: Any, top_lp: Any, top_id: Any, state: Any, index: Any, first: Any, c: Columns
+) -> tuple[Any, Any, Any]:
+    """Each window's best `2 x beam` candidates, best first: scores (the beam's score plus the
+    continuation's log-probability), parent beams, tokens (`[windows, 2 x beam]` each)."""
+    windows, beam = index.shape
+    width = 2 * beam
+    flat = index.reshape(-1)
+    score = state.index_select(0, flat)[:, c.score].view(torch.float64).view(windows, beam)
+    lp = top_lp.index_select(0, flat)[:, :width].double().reshape(windows, beam, width)
+    ids = top_id.index_select(0, flat)[:, :width].reshape(windows, beam * width)
+    candidates = score[:, :, None] + lp
+    later_beams = torch.arange(beam, device=index.device)[None, :] > 0
+    candidates = candidates.masked_fill((first[:, None] & later_beams)[:, :, None], -torch.inf)
+    best, order = candidates.view(windows, beam * width).topk(width, dim=-1)
+    parent = (order // width).masked_fill(first[:, None], 0)
+    return best, parent, ids.gather(1, order)
+
+
+def _continued(
+    torch: Any, state: Any, parents: Any, tokens: Any, timestamp_begin: int, c: Columns
+) -> Any:
+    """The rule state `[windows, beam, columns]` of each parent row's state after `tokens`."""
+    windows, beam = parents.shape
+    p = state.index_select(0, parents.reshape(-1)).view(windows, beam, -1)
+    new = p.clone()
+    new[:, :, c.count] = p[:, :, c.count] + 1
+    new[:, :, c.last] = tokens
+    new[:, :, c.penultimate] = p[:, :, c.last]
+    is_timestamp = tokens >= timestamp_begin
+    new[:, :, c.last_timestamp] = torch.where(is_timestamp, tokens, p[:, :, c.last_timestamp])
+    return new
 
 
 def _scatter_ranks(torch: Any, survivor: Any, before: Any, beam: int) -> Any:
