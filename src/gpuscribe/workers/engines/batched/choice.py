@@ -99,7 +99,6 @@ class RowStates:
         self.no_speech = torch.zeros(rows, dtype=torch.float32, device=device)
         self._out = torch.zeros(rows, 3, dtype=torch.float64, device=device)
         self._constants = RuleConstants.of(torch, vocabulary, device)
-        self._token_columns = torch.tensor(_TOKEN_COLUMNS, device=device)
         self._suppress_keys: dict[tuple[int, ...], int] = {}
         self._suppress = torch.zeros(SUPPRESS_SETS, vocabulary.size, dtype=torch.bool,
                                      device=device)  # fmt: skip
