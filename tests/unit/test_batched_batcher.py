@@ -19,6 +19,7 @@ import pytest
 from gpuscribe.domain import Priority
 from gpuscribe.workers.base import TaskCancelled
 from gpuscribe.workers.engines.batched import batcher as batcher_module
+from gpuscribe.workers.engines.batched import rowcopy
 from gpuscribe.workers.engines.batched.batcher import (
     BatchCounters,
     Batcher,
@@ -267,6 +268,33 @@ def test_beams_of_two_sizes_decode_in_a_busy_batch_as_alone(
         for a, b in zip(one, other, strict=True):
             assert b.scores == pytest.approx(a.scores, abs=1e-4)
     assert batcher.beam_rows_moved > moved  # beams did take other rows' hypotheses
+
+
+@pytest.mark.parametrize("method", ["looked-up", "every"])
+def test_beams_in_a_busy_batch_score_what_a_full_pass_gives(
+    make: Callable[[int], Batcher], method: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Windows of 4 beams beside greedy windows that end early (compaction moves the beams'
+    rows while two steps are queued ahead): every hypothesis scores what a full forward pass
+    gives, with the moved rows looked up and with every beam row copied (CUDA's fallback)."""
+    monkeypatch.setattr(rowcopy, "default_method", lambda device: method)
+    batcher = make(48)
+    v = batcher.vocabulary
+    beams = DecodeOptions(
+        beam_size=4, num_hypotheses=4, max_length=40, suppress_tokens=(), suppress_blank=False,
+        length_penalty=0.0,
+    )  # fmt: skip
+    short = DecodeOptions(beam_size=1, max_length=40, forced_length=3, suppress_tokens=())
+    filler = batcher.submit(_windows(6, 24), [_prompt(v)] * 6, short)
+    encoded = _windows(8, 25)
+    results = batcher.submit(encoded, [_prompt(v)] * 8, beams).result()
+    filler.result()
+    for window, result in enumerate(results):
+        one = EncoderInput(features=encoded.features[window : window + 1])  # type: ignore[index]
+        one.hidden = [encoded.hidden[window]]
+        for tokens, score in zip(result.sequences_ids, result.scores, strict=True):
+            assert score == pytest.approx(_teacher_forced_score(batcher, one, tokens), abs=1e-3)
+    assert batcher.beam_rows_moved > 0
 
 
 def test_sampling_gives_its_hypotheses(make: Callable[[int], Batcher]) -> None:
