@@ -266,6 +266,26 @@ def test_every_way_of_moving_beams_copies_the_moved_rows_up_to_their_lengths(
         assert torch.equal(cache.masked_fill(unread, 0), expected.masked_fill(unread, 0))
 
 
+def test_a_triton_launch_that_raises_falls_back_to_copying_every_row(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A kernel is compiled for each new specialization of its arguments; one that fails to
+    compile mid-stream must not fail the batch: that copy, and the device's later ones, copy
+    every beam row instead."""
+
+    def launch(*_: Any) -> None:
+        raise RuntimeError("compilation failed (simulated)")
+
+    monkeypatch.setattr(rowcopy, "_triton_kernel", lambda: launch)
+    monkeypatch.setattr(rowcopy, "_TRITON_FAILED", set())
+    cache = torch.randn(2, 4, 1, 8, 2)
+    before = cache.clone()
+    one, two = torch.tensor([1]), torch.tensor([2])
+    copy_moved(torch, (cache,), one, two, torch.tensor([5]), torch.tensor([True]), 5, "triton")
+    assert torch.equal(cache[:, 2, :, :5], before[:, 1, :, :5])
+    assert "cpu" in rowcopy._TRITON_FAILED
+
+
 def _triton_interpreter() -> None:
     """Triton's kernels run on CPU tensors when TRITON_INTERPRET is set before the first
     kernel is made (skips where Triton is not installed, as in CI)."""

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gpuscribe.workers.engines.batched.encoder import FusedEncoder
-from gpuscribe.workers.engines.batched.rowcopy import copy_layers, copy_moved, default_method
+from gpuscribe.workers.engines.batched.rowcopy import copy_layers, copy_moved
 
 log = logging.getLogger(__name__)
 
@@ -333,13 +333,21 @@ class StaticDecoder:
         capture in the middle of a stream stalls every row while it runs (about 7 step times,
         or 21 where the attention form is chosen), and the graphs' memory is held from the
         start instead of growing as new shapes come."""
-        default_method(self.device)  # a Triton kernel is compiled now, not in the first beams
+        self._warm_beam_copy()
         if not self.use_graphs:
             return
         for batch in self.batch_buckets:
             for length in reversed(LENGTH_BUCKETS):
                 if (batch, length) not in self._graphs:
                     self._capture(batch, length)
+
+    def _warm_beam_copy(self) -> None:
+        """Compile the beams' row copy for this cache now (on CUDA, a Triton kernel is tried and
+        compiled for these shapes), not in the first step that has beams: a copy that moves
+        nothing."""
+        torch = self._torch
+        none = torch.zeros(1, dtype=torch.long, device=self.device)
+        self.move_beams(none, none, none, none.bool(), 1)
 
     def _capture(self, batch: int, length: int) -> Any:
         """The graph of a step shape. Under "auto" the attention form is timed once per row

@@ -26,6 +26,7 @@ BLOCK = 1024  # elements a Triton program copies at a time
 
 
 METHODS = ("triton", "every", "looked-up")
+_TRITON_FAILED: set[str] = set()  # devices whose Triton launch raised: they copy every row
 
 
 def copy_moved(
@@ -44,12 +45,9 @@ def copy_moved(
     bounds every length (the host's knowledge of the positions). `method` (one of `METHODS`)
     is chosen by the device unless given (tests compare them)."""
     method = method or default_method(sources.device)
-    if method == "triton":
-        kernel = _triton_kernel()
-        if kernel is None:
-            raise RuntimeError("Triton is not available")
-        kernel(caches, sources, targets, torch.where(moved, lengths, 0))
-    elif method == "every":
+    if method == "triton" and _copy_with_triton(torch, caches, sources, targets, lengths, moved):
+        return
+    if method in ("triton", "every"):
         kept = torch.where(moved, sources, targets)  # an unmoved row copies itself
         for cache in caches:
             copy_layers(cache, kept, targets, end)
@@ -62,7 +60,27 @@ def copy_moved(
 def default_method(device: Any) -> str:
     if device.type != "cuda":
         return "looked-up"
-    return "triton" if _triton_works(str(device)) else "every"
+    name = str(device)
+    return "triton" if _triton_works(name) and name not in _TRITON_FAILED else "every"
+
+
+def _copy_with_triton(
+    torch: Any, caches: tuple[Any, ...], sources: Any, targets: Any, lengths: Any, moved: Any
+) -> bool:
+    """The copy through the Triton kernel; False (logged, and this device copies every row from
+    now on) where the launch raises: a kernel is compiled for each new specialization of its
+    arguments, and one the trial at load did not meet could fail."""
+    kernel = _triton_kernel()
+    if kernel is None:
+        raise RuntimeError("Triton is not available")
+    try:
+        kernel(caches, sources, targets, torch.where(moved, lengths, 0))
+    except Exception:
+        log.warning("the Triton row copy failed: beam rows copy every row of the batch's "
+                    "beams from now on", exc_info=True)  # fmt: skip
+        _TRITON_FAILED.add(str(sources.device))
+        return False
+    return True
 
 
 @functools.cache
