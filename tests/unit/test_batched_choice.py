@@ -1,7 +1,8 @@
 """batched/choice.py on the CPU, over a small vocabulary: a row inside its prompt is fed its
 next prompt token and keeps its rule state; the step after its last prompt token picks under
 Whisper's rules and advances the state; the no-speech probability comes from the step that fed
-<|startoftranscript|>; the next step's inputs are written in place; rows move whole."""
+<|startoftranscript|>; the next step's inputs are written in place; rows move whole; a beam
+window's choice is made beside greedy rows and written into its rows."""
 
 from __future__ import annotations
 

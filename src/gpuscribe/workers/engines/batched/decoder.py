@@ -329,10 +329,10 @@ class StaticDecoder:
         return self.logits[:count]
 
     def capture_all(self) -> None:
-        """Capture the step at every row bucket and length now (at load), longest first. A
-        capture in the middle of a stream stalls every row while it runs (about 7 step times,
-        or 21 where the attention form is chosen), and the graphs' memory is held from the
-        start instead of growing as new shapes come."""
+        """Capture the step at every row bucket and length now (at load), longest first, after
+        compiling the beams' row copy. A capture in the middle of a stream stalls every row
+        while it runs (about 7 step times, or 21 where the attention form is chosen), and the
+        graphs' memory is held from the start instead of growing as new shapes come."""
         self._warm_beam_copy()
         if not self.use_graphs:
             return
