@@ -588,6 +588,7 @@ def _report_stream(args: argparse.Namespace, out: Path, tasks: list[dict[str, An
         "stages": (stages := _stages(final, getattr(args, "started_epoch", None))),
         "audio_seconds_per_second_to_last_finish": audio / stages["last_finish_s"]
         if stages.get("last_finish_s") else None,
+        "batch_log": _batch_lines(out / f"serve-{args.name}.log"),
     }  # fmt: skip
     (out / f"stream-{args.name}.json").write_text(json.dumps(report, indent=1))
     try:
@@ -605,6 +606,15 @@ def _report_stream(args: argparse.Namespace, out: Path, tasks: list[dict[str, An
             " over-cap samples "
             f"{g['samples_over_cap']}/{g['samples']}"
         )
+
+
+def _batch_lines(log: Path) -> list[str]:
+    """What the batch logged a minute while it worked (its steps, rows, the share of steps that
+    waited on the host, and its milliseconds a step by part), from the service's log."""
+    if not log.exists():
+        return []
+    lines = log.read_text(errors="replace").splitlines()
+    return [line[line.index("batch: ") :] for line in lines if "batch: " in line]
 
 
 def _plot(path: Path, samples: list[dict[str, Any]], gpus: list[str], name: str,
