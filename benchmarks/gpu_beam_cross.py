@@ -13,8 +13,18 @@ bucket:
             head_dim]`), the other rows of the group never read
 and checks that both give the same logits when the rows of a group hold the same audio (the
 beams of one window do). The memory a row would need under each layout is reported beside the
-times. JSON goes to OUT/beam-cross-MODEL.json. On a CPU (`--device cpu`, a small architecture)
-it checks the equality only.
+times.
+
+The shared form needs each window's beams in consecutive rows, which the batch's compaction does
+not keep. A layout that keeps rows where they are would look each row's window up instead: a
+kernel whose program takes one window (slot) and head, reads the slot's keys and values once
+and attends with every row of the window (`members[slot]`, up to 16). Its prototype (Triton,
+benchmark only) is timed on one layer's cross-attention alone against PyTorch's fused kernel
+over every row (the engine's) and the shared form, with a batch of beam windows and with a
+batch of greedy rows (one member a slot), and its output compared with theirs.
+
+JSON goes to OUT/beam-cross-MODEL.json. On a CPU (`--device cpu`, a small architecture, with
+TRITON_INTERPRET=1 for the kernel) it checks the equalities only.
 """
 
 from __future__ import annotations
@@ -28,7 +38,12 @@ from typing import Any
 from gpu_attention import timed  # this folder, run as a script
 
 from gpuscribe.memory.architectures import ARCHITECTURES
-from gpuscribe.workers.engines.batched.decoder import LENGTH_BUCKETS, StaticDecoder, _Layer
+from gpuscribe.workers.engines.batched.decoder import (
+    LENGTH_BUCKETS,
+    StaticDecoder,
+    _cudnn_first,
+    _Layer,
+)
 from gpuscribe.workers.engines.transformers_engine import (
     TEST_ARCHITECTURE,
     _build_random,
@@ -64,6 +79,117 @@ class SharedCrossDecoder(StaticDecoder):
             a = F.scaled_dot_product_attention(q, keys, values)
         a = a.transpose(1, 2).reshape(n, 1, s.d_model)
         return F.linear(a, layer.xout_w, layer.xout_b)
+
+
+GROUP = 16  # rows a slot can hold in the prototype kernel (tl.dot needs 16 or more)
+BLOCK_FRAMES = 64
+
+
+def triton_cross() -> Any:
+    """The prototype kernel's launcher: `launch(q [n, heads, dh], k, v [slots, heads, frames,
+    dh], members [slots, GROUP] int32 (-1: none), out [n, heads, dh])`."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit  # type: ignore[untyped-decorator]
+    def attend(  # type: ignore[no-untyped-def]
+        q, k, v, out, members, frames, heads, scale,
+        head_dim: tl.constexpr, group: tl.constexpr, block: tl.constexpr,
+    ):  # fmt: skip
+        slot = tl.program_id(0)
+        head = tl.program_id(1)
+        rows = tl.load(members + slot * group + tl.arange(0, group))
+        valid = rows >= 0
+        if tl.max(rows) < 0:
+            return
+        d = tl.arange(0, head_dim)
+        at = (tl.where(valid, rows, 0).to(tl.int64) * heads + head) * head_dim
+        query = tl.load(q + at[:, None] + d[None, :], mask=valid[:, None], other=0.0)
+        base = (slot.to(tl.int64) * heads + head) * frames * head_dim
+        best = tl.full([group], float("-inf"), tl.float32)
+        total = tl.zeros([group], tl.float32)
+        acc = tl.zeros([group, head_dim], tl.float32)
+        for start in range(0, frames, block):
+            f = start + tl.arange(0, block)
+            inside = f < frames
+            where = base + f[:, None] * head_dim + d[None, :]
+            keys = tl.load(k + where, mask=inside[:, None], other=0.0)
+            scores = tl.dot(query, tl.trans(keys)) * scale
+            scores = tl.where(inside[None, :], scores, float("-inf"))
+            new_best = tl.maximum(best, tl.max(scores, 1))
+            weights = tl.exp(scores - new_best[:, None])
+            shrink = tl.exp(best - new_best)
+            total = total * shrink + tl.sum(weights, 1)
+            values = tl.load(v + where, mask=inside[:, None], other=0.0)
+            acc = acc * shrink[:, None] + tl.dot(weights.to(values.dtype), values)
+            best = new_best
+        acc = acc / total[:, None]
+        tl.store(out + at[:, None] + d[None, :], acc.to(out.dtype.element_ty), mask=valid[:, None])
+
+    def launch(q: Any, k: Any, v: Any, members: Any, out: Any) -> None:
+        _, heads, frames, head_dim = k.shape
+        grid = (members.shape[0], heads)
+        scale = head_dim**-0.5
+        attend[grid](
+            q, k, v, out, members, frames, heads, scale,
+            head_dim=head_dim, group=GROUP, block=BLOCK_FRAMES,
+        )  # fmt: skip
+
+    return launch
+
+
+def attention_alone(torch: Any, shape: Any, rows: int, beam: int, device: Any, dtype: Any) -> Any:
+    """One layer's cross-attention at `rows` rows: PyTorch's fused kernel over every row (the
+    engine's), the shared form, and the prototype kernel, for windows of `beam` rows and for
+    greedy rows. Milliseconds on CUDA, and each output's largest difference from the fused
+    kernel's over the same rows."""
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    cuda = device.type == "cuda"
+    if cuda:  # cuDNN's kernel first, as the engine's decode step asks
+        prefer_cudnn = _cudnn_first()
+
+        def fused(*args: Any) -> Any:
+            with prefer_cudnn():
+                return sdpa(*args)
+    else:
+        fused = sdpa
+    heads, frames, dh = shape.heads, shape.frames, shape.head_dim
+    options = {"device": device, "dtype": dtype}
+    keys = torch.randn(rows, heads, frames, dh, **options)
+    values = torch.randn(rows, heads, frames, dh, **options)
+    q = torch.randn(rows, heads, dh, **options)
+    launch = triton_cross()
+    report: dict[str, Any] = {}
+    for name, group in (("beams", beam), ("greedy", 1)):
+        slots = rows // group
+        owner = torch.arange(rows, device=device) // group  # each row's slot
+        k_rows, v_rows = keys[:slots][owner], values[:slots][owner]  # per-row copies
+        members = torch.full((rows, GROUP), -1, dtype=torch.int32, device=device)
+        members[:slots, :group] = torch.arange(rows, device=device, dtype=torch.int32).view(
+            slots, group
+        )
+        out = torch.empty_like(q)
+        runs = {
+            "fused_every_row": lambda kr=k_rows, vr=v_rows: fused(q[:, :, None], kr, vr)[:, :, 0],
+            "triton_slots": lambda m=members, o=out: launch(q, keys, values, m, o) or o,
+        }
+        if group > 1:
+            runs["fused_shared"] = lambda s=slots, g=group: (
+                fused(
+                    q.view(s, g, heads, dh).transpose(1, 2), keys[:s], values[:s]
+                ).transpose(1, 2).reshape(rows, heads, dh)
+            )  # fmt: skip
+        reference = runs["fused_every_row"]().float()
+        entry: dict[str, Any] = {"slots": slots}
+        for label, run in runs.items():
+            entry[f"{label}_max_abs_diff"] = float((run().float() - reference).abs().max())
+            if cuda:
+                entry[f"{label}_ms"] = timed(torch, run, 50)
+        report[name] = entry
+        del k_rows, v_rows
+    if cuda:
+        torch.cuda.empty_cache()
+    return report
 
 
 def _fill(torch: Any, decoder: SharedCrossDecoder, rows: int, group: int, device: Any) -> None:
@@ -103,6 +229,9 @@ def main() -> None:
     if cuda:
         _configure_cuda(torch)
     rows = args.rows - args.rows % args.beam
+    shape = StaticDecoder(whisper, 1, use_graphs=False).shape
+    alone = attention_alone(torch, shape, rows, args.beam, device, dtype)
+    log.info("one layer's cross-attention alone: %s", json.dumps(alone))
     decoder = SharedCrossDecoder(whisper, rows, use_graphs=cuda)
     if cuda:
         decoder.set_attention("sdpa")
@@ -118,6 +247,7 @@ def main() -> None:
         "beam": args.beam,
         "bytes_a_row": {"per-row": self_bytes + cross_bytes,
                         "shared": self_bytes + cross_bytes / args.beam},
+        "attention_alone": alone,
         "by_length": {},
     }  # fmt: skip
     for length in LENGTH_BUCKETS:
