@@ -345,6 +345,12 @@ def main() -> None:
         "--lookaheads", default=str(LOOKAHEAD), help="steps queued ahead the engine tries"
     )
     parser.add_argument(
+        "--grouped",
+        default="on",
+        help="on,off: steps with beam windows read each window's audio once (where the kernel "
+        "passed its trial at load), and row by row",
+    )
+    parser.add_argument(
         "--priorities",
         default="-1,0",
         help="decode-stream priorities the timeline and engine try (serial: no side stream)",
@@ -380,16 +386,23 @@ def main() -> None:
         save("timeline", part_timeline(model, few, args.beam, priorities, out))
     if "engine" in parts:
         runs = []
+        grouped = model.decoder.grouped  # what the load chose: "kernel" or None
         for priority in priorities:
             _arrange(model, priority)
             for lookahead in [int(k) for k in args.lookaheads.split(",")]:
                 model.batcher.lookahead = lookahead  # read by the batcher thread each step
-                for threads in args.threads.split(","):
-                    run = part_engine(model, lengths, int(threads), args.beam)
-                    runs.append({"decode_priority": priority, "lookahead": lookahead, **run})
-                    save("engine", runs)
+                for way in args.grouped.split(","):
+                    model.decoder.grouped = grouped if way == "on" else None
+                    for threads in args.threads.split(","):
+                        run = part_engine(model, lengths, int(threads), args.beam)
+                        runs.append({
+                            "decode_priority": priority, "lookahead": lookahead,
+                            "grouped": model.decoder.grouped, **run,
+                        })  # fmt: skip
+                        save("engine", runs)
         _arrange(model, priorities[0])
         model.batcher.lookahead = LOOKAHEAD
+        model.decoder.grouped = grouped
 
     def attempt(part: str, run: Any) -> None:  # one part failing must not lose the others
         try:

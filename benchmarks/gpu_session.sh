@@ -9,10 +9,10 @@
 #                                              profile, model M or both, ROWS batch rows (256; an
 #                                              H100 holds 160 of large-v3) (after install 1; ~3 min
 #                                              a model)
-#   bash benchmarks/gpu_session.sh beams M [ROWS]  the engine in one process at 5 beams, 300
-#                                              tasks, with the host catching up after every step
-#                                              (lookahead 0) and two steps behind (2, the
-#                                              default), in one load (after install 1; ~4 min)
+#   bash benchmarks/gpu_session.sh beams M [ROWS]  the engine in one process at 5 beams, 100
+#                                              tasks, each window's audio read once a step
+#                                              (grouped on) and row by row (off), in one load
+#                                              (after install 1; ~4 min)
 #   bash benchmarks/gpu_session.sh generate M [BATCHES]  (b) alone, beside a batch of 32 rows
 #                                              (on an H100 the engine's cache leaves too little)
 #   bash benchmarks/gpu_session.sh real        tiny.en on CUDA against the CPU (after 3; ~1 min)
@@ -75,9 +75,12 @@ case "${1:-}" in
         | cut -c1-600
     done ;;
   beams)
-    python3 benchmarks/gpu_batching.py --out "$OUT" --model "${2:-large-v3}" --tasks 300 \
-      --threads 300 --rows "${3:-160}" --beam 5 --lookaheads 0,2 --priorities=-1 \
-      --parts engine 2>&1 | grep -v "captured a decode\|\[transformers\]" | cut -c1-600 ;;
+    # each window's audio read once a step (grouped on) and row by row, then the host one
+    # step behind; 100 tasks (about 21,000 audio seconds) a run
+    python3 benchmarks/gpu_batching.py --out "$OUT" --model "${2:-large-v3}" --tasks 100 \
+      --threads 100 --rows "${3:-160}" --beam 5 --lookaheads 2 --grouped on,off \
+      --priorities=-1 --parts engine 2>&1 | grep -v "captured a decode\|\[transformers\]" \
+      | cut -c1-600 ;;
   generate)
     python3 benchmarks/gpu_batching.py --out "$OUT" --model "${2:-large-v3}" --tasks 300 \
       --rows 32 --generate-batches "${3:-32,64,128,192,256}" --parts generate 2>&1 \

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
+# Triton's kernels (where Triton is installed; CI has none) run on CPU tensors in its
+# interpreter, which must be chosen before Triton is first imported: its library's reductions
+# (`tl.max`, `tl.sum`) are kernels of their own that the interpreter patches at import.
+os.environ["TRITON_INTERPRET"] = "1"
 
 
 @pytest.fixture(scope="session")

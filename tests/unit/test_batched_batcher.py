@@ -19,7 +19,7 @@ import pytest
 from gpuscribe.domain import Priority
 from gpuscribe.workers.base import TaskCancelled
 from gpuscribe.workers.engines.batched import batcher as batcher_module
-from gpuscribe.workers.engines.batched import rowcopy
+from gpuscribe.workers.engines.batched import crossattn, rowcopy
 from gpuscribe.workers.engines.batched.batcher import (
     BatchCounters,
     Batcher,
@@ -43,6 +43,17 @@ GREEDY = DecodeOptions(beam_size=1, max_length=24, suppress_tokens=())
 WAIT = 60.0
 
 
+GROUPED = [None, "gathered", "kernel"]  # how steps attend with a window's rows (`crossattn`)
+
+
+def _triton_interpreter() -> None:
+    """Skips where Triton is not installed (CI); the unit tests' conftest chose its
+    interpreter, which runs its kernels on CPU tensors."""
+    pytest.importorskip("triton")
+    if crossattn._kernel() is None:
+        pytest.skip("Triton cannot be used here")
+
+
 @pytest.fixture(scope="module")
 def vocabulary(whisper: Any) -> Vocabulary:
     info = _random_info(TEST_ARCHITECTURE)
@@ -50,11 +61,16 @@ def vocabulary(whisper: Any) -> Vocabulary:
 
 
 @pytest.fixture
-def make(whisper: Any, vocabulary: Vocabulary) -> Iterator[Callable[[int], Batcher]]:
+def make(whisper: Any, vocabulary: Vocabulary) -> Iterator[Callable[..., Batcher]]:
     made: list[Batcher] = []
 
-    def make_batcher(rows: int) -> Batcher:
+    def make_batcher(rows: int, grouped: str | None = None) -> Batcher:
+        """A batcher of `rows` rows; `grouped`: how its steps attend with a window's rows
+        together ("gathered", "kernel" in Triton's interpreter), or row by row (None)."""
+        if grouped == "kernel":
+            _triton_interpreter()
         decoder = StaticDecoder(whisper, rows, use_graphs=False)
+        decoder.grouped = grouped
         batcher = Batcher(decoder, vocabulary, TEST_ARCHITECTURE.n_mels)
         made.append(batcher)
         return batcher
@@ -242,13 +258,15 @@ def test_beam_scores_survive_row_reordering(make: Callable[[int], Batcher]) -> N
     _wait_for(lambda: not batcher._rows, "every row to be freed")
 
 
+@pytest.mark.parametrize("grouped", GROUPED)
 def test_beams_of_two_sizes_decode_in_a_busy_batch_as_alone(
-    make: Callable[[int], Batcher],
+    make: Callable[..., Batcher], grouped: str | None
 ) -> None:
     """Windows of 2 and of 4 beams (two layouts in each step) beside short greedy windows that
     end early, so that compaction moves the beams' rows while steps are queued ahead: the same
-    hypotheses and scores as each job alone."""
-    batcher = make(24)
+    hypotheses and scores as each job alone, also where each window's rows attend to its audio
+    together."""
+    batcher = make(24, grouped)
     v = batcher.vocabulary
     two = DecodeOptions(beam_size=2, max_length=30, suppress_tokens=())
     four = DecodeOptions(beam_size=4, num_hypotheses=2, max_length=30, suppress_tokens=())
@@ -268,17 +286,22 @@ def test_beams_of_two_sizes_decode_in_a_busy_batch_as_alone(
         for a, b in zip(one, other, strict=True):
             assert b.scores == pytest.approx(a.scores, abs=1e-4)
     assert batcher.beam_rows_moved > moved  # beams did take other rows' hypotheses
+    assert (batcher.grouped_steps > 0) == bool(grouped)
 
 
-@pytest.mark.parametrize("method", ["looked-up", "every"])
+@pytest.mark.parametrize(
+    ("method", "grouped"), [("looked-up", None), ("every", None), ("looked-up", "gathered")]
+)
 def test_beams_in_a_busy_batch_score_what_a_full_pass_gives(
-    make: Callable[[int], Batcher], method: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+    make: Callable[..., Batcher], method: str, grouped: str | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
     """Windows of 4 beams beside greedy windows that end early (compaction moves the beams'
     rows while two steps are queued ahead): every hypothesis scores what a full forward pass
-    gives, with the moved rows looked up and with every beam row copied (CUDA's fallback)."""
+    gives, with the moved rows looked up and with every beam row copied (CUDA's fallback), and
+    with each window's rows attending to its audio together."""
     monkeypatch.setattr(rowcopy, "default_method", lambda device: method)
-    batcher = make(48)
+    batcher = make(48, grouped)
     v = batcher.vocabulary
     beams = DecodeOptions(
         beam_size=4, num_hypotheses=4, max_length=40, suppress_tokens=(), suppress_blank=False,
@@ -295,6 +318,7 @@ def test_beams_in_a_busy_batch_score_what_a_full_pass_gives(
         for tokens, score in zip(result.sequences_ids, result.scores, strict=True):
             assert score == pytest.approx(_teacher_forced_score(batcher, one, tokens), abs=1e-3)
     assert batcher.beam_rows_moved > 0
+    assert (batcher.grouped_steps > 0) == bool(grouped)
 
 
 def test_sampling_gives_its_hypotheses(make: Callable[[int], Batcher]) -> None:
@@ -577,11 +601,11 @@ def test_a_failed_step_fails_only_what_was_in_flight(make: Callable[[int], Batch
     real_step = decoder.step
     fail = threading.Event()
 
-    def step(count: int, max_position: int) -> Any:
+    def step(count: int, max_position: int, **options: Any) -> Any:
         if fail.is_set():
             fail.clear()
             raise RuntimeError("CUDA out of memory (simulated)")
-        return real_step(count, max_position)
+        return real_step(count, max_position, **options)
 
     decoder.step = step  # type: ignore[method-assign]
     running = batcher.submit(

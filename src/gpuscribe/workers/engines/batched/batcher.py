@@ -39,6 +39,7 @@ from gpuscribe.workers.engines.batched.choice import (
     forced_start,
     row_generates,
 )
+from gpuscribe.workers.engines.batched.crossattn import window_table
 from gpuscribe.workers.engines.batched.decoder import StaticDecoder
 from gpuscribe.workers.engines.batched.features import MelFeatures
 from gpuscribe.workers.engines.batched.search import (
@@ -246,6 +247,8 @@ class Batcher:
         self._in_flight: deque[_Launched] = deque()  # steps launched, not yet caught up with
         self._encoding: _Encoding | None = None
         self._ready: list[tuple[Group, EncoderInput]] = []  # encoded, waiting for free rows
+        self._windows_stale = True  # rows started or moved since the decoder was told
+        self._shared_windows = False  # some window has several rows (beams, samples)
         self._served: dict[int, int] = {}  # priority -> the latest turn taken to be encoded
         cuda = decoder.device.type == "cuda"
         self._encoder_stream = torch.cuda.Stream() if cuda else None  # type: ignore[no-untyped-call]
@@ -257,6 +260,7 @@ class Batcher:
         self.host_bound_steps = 0  # steps the device had finished before the host caught up
         self.beam_rows_chosen = 0  # beam rows the host chose for, summed over steps
         self.beam_rows_moved = 0  # of those, rows that took another row's cache
+        self.grouped_steps = 0  # steps whose windows' rows attended to their audio together
         self.seconds: dict[str, float] = {"calls": 0.0, "admit": 0.0, "step": 0.0, "select": 0.0}
         self._logged = self.counters()  # the totals at the last summary in the log
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_SECONDS))
@@ -620,6 +624,7 @@ class Batcher:
         self._states.start(targets, new_rows)
         self._prefill_heads(new_rows, first_row)
         self._rows.extend(new_rows)
+        self._windows_stale = True
 
     def _encode_all(self, taken: list[tuple[Group, EncoderInput]]) -> None:
         """Encode every window about to start that has no encoder output yet."""
@@ -673,7 +678,9 @@ class Batcher:
         n = len(rows)
         positions = [r.position for r in rows]
         started = time.perf_counter()
-        logits = self.decoder.step(n, max(positions))
+        grouped = self._grouped(rows)
+        logits = self.decoder.step(n, max(positions), grouped=grouped)
+        self.grouped_steps += grouped
         layouts = self._beam_layouts(rows, positions)
         sampling = any(r.group.options.sampling for r in rows)
         choice = self._states.choose(logits, n, sampling=sampling, beams=layouts)
@@ -688,6 +695,24 @@ class Batcher:
         self.steps += 1
         self.row_steps += n
         self.seconds["step"] += time.perf_counter() - started
+
+    def _grouped(self, rows: list[Row]) -> bool:
+        """Whether the step attends with each window's rows together (`crossattn.py`): where
+        the decoder can and some window has several rows. The decoder learns where the windows'
+        rows are when they have started or moved since it last did."""
+        if self.decoder.grouped is None:
+            return False
+        if self._windows_stale:
+            by_window: dict[int, list[int]] = {}
+            for i, row in enumerate(rows):
+                by_window.setdefault(id(row.group), []).append(i)
+            windows = list(by_window.values())
+            self._shared_windows = any(len(w) > 1 for w in windows)
+            if self._shared_windows:
+                table = window_table(windows, self.decoder.rows)
+                self.decoder.set_windows(*(self._states.upload(t) for t in table))
+            self._windows_stale = False
+        return self._shared_windows
 
     def _beam_layouts(self, rows: list[Row], positions: list[int]) -> list[BeamLayout]:
         """Where the beam windows among `rows` sit, a layout per beam size (`beams.py`)."""
@@ -829,11 +854,13 @@ class Batcher:
         for hole, mover in zip(holes, movers, strict=True):
             new[hole] = mover
         self._rows = new
+        self._windows_stale = True
 
     def _fail_rows(self, error: BaseException) -> None:
         for row in self._rows:
             row.group.request.fail(error)
         self._rows = []
+        self._windows_stale = True
         self._in_flight.clear()
         if self._encoding is not None:
             for group, _ in self._encoding.taken:

@@ -23,6 +23,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
+from gpuscribe.workers.engines.batched import crossattn
 from gpuscribe.workers.engines.batched.encoder import FusedEncoder
 from gpuscribe.workers.engines.batched.rowcopy import copy_layers, copy_moved
 
@@ -175,9 +176,18 @@ class StaticDecoder:
         self.logits = torch.zeros(rows, s.vocab, dtype=torch.float32, device=self.device)
         self._arange = torch.arange(s.max_len, device=self.device)
         self._rows_index = torch.arange(rows, device=self.device)
+        # Where each window's rows are (`crossattn.window_table`), for grouped steps.
+        leaders, members, leader_of_row = crossattn.window_table([], rows)
+        self.leaders = torch.from_numpy(leaders).to(self.device)
+        self.members = torch.from_numpy(members).to(self.device)
+        self.leader_of_row = torch.from_numpy(leader_of_row).to(self.device)
+        # How a grouped step attends to its windows' audio: "kernel" (one read a window,
+        # `crossattn.py`; CUDA where its trial passes at load), "gathered" (tests), or None:
+        # no grouped steps, every step attends row by row.
+        self.grouped: str | None = None
         self.use_graphs = use_graphs and self.device.type == "cuda"
         self._decode_cross = _cudnn_first() if self.device.type == "cuda" else None
-        self._graphs: dict[tuple[int, int], Any] = {}
+        self._graphs: dict[tuple[int, int, bool], Any] = {}
         self._pool: Any = None
         self.batch_buckets = batch_buckets(rows)
         # "auto" on CUDA: each captured step shape keeps the fastest kind, timed at capture.
@@ -312,19 +322,29 @@ class StaticDecoder:
             return logits, None
         return logits, torch.stack([collected[pair] for pair in heads], dim=1)
 
+    def set_windows(self, leaders: Any, members: Any, leader_of_row: Any) -> None:
+        """Where each window's rows are now (`crossattn.window_table`, on the device), for the
+        grouped steps that follow; queued in order after the steps before."""
+        self.leaders.copy_(leaders)
+        self.members.copy_(members)
+        self.leader_of_row.copy_(leader_of_row)
+
     # --- one step over the first `count` rows ----------------------------------------------
-    def step(self, count: int, max_position: int) -> Any:
+    def step(self, count: int, max_position: int, *, grouped: bool = False) -> Any:
         """One decoding step of rows `0..count-1` with the tokens and positions already written
         to `self.tokens` / `self.positions`; returns float32 logits `[count, vocab]` (a view of
-        a static buffer of at least `count` rows: read it before the next step)."""
+        a static buffer of at least `count` rows: read it before the next step). `grouped`
+        (where `self.grouped` allows): each window's rows attend to its audio together, as the
+        last `set_windows` says they lie."""
         batch = bucket_for(count, self.batch_buckets)
         length = bucket_for(max_position + 1, LENGTH_BUCKETS)
+        grouped = grouped and self.grouped is not None
         if not self.use_graphs:
-            self._step_into(batch, length)
+            self._step_into(batch, length, grouped)
             return self.logits[:count]
-        graph = self._graphs.get((batch, length))
+        graph = self._graphs.get((batch, length, grouped))
         if graph is None:
-            graph = self._capture(batch, length)
+            graph = self._capture(batch, length, grouped)
         graph.replay()
         return self.logits[:count]
 
@@ -336,10 +356,13 @@ class StaticDecoder:
         self._warm_beam_copy()
         if not self.use_graphs:
             return
-        for batch in self.batch_buckets:
-            for length in reversed(LENGTH_BUCKETS):
-                if (batch, length) not in self._graphs:
-                    self._capture(batch, length)
+        if self.grouped is None and crossattn.triton_works(str(self.device)):
+            self.grouped = "kernel"
+        for grouped in (False, True) if self.grouped else (False,):
+            for batch in self.batch_buckets:
+                for length in reversed(LENGTH_BUCKETS):
+                    if (batch, length, grouped) not in self._graphs:
+                        self._capture(batch, length, grouped)
 
     def _warm_beam_copy(self) -> None:
         """Compile the beams' row copy for this cache now (on CUDA, a Triton kernel is tried and
@@ -349,22 +372,22 @@ class StaticDecoder:
         none = torch.zeros(1, dtype=torch.long, device=self.device)
         self.move_beams(none, none, none, none.bool(), 1)
 
-    def _capture(self, batch: int, length: int) -> Any:
+    def _capture(self, batch: int, length: int, grouped: bool) -> Any:
         """The graph of a step shape. Under "auto" the attention form is timed once per row
         bucket (at the first length captured, the longest under `capture_all`) and kept for
-        its other lengths."""
+        its other lengths and for grouped steps."""
         if self.attention != "auto":
-            return self._capture_kind(batch, length, self.attention)
+            return self._capture_kind(batch, length, grouped, self.attention)
         known = next((k for (b, _), k in self.chosen.items() if b == batch), None)
         if known is not None:
             self.chosen[(batch, length)] = known
-            return self._capture_kind(batch, length, known)
+            return self._capture_kind(batch, length, grouped, known)
         timed = []
         for kind in ATTENTION_KINDS:
-            graph = self._capture_kind(batch, length, kind)
+            graph = self._capture_kind(batch, length, grouped, kind)
             timed.append((self._time(graph), kind, graph))
         _, kind, graph = min(timed, key=lambda t: t[0])
-        self._graphs[(batch, length)] = graph
+        self._graphs[(batch, length, grouped)] = graph
         self.chosen[(batch, length)] = kind
         log.info(
             "decode step of %d rows, %d positions: %s attention (%s)", batch, length, kind,
@@ -383,17 +406,20 @@ class StaticDecoder:
         end.synchronize()
         return float(start.elapsed_time(end)) / 1000 / TUNE_REPLAYS
 
-    def _capture_kind(self, batch: int, length: int, kind: str) -> Any:
+    def _capture_kind(self, batch: int, length: int, grouped: bool, kind: str) -> Any:
         self._kind = kind
         torch = self._torch
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
-        graph = capture_graph(torch, lambda: self._step_into(batch, length), self._pool)
-        self._graphs[(batch, length)] = graph
-        log.debug("captured a decode step: %d rows, %d positions, %s", batch, length, kind)
+        graph = capture_graph(torch, lambda: self._step_into(batch, length, grouped), self._pool)
+        self._graphs[(batch, length, grouped)] = graph
+        log.debug(
+            "captured a decode step: %d rows, %d positions, %s%s", batch, length, kind,
+            ", grouped" if grouped else "",
+        )  # fmt: skip
         return graph
 
-    def _step_into(self, batch: int, length: int) -> None:
+    def _step_into(self, batch: int, length: int, grouped: bool = False) -> None:
         torch = self._torch
         F = torch.nn.functional
         with torch.inference_mode():
@@ -411,7 +437,10 @@ class StaticDecoder:
                 values = self.self_v[index, :batch, :, :length]
                 a = self._attend(q, keys, values, visible)
                 x = x + F.linear(self._merge(a, batch, 1), layer.out_w, layer.out_b)
-                x = x + self._cross(layer, index, x, slice(0, batch), batch, 1)
+                if grouped:
+                    x = x + self._grouped_cross(layer, index, x, batch)
+                else:
+                    x = x + self._cross(layer, index, x, slice(0, batch), batch, 1)
                 x = x + self._mlp(layer, x)
             x = self._final_ln(x[:, 0])
             self.logits[:batch] = F.linear(x, self._embed).float()
@@ -428,6 +457,21 @@ class StaticDecoder:
         else:
             a = F.scaled_dot_product_attention(q, keys, values)
         return F.linear(self._merge(a, n, length), layer.xout_w, layer.xout_b)
+
+    def _grouped_cross(self, layer: _Layer, index: int, x: Any, batch: int) -> Any:
+        """A step's cross-attention with each window's rows reading its audio together
+        (`crossattn.py`); rows in no window (padding up to the bucket) attend to nothing."""
+        torch = self._torch
+        F = torch.nn.functional
+        s = self.shape
+        q = F.linear(layer.ln2(x), layer.xq_w, layer.xq_b).view(batch, s.heads, s.head_dim)
+        keys, values = self.cross_k[index], self.cross_v[index]
+        if self.grouped == "kernel":
+            a = torch.zeros_like(q)
+            crossattn.attend(q, keys, values, self.leaders[:batch], self.members[:batch], a)
+        else:
+            a = crossattn.attend_gathered(torch, q, keys, values, self.leader_of_row[:batch])
+        return F.linear(a.reshape(batch, 1, s.d_model), layer.xout_w, layer.xout_b)
 
     def _attend(self, q: Any, keys: Any, values: Any, visible: Any) -> Any:
         """Attention of one query row per sequence (`q` `[n, heads, 1, d]`)."""
