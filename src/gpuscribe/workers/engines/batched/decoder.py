@@ -10,7 +10,9 @@ Self-attention keys/values: `[layers, rows, heads, max_len, head_dim]`; cross-at
 keys/values (computed once per window from the encoder output): `[layers, rows, heads, frames,
 head_dim]`. A step feeds one token per row at that row's position and writes that position's
 keys/values before attending to positions `<= pos`; what lies beyond a row's position is
-never read, so rows need no clearing when they are reused.
+never read, so rows need no clearing when they are reused. Every row of a window holds the
+window's cross-attention keys and values; a grouped step (beams in the batch) reads them once a
+window for all its rows (`crossattn.py`), from where the batcher last said the rows are.
 """
 
 from __future__ import annotations
