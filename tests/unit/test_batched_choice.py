@@ -13,6 +13,7 @@ import pytest
 
 from gpuscribe.workers.engines.batched.beams import BeamLayout
 from gpuscribe.workers.engines.batched.choice import (
+    CAPTURED_BEAM,
     COUNT,
     FORCED_TOKENS,
     LAST,
@@ -171,8 +172,8 @@ def test_choosing_over_a_whole_bucket_leaves_the_batch_rows_choice_alone() -> No
     for step in range(6):
         logits = torch.randn(8, V.size, generator=torch.Generator().manual_seed(step))
         one = alone.choose(logits[:2], 2, sampling=False)
-        whole = bucket._choose_rows(logits, 8, sampling=False)
-        assert torch.equal(one.out, whole.out[:2])
+        bucket._choose_rows(logits, 8, sampling=False, keep=0)
+        assert torch.equal(one.out, bucket._out[:2])
         for name in ("state", "tokens", "positions", "no_speech"):
             assert torch.equal(getattr(alone, name)[:2], getattr(bucket, name)[:2]), name
 
@@ -220,3 +221,51 @@ def test_a_beam_window_chooses_on_the_device_beside_a_greedy_row() -> None:
     scores = states.state[:, SCORE].contiguous().view(torch.float64)
     assert float(scores[2]) == score and float(scores[0]) == record[0, 1, 0]
     assert not bool(choice.moves[0].moved.any())  # the beams' caches are alike at the start
+
+
+def _as_if_captured(states: RowStates) -> None:
+    """`choose` takes its CUDA path on the CPU: each bucket's "graph" runs what its capture
+    records (the choice over the whole bucket from the step's logits buffer, keeping what the
+    beams read when the batch has beams), and the beams' choice runs after it."""
+    states.use_graphs = True
+
+    def graph(bucket: int, beams_too: bool) -> Any:
+        keep = 2 * CAPTURED_BEAM if beams_too else 0
+
+        def replay() -> None:
+            states._choose_rows(states._logits[:bucket], bucket, sampling=False, keep=keep)
+
+        return SimpleNamespace(replay=replay)
+
+    states._graph = graph  # type: ignore[method-assign]
+
+
+def test_the_captured_choice_with_beams_chooses_as_the_eager_one() -> None:
+    """A window of 3 beams in rows 3, 0, 2 beside a greedy row 1, junk in the bucket's free
+    rows: the captured path (the whole bucket in a graph that keeps the beams' inputs, then the
+    beams' choice) gives every step the eager choice, records and moves."""
+    eager, captured = _states(rows=8), _states(rows=8)
+    beam = DecodeOptions(beam_size=3, suppress_tokens=(), length_penalty=0.0)
+    layouts = []
+    for states in (eager, captured):
+        beams = [_row([V.sot, V.no_timestamps], beam) for _ in range(3)]
+        for row in beams[1:]:
+            row.group = beams[0].group
+        states.start([3, 1, 0, 2], [beams[0], _row([V.sot, 5, V.no_timestamps]), *beams[1:]])
+        layouts.append(BeamLayout(3, [beams[0].group], torch.tensor([[3, 0, 2]]), [0]))
+    junk = torch.Generator().manual_seed(5)
+    captured.state[4:] = torch.randint(-1, 20, (4, captured.state.shape[1]), generator=junk)
+    captured.state[4:, SUPPRESS] = 0
+    _as_if_captured(captured)
+    for step in range(7):
+        logits = torch.randn(8, V.size, generator=torch.Generator().manual_seed(10 + step))
+        one = eager.choose(logits[:4], 4, sampling=False, beams=[layouts[0]])
+        captured._logits[:] = logits  # what the step wrote into its output buffer
+        other = captured.choose(logits[:4], 4, sampling=False, beams=[layouts[1]])
+        assert torch.equal(one.out, other.out)
+        assert all(torch.equal(a, b) for a, b in zip(one.records, other.records, strict=True))
+        for a, b in zip(one.moves, other.moves, strict=True):
+            assert torch.equal(a.parents, b.parents) and torch.equal(a.moved, b.moved)
+        for name in ("state", "tokens", "positions", "no_speech"):
+            assert torch.equal(getattr(eager, name)[:4], getattr(captured, name)[:4]), name
+    assert eager.state[[3, 0, 2], COUNT].tolist() == [6, 6, 6]  # the beams did choose

@@ -18,10 +18,12 @@ candidates, writes each surviving beam's score, rule state and next token, and r
 of its decisions that the host replays when it catches up, and which rows take another row's
 cache (the batcher has the decoder copy them).
 
-On CUDA a choice without beams or sampling (the common one) is captured in a CUDA graph per row
-bucket, like the step, and replayed over the whole bucket: its ~75 small kernels cost one launch.
-Rows past the batch in the bucket are free rows; what the choice writes there is overwritten
-when a window starts in them.
+On CUDA a choice without sampling is captured in a CUDA graph per row bucket, like the step, and
+replayed over the whole bucket: its ~75 small kernels cost one launch. With beams in the batch,
+a second graph per bucket also keeps what the beams' choice reads (every row's best
+continuations and its rule state and position before the choice changed them), and the beams'
+own choice runs eagerly after it. Rows past the batch in the bucket are free rows; what the
+choice writes there is overwritten when a window starts in them.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ BEAM_COLUMNS = Columns(
 )  # fmt: skip
 _TOKEN_COLUMNS = (COUNT, LAST, PENULTIMATE, LAST_TIMESTAMP)  # what a row's tokens decide
 OUT_TOKEN, OUT_LOGPROB, OUT_NO_SPEECH = 0, 1, 2
+CAPTURED_BEAM = 8  # the largest beam whose candidates the captured choice keeps (larger: eager)
 
 
 def forced_start(prompt: Sequence[int], sot: int) -> int:
@@ -103,9 +106,15 @@ class RowStates:
         self._suppress = torch.zeros(SUPPRESS_SETS, vocabulary.size, dtype=torch.bool,
                                      device=device)  # fmt: skip
         self._logits = decoder.logits  # the step's output buffer, read by captured choices
+        # What the beams' choice reads, kept by the choice before it changes the rows.
+        self._before = torch.zeros_like(self.state)
+        self._before_positions = torch.zeros_like(self.positions)
+        width = 2 * CAPTURED_BEAM
+        self._top_lp = torch.zeros(rows, width, dtype=torch.float32, device=device)
+        self._top_id = torch.zeros(rows, width, dtype=torch.long, device=device)
         self._buckets = decoder.batch_buckets
         self.use_graphs = bool(decoder.use_graphs)
-        self._graphs: dict[int, Any] = {}
+        self._graphs: dict[tuple[int, bool], Any] = {}
         self._pool: Any = None
 
     # --- host -> device ---------------------------------------------------------------------
@@ -188,27 +197,38 @@ class RowStates:
     ) -> Choice:
         """Choose every row's token from a step's `logits` (`[n, vocab]`, float32, the rows'
         input at `self.positions`), the beams of the windows in `beams` among them, write the
-        next step's inputs, and return the choice."""
-        if self.use_graphs and not sampling and not beams:
-            graph = self._graph(bucket_for(n, self._buckets))
-            if graph is not None:
-                graph.replay()
-                return Choice(self._out[:n], [], [])
-        return self._choose_rows(logits, n, sampling=sampling, beams=beams)
+        next step's inputs, and return the choice. Beam rows are chosen for as greedy rows
+        first (in the captured graph where there is one), then their windows' choice overwrites
+        what it decides."""
+        width = 2 * max((layout.beam for layout in beams), default=0)
+        graph = None
+        if self.use_graphs and not sampling and width <= 2 * CAPTURED_BEAM:
+            graph = self._graph(bucket_for(n, self._buckets), bool(beams))
+        if graph is not None:
+            graph.replay()
+            top = (self._top_lp[:n], self._top_id[:n])
+        else:
+            top = self._choose_rows(logits, n, sampling=sampling, keep=width)
+        chosen = self._choose_beams(top, beams)
+        for _, writes in chosen:
+            self._write_beams(writes)
+        records = [record for record, _ in chosen]
+        return Choice(self._out[:n], records, [writes for _, writes in chosen])
 
     def capture_all(self) -> None:
-        """Capture the choice at every row bucket now (at load)."""
+        """Capture the choice at every row bucket now (at load), without and with beams."""
         for bucket in self._buckets:
-            if self.use_graphs:
-                self._graph(bucket)
+            for beams_too in (False, True):
+                if self.use_graphs:
+                    self._graph(bucket, beams_too)
 
-    def _graph(self, bucket: int) -> Any:
-        graph = self._graphs.get(bucket)
+    def _graph(self, bucket: int, beams_too: bool) -> Any:
+        graph = self._graphs.get((bucket, beams_too))
         if graph is None and self.use_graphs:
-            graph = self._capture(bucket)
+            graph = self._capture(bucket, beams_too)
         return graph
 
-    def _capture(self, bucket: int) -> Any:
+    def _capture(self, bucket: int, beams_too: bool) -> Any:
         """The choice over `bucket` rows in a CUDA graph, or None (then every choice is made
         eagerly). What the warm-up run writes is put back: a capture may come while rows
         decode (after the suppression table grew)."""
@@ -219,9 +239,10 @@ class RowStates:
         try:
             if self._pool is None:
                 self._pool = torch.cuda.graph_pool_handle()
-            graph = self._graphs[bucket] = capture_graph(
+            keep = 2 * CAPTURED_BEAM if beams_too else 0
+            graph = self._graphs[(bucket, beams_too)] = capture_graph(
                 torch,
-                lambda: self._choose_rows(self._logits[:bucket], bucket, sampling=False),
+                lambda: self._choose_rows(self._logits[:bucket], bucket, sampling=False, keep=keep),
                 self._pool,
                 warm_ups=1,
             )
@@ -234,11 +255,12 @@ class RowStates:
                 tensor.copy_(saved)
         return graph
 
-    def _choose_rows(
-        self, logits: Any, n: int, *, sampling: bool, beams: Sequence[BeamLayout] = ()
-    ) -> Choice:
-        """`choose` over rows `0..n-1`, eagerly (or being captured). Beam rows are chosen for
-        as greedy rows first, then their windows' choice overwrites what it decides."""
+    def _choose_rows(self, logits: Any, n: int, *, sampling: bool, keep: int) -> tuple[Any, Any]:
+        """Every row's choice as a greedy (or sampling) row over rows `0..n-1`, eagerly (or
+        being captured), into `self._out` and the next step's inputs. With `keep` (twice the
+        largest beam), first what the beams' choice reads: the rows' rule state and position
+        before this choice changes them, and each row's best `keep` continuations, returned
+        (views of static buffers where they fit, for a captured graph to write)."""
         torch = self._torch
         s = self.state[:n]
         logprobs, masked = apply_rules(torch, logits, self._rules(s), self.vocabulary,
@@ -250,7 +272,7 @@ class RowStates:
             pick = torch.where(sampled, drawn, pick)
             best_lp = torch.where(sampled, logprobs.gather(1, drawn[:, None])[:, 0], best_lp)
         position = self.positions[:n]
-        chosen = self._choose_beams(logprobs, position, beams) if beams else []
+        top = self._keep_for_beams(logprobs, n, keep) if keep else (None, None)
         in_prompt = position + 1 < s[:, PROMPT_END]
         offset = (position + 1 - s[:, FORCED_START]).clamp(0, FORCED_TOKENS - 1)
         prompt_token = self.forced[:n].gather(1, offset[:, None])[:, 0]
@@ -264,21 +286,30 @@ class RowStates:
         out[:, OUT_TOKEN] = pick
         out[:, OUT_LOGPROB] = best_lp
         out[:, OUT_NO_SPEECH] = self.no_speech[:n]
-        for _, writes in chosen:
-            self._write_beams(writes)
-        return Choice(out, [record for record, _ in chosen], [writes for _, writes in chosen])
+        return top
+
+    def _keep_for_beams(self, logprobs: Any, n: int, keep: int) -> tuple[Any, Any]:
+        """What the beams' choice reads, kept before the choice changes the rows."""
+        self._before[:n] = self.state[:n]
+        self._before_positions[:n] = self.positions[:n]
+        top_lp, top_id = logprobs.topk(keep, dim=-1)
+        if keep > self._top_lp.shape[1]:
+            return top_lp, top_id  # a beam too wide for the buffers (eager only)
+        self._top_lp[:n, :keep] = top_lp
+        self._top_id[:n, :keep] = top_id
+        return self._top_lp[:n, :keep], self._top_id[:n, :keep]
 
     def _choose_beams(
-        self, logprobs: Any, position: Any, layouts: Sequence[BeamLayout]
+        self, top: tuple[Any, Any], layouts: Sequence[BeamLayout]
     ) -> list[tuple[Any, BeamWrites]]:
-        """Each layout's beam choice (`beams.choose`), read from the state as it was before
-        this step's choice changes it."""
-        width = 2 * max(layout.beam for layout in layouts)
-        top_lp, top_id = logprobs.topk(width, dim=-1)
+        """Each layout's beam choice (`beams.choose`), from every row's best continuations
+        `top` and the rows' state and positions as they were before this step's choice."""
         v = self.vocabulary
-        torch, state, eot, ts = self._torch, self.state, v.eot, v.timestamp_begin
+        torch, eot, ts = self._torch, v.eot, v.timestamp_begin
+        state, positions = self._before, self._before_positions
+        top_lp, top_id = top
         return [
-            beams.choose(torch, top_lp, top_id, state, position, layout, BEAM_COLUMNS, eot, ts)
+            beams.choose(torch, top_lp, top_id, state, positions, layout, BEAM_COLUMNS, eot, ts)
             for layout in layouts
         ]
 
