@@ -6,14 +6,16 @@ window's choice is made beside greedy rows and written into its rows."""
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from gpuscribe.workers.engines.batched.beams import BeamLayout
+from gpuscribe.workers.engines.batched.beams import BeamLayout, BeamWrites
 from gpuscribe.workers.engines.batched.choice import (
     CAPTURED_BEAM,
+    COLUMNS,
     COUNT,
     FORCED_TOKENS,
     LAST,
@@ -224,10 +226,11 @@ def test_a_beam_window_chooses_on_the_device_beside_a_greedy_row() -> None:
 
 
 def _as_if_captured(states: RowStates) -> None:
-    """`choose` takes its CUDA path on the CPU: each bucket's "graph" runs what its capture
-    records (the choice over the whole bucket from the step's logits buffer, keeping what the
-    beams read when the batch has beams), and the beams' choice runs after it."""
-    states.use_graphs = True
+    """`choose` takes its CUDA path on the CPU: each "graph" runs what its capture records and
+    leaves its results where a replay would (the choice over the whole bucket from the step's
+    logits buffer, keeping what the beams read; the beams' choice over padded windows from a
+    static index into static outputs)."""
+    states.use_graphs = states.capture_beams = True
 
     def graph(bucket: int, beams_too: bool) -> Any:
         keep = 2 * CAPTURED_BEAM if beams_too else 0
@@ -237,35 +240,72 @@ def _as_if_captured(states: RowStates) -> None:
 
         return SimpleNamespace(replay=replay)
 
+    made: dict[tuple[int, int], Any] = {}
+
+    def beam_graph(beam: int, windows: int) -> Any:
+        if (beam, windows) not in made:
+            index = torch.zeros(windows, beam, dtype=torch.long)
+            layout = BeamLayout(beam, [], index, [])
+
+            def run() -> Any:
+                return states._choose_beam((states._top_lp, states._top_id), layout)
+
+            record, first = run()  # a graph's outputs are its own tensors: clone the views
+            names = [f.name for f in dataclasses.fields(first)]
+            writes = BeamWrites(*(getattr(first, name).clone() for name in names))
+
+            def replay() -> None:
+                new_record, new_writes = run()
+                record.copy_(new_record)
+                for field in dataclasses.fields(writes):
+                    getattr(writes, field.name).copy_(getattr(new_writes, field.name))
+
+            made[(beam, windows)] = (SimpleNamespace(replay=replay), index, (record, writes))
+        return made[(beam, windows)]
+
     states._graph = graph  # type: ignore[method-assign]
+    states._beam_graph = beam_graph  # type: ignore[method-assign]
 
 
-def test_the_captured_choice_with_beams_chooses_as_the_eager_one() -> None:
-    """A window of 3 beams in rows 3, 0, 2 beside a greedy row 1, junk in the bucket's free
-    rows: the captured path (the whole bucket in a graph that keeps the beams' inputs, then the
-    beams' choice) gives every step the eager choice, records and moves."""
-    eager, captured = _states(rows=8), _states(rows=8)
+@pytest.mark.parametrize("windows", [1, 3])
+def test_the_captured_choice_with_beams_chooses_as_the_eager_one(windows: int) -> None:
+    """Windows of 3 beams in scattered rows beside greedy rows, junk in the bucket's free rows:
+    the captured path (the whole bucket in a graph that keeps the beams' inputs, then the beams'
+    choice over windows padded to their bucket: 3 windows to 4) gives every step the eager
+    choice, records and moves."""
+    rows = 3 * windows + 2
+    order = torch.randperm(rows, generator=torch.Generator().manual_seed(windows)).tolist()
+    eager, captured = _states(rows=16), _states(rows=16)
     beam = DecodeOptions(beam_size=3, suppress_tokens=(), length_penalty=0.0)
     layouts = []
     for states in (eager, captured):
-        beams = [_row([V.sot, V.no_timestamps], beam) for _ in range(3)]
-        for row in beams[1:]:
-            row.group = beams[0].group
-        states.start([3, 1, 0, 2], [beams[0], _row([V.sot, 5, V.no_timestamps]), *beams[1:]])
-        layouts.append(BeamLayout(3, [beams[0].group], torch.tensor([[3, 0, 2]]), [0]))
+        started: list[Row] = []
+        groups = []
+        for _ in range(windows):
+            beams = [_row([V.sot, V.no_timestamps], beam) for _ in range(3)]
+            for row in beams[1:]:
+                row.group = beams[0].group
+            started += beams
+            groups.append(beams[0].group)
+        started += [_row([V.sot, 5, V.no_timestamps]), _row([V.sot, V.no_timestamps])]
+        states.start(order, started)
+        index = torch.tensor(order[: 3 * windows]).view(windows, 3)
+        layouts.append(BeamLayout(3, groups, index, [0] * windows))
     junk = torch.Generator().manual_seed(5)
-    captured.state[4:] = torch.randint(-1, 20, (4, captured.state.shape[1]), generator=junk)
-    captured.state[4:, SUPPRESS] = 0
+    captured.state[rows:] = torch.randint(-1, 20, (16 - rows, COLUMNS), generator=junk)
+    captured.state[rows:, SUPPRESS] = 0
     _as_if_captured(captured)
     for step in range(7):
-        logits = torch.randn(8, V.size, generator=torch.Generator().manual_seed(10 + step))
-        one = eager.choose(logits[:4], 4, sampling=False, beams=[layouts[0]])
+        logits = torch.randn(16, V.size, generator=torch.Generator().manual_seed(10 + step))
+        one = eager.choose(logits[:rows], rows, sampling=False, beams=[layouts[0]])
         captured._logits[:] = logits  # what the step wrote into its output buffer
-        other = captured.choose(logits[:4], 4, sampling=False, beams=[layouts[1]])
+        other = captured.choose(logits[:rows], rows, sampling=False, beams=[layouts[1]])
         assert torch.equal(one.out, other.out)
         assert all(torch.equal(a, b) for a, b in zip(one.records, other.records, strict=True))
         for a, b in zip(one.moves, other.moves, strict=True):
-            assert torch.equal(a.parents, b.parents) and torch.equal(a.moved, b.moved)
+            for field in dataclasses.fields(a):
+                assert torch.equal(getattr(a, field.name), getattr(b, field.name)), field.name
         for name in ("state", "tokens", "positions", "no_speech"):
-            assert torch.equal(getattr(eager, name)[:4], getattr(captured, name)[:4]), name
-    assert eager.state[[3, 0, 2], COUNT].tolist() == [6, 6, 6]  # the beams did choose
+            assert torch.equal(getattr(eager, name)[:rows], getattr(captured, name)[:rows]), name
+    beam_rows = order[: 3 * windows]
+    assert eager.state[beam_rows, COUNT].tolist() == [6] * len(beam_rows)  # the beams chose

@@ -55,6 +55,13 @@ class BeamWrites:
     moved: Any
     lengths: Any
 
+    def head(self, count: int) -> BeamWrites:
+        """The writes of the first `count` rows (a captured choice pads its windows)."""
+        return BeamWrites(
+            self.rows[:count], self.parents[:count], self.active[:count], self.state[:count],
+            self.tokens[:count], self.moved[:count], self.lengths[:count],
+        )  # fmt: skip
+
 
 @dataclass(frozen=True, slots=True)
 class Columns:

@@ -22,8 +22,10 @@ On CUDA a choice without sampling is captured in a CUDA graph per row bucket, li
 replayed over the whole bucket: its ~75 small kernels cost one launch. With beams in the batch,
 a second graph per bucket also keeps what the beams' choice reads (every row's best
 continuations and its rule state and position before the choice changed them), and the beams'
-own choice runs eagerly after it. Rows past the batch in the bucket are free rows; what the
-choice writes there is overwritten when a window starts in them.
+own choice (about 170 small operations) is captured too, a graph per beam size and bucket of
+windows, over windows padded to the bucket (padding windows read row 0; what they decide is
+dropped); only writing its result back runs eagerly. Rows past the batch in the bucket are free
+rows; what the choice writes there is overwritten when a window starts in them.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import numpy as np
 
 from gpuscribe.workers.engines.batched import beams
 from gpuscribe.workers.engines.batched.beams import BeamLayout, BeamWrites, Columns
-from gpuscribe.workers.engines.batched.decoder import bucket_for, capture_graph
+from gpuscribe.workers.engines.batched.decoder import batch_buckets, bucket_for, capture_graph
 from gpuscribe.workers.engines.batched.search import (
     DecodeOptions,
     Row,
@@ -67,6 +69,7 @@ BEAM_COLUMNS = Columns(
 _TOKEN_COLUMNS = (COUNT, LAST, PENULTIMATE, LAST_TIMESTAMP)  # what a row's tokens decide
 OUT_TOKEN, OUT_LOGPROB, OUT_NO_SPEECH = 0, 1, 2
 CAPTURED_BEAM = 8  # the largest beam whose candidates the captured choice keeps (larger: eager)
+BEAMS_AT_LOAD = (5,)  # beam sizes whose choice is captured at load (the default); others later
 
 
 def forced_start(prompt: Sequence[int], sot: int) -> int:
@@ -115,6 +118,10 @@ class RowStates:
         self._buckets = decoder.batch_buckets
         self.use_graphs = bool(decoder.use_graphs)
         self._graphs: dict[tuple[int, bool], Any] = {}
+        # The beams' choice, captured per (beam, windows bucket): the graph, its static index
+        # input and its static outputs (record, writes).
+        self._beam_graphs: dict[tuple[int, int], tuple[Any, Any, tuple[Any, BeamWrites]]] = {}
+        self.capture_beams = self.use_graphs
         self._pool: Any = None
 
     # --- host -> device ---------------------------------------------------------------------
@@ -207,20 +214,27 @@ class RowStates:
         if graph is not None:
             graph.replay()
             top = (self._top_lp[:n], self._top_id[:n])
+            chosen = [self._captured_beams(layout) or self._choose_beam(top, layout)
+                      for layout in beams]  # fmt: skip
         else:
             top = self._choose_rows(logits, n, sampling=sampling, keep=width)
-        chosen = self._choose_beams(top, beams)
+            chosen = [self._choose_beam(top, layout) for layout in beams]
         for _, writes in chosen:
             self._write_beams(writes)
         records = [record for record, _ in chosen]
         return Choice(self._out[:n], records, [writes for _, writes in chosen])
 
     def capture_all(self) -> None:
-        """Capture the choice at every row bucket now (at load), without and with beams."""
+        """Capture the choice at every row bucket now (at load), without and with beams, and
+        the beams' choice of the default beam size at every bucket of windows."""
         for bucket in self._buckets:
             for beams_too in (False, True):
                 if self.use_graphs:
                     self._graph(bucket, beams_too)
+        for beam in BEAMS_AT_LOAD:
+            for windows in self._window_buckets(beam):
+                if self.capture_beams:
+                    self._beam_graph(beam, windows)
 
     def _graph(self, bucket: int, beams_too: bool) -> Any:
         graph = self._graphs.get((bucket, beams_too))
@@ -299,19 +313,61 @@ class RowStates:
         self._top_id[:n, :keep] = top_id
         return self._top_lp[:n, :keep], self._top_id[:n, :keep]
 
-    def _choose_beams(
-        self, top: tuple[Any, Any], layouts: Sequence[BeamLayout]
-    ) -> list[tuple[Any, BeamWrites]]:
-        """Each layout's beam choice (`beams.choose`), from every row's best continuations
-        `top` and the rows' state and positions as they were before this step's choice."""
+    def _choose_beam(self, top: tuple[Any, Any], layout: BeamLayout) -> tuple[Any, BeamWrites]:
+        """A layout's beam choice (`beams.choose`), from every row's best continuations `top`
+        and the rows' state and positions as they were before this step's choice."""
         v = self.vocabulary
-        torch, eot, ts = self._torch, v.eot, v.timestamp_begin
         state, positions = self._before, self._before_positions
-        top_lp, top_id = top
-        return [
-            beams.choose(torch, top_lp, top_id, state, positions, layout, BEAM_COLUMNS, eot, ts)
-            for layout in layouts
-        ]
+        return beams.choose(self._torch, *top, state, positions, layout, BEAM_COLUMNS, v.eot,
+                            v.timestamp_begin)  # fmt: skip
+
+    def _window_buckets(self, beam: int) -> tuple[int, ...]:
+        return batch_buckets(max(1, self.state.shape[0] // beam))
+
+    def _captured_beams(self, layout: BeamLayout) -> tuple[Any, BeamWrites] | None:
+        """A layout's beam choice through its captured graph (after the choice's graph kept
+        its inputs), or None where it has none."""
+        windows, beam = layout.index.shape
+        captured = self._beam_graph(beam, bucket_for(windows, self._window_buckets(beam)))
+        if captured is None:
+            return None
+        graph, index, (record, writes) = captured
+        index[:windows] = layout.index
+        index[windows:] = 0  # padding windows read row 0; what they decide is dropped
+        graph.replay()
+        return record[:windows], writes.head(windows * beam)
+
+    def _beam_graph(self, beam: int, windows: int) -> Any:
+        captured = self._beam_graphs.get((beam, windows))
+        if captured is None and self.capture_beams:
+            captured = self._capture_beams(beam, windows)
+        return captured
+
+    def _capture_beams(self, beam: int, windows: int) -> Any:
+        """The beams' choice for `windows` windows of `beam` in a CUDA graph reading a static
+        index and the kept inputs, with its static outputs; None (logged, and beams are chosen
+        eagerly from then on) where the capture fails. The choice writes nothing: its warm-up
+        leaves the rows as they are."""
+        torch = self._torch
+        index = torch.zeros(windows, beam, dtype=torch.long, device=self.device)
+        layout = BeamLayout(beam, [], index, [])
+        top = (self._top_lp, self._top_id)
+        outputs: list[tuple[Any, BeamWrites]] = []
+        try:
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            graph = capture_graph(
+                torch, lambda: outputs.append(self._choose_beam(top, layout)), self._pool,
+                warm_ups=1,
+            )  # fmt: skip
+        except Exception:
+            log.warning("the beams' choice was not captured in a CUDA graph: it runs eagerly",
+                        exc_info=True)  # fmt: skip
+            self.capture_beams = False
+            return None
+        captured = (graph, index, outputs[-1])
+        self._beam_graphs[(beam, windows)] = captured
+        return captured
 
     def _write_beams(self, writes: BeamWrites) -> None:
         """A beam choice's rule state and next tokens, for the rows whose window chose."""
