@@ -69,7 +69,7 @@ BEAM_COLUMNS = Columns(
 _TOKEN_COLUMNS = (COUNT, LAST, PENULTIMATE, LAST_TIMESTAMP)  # what a row's tokens decide
 OUT_TOKEN, OUT_LOGPROB, OUT_NO_SPEECH = 0, 1, 2
 CAPTURED_BEAM = 8  # the largest beam whose candidates the captured choice keeps (larger: eager)
-BEAMS_AT_LOAD = (5,)  # beam sizes whose choice is captured at load (the default); others later
+BEAMS_AT_LOAD = (DecodeOptions().beam_size,)  # captured at load (the default); others when met
 
 
 def forced_start(prompt: Sequence[int], sot: int) -> int:
