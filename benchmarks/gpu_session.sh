@@ -16,6 +16,10 @@
 #   bash benchmarks/gpu_session.sh generate M [BATCHES]  (b) alone, beside a batch of 32 rows
 #                                              (on an H100 the engine's cache leaves too little)
 #   bash benchmarks/gpu_session.sh real        tiny.en on CUDA against the CPU (after 3; ~1 min)
+#   bash benchmarks/gpu_session.sh tests       `make test-gpu`'s tests, each file in a process of
+#                                              its own, with every test's duration and every
+#                                              thread's stack printed if one runs past 60 s
+#                                              (after 2)
 #   bash benchmarks/gpu_session.sh calibrate [MODELS]  the memory grid of every model (or of
 #                                              MODELS, comma-separated; rows of earlier calls
 #                                              are kept) as a batch: the profile to ship for
@@ -56,6 +60,11 @@ case "${1:-}" in
       | grep -v Warn | cut -c1-400 ;;
   real)
     python3 benchmarks/gpu_real_weights.py --out "$OUT" --copies 8 ;;
+  tests)
+    for f in tests/gpu/test_*.py; do
+      python3 -m pytest -p no:cacheprovider -m gpu "$f" -q --durations=0 \
+        -o faulthandler_timeout=60 2>&1 | tee -a "$OUT/tests.log" | grep -v "^$" | tail -25
+    done ;;
   calibrate)
     # "MODELS" (comma-separated) splits the grid over calls: the rows add up in /tmp
     python3 benchmarks/gpu_report.py --out "$OUT" --devices 0 calibrate --models "${2:-}" \
@@ -102,7 +111,8 @@ case "${1:-}" in
       --beams 1 --tokens 0 --tasks 300 --min-seconds 5 --max-tasks 300 \
       --name "$model-gpus-${devices//,/}" --max-seconds 200 2>&1 | grep -v "final$" | tail -15 ;;
   *)
-    echo "usage: $0 install N | encoder | real | calibrate [MODELS] | validate [PROFILE [SIZES]] |" \
+    echo "usage: $0 install N | encoder | real | tests | calibrate [MODELS] |" \
+      "validate [PROFILE [SIZES]] |" \
       "inprocess [MODEL [ROWS]] | beams MODEL [ROWS] | generate MODEL [BATCHES] |" \
       "service MODEL [TASKS] [BEAMS] | multi MODEL GPUS" >&2; exit 2 ;;
 esac
