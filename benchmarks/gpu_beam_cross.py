@@ -73,13 +73,14 @@ def attention_alone(torch: Any, shape: Any, rows: int, beam: int, device: Any, d
         table = crossattn.window_table(
             [range(w * group, (w + 1) * group) for w in range(windows)], rows
         )
-        leaders, members, leader_of_row = (torch.from_numpy(t).to(device) for t in table)
+        leaders, members = (torch.from_numpy(t).to(device) for t in table)
+        owners = crossattn.leader_of_row(torch, leaders, members, rows)  # what gathering reads
         out = torch.zeros_like(q)
         runs = {
             "fused_every_row": lambda kr=k_rows, vr=v_rows: fused(q[:, :, None], kr, vr)[:, :, 0],
-            "gathered": lambda kr=k_rows, vr=v_rows, lr=leader_of_row: crossattn.attend_gathered(
-                torch, q, kr, vr, lr
-            ),
+            "gathered": lambda kr=k_rows, vr=v_rows, lr=owners: fused(
+                q[:, :, None], kr.index_select(0, lr), vr.index_select(0, lr)
+            )[:, :, 0],
             "kernel": lambda kr=k_rows, vr=v_rows, ld=leaders, m=members, o=out: (
                 crossattn.attend(q, kr, vr, ld, m, o) or o
             ),

@@ -22,7 +22,10 @@ torch = pytest.importorskip("torch")
 
 def test_the_table_has_a_piece_per_window_and_splits_long_windows() -> None:
     long = list(range(5, 5 + GROUP + 3))
-    leaders, members, leader_of_row = window_table([[3, 1], [0], long], 30)
+    leaders, members = window_table([[3, 1], [0], long], 30)
+    leader_of_row = crossattn.leader_of_row(
+        torch, torch.from_numpy(leaders), torch.from_numpy(members), 30
+    ).numpy()
     assert leaders.tolist()[:5] == [3, 0, 5, 5, -1]
     assert (leaders[4:] == -1).all()
     assert members[0].tolist() == [3, 1] + [-1] * (GROUP - 2)
@@ -57,8 +60,8 @@ def _row_by_row(q: Any, keys: Any, values: Any) -> Any:
 def test_attending_through_the_leaders_copy_is_attending_row_by_row() -> None:
     rows = 8 + GROUP + 2
     keys, values, q = _cache(rows, WINDOWS, 0)
-    _, _, leader_of_row = window_table(WINDOWS, rows)
-    gathered = crossattn.attend_gathered(torch, q, keys, values, torch.from_numpy(leader_of_row))
+    table = (torch.from_numpy(t) for t in window_table(WINDOWS, rows))
+    gathered = crossattn.attend_gathered(torch, q, keys, values, *table)
     assert torch.allclose(gathered, _row_by_row(q, keys, values), atol=1e-5)
 
 
@@ -76,7 +79,7 @@ def test_the_kernel_attends_as_each_row_alone_would() -> None:
     assert crossattn.triton_works("cpu")  # the trial a CUDA device gets at load
     rows = 8 + GROUP + 2 + 2  # the last two rows are in no window: left as they were
     keys, values, q = _cache(rows, WINDOWS, 1)
-    leaders, members, _ = (torch.from_numpy(t) for t in window_table(WINDOWS, rows))
+    leaders, members = (torch.from_numpy(t) for t in window_table(WINDOWS, rows))
     out = torch.full_like(q, 7.0)
     crossattn.attend(q, keys, values, leaders, members, out)
     expected = _row_by_row(q, keys, values)

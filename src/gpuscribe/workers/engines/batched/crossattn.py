@@ -33,13 +33,11 @@ BLOCK_FRAMES = 64  # encoder frames a program reads at a time
 
 def window_table(windows: Sequence[Sequence[int]], size: int) -> tuple[np.ndarray[Any, Any], ...]:
     """Where the rows of each window are, for `size` rows: `leaders` (`[size]` int32, a piece's
-    leader row, -1 past the last piece), `members` (`[size, GROUP]` int32, the piece's rows, -1
-    for none) and `leader_of_row` (`[size]` int64, each row's leader; a row in no window is its
-    own). Windows are lists of row indices; a piece has at least one row, so `size` rows hold
-    every piece."""
+    leader row, -1 past the last piece) and `members` (`[size, GROUP]` int32, the piece's rows,
+    -1 for none). Windows are lists of row indices; a piece has at least one row, so `size`
+    rows hold every piece."""
     leaders = np.full(size, -1, dtype=np.int32)
     members = np.full((size, GROUP), -1, dtype=np.int32)
-    leader_of_row = np.arange(size, dtype=np.int64)
     piece = 0
     for rows in windows:
         leader = rows[0]
@@ -48,15 +46,26 @@ def window_table(windows: Sequence[Sequence[int]], size: int) -> tuple[np.ndarra
             leaders[piece] = leader
             members[piece, : len(chunk)] = chunk
             piece += 1
-        leader_of_row[list(rows)] = leader
-    return leaders, members, leader_of_row
+    return leaders, members
 
 
-def attend_gathered(torch: Any, q: Any, keys: Any, values: Any, leader_of_row: Any) -> Any:
+def leader_of_row(torch: Any, leaders: Any, members: Any, rows: int) -> Any:
+    """Each of the first `rows` rows' leader from a window table (`[rows]` int64); a row in no
+    window is its own."""
+    owner = torch.arange(rows, device=members.device)
+    lead = leaders.long()[:, None].expand_as(members)
+    inside = (members >= 0) & (members < rows)
+    return owner.index_put((members[inside].long(),), lead[inside])
+
+
+def attend_gathered(torch: Any, q: Any, keys: Any, values: Any, leaders: Any, members: Any) -> Any:
     """Rows `q` (`[n, heads, head_dim]`) attending to their leaders' keys and values (`[rows,
-    heads, frames, head_dim]`), through PyTorch: `[n, heads, head_dim]`."""
+    heads, frames, head_dim]`) through PyTorch, the leaders looked up in the window table:
+    `[n, heads, head_dim]`. Not capturable in a CUDA graph (the look-up's shapes follow the
+    table); tests and the CPU use it."""
     sdpa = torch.nn.functional.scaled_dot_product_attention
-    k, v = keys.index_select(0, leader_of_row), values.index_select(0, leader_of_row)
+    owners = leader_of_row(torch, leaders, members, q.shape[0])
+    k, v = keys.index_select(0, owners), values.index_select(0, owners)
     return sdpa(q[:, :, None], k, v)[:, :, 0]
 
 
@@ -87,10 +96,12 @@ def triton_works(device: str) -> bool:
             torch.randn(shape, generator=generator).to(device, dtype)
             for shape in ((4, 2, 70, 16), (4, 2, 70, 16), (4, 2, 16))
         )
-        tables = [torch.from_numpy(t).to(device) for t in window_table([[1, 0], [2], [3]], 4)]
+        leaders, members = (
+            torch.from_numpy(t).to(device) for t in window_table([[1, 0], [2], [3]], 4)
+        )
         out = torch.zeros_like(q)
-        attend(q, keys, values, tables[0], tables[1], out)
-        expected = attend_gathered(torch, q, keys, values, tables[2])
+        attend(q, keys, values, leaders, members, out)
+        expected = attend_gathered(torch, q, keys, values, leaders, members)
         works = bool(torch.allclose(out.float(), expected.float(), atol=2e-2))
     except Exception:
         log.warning("the Triton cross-attention failed: windows of several rows attend row by "

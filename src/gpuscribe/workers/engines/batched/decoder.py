@@ -179,10 +179,9 @@ class StaticDecoder:
         self._arange = torch.arange(s.max_len, device=self.device)
         self._rows_index = torch.arange(rows, device=self.device)
         # Where each window's rows are (`crossattn.window_table`), for grouped steps.
-        leaders, members, leader_of_row = crossattn.window_table([], rows)
+        leaders, members = crossattn.window_table([], rows)
         self.leaders = torch.from_numpy(leaders).to(self.device)
         self.members = torch.from_numpy(members).to(self.device)
-        self.leader_of_row = torch.from_numpy(leader_of_row).to(self.device)
         # How a grouped step attends to its windows' audio: "kernel" (one read a window,
         # `crossattn.py`; CUDA where its trial passes at load), "gathered" (tests), or None:
         # no grouped steps, every step attends row by row.
@@ -324,12 +323,11 @@ class StaticDecoder:
             return logits, None
         return logits, torch.stack([collected[pair] for pair in heads], dim=1)
 
-    def set_windows(self, leaders: Any, members: Any, leader_of_row: Any) -> None:
+    def set_windows(self, leaders: Any, members: Any) -> None:
         """Where each window's rows are now (`crossattn.window_table`, on the device), for the
         grouped steps that follow; queued in order after the steps before."""
         self.leaders.copy_(leaders)
         self.members.copy_(members)
-        self.leader_of_row.copy_(leader_of_row)
 
     # --- one step over the first `count` rows ----------------------------------------------
     def step(self, count: int, max_position: int, *, grouped: bool = False) -> Any:
@@ -468,11 +466,12 @@ class StaticDecoder:
         s = self.shape
         q = F.linear(layer.ln2(x), layer.xq_w, layer.xq_b).view(batch, s.heads, s.head_dim)
         keys, values = self.cross_k[index], self.cross_v[index]
+        table = (self.leaders[:batch], self.members[:batch])  # a step's pieces lie in its rows
         if self.grouped == "kernel":
             a = torch.zeros_like(q)
-            crossattn.attend(q, keys, values, self.leaders[:batch], self.members[:batch], a)
+            crossattn.attend(q, keys, values, *table, a)
         else:
-            a = crossattn.attend_gathered(torch, q, keys, values, self.leader_of_row[:batch])
+            a = crossattn.attend_gathered(torch, q, keys, values, *table)
         return F.linear(a.reshape(batch, 1, s.d_model), layer.xout_w, layer.xout_b)
 
     def _attend(self, q: Any, keys: Any, values: Any, visible: Any) -> Any:
