@@ -63,7 +63,9 @@ def test_the_captured_choice_is_the_eager_choice() -> None:
     for states in (captured, eager):
         states.start([0, 1, 2], _rows())
     captured.capture_all()
-    assert captured.use_graphs and set(captured._graphs) == {4, ROWS}
+    buckets = {4, ROWS}  # each without and with what the beams' choice reads
+    assert captured.use_graphs
+    assert set(captured._graphs) == {(b, beams) for b in buckets for beams in (False, True)}
     generator = torch.Generator(device="cuda").manual_seed(0)
     for _ in range(12):
         logits = torch.randn(ROWS, V.size, device="cuda", generator=generator)

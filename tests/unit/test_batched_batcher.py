@@ -584,6 +584,25 @@ def test_cancelling_frees_the_rows_and_raises(make: Callable[[int], Batcher]) ->
     assert result.sequences_ids[0]
 
 
+@pytest.mark.parametrize("beam", [1, 3])
+def test_a_window_whose_scores_are_not_numbers_fails_its_task(
+    make: Callable[[int], Batcher], beam: int
+) -> None:
+    """Audio that makes the model's output NaN (broken weights or input, an overflow: the
+    fused encoder once gave NaN in float32 on CUDA) fails its task with a clear error instead
+    of decoding noise, or, with a forced length, decoding forever; the batch keeps serving."""
+    batcher = make(8)
+    v = batcher.vocabulary
+    broken = _windows(1, 40)
+    broken.features[0, :, :100] = np.nan  # type: ignore[index]
+    options = DecodeOptions(beam_size=beam, max_length=24, suppress_tokens=(), forced_length=3)
+    with pytest.raises(RuntimeError, match="not a number"):
+        batcher.generate(broken, [_prompt(v)], options)
+    (result,) = batcher.generate(_windows(1, 41), [_prompt(v)], options)
+    assert len(result.sequences_ids[0]) == 3
+    _wait_for(lambda: not batcher._rows, "the rows to be freed")
+
+
 def test_cancelled_before_admission(make: Callable[[int], Batcher]) -> None:
     batcher = make(2)
     pending = batcher.submit(

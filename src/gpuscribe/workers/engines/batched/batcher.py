@@ -16,6 +16,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import sys
 import threading
 import time
@@ -763,7 +764,11 @@ class Batcher:
                 group.no_speech_prob = float(out[i, OUT_NO_SPEECH])
             if group.options.beam_size > 1:
                 continue
-            self._advance(row, int(out[i, OUT_TOKEN]), float(out[i, OUT_LOGPROB]))
+            logprob = float(out[i, OUT_LOGPROB])
+            if math.isnan(logprob):
+                self._not_a_number(group)
+                continue
+            self._advance(row, int(out[i, OUT_TOKEN]), logprob)
             if row.finished:
                 closing.append(group)
         for group in closing:
@@ -784,6 +789,9 @@ class Batcher:
         v = self.vocabulary
         for w, group in enumerate(layout.groups):
             if group.done or layout.positions[w] + 1 < len(group.prompt):
+                continue
+            if math.isnan(record[w, 0, 0]):  # the best candidate's score
+                self._not_a_number(group)
                 continue
             moved = replay(group, record[w].tolist(), v.eot, v.timestamp_begin)
             if moved < 0:
@@ -806,7 +814,10 @@ class Batcher:
         if token >= v.timestamp_begin:
             row.last_timestamp = token
         row.next_token = token
-        if len(row.tokens) >= group.max_new_tokens and not group.options.forced_length:
+        # A forced length ends with the end token the device forces after it; one more token
+        # means the device could not (its logits are not numbers), and the row ends anyway.
+        limit = group.max_new_tokens + (1 if group.options.forced_length else 0)
+        if len(row.tokens) >= limit:
             row.finished = True
             group.finish(row.tokens, row.logprob)
 
@@ -828,6 +839,22 @@ class Batcher:
         request.pending -= 1
         if request.pending == 0:
             request.done.set()
+
+    def _not_a_number(self, group: Group) -> None:
+        """A window whose scores are not numbers (NaN) fails its task with a clear error:
+        its tokens would be noise, and a forced end token could never win. Its rows' cache is
+        cleared (`StaticDecoder.clear_rows`) after the steps already queued over it."""
+        log.error("a window's scores are not numbers: failing its task")
+        rows = [i for i, row in enumerate(self._rows) if row.group is group]
+        if rows:
+            self.decoder.clear_rows(self._states.upload(np.array(rows)))
+        group.request.fail(
+            RuntimeError(
+                "the model's output is not a number (NaN): its weights or its input are "
+                "broken, or its compute type overflows"
+            )
+        )
+        self._drop(group)
 
     def _drop(self, group: Group) -> None:
         group.done = True

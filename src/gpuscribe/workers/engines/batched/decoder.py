@@ -248,6 +248,14 @@ class StaticDecoder:
         for cache in (self.self_k, self.self_v, self.cross_k, self.cross_v):
             copy_layers(cache, source, target, cache.shape[3])
 
+    def clear_rows(self, rows: Any) -> None:
+        """Zero the self-attention of cache `rows` (a long tensor) at every position. A step
+        masks the positions past a row's own, but a masked value that is not a number still
+        makes the attention's weighted sum NaN (0 x NaN), so a row that held NaN would poison
+        every window that takes it later."""
+        for cache in (self.self_k, self.self_v):
+            cache.index_fill_(1, rows, 0)
+
     def move_beams(self, sources: Any, targets: Any, lengths: Any, moved: Any, end: int) -> None:
         """Beam rows `targets[i]` with `moved[i]` take rows `sources[i]`'s self-attention keys
         and values up to `lengths[i]` positions (beams of one window share their

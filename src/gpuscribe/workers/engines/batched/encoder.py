@@ -97,8 +97,11 @@ class FusedEncoder:
         return x
 
     def _attend(self, q: Any, k: Any, v: Any) -> Any:
+        """cuDNN's kernel serves float16 and bfloat16 only. Called by name it does not refuse
+        float32: on an H100 it returned NaN for some windows of a float32 model and wrong
+        values for the rest, so float32 takes PyTorch's own choice of kernel."""
         torch = self._torch
-        if self.cudnn_attention:
+        if self.cudnn_attention and q.dtype in (torch.float16, torch.bfloat16):
             try:
                 with _CUDNN_LOCK:
                     out = torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, False)
