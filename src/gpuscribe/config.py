@@ -81,6 +81,11 @@ class Settings:
     # about 100, 10 to 224, so that a batch's rows end at different steps)
     benchmark_tokens: int = 224
     batch_rows: int = 0  # rows of a model's GPU batch (transformers); 0: memory/batch.py decides
+    # How a batch's cache holds the windows' audio: "pooled" (one copy a window, beside rows of
+    # self-attention: a window of 5 beams takes 1.9 rows' bytes instead of 5; needs Triton on
+    # CUDA; engines/batched/slots.py), "per-row" (a copy in every row), or "auto": pooled on
+    # GPUs where Triton's kernel passes its trial at load, per-row elsewhere
+    batch_layout: str = "auto"
     allow_downloads: bool = False  # fetch absent models from the hub (never in tests)
     simulation_speed: float = 200.0  # simulated GPUs: audio seconds transcribed per second
     # Scheduling.
@@ -226,6 +231,10 @@ def _model_problem(name: str) -> str | None:
     return f"unknown model: {hint}known models are {', '.join(known_model_names())}"
 
 
+def _layout_problem(name: str) -> str | None:
+    return None if name in ("auto", "per-row", "pooled") else "expected auto, per-row or pooled"
+
+
 def _engine_problem(name: str) -> str | None:
     engines = ("faster-whisper", "transformers")
     if not name or name in engines:
@@ -238,6 +247,7 @@ _CHECKS: list[tuple[str, Callable[[Any], str | None]]] = [
     ("simulate_gpus", _simulation_problem),
     ("default_model", _model_problem),
     ("default_engine", _engine_problem),
+    ("batch_layout", _layout_problem),
 ]
 
 # Variables of gpuscribe's that are not settings (the client's, the config file's, the tests').

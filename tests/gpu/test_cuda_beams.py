@@ -101,7 +101,8 @@ def whisper() -> Any:
 
 
 @pytest.mark.parametrize(
-    ("method", "grouped"), [("triton", None), ("every", None), ("triton", "kernel")]
+    ("method", "grouped"),
+    [("triton", None), ("every", None), ("triton", "kernel"), ("triton", "pooled")],
 )
 def test_beams_on_cuda_score_what_a_full_pass_gives(
     whisper: Any, method: str, grouped: str | None, monkeypatch: pytest.MonkeyPatch
@@ -121,8 +122,9 @@ def test_beams_on_cuda_score_what_a_full_pass_gives(
     arch = TEST_ARCHITECTURE
     info = _random_info(arch)
     v = vocabulary_from_tokenizer(info.tokenizer_file, arch.vocab_size, info)
-    decoder = StaticDecoder(whisper, 48, use_graphs=True)
-    decoder.grouped = grouped
+    pooled = grouped == "pooled"  # one copy of a window's audio (`slots.py`), through the kernel
+    decoder = StaticDecoder(whisper, 24 if pooled else 48, use_graphs=True, pooled=pooled)
+    decoder.grouped = "kernel" if pooled else grouped
     batcher = Batcher(decoder, v, arch.n_mels)
     frames = 2 * arch.max_source_positions
     features = np.random.default_rng(1).normal(size=(14, arch.n_mels, frames)).astype(np.float32)

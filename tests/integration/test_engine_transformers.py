@@ -221,6 +221,28 @@ def test_cancelling_stops_the_task_and_the_model_keeps_serving(
     assert _run(ours, audio[0], OURS).text == alone[0].text
 
 
+def test_the_pooled_cache_transcribes_as_the_per_row_one(
+    threads: None, audio: list[Samples], alone: list[Transcript]
+) -> None:
+    """Real tiny.en at the service's 5 beams with each window's audio once in its slot of a
+    pooled cache (`GPUSCRIBE_BATCH_LAYOUT=pooled`; on the CPU it reads the slots through a
+    gathered copy): every clip's transcript is the per-row cache's, alone and all at once."""
+    auto = TransformersEngine().load("tiny.en", CPU, "default")
+    assert not auto.decoder.pooled  # `auto` keeps the per-row cache on the CPU
+    auto.unload()
+    pooled = TransformersEngine(batch_layout="pooled").load("tiny.en", CPU, "default")
+    try:
+        assert pooled.decoder.pooled and pooled.decoder.rows > pooled.decoder.cache_rows
+        some = audio[:4]
+        with ThreadPoolExecutor(len(some)) as pool:
+            together = list(pool.map(lambda a: _run(pooled, a, OURS), some))
+        for one, other in zip(alone, together, strict=False):
+            assert word_error_rate(normalise(one.text), normalise(other.text)) == 0.0
+        assert _run(pooled, audio[4], OURS).text == alone[4].text
+    finally:
+        pooled.unload()
+
+
 # --- benchmark only -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def random_model() -> Iterator[BatchedModel]:
@@ -245,11 +267,14 @@ def test_random_weights_run_and_are_marked_benchmark_only(random_model: BatchedM
     assert 5 * 1024**2 < random_model.weights_bytes < 50 * 1024**2
 
 
-def test_an_unloaded_model_lets_go_of_its_tensors_at_once() -> None:
+@pytest.mark.parametrize("layout", ["per-row", "pooled"])
+def test_an_unloaded_model_lets_go_of_its_tensors_at_once(layout: str) -> None:
     """Unload frees the weights, the cache and the decoder's tensors when it returns, though the
     caller still holds the model (a worker measures its memory right after), and a second
     unload or a late transcribe fails cleanly."""
-    engine = TransformersEngine(tiny_config_for_tests=True, benchmark_tokens=4, batch_rows=8)
+    engine = TransformersEngine(
+        tiny_config_for_tests=True, benchmark_tokens=4, batch_rows=8, batch_layout=layout
+    )
     model = engine.load("tiny.en", CPU, "default")
     audio = np.random.default_rng(1).normal(scale=0.1, size=30 * 16000).astype(np.float32)
     model.transcribe(audio, OURS, lambda s, p: None, lambda: False)

@@ -43,7 +43,9 @@ GREEDY = DecodeOptions(beam_size=1, max_length=24, suppress_tokens=())
 WAIT = 60.0
 
 
-GROUPED = [None, "gathered", "kernel"]  # how steps attend with a window's rows (`crossattn`)
+# How steps attend with a window's rows (`crossattn`): row by row (None), together ("gathered",
+# "kernel"), or through each window's slot in a pooled cache (`slots.py`).
+GROUPED = [None, "gathered", "kernel", "pooled", "pooled-kernel"]
 
 
 def _triton_interpreter() -> None:
@@ -65,12 +67,16 @@ def make(whisper: Any, vocabulary: Vocabulary) -> Iterator[Callable[..., Batcher
     made: list[Batcher] = []
 
     def make_batcher(rows: int, grouped: str | None = None) -> Batcher:
-        """A batcher of `rows` rows; `grouped`: how its steps attend with a window's rows
-        together ("gathered", "kernel" in Triton's interpreter), or row by row (None)."""
-        if grouped == "kernel":
+        """A batcher of `rows` rows' cache; `grouped`: how its steps attend with a window's rows
+        together ("gathered", "kernel" in Triton's interpreter), or row by row (None); "pooled"
+        and "pooled-kernel": the same through a pooled cache's slots."""
+        if grouped in ("kernel", "pooled-kernel"):
             _triton_interpreter()
-        decoder = StaticDecoder(whisper, rows, use_graphs=False)
-        decoder.grouped = grouped
+        pooled = grouped is not None and grouped.startswith("pooled")
+        decoder = StaticDecoder(whisper, rows, use_graphs=False, pooled=pooled)
+        decoder.grouped = "kernel" if grouped and grouped.endswith("kernel") else grouped
+        if pooled:
+            decoder.grouped = "kernel" if grouped == "pooled-kernel" else "gathered"
         batcher = Batcher(decoder, vocabulary, TEST_ARCHITECTURE.n_mels)
         made.append(batcher)
         return batcher
@@ -290,7 +296,8 @@ def test_beams_of_two_sizes_decode_in_a_busy_batch_as_alone(
 
 
 @pytest.mark.parametrize(
-    ("method", "grouped"), [("looked-up", None), ("every", None), ("looked-up", "gathered")]
+    ("method", "grouped"),
+    [("looked-up", None), ("every", None), ("looked-up", "gathered"), ("looked-up", "pooled")],
 )
 def test_beams_in_a_busy_batch_score_what_a_full_pass_gives(
     make: Callable[..., Batcher], method: str, grouped: str | None,
@@ -319,6 +326,44 @@ def test_beams_in_a_busy_batch_score_what_a_full_pass_gives(
             assert score == pytest.approx(_teacher_forced_score(batcher, one, tokens), abs=1e-3)
     assert batcher.beam_rows_moved > 0
     assert (batcher.grouped_steps > 0) == bool(grouped)
+
+
+def test_a_pooled_cache_decodes_beam_windows_the_per_row_one_cannot_hold(
+    make: Callable[..., Batcher],
+) -> None:
+    """Four rows' bytes hold no window of 5 beams per row (it takes 5 rows); pooled, each
+    window's audio is one slot beside 5 rows of text, and two windows of 5 beams decode at once
+    beside greedy windows that end early (compaction, slots freed and taken again): every
+    hypothesis scores what a full forward pass gives, and every slot comes back."""
+    per_row = make(4)
+    v = per_row.vocabulary
+    beams = DecodeOptions(
+        beam_size=5, num_hypotheses=5, max_length=30, suppress_tokens=(), suppress_blank=False,
+        length_penalty=0.0,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="rows per window"):
+        per_row.submit(_windows(1, 30), [_prompt(v)], beams)
+    batcher = make(4, "pooled")
+    assert batcher._slots is not None
+    short = DecodeOptions(beam_size=1, max_length=30, forced_length=2, suppress_tokens=())
+    filler = batcher.submit(_windows(3, 31), [_prompt(v)] * 3, short)
+    encoded = _windows(3, 32)
+    pending = batcher.submit(encoded, [_prompt(v)] * 3, beams)
+    most = 0
+    while not pending.done():
+        most = max(most, len(batcher._rows))
+        time.sleep(0.001)
+    results = pending.result()
+    filler.result()
+    assert most == 10  # two windows of 5 beams at once; the third waited for a slot
+    for window, result in enumerate(results):
+        one = EncoderInput(features=encoded.features[window : window + 1])  # type: ignore[index]
+        one.hidden = [encoded.hidden[window]]
+        assert len(result.sequences_ids) == 5
+        for tokens, score in zip(result.sequences_ids, result.scores, strict=True):
+            assert score == pytest.approx(_teacher_forced_score(batcher, one, tokens), abs=1e-3)
+    _wait_for(lambda: not batcher._rows, "every row to be freed")
+    assert batcher._slots.taken == 0
 
 
 def test_sampling_gives_its_hypotheses(make: Callable[[int], Batcher]) -> None:

@@ -110,3 +110,38 @@ def test_a_grouped_step_gives_the_row_by_row_logits(whisper: Any, grouped: str) 
     assert torch.allclose(decoder.step(6, 4, grouped=True), row_by_row, atol=2e-4)
     decoder.grouped = None  # a step asked to be grouped where it cannot be: row by row
     assert torch.equal(decoder.step(6, 4, grouped=True), row_by_row)
+
+
+@pytest.mark.parametrize("grouped", ["gathered", "kernel"])
+def test_a_pooled_step_gives_the_per_row_logits(whisper: Any, grouped: str) -> None:
+    """The same windows and rows, each window's audio once in a slot of a pooled cache: every
+    row's logits are what the per-row layout gives (rows 0..5 over three windows in slots
+    that are not their order, beside the rows' prompts prefilled through the slots)."""
+    if grouped == "kernel":
+        _triton_interpreter()
+    per_row = StaticDecoder(whisper, 8, use_graphs=False)
+    pooled = StaticDecoder(whisper, 6, use_graphs=False, pooled=True)
+    pooled.grouped = grouped
+    assert pooled.cache_rows == 6 and pooled.rows > 6
+    windows, slots = [[5, 0, 3], [1], [2, 4]], [6, 2, 4]  # above the step's 8 rows (`slots.py`)
+    assert pooled.layout is not None and pooled.layout.rows_below(min(slots)) >= 8
+    frames = TEST_ARCHITECTURE.max_source_positions
+    hidden = torch.randn(3, frames, TEST_ARCHITECTURE.d_model, generator=torch.Generator())
+    owner = [0, 1, 2, 0, 2, 0]
+    per_row.fill_cross(torch.arange(6), hidden, torch.tensor(owner))
+    pooled.fill_cross(torch.tensor(slots), hidden)
+    prompt = torch.tensor([[50257, 7, 8]] * 6)
+    rows = torch.arange(6)
+    first = per_row.prefill(rows, prompt)
+    assert torch.allclose(
+        pooled.prefill(rows, prompt, slots=torch.tensor([slots[w] for w in owner])), first,
+        atol=2e-4,
+    )  # fmt: skip
+    for decoder in (per_row, pooled):
+        decoder.tokens[:6] = torch.tensor([9, 11, 12, 13, 14, 15])
+        decoder.positions[:6] = torch.tensor([3, 3, 3, 3, 3, 3])
+    per_row_table = window_table(windows, 8)
+    per_row.set_windows(*(torch.from_numpy(t) for t in per_row_table))
+    pooled.set_windows(*(torch.from_numpy(t) for t in window_table(windows, pooled.rows, slots)))
+    expected = per_row.step(6, 3).clone()
+    assert torch.allclose(pooled.step(6, 3), expected, atol=2e-4)  # pooled: always grouped

@@ -239,18 +239,25 @@ def test_a_permutation_of_rows_reads_every_row_before_writing(decoder: StaticDec
         assert torch.equal(cache[:, [0, 1, 2]], old[:, [1, 2, 0]])
 
 
+@pytest.mark.parametrize("pooled", [False, True], ids=["per-row", "pooled"])
 @pytest.mark.parametrize("method", METHODS)
 def test_every_way_of_moving_beams_copies_the_moved_rows_up_to_their_lengths(
-    method: str,
+    method: str, pooled: bool
 ) -> None:
     """Rows that moved take their parent's first `length` positions, and nothing else changes:
     not the rows that stayed, not another layer's or head's (a moved row's later positions are
-    never read: a step writes a position before attending to it). The Triton kernel runs in
-    Triton's interpreter on the CPU (where Triton is installed)."""
+    never read: a step writes a position before attending to it), not what lies beyond the
+    rows in a pooled cache, whose layers are further apart than the rows. The Triton kernel
+    runs in Triton's interpreter on the CPU (where Triton is installed)."""
     if method == "triton":
         _triton_interpreter()
     generator = torch.Generator().manual_seed(3)
-    caches = tuple(torch.randn(3, 9, 2, 16, 4, generator=generator) for _ in range(2))
+    if pooled:  # each layer's rows, then 100 elements of the layer's slots
+        pools = [torch.randn(3, 9 * 2 * 16 * 4 + 100, generator=generator) for _ in range(2)]
+        caches = tuple(p[:, : 9 * 2 * 16 * 4].view(3, 9, 2, 16, 4) for p in pools)
+        slots_before = [p[:, -100:].clone() for p in pools]
+    else:
+        caches = tuple(torch.randn(3, 9, 2, 16, 4, generator=generator) for _ in range(2))
     before = [c.clone() for c in caches]
     sources = torch.tensor([2, 2, 4, 5, 7, 7])
     targets = torch.tensor([1, 2, 3, 5, 6, 8])
@@ -264,6 +271,8 @@ def test_every_way_of_moving_beams_copies_the_moved_rows_up_to_their_lengths(
                 expected[:, t, :, :n] = old[:, s, :, :n]
                 unread[:, t, :, n:] = True
         assert torch.equal(cache.masked_fill(unread, 0), expected.masked_fill(unread, 0))
+    if pooled:
+        assert all(torch.equal(p[:, -100:], b) for p, b in zip(pools, slots_before, strict=True))
 
 
 def test_a_triton_launch_that_raises_falls_back_to_copying_every_row(

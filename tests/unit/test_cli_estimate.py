@@ -64,7 +64,7 @@ def test_json_fields_and_total(capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.mark.parametrize(
     ("model", "gib", "rows"),
-    [("large-v3", "24", 32), ("large-v3", "141", 256), ("turbo", "24", 216)],
+    [("large-v3", "24", 32), ("large-v3", "141", 256), ("turbo", "24", 208)],  # pooled (auto)
 )
 def test_the_batch_rows_follow_the_gpus_memory(
     model: str, gib: str, rows: int, capsys: pytest.CaptureFixture[str]
@@ -179,7 +179,8 @@ def test_calibration_samples_come_from_the_store(
     assert shape is not None
     batch_rows = data["batch_rows"]
     assert isinstance(batch_rows, int)
-    assert data["batch_bytes"] == batch_rows * shape.row_bytes + GIB + batch_rows * 1024**2
+    per_row = 1024**2 + shape.pooled_per_row_bytes  # the fit's, and the pooled steps' (auto)
+    assert data["batch_bytes"] == batch_rows * shape.row_bytes + GIB + batch_rows * per_row
 
 
 def test_absent_store_is_not_created(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

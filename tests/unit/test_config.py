@@ -40,6 +40,7 @@ def test_flags_win_over_environment_over_toml(tmp_path: Path) -> None:
         ("GPUSCRIBE_DEFAULT_ENGINE", "whisper", ["default_engine='whisper'", "faster-whisper"]),
         ("GPUSCRIBE_MEMORY_WARNING_FRACTION", "1.5", ["memory_warning_fraction=1.5"]),
         ("GPUSCRIBE_MEMORY_WARNING_FOREIGN_GROWTH_BYTES", "0", ["more than 0"]),
+        ("GPUSCRIBE_BATCH_LAYOUT", "paged", ["batch_layout='paged'", "per-row or pooled"]),
         ("GPUSCRIBE_PORT", "70000", ["port=70000"]),
         ("GPUSCRIBE_PORT", "http", ["port='http'"]),
         ("MAX_MEMORY_UTILIZATION", "1.5", ["max_memory_utilization=1.5"]),

@@ -26,7 +26,7 @@ from gpuscribe.memory.profiles import (
     reference_working_bytes,
     shipped_profiles,
 )
-from gpuscribe.memory.types import CalibrationSample, EstimateSource, ModelKey, ProfileKey
+from gpuscribe.memory.types import MIB, CalibrationSample, EstimateSource, ModelKey, ProfileKey
 from gpuscribe.telemetry.base import DeviceKind
 
 H200 = ProfileKey("NVIDIA H200", "transformers", "large-v3", "float16", 1, 1)
@@ -189,6 +189,27 @@ def test_the_rows_follow_the_devices_memory_and_the_setting() -> None:
             fixed.estimate(H200, 30, device_kind=DeviceKind.CUDA, total_bytes=total).batch_rows
             == 48
         )
+
+
+def test_a_pooled_cache_is_charged_its_larger_steps_token_choice() -> None:
+    """The same rows' bytes of cache; each row's workspace grows by what the pooled step's
+    extra rows take in the token choice (`pooled_extra_per_row`), so that fewer turbo rows fit
+    a 24 GiB GPU."""
+    per_row = estimator()
+    pooled = Estimator(
+        CalibrationBook(10, 1.2), PER_TASK_PROFILES, confidence_factor=1.2,
+        cuda_context_bytes=CUDA_CONTEXT, pooled=True,
+    )  # fmt: skip
+    shape = shape_of("large-v3", "float16")
+    assert shape is not None and 2 * MIB < shape.pooled_per_row_bytes < 3 * MIB
+    a, b = (e.estimate(H200, 30, device_kind=DeviceKind.CUDA, total_bytes=H200_TOTAL)
+            for e in (per_row, pooled))  # fmt: skip
+    assert a.batch_rows == b.batch_rows == 256
+    assert b.batch_bytes - a.batch_bytes == 256 * shape.pooled_per_row_bytes
+    small = 24 * 1024**3
+    t1, t2 = (e.estimate(TURBO, 30, device_kind=DeviceKind.CUDA, total_bytes=small)
+              for e in (per_row, pooled))  # fmt: skip
+    assert t2.batch_rows < t1.batch_rows and t2.total_bytes <= small * 0.9
 
 
 def test_a_task_without_word_timestamps_keeps_no_encoder_output() -> None:

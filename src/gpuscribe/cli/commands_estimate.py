@@ -100,6 +100,7 @@ def estimate_for(
         cuda_context_bytes=REFERENCE_CONTEXT_BYTES,
         cap_fraction=settings.max_memory_utilization,
         batch_rows=settings.batch_rows,
+        pooled=settings.batch_layout != "per-row",
     )
     estimate = estimator.estimate(
         key, args.audio_seconds, device_kind=device.kind, total_bytes=device.total_bytes

@@ -37,7 +37,13 @@ within `BATCH_SHARE` of the device's cap (`MAX_MEMORY_UTILIZATION` x total). The
 (15 %) is left to the running tasks' own working memory and to the allocator's slack; at least
 `MIN_ROWS`. With the default cap of 0.9 and a 1.2 GiB context: large-v3 gets 32 rows on a 24 GiB
 GPU, 168 on an 80 GB one and 256 on a 141 GB H200; large-v3-turbo 216 on 24 GiB and 256 on the
-others (tests/unit/test_memory_batch.py).
+others (tests/unit/test_memory_batch.py); with a pooled cache's larger steps charged
+(`BatchShape.workspace_for`), turbo gets 208 on 24 GiB.
+
+A pooled cache (`engines/batched/slots.py`, the default on GPUs where Triton works) holds the
+same bytes as `rows` rows, laid out as self-attention rows and one cross-attention slot a
+window: its step takes up to `pooled_step_rows` rows, each with the token choice's float32
+vocabulary-wide tensors (`pooled_extra_per_row`).
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ from gpuscribe.audio import HOP, MEL_FRAMES, N_FFT, WINDOW_SAMPLES, WINDOW_SECON
 from gpuscribe.memory.architectures import ARCHITECTURES, WhisperArchitecture, canonical_model_name
 from gpuscribe.memory.types import MIB
 
+POOLED_WINDOW_ROWS = 5  # a pooled cache's step is sized for windows of this many rows (beams)
 MAX_ROWS = 256  # the most rows the auto rule gives (the decode step's speed levels off there)
 ROW_STEP = 8  # auto rows are a multiple of this
 MIN_ROWS = 8  # and never fewer: a window takes up to 5 rows (beams, or best-of candidates)
@@ -85,6 +92,14 @@ class BatchShape:
     row_bytes: int
     workspace: Workspace
     window_hidden_bytes: int  # one window's encoder output
+    pooled_per_row_bytes: int = 0  # what a pooled cache adds to any workspace per row
+
+    def workspace_for(self, workspace: Workspace | None, *, pooled: bool) -> Workspace:
+        """`workspace` (a calibration fit; None: the formula's), for a pooled cache or not."""
+        ws = workspace or self.workspace
+        if not pooled:
+            return ws
+        return Workspace(ws.fixed_bytes, ws.per_row_bytes + self.pooled_per_row_bytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +148,9 @@ def batch_shape(arch: WhisperArchitecture, compute_type: str) -> BatchShape:
         + PREFILL_TOKENS * arch.vocab_size * (element + 4)
         + STEP_VOCAB_COPIES * arch.vocab_size * 4
     )
-    return BatchShape(row_bytes(arch, element), Workspace(fixed, per_row), hidden)
+    return BatchShape(
+        row_bytes(arch, element), Workspace(fixed, per_row), hidden, pooled_extra_per_row(arch)
+    )
 
 
 def shape_of(model: str, compute_type: str) -> BatchShape | None:
@@ -165,6 +182,24 @@ def choose_rows(
     rows = min(MAX_ROWS, fitting)
     rows -= rows % ROW_STEP
     return max(MIN_ROWS, rows)
+
+
+def pooled_step_rows(cache_rows: int, max_len: int, frames: int) -> int:
+    """The rows a pooled cache of `cache_rows` rows' bytes steps at (`engines/batched/slots.py`):
+    as many as windows of `POOLED_WINDOW_ROWS` rows fill, each row `max_len` positions of
+    self-attention and each window `frames` of cross-attention."""
+    windows = cache_rows * (max_len + frames) // (POOLED_WINDOW_ROWS * max_len + frames)
+    return max(cache_rows, POOLED_WINDOW_ROWS * windows)
+
+
+def pooled_extra_per_row(arch: WhisperArchitecture) -> int:
+    """What a pooled cache's workspace adds per row of cache: its step takes more rows than the
+    cache has rows' bytes (2.6 x for large-v3), and each takes the token choice's
+    vocabulary-wide float32 tensors (`STEP_VOCAB_COPIES`); the rest (the encoder's batch, a
+    starting window's fill) does not grow."""
+    many = 1 << 20
+    more = pooled_step_rows(many, arch.max_target_positions, arch.max_source_positions) / many
+    return math.ceil((more - 1) * STEP_VOCAB_COPIES * arch.vocab_size * 4)
 
 
 def plan_batch(rows: int, shape: BatchShape, workspace: Workspace | None = None) -> BatchPlan:

@@ -60,15 +60,18 @@ class Estimator:
         cuda_context_bytes: int,
         cap_fraction: float = 0.9,
         batch_rows: int = 0,
+        pooled: bool = False,
     ) -> None:
         """`cap_fraction` (MAX_MEMORY_UTILIZATION) and `batch_rows` (GPUSCRIBE_BATCH_ROWS, 0:
-        auto) decide the rows of a batched model's batch on a device."""
+        auto) decide the rows of a batched model's batch on a device; `pooled`
+        (GPUSCRIBE_BATCH_LAYOUT auto or pooled) charges a pooled cache's larger steps."""
         self.book = book
         self.profiles = profiles
         self.confidence_factor = confidence_factor
         self.cuda_context_bytes = cuda_context_bytes
         self.cap_fraction = cap_fraction
         self.batch_rows = batch_rows
+        self.pooled = pooled
 
     def estimate(
         self,
@@ -139,6 +142,7 @@ class Estimator:
         source = EstimateSource.CALIBRATED if workspace is not None else fallback.source
         if workspace is None and profiled is not None:
             workspace = profiled.workspace
+        workspace = shape.workspace_for(workspace, pooled=self.pooled)
         if total_bytes is None:
             rows = self.batch_rows or MAX_ROWS
         else:

@@ -141,6 +141,7 @@ def batch_rows_for(
         cuda_context_bytes=REFERENCE_CONTEXT_BYTES,
         cap_fraction=settings.max_memory_utilization,
         batch_rows=settings.batch_rows,
+        pooled=settings.batch_layout != "per-row",
     )
     found = []
     for model in models:

@@ -95,4 +95,5 @@ def _estimator(settings: Settings, book: CalibrationBook) -> Estimator:
         cuda_context_bytes=REFERENCE_CONTEXT_BYTES,
         cap_fraction=settings.max_memory_utilization,
         batch_rows=settings.batch_rows,
+        pooled=settings.batch_layout != "per-row",
     )

@@ -25,6 +25,7 @@ def create_engine(name: str, settings: Settings) -> Engine:
             benchmark_only=settings.benchmark_only,
             allow_downloads=settings.allow_downloads,
             benchmark_tokens=settings.benchmark_tokens,
+            batch_layout=settings.batch_layout,
         )
     raise InvalidRequest(
         f"unknown engine {name!r}: known engines are {', '.join(ENGINES)}",

@@ -19,6 +19,7 @@ from typing import Any
 from gpuscribe.domain import InvalidRequest
 from gpuscribe.memory.architectures import ARCHITECTURES, WhisperArchitecture
 from gpuscribe.telemetry.base import DeviceKind
+from gpuscribe.workers.engines.batched import crossattn
 from gpuscribe.workers.engines.batched.model import BatchedModel, ModelInfo
 from gpuscribe.workers.engines.ct2_checkpoint import Ct2WhisperInfo, load_ct2_whisper
 from gpuscribe.workers.messages import DeviceRef
@@ -66,9 +67,11 @@ class TransformersEngine:
         allow_downloads: bool = False,
         benchmark_tokens: int = MAX_NEW_TOKENS,
         batch_rows: int = 0,
+        batch_layout: str = "auto",
     ):
         self.benchmark_tokens = benchmark_tokens
         self.batch_rows = batch_rows
+        self.batch_layout = batch_layout  # "auto", "per-row" or "pooled" (`batched/slots.py`)
         self.models_dir = models_dir
         self.allow_downloads = allow_downloads
         self.benchmark_only = benchmark_only or tiny_config_for_tests
@@ -111,6 +114,7 @@ class TransformersEngine:
             whisper,
             info,
             rows=rows,
+            pooled=self._pooled(target),
             use_graphs=cuda,
             weights_bytes=weights,
             benchmark_only=source.benchmark_only,
@@ -118,10 +122,28 @@ class TransformersEngine:
         )
         kind = "random weights, benchmark only" if source.benchmark_only else "checkpoint"
         log.info(
-            "loaded %s (%s) on %s: %d bytes of weights, %d batch rows (%d bytes of cache)",
+            "loaded %s (%s) on %s: %d bytes of weights, %d batch rows (%d bytes of cache%s)",
             source.name, kind, target.device, weights, rows, model_.cache_bytes,
+            f", pooled: steps of up to {model_.decoder.rows} rows" if model_.decoder.pooled else "",
         )  # fmt: skip
         return model_
+
+    def _pooled(self, target: _Target) -> bool:
+        """Whether the batch's cache is pooled (`batched/slots.py`). "auto": on CUDA where the
+        Triton cross-attention that reads a window's slot passes its trial (on an H100, 5 beams
+        decode 1.49 x as fast as per-row and greedy windows as fast, within 3 %); the CPU
+        keeps the per-row cache, whose steps read it through PyTorch's fused kernel.
+        "pooled" on the CPU reads the slots through a gathered copy (tests)."""
+        if self.batch_layout == "per-row":
+            return False
+        cuda = target.device.type == "cuda"
+        if not cuda:
+            return self.batch_layout == "pooled"
+        if crossattn.triton_works(str(target.device)):
+            return True
+        log.warning("the Triton cross-attention failed on %s: the batch's cache is per-row, "
+                    "a copy of a window's audio in every row", target.device)  # fmt: skip
+        return False
 
 
 def _ct2_info(info: Ct2WhisperInfo) -> ModelInfo:

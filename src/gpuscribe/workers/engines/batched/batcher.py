@@ -50,6 +50,7 @@ from gpuscribe.workers.engines.batched.search import (
     Row,
     Vocabulary,
 )
+from gpuscribe.workers.engines.batched.slots import SlotAllocator
 
 log = logging.getLogger(__name__)
 
@@ -249,6 +250,11 @@ class Batcher:
         self._encoding: _Encoding | None = None
         self._ready: list[tuple[Group, EncoderInput]] = []  # encoded, waiting for free rows
         self._windows_stale = True  # rows started or moved since the decoder was told
+        # A pooled cache's slots (`slots.py`): which window's audio is where.
+        self._slots = (
+            SlotAllocator(decoder.layout, decoder.batch_buckets) if decoder.layout else None
+        )
+        self._window_rows = self._free_rows()  # the most rows one window can take
         self._shared_windows = False  # some window has several rows (beams, samples)
         self._served: dict[int, int] = {}  # priority -> the latest turn taken to be encoded
         cuda = decoder.device.type == "cuda"
@@ -299,8 +305,8 @@ class Batcher:
         self._check_open()  # before anything a closed batcher has let go of
         if len(prompts) != len(encoded):
             raise ValueError(f"{len(prompts)} prompts for {len(encoded)} windows")
-        if options.rows > self.decoder.rows:
-            raise ValueError(f"{options.rows} rows per window, the batch holds {self.decoder.rows}")
+        if options.rows > self._window_rows:
+            raise ValueError(f"{options.rows} rows per window, the batch holds {self._window_rows}")
         request = _Request(priority, next(self._order), should_stop, turn)
         request.results = [None] * len(prompts)
         request.pending = len(prompts)
@@ -469,7 +475,16 @@ class Batcher:
         call.request.done.set()
 
     def _free_rows(self) -> int:
+        """Rows a window could take now."""
+        if self._slots is not None:
+            return self._slots.free_rows(len(self._rows))
         return self.decoder.rows - len(self._rows)
+
+    def _fit(self, windows: list[int]) -> bool:
+        """Whether windows of these row counts can start now, together."""
+        if self._slots is not None:
+            return self._slots.fits(len(self._rows), windows)
+        return sum(windows) <= self._free_rows()
 
     def _admit(self) -> None:
         """Move finished encodings to the ready windows, start ready windows in free rows, and
@@ -505,9 +520,10 @@ class Batcher:
         self._ready.sort(key=lambda item: _rank(item[0]))
         starting: list[tuple[Group, EncoderInput]] = []
         kept: list[tuple[Group, EncoderInput]] = []
+        sizes: list[int] = []
         for group, encoded in self._ready:
-            if group.options.rows <= free and not kept:
-                free -= group.options.rows
+            if not kept and self._fit([*sizes, group.options.rows]):
+                sizes.append(group.options.rows)
                 starting.append((group, encoded))
             else:
                 kept.append((group, encoded))
@@ -614,10 +630,15 @@ class Batcher:
         targets = list(range(first_row, first_row + len(new_rows)))
         upload = self._states.upload
         hidden = torch.stack([encoded.hidden[group.index] for group, encoded in taken])
-        shared = len(windows) > len(taken)  # beams: one window's keys and values, computed once
-        self.decoder.fill_cross(
-            upload(np.array(targets)), hidden, upload(np.array(windows)) if shared else None
-        )
+        if self._slots is not None:  # pooled: a window's audio, once, in its slot
+            for group, _ in taken:
+                group.slot = self._slots.take()
+            self.decoder.fill_cross(upload(np.array([g.slot for g, _ in taken])), hidden)
+        else:  # beams: one window's keys and values, computed once, copied to each row
+            shared = len(windows) > len(taken)
+            self.decoder.fill_cross(
+                upload(np.array(targets)), hidden, upload(np.array(windows)) if shared else None
+            )
         del hidden
         for group, encoded in taken:
             if not encoded.keep:
@@ -665,7 +686,10 @@ class Batcher:
             cache_rows = upload(np.array([first_row + o for o in offsets]))
             at = upload(np.array([[min(p, start - 1)] for p in sot_at]))
             heads_tokens = upload(np.array([p[:start] for p in prompts]))
-            logits = self.decoder.prefill(cache_rows, heads_tokens, at=at)
+            slots = None
+            if self._slots is not None:
+                slots = upload(np.array([rows[o].group.slot for o in offsets]))
+            logits = self.decoder.prefill(cache_rows, heads_tokens, at=at, slots=slots)
             heads = [k for k, p in enumerate(sot_at) if p < start]
             if heads:
                 index = upload(np.array(heads))
@@ -699,18 +723,22 @@ class Batcher:
 
     def _grouped(self, rows: list[Row]) -> bool:
         """Whether the step attends with each window's rows together (`crossattn.py`): where
-        the decoder can and some window has several rows. The decoder learns where the windows'
-        rows are when they have started or moved since it last did."""
+        the decoder can and some window has several rows, and always in a pooled cache (each
+        window's audio is only in its slot). The decoder learns where the windows' rows are
+        when they have started or moved since it last did."""
         if self.decoder.grouped is None:
             return False
         if self._windows_stale:
             by_window: dict[int, list[int]] = {}
+            groups: dict[int, Group] = {}
             for i, row in enumerate(rows):
                 by_window.setdefault(id(row.group), []).append(i)
+                groups[id(row.group)] = row.group
             windows = list(by_window.values())
-            self._shared_windows = any(len(w) > 1 for w in windows)
+            self._shared_windows = self._slots is not None or any(len(w) > 1 for w in windows)
             if self._shared_windows:
-                table = window_table(windows, self.decoder.rows)
+                slots = [groups[k].slot for k in by_window] if self._slots is not None else None
+                table = window_table(windows, self.decoder.rows, slots)
                 self.decoder.set_windows(*(self._states.upload(t) for t in table))
             self._windows_stale = False
         return self._shared_windows
@@ -882,12 +910,27 @@ class Batcher:
             new[hole] = mover
         self._rows = new
         self._windows_stale = True
+        if self._slots is not None:
+            self._free_slots(rows, keep)
+
+    def _free_slots(self, before: list[Row], after: list[Row]) -> None:
+        """Give back the slots of windows that have no row left. Steps queued ahead that still
+        read one come before any fill that reuses it, on the same stream."""
+        assert self._slots is not None
+        live = {id(r.group) for r in after}
+        for row in before:
+            group = row.group
+            if group.slot >= 0 and id(group) not in live:
+                self._slots.give(group.slot)
+                group.slot = -1
 
     def _fail_rows(self, error: BaseException) -> None:
         for row in self._rows:
             row.group.request.fail(error)
         self._rows = []
         self._windows_stale = True
+        if self._slots is not None:
+            self._slots.clear()
         self._in_flight.clear()
         if self._encoding is not None:
             for group, _ in self._encoding.taken:

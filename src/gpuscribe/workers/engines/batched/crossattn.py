@@ -7,7 +7,8 @@ beams' keys and values five times: for large-v3, 246 MB a row, most of what a st
 Triton program takes one piece of a window (up to `GROUP` of its rows) and one head, reads the
 keys and values of the window's leader row (any of its rows: they hold the same) once, and
 attends with every row of the piece. A window of more than `GROUP` rows is split into pieces
-with the same leader.
+with the same leader. In a pooled cache (`slots.py`) a window's keys and values are one copy,
+in its slot, and the slot is the leader: greedy windows of one row read theirs this way too.
 
 The batcher writes where each window's rows are (`window_table`) whenever rows start or move;
 the decoder runs steps with windows of several rows this way where the kernel passed its trial
@@ -31,16 +32,18 @@ GROUP = 16  # rows of a window one program attends with (the kernel's matrix pro
 BLOCK_FRAMES = 64  # encoder frames a program reads at a time
 
 
-def window_table(windows: Sequence[Sequence[int]], size: int) -> tuple[np.ndarray[Any, Any], ...]:
+def window_table(
+    windows: Sequence[Sequence[int]], size: int, slots: Sequence[int] | None = None
+) -> tuple[np.ndarray[Any, Any], ...]:
     """Where the rows of each window are, for `size` rows: `leaders` (`[size]` int32, a piece's
-    leader row, -1 past the last piece) and `members` (`[size, GROUP]` int32, the piece's rows,
-    -1 for none). Windows are lists of row indices; a piece has at least one row, so `size`
-    rows hold every piece."""
+    leader row, or its window's slot in a pooled cache where `slots` gives them, -1 past the
+    last piece) and `members` (`[size, GROUP]` int32, the piece's rows, -1 for none). Windows
+    are lists of row indices; a piece has at least one row, so `size` rows hold every piece."""
     leaders = np.full(size, -1, dtype=np.int32)
     members = np.full((size, GROUP), -1, dtype=np.int32)
     piece = 0
-    for rows in windows:
-        leader = rows[0]
+    for number, rows in enumerate(windows):
+        leader = rows[0] if slots is None else slots[number]
         for first in range(0, len(rows), GROUP):
             chunk = rows[first : first + GROUP]
             leaders[piece] = leader
@@ -64,7 +67,7 @@ def attend_gathered(torch: Any, q: Any, keys: Any, values: Any, leaders: Any, me
     `[n, heads, head_dim]`. Not capturable in a CUDA graph (the look-up's shapes follow the
     table); tests and the CPU use it."""
     sdpa = torch.nn.functional.scaled_dot_product_attention
-    owners = leader_of_row(torch, leaders, members, q.shape[0])
+    owners = leader_of_row(torch, leaders, members, q.shape[0]).clamp(max=keys.shape[0] - 1)
     k, v = keys.index_select(0, owners), values.index_select(0, owners)
     return sdpa(q[:, :, None], k, v)[:, :, 0]
 

@@ -13,6 +13,11 @@ keys/values before attending to positions `<= pos`; what lies beyond a row's pos
 never read, so rows need no clearing when they are reused. Every row of a window holds the
 window's cross-attention keys and values; a grouped step (beams in the batch) reads them once a
 window for all its rows (`crossattn.py`), from where the batcher last said the rows are.
+
+Pooled (`slots.py`): the same bytes hold self-attention rows from the bottom and one
+cross-attention slot a window from the top (`cross_k` is `[layers, slots, heads, frames,
+head_dim]`); every step is grouped, each window's rows reading its slot. A window of 5 beams
+then holds one copy of its audio instead of five.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Any
 from gpuscribe.workers.engines.batched import crossattn
 from gpuscribe.workers.engines.batched.encoder import FusedEncoder
 from gpuscribe.workers.engines.batched.rowcopy import copy_layers, copy_moved
+from gpuscribe.workers.engines.batched.slots import PoolLayout
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +142,12 @@ class _Layer:
 
 
 class StaticDecoder:
-    """The decoder of a loaded `WhisperForConditionalGeneration`, over `rows` cache rows."""
+    """The decoder of a loaded `WhisperForConditionalGeneration`, over a cache of `rows` rows'
+    bytes: as many rows (per-row layout), or pooled (`pooled`; CUDA needs the Triton
+    cross-attention, `crossattn.triton_works`): then `rows` becomes the rows a step takes, and
+    `cache_rows` keeps what was asked for."""
 
-    def __init__(self, whisper: Any, rows: int, *, use_graphs: bool) -> None:
+    def __init__(self, whisper: Any, rows: int, *, use_graphs: bool, pooled: bool = False) -> None:
         import torch
 
         self._torch = torch
@@ -155,7 +164,7 @@ class StaticDecoder:
             max_len=int(config.max_target_positions),
             frames=int(config.max_source_positions),
         )
-        self.rows = rows
+        self.cache_rows = rows  # the cache's bytes, in rows of the per-row layout
         weight = decoder.embed_tokens.weight
         self.device, self.dtype = weight.device, weight.dtype
         self._embed = weight
@@ -166,12 +175,14 @@ class StaticDecoder:
         with torch.no_grad():
             self._layers = [_Layer(torch, layer) for layer in decoder.layers]
         s = self.shape
-        cache = (s.layers, rows, s.heads)
-        options = {"device": self.device, "dtype": self.dtype}
-        self.self_k = torch.zeros(*cache, s.max_len, s.head_dim, **options)
-        self.self_v = torch.zeros_like(self.self_k)
-        self.cross_k = torch.zeros(*cache, s.frames, s.head_dim, **options)
-        self.cross_v = torch.zeros_like(self.cross_k)
+        self.layout: PoolLayout | None = None
+        if pooled:
+            self.layout = PoolLayout.sized(
+                rows, s.heads * s.max_len * s.head_dim, s.heads * s.frames * s.head_dim
+            )
+            rows = self.layout.rows
+        self.rows = rows
+        self._allocate_cache()
         # The step's static inputs and output (graphs read and write these addresses).
         self.tokens = torch.zeros(rows, dtype=torch.long, device=self.device)
         self.positions = torch.zeros(rows, dtype=torch.long, device=self.device)
@@ -184,8 +195,10 @@ class StaticDecoder:
         self.members = torch.from_numpy(members).to(self.device)
         # How a grouped step attends to its windows' audio: "kernel" (one read a window,
         # `crossattn.py`; CUDA where its trial passes at load), "gathered" (tests), or None:
-        # no grouped steps, every step attends row by row.
+        # no grouped steps, every step attends row by row. Pooled: every step is grouped.
         self.grouped: str | None = None
+        if pooled:
+            self.grouped = "kernel" if self.device.type == "cuda" else "gathered"
         self.use_graphs = use_graphs and self.device.type == "cuda"
         self._decode_cross = _cudnn_first() if self.device.type == "cuda" else None
         self._graphs: dict[tuple[int, int, bool], Any] = {}
@@ -196,10 +209,38 @@ class StaticDecoder:
         self.chosen: dict[tuple[int, int], str] = {}
         self._kind = "sdpa"  # the kind a capture in progress uses (under "auto")
 
+    @property
+    def pooled(self) -> bool:
+        return self.layout is not None
+
+    def _allocate_cache(self) -> None:
+        """The key/value caches: four tensors (per-row), or views into two pools."""
+        torch = self._torch
+        s = self.shape
+        options = {"device": self.device, "dtype": self.dtype}
+        if self.layout is None:
+            cache = (s.layers, self.rows, s.heads)
+            self.self_k = torch.zeros(*cache, s.max_len, s.head_dim, **options)
+            self.self_v = torch.zeros_like(self.self_k)
+            self.cross_k = torch.zeros(*cache, s.frames, s.head_dim, **options)
+            self.cross_v = torch.zeros_like(self.cross_k)
+            return
+        layout = self.layout
+        end = self.rows * layout.row_elements
+        first = layout.slots_start()
+        views = []
+        for _ in range(2):  # keys, values
+            pool = torch.zeros(s.layers, layout.pool_elements, **options)
+            rows = pool[:, :end].view(s.layers, self.rows, s.heads, s.max_len, s.head_dim)
+            slots = pool[:, first:].view(s.layers, layout.slots, s.heads, s.frames, s.head_dim)
+            views.append((rows, slots))
+        (self.self_k, self.cross_k), (self.self_v, self.cross_v) = views
+
     def release(self) -> None:
         """Drop every tensor, captured graph and memory pool the decoder holds (its model is
         unloaded, its batcher stopped); its rows and shape stay readable."""
-        kept = {"rows": self.rows, "shape": self.shape, "device": self.device, "dtype": self.dtype}
+        kept = {"rows": self.rows, "cache_rows": self.cache_rows, "shape": self.shape,
+                "device": self.device, "dtype": self.dtype, "layout": self.layout}  # fmt: skip
         vars(self).clear()
         vars(self).update(kept)
 
@@ -226,8 +267,9 @@ class StaticDecoder:
 
     def fill_cross(self, rows: Any, hidden: Any, windows: Any = None) -> None:
         """Write the cross-attention keys/values of `hidden` (`[w, frames, d]`) into cache
-        `rows` (a long tensor): row `rows[i]` gets window `windows[i]` (by default window
-        `i`). The beams of one window share its keys and values, computed once."""
+        `rows` (a long tensor; pooled: slots): row `rows[i]` gets window `windows[i]` (by
+        default window `i`). The beams of one window share its keys and values, computed
+        once."""
         torch = self._torch
         s = self.shape
         w = hidden.shape[0]
@@ -244,8 +286,11 @@ class StaticDecoder:
 
     def copy_rows(self, source: Any, target: Any) -> None:
         """Cache rows `source` copied onto rows `target` (compaction), a layer at a time
-        (`rowcopy.copy_layers`)."""
-        for cache in (self.self_k, self.self_v, self.cross_k, self.cross_v):
+        (`rowcopy.copy_layers`); pooled, a window's audio stays in its slot."""
+        caches: tuple[Any, ...] = (self.self_k, self.self_v)
+        if not self.pooled:
+            caches += (self.cross_k, self.cross_v)
+        for cache in caches:
             copy_layers(cache, source, target, cache.shape[3])
 
     def clear_rows(self, rows: Any) -> None:
@@ -265,12 +310,13 @@ class StaticDecoder:
         copy_moved(self._torch, caches, sources, targets, lengths, moved, end)
 
     # --- prompt (many positions at once, eager) ---------------------------------------------
-    def prefill(self, rows: Any, tokens: Any, *, at: Any = None) -> Any:
+    def prefill(self, rows: Any, tokens: Any, *, at: Any = None, slots: Any = None) -> Any:
         """Run prompts `tokens` (`[n, P]`) on cache `rows` from position 0, writing their
-        keys/values. Returns float32 logits `[n, P, vocab]`, or with `at` (`[n, k]` positions)
-        only those `[n, k, vocab]`: a long prompt's logits at every position would take
-        P x vocab x 4 bytes a row, and the batch needs one of them (at <|startoftranscript|>,
-        for the no-speech probability). Rows of one call share their prompt length."""
+        keys/values; pooled, row `rows[i]` hears the window in slot `slots[i]`. Returns float32
+        logits `[n, P, vocab]`, or with `at` (`[n, k]` positions) only those `[n, k, vocab]`: a
+        long prompt's logits at every position would take P x vocab x 4 bytes a row, and the
+        batch needs one of them (at <|startoftranscript|>, for the no-speech probability). Rows
+        of one call share their prompt length."""
         torch = self._torch
         F = torch.nn.functional
         n, length = tokens.shape
@@ -284,7 +330,8 @@ class StaticDecoder:
                 self.self_v[index, rows, :, :length] = v
                 a = F.scaled_dot_product_attention(q, k, v, attn_mask=causal)
                 x = x + F.linear(self._merge(a, n, length), layer.out_w, layer.out_b)
-                x = x + self._cross(layer, index, x, rows, n, length)
+                cross = rows if slots is None else slots
+                x = x + self._cross(layer, index, x, cross, n, length)
                 x = x + self._mlp(layer, x)
             if at is not None:
                 x = x.gather(1, at[:, :, None].expand(-1, -1, x.shape[-1]))
@@ -346,7 +393,7 @@ class StaticDecoder:
         last `set_windows` says they lie."""
         batch = bucket_for(count, self.batch_buckets)
         length = bucket_for(max_position + 1, LENGTH_BUCKETS)
-        grouped = grouped and self.grouped is not None
+        grouped = (grouped or self.pooled) and self.grouped is not None
         if not self.use_graphs:
             self._step_into(batch, length, grouped)
             return self.logits[:count]
@@ -366,7 +413,8 @@ class StaticDecoder:
             return
         if self.grouped is None and crossattn.triton_works(str(self.device)):
             self.grouped = "kernel"
-        for grouped in (False, True) if self.grouped else (False,):
+        variants = (False, True) if self.grouped else (False,)
+        for grouped in (True,) if self.pooled else variants:
             for batch in self.batch_buckets:
                 for length in reversed(LENGTH_BUCKETS):
                     if (batch, length, grouped) not in self._graphs:

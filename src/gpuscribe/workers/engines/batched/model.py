@@ -95,6 +95,7 @@ class BatchedModel:
         rows: int,
         use_graphs: bool,
         weights_bytes: int,
+        pooled: bool = False,
         benchmark_only: bool = False,
         benchmark_tokens: int = 0,
     ) -> None:
@@ -102,7 +103,7 @@ class BatchedModel:
         self.benchmark_only = benchmark_only
         self.benchmark_tokens = benchmark_tokens
         self._whisper = whisper
-        self.decoder = StaticDecoder(whisper, rows, use_graphs=use_graphs)
+        self.decoder = StaticDecoder(whisper, rows, use_graphs=use_graphs, pooled=pooled)
         vocabulary = vocabulary_from_tokenizer(info.tokenizer_file, self.decoder.shape.vocab, info)
         self.batcher = Batcher(self.decoder, vocabulary, info.n_mels)
         self.batcher.call(self.batcher.capture_graphs)  # on the thread that owns the device
@@ -120,7 +121,7 @@ class BatchedModel:
     @property
     def cache_bytes(self) -> int:
         d = self.decoder
-        return d.rows * d.shape.row_bytes(d.dtype.itemsize)
+        return d.cache_rows * d.shape.row_bytes(d.dtype.itemsize)
 
     def transcribe(
         self,

@@ -140,13 +140,14 @@ def _triton_kernel() -> Callable[..., None] | None:
 
     @triton.jit  # type: ignore[untyped-decorator]
     def copy_rows(  # type: ignore[no-untyped-def]
-        cache, sources, targets, lengths, rows, heads, max_len, head_dim, block: tl.constexpr
-    ):
+        cache, sources, targets, lengths, layer_stride, heads, max_len, head_dim,
+        block: tl.constexpr,
+    ):  # fmt: skip
         pair = tl.program_id(0)
         layer_head = tl.program_id(1).to(tl.int64)
         count = tl.load(lengths + pair) * head_dim  # 0 where the row did not move
         row_stride = heads * max_len * head_dim
-        base = (layer_head // heads) * rows * row_stride + (layer_head % heads) * max_len * head_dim
+        base = (layer_head // heads) * layer_stride + (layer_head % heads) * max_len * head_dim
         source = base + tl.load(sources + pair) * row_stride
         target = base + tl.load(targets + pair) * row_stride
         for start in range(0, count, block):
@@ -156,11 +157,12 @@ def _triton_kernel() -> Callable[..., None] | None:
             tl.store(cache + target + offsets, values, mask=inside)
 
     def launch(caches: tuple[Any, ...], sources: Any, targets: Any, lengths: Any) -> None:
-        for cache in caches:
-            layers, rows, heads, max_len, head_dim = cache.shape
+        for cache in caches:  # rows contiguous; layers `stride(0)` apart (a pooled cache's view)
+            layers, _, heads, max_len, head_dim = cache.shape
             grid = (sources.shape[0], layers * heads)
             copy_rows[grid](
-                cache, sources, targets, lengths, rows, heads, max_len, head_dim, block=BLOCK
-            )
+                cache, sources, targets, lengths, cache.stride(0), heads, max_len, head_dim,
+                block=BLOCK,
+            )  # fmt: skip
 
     return launch

@@ -111,6 +111,7 @@ class Group:
         self.finished: list[Hypothesis] = []
         self.no_speech_prob = 0.0
         self.done = False
+        self.slot = -1  # where its audio is in a pooled cache (`slots.py`), while it has rows
 
     @property
     def max_candidates(self) -> int:
