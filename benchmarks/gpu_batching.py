@@ -55,14 +55,17 @@ def window_tokens(model: Any, lengths: list[float]) -> list[int]:
     return tokens
 
 
-def load(model_name: str, rows: int, on_cpu: bool = False) -> Any:
+def load(model_name: str, rows: int, on_cpu: bool = False, layout: str = "auto") -> Any:
     """The engine's model with random weights; `on_cpu` for a smoke run of the engine part
-    (float32, no graphs: occupancy and step counts mean the same, times do not)."""
+    (float32, no graphs: occupancy and step counts mean the same, times do not); `layout`: the
+    cache's (GPUSCRIBE_BATCH_LAYOUT)."""
     if on_cpu:
         device = DeviceRef(DeviceKind.CPU, "cpu", 0, "cpu")
     else:
         device = DeviceRef(DeviceKind.CUDA, "GPU-bench", 0, "bench")
-    engine = TransformersEngine(benchmark_only=True, benchmark_tokens=0, batch_rows=rows)
+    engine = TransformersEngine(
+        benchmark_only=True, benchmark_tokens=0, batch_rows=rows, batch_layout=layout
+    )
     return engine.load(model_name, device, "float32" if on_cpu else "float16")
 
 
@@ -351,6 +354,12 @@ def main() -> None:
         "passed its trial at load), and row by row",
     )
     parser.add_argument(
+        "--layout",
+        default="auto",
+        help="the cache's layout: auto (pooled where Triton works), per-row, or pooled (one "
+        "copy of a window's audio)",
+    )
+    parser.add_argument(
         "--priorities",
         default="-1,0",
         help="decode-stream priorities the timeline and engine try (serial: no side stream)",
@@ -359,7 +368,7 @@ def main() -> None:
     parts = set(args.parts.split(","))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    model = load(args.model, args.rows, args.cpu)
+    model = load(args.model, args.rows, args.cpu, args.layout)
     if not args.cpu and args.attention != "auto":  # a new form drops the graphs of the load
         model.decoder.set_attention(args.attention)
         model.batcher.call(model.batcher.capture_graphs)
@@ -368,12 +377,14 @@ def main() -> None:
     report: dict[str, Any] = {
         "model": args.model,
         "rows": args.rows,
+        "layout": args.layout,
+        "step_rows": model.decoder.rows,
         "tasks": args.tasks,
         "windows": len(tokens),
         "mean_tokens": float(np.mean(tokens)),
         "audio_seconds": sum(lengths),
     }
-    path = out / f"batching-{args.model}-beam{args.beam}.json"
+    path = out / f"batching-{args.model}-beam{args.beam}-{args.layout}.json"
 
     def save(part: str, value: Any) -> None:  # after each part: a later failure loses nothing
         report[part] = value

@@ -50,8 +50,9 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=16)
     parser.add_argument("--beam", type=int, default=5)
     parser.add_argument("--models-dir", default="")
+    parser.add_argument("--layout", default="auto", help="the cache: auto, per-row or pooled")
     args = parser.parse_args()
-    engine = TransformersEngine(models_dir=args.models_dir)
+    engine = TransformersEngine(models_dir=args.models_dir, batch_layout=args.layout)
     cpu = engine.load("tiny.en", DeviceRef(DeviceKind.CPU, "cpu", 0, "cpu"), "default")
     cuda = engine.load("tiny.en", DeviceRef(DeviceKind.CUDA, "gpu", 0, "gpu"), "float16")
     clips = [(c.path.name, c.text, samples(c.path)) for c in speech_clips()]

@@ -9,16 +9,17 @@
 #                                              profile, model M or both, ROWS batch rows (256; an
 #                                              H100 holds 160 of large-v3) (after install 1; ~3 min
 #                                              a model)
-#   bash benchmarks/gpu_session.sh beams M [ROWS]  the engine in one process at 5 beams, 100
-#                                              tasks, each window's audio read once a step
-#                                              (grouped on) and row by row (off), in one load
-#                                              (after install 1; ~4 min)
+#   bash benchmarks/gpu_session.sh beams M [ROWS [LAYOUTS]]  the engine in one process at 5
+#                                              beams, 100 tasks, each window's audio read once
+#                                              a step, with the per-row cache and the pooled
+#                                              one (a load each) (after install 1; ~4 min)
 #   bash benchmarks/gpu_session.sh generate M [BATCHES]  (b) alone, beside a batch of 32 rows
 #                                              (on an H100 the engine's cache leaves too little)
 #   bash benchmarks/gpu_session.sh real        tiny.en on CUDA against the CPU (after 3; ~1 min)
 #   bash benchmarks/gpu_session.sh tests       `make test-gpu`'s tests, each file in a process of
 #                                              its own, with every test's duration and every
-#                                              thread's stack printed if one runs past 60 s
+#                                              thread's stack printed if one runs past 60 s;
+#                                              a file is stopped after TEST_LIMIT s (240)
 #                                              (after 2)
 #   bash benchmarks/gpu_session.sh calibrate [MODELS]  the memory grid of every model (or of
 #                                              MODELS, comma-separated; rows of earlier calls
@@ -31,7 +32,8 @@
 #   bash benchmarks/gpu_session.sh service M [T] [B]  the service over HTTP on model M: 300 tasks
 #                                              at MAX_TASKS_PER_GPU 300 with 3 urgent probes,
 #                                              then at the default 5 (or at each of "T"), greedy
-#                                              or at B beams (the service's default is 5; after 3)
+#                                              or at B beams (the service's default is 5; after 3);
+#                                              GPUSCRIBE_BATCH_LAYOUT=per-row for that cache
 #   bash benchmarks/gpu_session.sh multi M N   the same stream at 300 on GPUs 0..N-1 (an -x2 or
 #                                              -x4 machine); `service M`'s first run on the same
 #                                              machine is its one-GPU baseline
@@ -62,7 +64,8 @@ case "${1:-}" in
     python3 benchmarks/gpu_real_weights.py --out "$OUT" --copies 8 ;;
   tests)
     for f in tests/gpu/test_*.py; do
-      python3 -m pytest -p no:cacheprovider -m gpu "$f" -q --durations=0 \
+      timeout -k 5 "${TEST_LIMIT:-240}" python3 -m pytest -p no:cacheprovider -m gpu "$f" -q \
+        --durations=0 \
         -o faulthandler_timeout=60 2>&1 | tee -a "$OUT/tests.log" | grep -v "^$" | tail -25
     done ;;
   calibrate)
@@ -84,12 +87,15 @@ case "${1:-}" in
         | cut -c1-600
     done ;;
   beams)
-    # each window's audio read once a step (grouped on) and row by row, then the host one
-    # step behind; 100 tasks (about 21,000 audio seconds) a run
-    python3 benchmarks/gpu_batching.py --out "$OUT" --model "${2:-large-v3}" --tasks 100 \
-      --threads 100 --rows "${3:-160}" --beam 5 --lookaheads 2 --grouped on,off \
-      --priorities=-1 --parts engine 2>&1 | grep -v "captured a decode\|\[transformers\]" \
-      | cut -c1-600 ;;
+    # per-row cache, each window's audio read once a step (grouped); then the pooled cache (one
+    # copy of a window's audio, 2.6x the windows in the same bytes); 100 tasks (about 21,000
+    # audio seconds) a run, each layout a load of its own
+    for layout in ${4:-per-row pooled}; do
+      python3 benchmarks/gpu_batching.py --out "$OUT" --model "${2:-large-v3}" --tasks 100 \
+        --threads 100 --rows "${3:-160}" --beam 5 --lookaheads 2 --grouped on --layout "$layout" \
+        --priorities=-1 --parts engine 2>&1 | grep -v "captured a decode\|\[transformers\]" \
+        | cut -c1-600
+    done ;;
   generate)
     python3 benchmarks/gpu_batching.py --out "$OUT" --model "${2:-large-v3}" --tasks 300 \
       --rows 32 --generate-batches "${3:-32,64,128,192,256}" --parts generate 2>&1 \
@@ -100,7 +106,8 @@ case "${1:-}" in
     for tasks in ${3:-300 5}; do
       python3 benchmarks/gpu_report.py --out "$OUT" --devices 0 stream --models "$model" \
         --beams "$beams" --tokens 0 --tasks 300 --min-seconds 5 --max-tasks "$tasks" --urgent 3 \
-        --urgent-after 15 --name "$model-$tasks-beam$beams" --max-seconds 300 2>&1 \
+        --urgent-after 15 --name "$model-$tasks-beam$beams-${GPUSCRIBE_BATCH_LAYOUT:-auto}" \
+        --max-seconds 300 2>&1 \
         | grep -v "final$" | tail -15
     done ;;
   multi)
