@@ -44,11 +44,11 @@ FINE_BUCKETS_FROM = 64
 FINE_BUCKET_STEP = 32
 
 
-def batch_buckets(max_rows: int) -> tuple[int, ...]:
+def batch_buckets(max_rows: int, also: tuple[int, ...] = ()) -> tuple[int, ...]:
     """Row counts a step is run (and, on CUDA, captured) at: powers of two up to
-    `FINE_BUCKETS_FROM`, then every `FINE_BUCKET_STEP` rows, and `max_rows` itself. A step
-    reads every row of its bucket's cache (cross-attention keys and values dominate it), so
-    a batch of 200 rows stepped at 256 would read 28 % more than it needs."""
+    `FINE_BUCKETS_FROM`, then every `FINE_BUCKET_STEP` rows, `max_rows` itself and the sizes
+    `also`. A step reads every row of its bucket's cache (cross-attention keys and values
+    dominate it), so a batch of 200 rows stepped at 256 would read 28 % more than it needs."""
     sizes = []
     size = 1
     while size < min(max_rows, FINE_BUCKETS_FROM):
@@ -58,7 +58,7 @@ def batch_buckets(max_rows: int) -> tuple[int, ...]:
         sizes.append(size)
         size += FINE_BUCKET_STEP
     sizes.append(max_rows)
-    return tuple(sizes)
+    return tuple(sorted(set(sizes) | {a for a in also if 0 < a <= max_rows}))
 
 
 def bucket_for(value: int, buckets: tuple[int, ...]) -> int:
@@ -203,7 +203,9 @@ class StaticDecoder:
         self._decode_cross = _cudnn_first() if self.device.type == "cuda" else None
         self._graphs: dict[tuple[int, int, bool], Any] = {}
         self._pool: Any = None
-        self.batch_buckets = batch_buckets(rows)
+        # Pooled, the cache's own rows are a bucket too: greedy windows fill the pool at that
+        # many rows, and rows in use keep their whole bucket below the slots (`slots.py`).
+        self.batch_buckets = batch_buckets(rows, (self.cache_rows,) if pooled else ())
         # "auto" on CUDA: each captured step shape keeps the fastest kind, timed at capture.
         self.attention = "auto" if self.use_graphs else "sdpa"
         self.chosen: dict[tuple[int, int], str] = {}
