@@ -629,14 +629,14 @@ def test_cancelling_frees_the_rows_and_raises(make: Callable[[int], Batcher]) ->
     assert result.sequences_ids[0]
 
 
-@pytest.mark.parametrize("beam", [1, 3])
+@pytest.mark.parametrize(("beam", "layout"), [(1, None), (3, None), (3, "pooled")])
 def test_a_window_whose_scores_are_not_numbers_fails_its_task(
-    make: Callable[[int], Batcher], beam: int
+    make: Callable[..., Batcher], beam: int, layout: str | None
 ) -> None:
     """Audio that makes the model's output NaN (broken weights or input, an overflow: the
     fused encoder once gave NaN in float32 on CUDA) fails its task with a clear error instead
     of decoding noise, or, with a forced length, decoding forever; the batch keeps serving."""
-    batcher = make(8)
+    batcher = make(8, layout)
     v = batcher.vocabulary
     broken = _windows(1, 40)
     broken.features[0, :, :100] = np.nan  # type: ignore[index]

@@ -875,7 +875,7 @@ class Batcher:
         log.error("a window's scores are not numbers: failing its task")
         rows = [i for i, row in enumerate(self._rows) if row.group is group]
         if rows:
-            self.decoder.clear_rows(self._states.upload(np.array(rows)))
+            self.decoder.clear_rows(self._states.upload(np.array(rows)), group.slot)
         group.request.fail(
             RuntimeError(
                 "the model's output is not a number (NaN): its weights or its input are "

@@ -295,13 +295,17 @@ class StaticDecoder:
         for cache in caches:
             copy_layers(cache, source, target, cache.shape[3])
 
-    def clear_rows(self, rows: Any) -> None:
-        """Zero the self-attention of cache `rows` (a long tensor) at every position. A step
-        masks the positions past a row's own, but a masked value that is not a number still
-        makes the attention's weighted sum NaN (0 x NaN), so a row that held NaN would poison
-        every window that takes it later."""
+    def clear_rows(self, rows: Any, slot: int = -1) -> None:
+        """Zero the self-attention of cache `rows` (a long tensor) at every position, and
+        pooled, the cross-attention of `slot` (where given). A step masks the positions past a
+        row's own, but a masked value that is not a number still makes the attention's weighted
+        sum NaN (0 x NaN), so a row that held NaN would poison every window that takes it later;
+        and a pooled slot's memory becomes rows when the slots recede."""
         for cache in (self.self_k, self.self_v):
             cache.index_fill_(1, rows, 0)
+        if self.pooled and slot >= 0:
+            for cache in (self.cross_k, self.cross_v):
+                cache[:, slot] = 0
 
     def move_beams(self, sources: Any, targets: Any, lengths: Any, moved: Any, end: int) -> None:
         """Beam rows `targets[i]` with `moved[i]` take rows `sources[i]`'s self-attention keys
