@@ -27,26 +27,29 @@ def test_a_pool_has_the_per_row_layouts_bytes_and_steps_windows_of_five_rows() -
     assert windows == 87 and layout.rows == POOLED_WINDOW_ROWS * windows == 435  # per row: 33
 
 
-def test_greedy_windows_fill_the_pool_as_the_per_row_layout_does() -> None:
-    """With the step's real buckets: the pooled decoder adds its cache's rows to them, without
-    which 161-168 rows would step at 192, which does not fit under 161 slots (160 windows)."""
+def _fill(window_rows: int) -> tuple[int, PoolLayout, SlotAllocator]:
+    """Windows of `window_rows` rows started into large-v3's pool of 168 rows' bytes, with the
+    pooled decoder's real buckets (its cache's rows among them), until one does not fit: the
+    windows that fit."""
     layout = _large_v3(168)
     slots = SlotAllocator(layout, batch_buckets(layout.rows, (168,)))
-    rows = 0
-    while slots.fits(rows, [1]):
+    windows = 0
+    while slots.fits(windows * window_rows, [window_rows]):
         slots.take()
-        rows += 1
-    assert rows == 168
+        windows += 1
+    return windows, layout, slots
+
+
+def test_greedy_windows_fill_the_pool_as_the_per_row_layout_does() -> None:
+    """Without the cache's rows among the buckets, 161-168 rows would step at 192, which does
+    not fit under 161 slots (160 windows)."""
+    windows, _, _ = _fill(1)
+    assert windows == 168
 
 
 def test_windows_of_five_beams_fill_it_two_and_a_half_times_over() -> None:
-    layout = _large_v3(168)
-    slots = SlotAllocator(layout, batch_buckets(layout.rows, (168,)))
-    rows = 0
-    while slots.fits(rows, [5]):
-        slots.take()
-        rows += 5
-    assert rows // 5 == 87 and rows <= layout.rows_below(slots._taken[0])
+    windows, layout, slots = _fill(5)
+    assert windows == 87 and 5 * windows <= layout.rows_below(slots._taken[0])
 
 
 def test_a_window_takes_the_highest_free_slot_and_rows_stop_below_the_lowest() -> None:
