@@ -119,8 +119,11 @@ def _teacher_forced_score(
 
 
 # --- results do not depend on the batch -----------------------------------------------------
-def test_greedy_alone_equals_greedy_in_a_mixed_batch(make: Callable[[int], Batcher]) -> None:
-    batcher = make(16)
+@pytest.mark.parametrize("layout", [None, "pooled"])
+def test_greedy_alone_equals_greedy_in_a_mixed_batch(
+    make: Callable[..., Batcher], layout: str | None
+) -> None:
+    batcher = make(16, layout)
     v = batcher.vocabulary
     mine = _windows(2, 0)
     prompts = [_prompt(v), _prompt(v, timestamps=True)]
@@ -154,9 +157,11 @@ def test_greedy_alone_equals_greedy_in_a_mixed_batch(make: Callable[[int], Batch
     assert [r.scores[0] for r in together] == pytest.approx(scores, abs=1e-4)
 
 
-@pytest.mark.parametrize("lookahead", [0, 1, 2, 3])
+@pytest.mark.parametrize(
+    ("lookahead", "layout"), [(0, None), (1, None), (2, None), (3, None), (2, "pooled")]
+)
 def test_steps_queued_ahead_change_no_result(
-    make: Callable[[int], Batcher], lookahead: int
+    make: Callable[..., Batcher], lookahead: int, layout: str | None
 ) -> None:
     """The batcher reads each step's choice up to `lookahead` steps late: rows that end are
     stepped that many times more and those outputs dropped. Windows of every kind, with rows
@@ -178,9 +183,9 @@ def test_steps_queued_ahead_change_no_result(
         results = [r for p in pending for r in p.result()]
         return [(r.sequences_ids, [round(x, 4) for x in r.scores]) for r in results]
 
-    reference = make(16)
+    reference = make(16, layout)
     reference.lookahead = 0
-    queued = make(16)
+    queued = make(16, layout)
     queued.lookahead = lookahead
     assert run(queued) == run(reference)
     _wait_for(lambda: not queued._rows, "every row to be freed")
