@@ -4,6 +4,7 @@ On a GPU this work runs while the device works through the steps queued ahead of
 stay below a step's time, or the device waits for the host.
 
   PYTHONPATH=src python3 benchmarks/batcher_host.py [--rows 200] [--windows 40] [--beam 5]
+      [--pooled]
 
 Prints the steps, the seconds by part of the batcher's loop, and the catch-up per step.
 Times on this machine's CPU mean something only against another run of the same script.
@@ -37,13 +38,17 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=40)
     parser.add_argument("--beam", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=30, help="tokens decoded per window")
+    parser.add_argument(
+        "--pooled", action="store_true", help="a pooled cache of --rows rows' bytes (slots.py)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     arch = TEST_ARCHITECTURE
     whisper = _build_random(arch, _Target(torch.device("cpu"), torch.float32))
     info = _random_info(arch)
     vocabulary = vocabulary_from_tokenizer(info.tokenizer_file, arch.vocab_size, info)
-    batcher = Batcher(StaticDecoder(whisper, args.rows, use_graphs=False), vocabulary, arch.n_mels)
+    decoder = StaticDecoder(whisper, args.rows, use_graphs=False, pooled=args.pooled)
+    batcher = Batcher(decoder, vocabulary, arch.n_mels)
     frames = 2 * arch.max_source_positions
     features = np.random.default_rng(0).normal(size=(args.windows, arch.n_mels, frames))
     options = DecodeOptions(
