@@ -102,10 +102,7 @@ def _ceiling(model: Any, mean_tokens: float) -> dict[str, Any]:
     timings = {}
     hf_per_window = _encoder_seconds(lambda f: decoder.hf_encoder(f).last_hidden_state, features)
     encoder_per_window = _encoder_seconds(decoder.encode, features)
-    hidden = decoder.encode(features)
-    rows = decoder.rows
-    index = torch.arange(rows, device="cuda")
-    decoder.fill_cross(index, hidden.repeat(math.ceil(rows / 64), 1, 1)[:rows])
+    rows = _rows_with_audio(decoder, decoder.encode(features))
     for batch in [b for b in (32, 64, 128, 256) if b <= rows]:
         decoder.tokens[:batch] = 1
         decoder.positions[:batch] = 60
@@ -134,6 +131,32 @@ def _ceiling(model: Any, mean_tokens: float) -> dict[str, Any]:
     }
 
 
+def _rows_with_audio(decoder: Any, hidden: Any) -> int:
+    """Give rows `0..n-1` windows' audio, each row a window of its own (greedy), from `hidden`
+    repeated; returns `n`, the most rows that can: every row of a per-row cache, and in a
+    pooled one as many rows as lie below their slots, taken from the top (`slots.py`)."""
+    import torch
+
+    from gpuscribe.workers.engines.batched.crossattn import window_table
+    from gpuscribe.workers.engines.batched.slots import SlotAllocator
+
+    rows = decoder.rows
+    if decoder.layout is not None:
+        slots = SlotAllocator(decoder.layout, decoder.batch_buckets)
+        rows = 0
+        while slots.fits(rows, [1]):
+            slots.take()
+            rows += 1
+        taken = sorted(slots._taken, reverse=True)  # row r hears slot taken[r]
+        index = torch.tensor(taken, device=hidden.device)
+        table = window_table([[r] for r in range(rows)], decoder.rows, taken)
+        decoder.set_windows(*(torch.from_numpy(t).to(hidden.device) for t in table))
+    else:
+        index = torch.arange(rows, device=hidden.device)
+    decoder.fill_cross(index, hidden.repeat(math.ceil(rows / hidden.shape[0]), 1, 1)[:rows])
+    return rows
+
+
 def part_profile(model: Any, rows: int = 256) -> list[dict[str, Any]]:
     """Where one decode step's time goes: the step run eagerly (graphs off) under the
     profiler, kernels by total device time."""
@@ -141,8 +164,9 @@ def part_profile(model: Any, rows: int = 256) -> list[dict[str, Any]]:
     from torch.profiler import ProfilerActivity, profile
 
     decoder = model.decoder
+    features = torch.randn(64, model.backend.n_mels, 3000, device="cuda", dtype=decoder.dtype)
+    rows = min(rows, _rows_with_audio(decoder, decoder.encode(features)))
     decoder.use_graphs = False
-    rows = min(rows, decoder.rows)
     decoder.tokens[:rows] = 1
     decoder.positions[:rows] = 60
     decoder.step(rows, 100)
