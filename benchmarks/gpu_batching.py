@@ -143,10 +143,7 @@ def _rows_with_audio(decoder: Any, hidden: Any) -> int:
     rows = decoder.rows
     if decoder.layout is not None:
         slots = SlotAllocator(decoder.layout, decoder.batch_buckets)
-        rows = 0
-        while slots.fits(rows, [1]):
-            slots.take()
-            rows += 1
+        rows = slots.fill(1)
         taken = sorted(slots._taken, reverse=True)  # row r hears slot taken[r]
         index = torch.tensor(taken, device=hidden.device)
         table = window_table([[r] for r in range(rows)], decoder.rows, taken)

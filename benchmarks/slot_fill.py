@@ -1,8 +1,8 @@
 """How full a pooled cache's rows stay (`engines/batched/slots.py`), in a pure simulation: an
 endless queue of windows of 5 beams, of greedy windows, and of both at random, each living 10 to
-224 steps, started whenever they fit. A window takes the highest free slot; "packed" is the
-ideal where the slots taken always lie together at the pool's top (what moving slots could
-give). Large-v3's pool of an H100's 168 rows' bytes.
+224 steps, started whenever they fit. A window takes the highest free slot (`SlotAllocator`);
+"packed" is the ideal where the slots taken always lie together at the pool's top (what moving
+slots could give). Large-v3's pool of an H100's 168 rows' bytes.
 
   PYTHONPATH=src python3 benchmarks/slot_fill.py [--steps 20000]
 

@@ -33,11 +33,7 @@ def _fill(window_rows: int) -> tuple[int, PoolLayout, SlotAllocator]:
     windows that fit."""
     layout = _large_v3(168)
     slots = SlotAllocator(layout, batch_buckets(layout.rows, (168,)))
-    windows = 0
-    while slots.fits(windows * window_rows, [window_rows]):
-        slots.take()
-        windows += 1
-    return windows, layout, slots
+    return slots.fill(window_rows), layout, slots
 
 
 def test_greedy_windows_fill_the_pool_as_the_per_row_layout_does() -> None:

@@ -8,7 +8,8 @@ decode the full 224 tokens per window (the worst case), so the peak is the most 
 A batched model (the transformers engine on a GPU: the job names its batch sizes) is measured as
 a batch instead of the task grid: loaded at each of its batch sizes (`memory.batch.
 calibration_rows` of the rows the scheduler gives it), and at each size given every row at once,
-for each beam size of the grid (`rows // beams` windows of `beams` beams). Its weights are its
+for each beam size of the grid (`rows // beams` windows of `beams` beams; in a pooled cache, as
+many as its slots and rows hold, `slots.SlotAllocator.fill`). Its weights are its
 parameters' bytes; the peak less the context, the weights and the cache is the batch's workspace
 at that size, which holds what the load allocated for its rows (the captured steps' memory
 pool, the batcher's buffers) and what decoding adds. Those rows carry `beam_size` 0
@@ -35,6 +36,7 @@ from gpuscribe.config import Settings
 from gpuscribe.domain import TranscriptionOptions
 from gpuscribe.memory.calibration import OCCUPANCY_BEAM
 from gpuscribe.telemetry.base import DeviceKind
+from gpuscribe.workers.engines.batched.slots import SlotAllocator
 from gpuscribe.workers.measure import CpuMemory, CudaMemory, DeviceMemory
 from gpuscribe.workers.messages import DeviceRef
 from gpuscribe.workers.process import prepare_environment
@@ -205,13 +207,25 @@ def _measure_batches(
         memory.release_cached()
         load_bytes = max(0, memory.held_bytes() - before)
         for beams in job.beam_sizes:
-            windows = max(1, size // max(1, beams))
+            windows = _windows_in(loaded, size, beams)
             row = _measure_one(device, memory, loaded, model, job, windows, beams, weights)
             rows.append(
                 replace(_as_batch_row(row, size, beams, context, held_idle), load_bytes=load_bytes)
             )
         loaded.unload()
     return rows
+
+
+def _windows_in(loaded: Any, size: int, beams: int) -> int:
+    """The windows of `beams` rows that put every row of a loaded batch of `size` rows in use:
+    `size // beams`, or in a pooled cache as many as its slots and rows hold (2.6 times as many
+    5-beam windows as rows would hold)."""
+    beams = max(1, beams)
+    decoder: Any = getattr(loaded, "decoder", None)
+    layout = getattr(decoder, "layout", None)
+    if layout is None:
+        return max(1, size // beams)
+    return max(1, SlotAllocator(layout, decoder.batch_buckets).fill(beams))
 
 
 def _as_batch_row(

@@ -110,6 +110,15 @@ class SlotAllocator:
         self._free = list(range(self.layout.slots))
         self._taken = []
 
+    def fill(self, window_rows: int) -> int:
+        """Start windows of `window_rows` rows each (taking their slots) while one more fits
+        beside them: how many did. Calibration and benchmarks fill a batch this way."""
+        windows = 0
+        while self.fits(windows * window_rows, [window_rows]):
+            self.take()
+            windows += 1
+        return windows
+
     def _lowest_after(self, count: int) -> int | None:
         """The lowest slot taken once `count` more are (the highest free ones)."""
         lowest = self._taken[0] if self._taken else None
