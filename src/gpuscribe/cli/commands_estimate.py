@@ -16,9 +16,8 @@ from gpuscribe.cli.tables import gib, to_json
 from gpuscribe.config import Settings
 from gpuscribe.memory.architectures import canonical_model_name, known_model_names
 from gpuscribe.memory.calibration import CalibrationBook
-from gpuscribe.memory.estimator import Estimator
-from gpuscribe.memory.profiles import REFERENCE_CONTEXT_BYTES, ProfileBook
 from gpuscribe.memory.types import GIB, MemoryEstimate, ProfileKey
+from gpuscribe.node.estimates import estimator_for
 from gpuscribe.telemetry.base import DeviceKind
 
 log = logging.getLogger(__name__)
@@ -93,15 +92,7 @@ def estimate_for(
         batch_size=args.batch_size,
         beam_size=args.beam_size,
     )
-    estimator = Estimator(
-        load_book(settings),
-        ProfileBook(),
-        confidence_factor=settings.memory_confidence_factor,
-        cuda_context_bytes=REFERENCE_CONTEXT_BYTES,
-        cap_fraction=settings.max_memory_utilization,
-        batch_rows=settings.batch_rows,
-        pooled=settings.batch_layout != "per-row",
-    )
+    estimator = estimator_for(settings, load_book(settings))
     estimate = estimator.estimate(
         key, args.audio_seconds, device_kind=device.kind, total_bytes=device.total_bytes
     )

@@ -26,10 +26,10 @@ from gpuscribe.config import ConfigError, Settings
 from gpuscribe.domain import InvalidRequest
 from gpuscribe.memory.batch import OccupancySample, calibration_rows, fit_workspace
 from gpuscribe.memory.calibration import CalibrationBook
-from gpuscribe.memory.estimator import Estimator
-from gpuscribe.memory.profiles import PROFILE_FORMAT, REFERENCE_CONTEXT_BYTES, ProfileBook
+from gpuscribe.memory.profiles import PROFILE_FORMAT
 from gpuscribe.memory.types import CalibrationSample, ProfileKey
 from gpuscribe.node.devices import select_devices
+from gpuscribe.node.estimates import estimator_for
 from gpuscribe.store.open import open_store
 from gpuscribe.telemetry.base import DeviceKind, DeviceReading
 from gpuscribe.telemetry.detect import open_telemetry
@@ -134,15 +134,8 @@ def batch_rows_for(
 ) -> tuple[tuple[str, int], ...]:
     """(model, rows) for the models that run as a batch on this device (none elsewhere): the
     rows a node's scheduler gives them on it before any calibration."""
-    estimator = Estimator(
-        CalibrationBook(settings.calibration_sample_size, settings.memory_confidence_factor),
-        ProfileBook(),
-        confidence_factor=settings.memory_confidence_factor,
-        cuda_context_bytes=REFERENCE_CONTEXT_BYTES,
-        cap_fraction=settings.max_memory_utilization,
-        batch_rows=settings.batch_rows,
-        pooled=settings.batch_layout != "per-row",
-    )
+    book = CalibrationBook(settings.calibration_sample_size, settings.memory_confidence_factor)
+    estimator = estimator_for(settings, book)
     found = []
     for model in models:
         key = ProfileKey(device.name, engine, model, compute_type, 1, 1)

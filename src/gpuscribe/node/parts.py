@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from gpuscribe.config import Settings
 from gpuscribe.memory.calibration import CalibrationBook
 from gpuscribe.memory.estimator import Estimator
-from gpuscribe.memory.profiles import REFERENCE_CONTEXT_BYTES, ProfileBook
 from gpuscribe.metrics import Metrics
 from gpuscribe.node.context import NodeContext
 from gpuscribe.node.devices import build_slot, select_devices
+from gpuscribe.node.estimates import estimator_for
 from gpuscribe.node.events import EventHandler
 from gpuscribe.node.final_tasks import FinalTasks
 from gpuscribe.node.oom_floors import OomFloors
@@ -81,19 +81,7 @@ def build_parts(
         wake, FinalTasks(),
     )  # fmt: skip
     events = EventHandler(context, book)
-    estimator = _estimator(settings, book)
+    estimator = estimator_for(settings, book)
     return NodeParts(
         context, book, estimator, events, SchedulerPass(context, estimator), Upkeep(context)
-    )
-
-
-def _estimator(settings: Settings, book: CalibrationBook) -> Estimator:
-    return Estimator(
-        book,
-        ProfileBook(),
-        confidence_factor=settings.memory_confidence_factor,
-        cuda_context_bytes=REFERENCE_CONTEXT_BYTES,
-        cap_fraction=settings.max_memory_utilization,
-        batch_rows=settings.batch_rows,
-        pooled=settings.batch_layout != "per-row",
     )
