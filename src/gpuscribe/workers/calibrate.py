@@ -221,11 +221,10 @@ def _windows_in(loaded: Any, size: int, beams: int) -> int:
     `size // beams`, or in a pooled cache as many as its slots and rows hold (2.6 times as many
     5-beam windows as rows would hold)."""
     beams = max(1, beams)
-    decoder: Any = getattr(loaded, "decoder", None)
-    layout = getattr(decoder, "layout", None)
-    if layout is None:
+    decoder = loaded.decoder
+    if decoder.layout is None:
         return max(1, size // beams)
-    return max(1, SlotAllocator(layout, decoder.batch_buckets).fill(beams))
+    return max(1, SlotAllocator(decoder.layout, decoder.batch_buckets).fill(beams))
 
 
 def _as_batch_row(

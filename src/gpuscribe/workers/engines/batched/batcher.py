@@ -729,15 +729,13 @@ class Batcher:
         if self.decoder.grouped is None:
             return False
         if self._windows_stale:
-            by_window: dict[int, list[int]] = {}
-            groups: dict[int, Group] = {}
+            by_window: dict[Group, list[int]] = {}  # a window's rows, in order of first row
             for i, row in enumerate(rows):
-                by_window.setdefault(id(row.group), []).append(i)
-                groups[id(row.group)] = row.group
+                by_window.setdefault(row.group, []).append(i)
             windows = list(by_window.values())
             self._shared_windows = self._slots is not None or any(len(w) > 1 for w in windows)
             if self._shared_windows:
-                slots = [groups[k].slot for k in by_window] if self._slots is not None else None
+                slots = [g.slot for g in by_window] if self._slots is not None else None
                 table = window_table(windows, self.decoder.rows, slots)
                 self.decoder.set_windows(*(self._states.upload(t) for t in table))
             self._windows_stale = False
