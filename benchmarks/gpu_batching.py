@@ -69,9 +69,28 @@ def load(model_name: str, rows: int, on_cpu: bool = False, layout: str = "auto")
     return engine.load(model_name, device, "float32" if on_cpu else "float16")
 
 
+def _set_attention(model: Any, attention: str) -> None:
+    """The engine's self-attention (`--attention`), its graphs captured again as at load."""
+    decoder = model.decoder
+    if attention == "plain":
+        decoder.set_attention("auto", ("sdpa", "bmm", "kq"))
+    else:
+        decoder.set_attention(attention)
+    model.batcher.call(model.batcher.capture_graphs)
+
+
 def part_ceiling(model: Any, mean_tokens: float) -> dict[str, Any]:
+    """The ceiling with each of PyTorch's attention forms (the issue's (c) is the best of
+    them), and with the engine's "ragged" form where its kernel works: every row of the
+    ceiling is at the same position, so it reads what the others read, less the length
+    bucket's padding."""
+    from gpuscribe.workers.engines.batched import selfattn
+
     results = {}
-    for kind in ("sdpa", "bmm", "kq"):
+    kinds = ["sdpa", "bmm", "kq"]
+    if selfattn.triton_works(str(model.decoder.device)):
+        kinds.append("ragged")
+    for kind in kinds:
         model.decoder.set_attention(kind)
         results[kind] = _ceiling(model, mean_tokens)
     return results
@@ -360,7 +379,11 @@ def main() -> None:
     parser.add_argument("--parts", default="engine,ceiling,profile,generate")
     parser.add_argument("--generate-batches", default="16,64,128")
     parser.add_argument(
-        "--attention", default="auto", help="the engine's attention: auto, sdpa, bmm, kq"
+        "--attention",
+        default="auto",
+        help="the engine's self-attention forms, comma-separated, each an engine run: auto "
+        "(the fastest of every form that works, timed at load), plain (the fastest of "
+        "PyTorch's: sdpa, bmm, kq), or one of sdpa, bmm, kq, ragged",
     )
     parser.add_argument("--longest", type=float, default=1200, help="longest task, seconds")
     parser.add_argument("--cpu", action="store_true", help="smoke run: --parts engine only")
@@ -390,9 +413,6 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model = load(args.model, args.rows, args.cpu, args.layout)
-    if not args.cpu and args.attention != "auto":  # a new form drops the graphs of the load
-        model.decoder.set_attention(args.attention)
-        model.batcher.call(model.batcher.capture_graphs)
     lengths = stream_lengths(args.tasks, longest=args.longest)
     tokens = window_tokens(model, lengths)
     report: dict[str, Any] = {
@@ -419,19 +439,26 @@ def main() -> None:
     if "engine" in parts:
         runs = []
         grouped = model.decoder.grouped  # what the load chose: "kernel" or None
-        for priority in priorities:
-            _arrange(model, priority)
-            for lookahead in [int(k) for k in args.lookaheads.split(",")]:
-                model.batcher.lookahead = lookahead  # read by the batcher thread each step
-                for way in args.grouped.split(","):
-                    model.decoder.grouped = grouped if way == "on" else None
-                    for threads in args.threads.split(","):
-                        run = part_engine(model, lengths, int(threads), args.beam)
-                        runs.append({
-                            "decode_priority": priority, "lookahead": lookahead,
-                            "grouped": model.decoder.grouped, **run,
-                        })  # fmt: skip
-                        save("engine", runs)
+        captured = "auto"  # what the load captured
+        for attention in args.attention.split(","):
+            if attention != captured and not args.cpu:  # the CPU steps eagerly, with sdpa
+                _set_attention(model, attention)
+                captured = attention
+            for priority in priorities:
+                _arrange(model, priority)
+                for lookahead in [int(k) for k in args.lookaheads.split(",")]:
+                    model.batcher.lookahead = lookahead  # read by the batcher thread each step
+                    for way in args.grouped.split(","):
+                        model.decoder.grouped = grouped if way == "on" else None
+                        for threads in args.threads.split(","):
+                            run = part_engine(model, lengths, int(threads), args.beam)
+                            runs.append({
+                                "attention": attention,
+                                "chosen": {b: k for (b, _), k in model.decoder.chosen.items()},
+                                "decode_priority": priority, "lookahead": lookahead,
+                                "grouped": model.decoder.grouped, **run,
+                            })  # fmt: skip
+                            save("engine", runs)
         _arrange(model, priorities[0])
         model.batcher.lookahead = LOOKAHEAD
         model.decoder.grouped = grouped

@@ -14,6 +14,11 @@
 #                                              beams, 100 tasks, each window's audio read once
 #                                              a step, with the per-row cache and the pooled
 #                                              one (a load each) (after install 1; ~4 min)
+#   bash benchmarks/gpu_session.sh attention M [ROWS [BEAMS]]  the engine in one process, 100
+#                                              tasks, with PyTorch's self-attention forms, then
+#                                              with each row reading its own positions where
+#                                              that is faster (`selfattn.py`), one load, greedy
+#                                              and at 5 beams (after install 1; ~5 min)
 #   bash benchmarks/gpu_session.sh generate M [BATCHES]  (b) alone, beside a batch of 32 rows
 #                                              (on an H100 the engine's cache leaves too little)
 #   bash benchmarks/gpu_session.sh real        tiny.en on CUDA against the CPU (after 4, 3; ~1 min)
@@ -100,6 +105,13 @@ case "${1:-}" in
         --priorities=-1 --parts engine 2>&1 | grep -v "captured a decode\|\[transformers\]" \
         | cut -c1-600
     done ;;
+  attention)
+    for beam in ${4:-1 5}; do
+      python3 benchmarks/gpu_batching.py --out "$OUT" --model "${2:-large-v3}" --tasks 100 \
+        --threads 100 --rows "${3:-160}" --beam "$beam" --attention plain,auto --lookaheads 2 \
+        --priorities=-1 --parts engine 2>&1 | grep -v "captured a decode\|\[transformers\]" \
+        | cut -c1-600
+    done ;;
   generate)
     python3 benchmarks/gpu_batching.py --out "$OUT" --model "${2:-large-v3}" --tasks 300 \
       --rows 32 --generate-batches "${3:-32,64,128,192,256}" --parts generate 2>&1 \
@@ -124,6 +136,7 @@ case "${1:-}" in
   *)
     echo "usage: $0 install N | encoder | real | tests | calibrate [MODELS] |" \
       "validate [PROFILE [SIZES]] |" \
-      "inprocess [MODEL [ROWS]] | beams MODEL [ROWS] | generate MODEL [BATCHES] |" \
+      "inprocess [MODEL [ROWS]] | beams MODEL [ROWS] | attention MODEL [ROWS [BEAMS]] |" \
+      "generate MODEL [BATCHES] |" \
       "service MODEL [TASKS] [BEAMS] | multi MODEL GPUS" >&2; exit 2 ;;
 esac

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from gpuscribe.workers.engines.batched import rowcopy
+from gpuscribe.workers.engines.batched import rowcopy, selfattn
+from gpuscribe.workers.engines.batched.crossattn import window_table
 from gpuscribe.workers.engines.batched.decoder import (
     LENGTH_BUCKETS,
     StaticDecoder,
@@ -136,6 +137,46 @@ def test_prefill_then_steps_equal_teacher_forcing(decoder: StaticDecoder) -> Non
         positions = [p + 1 for p in positions]
 
 
+@pytest.mark.parametrize("pooled", [False, True], ids=["per-row", "pooled"])
+@pytest.mark.parametrize("kind", ["bmm", "kq", "ragged"])
+def test_every_attention_form_steps_rows_at_their_own_positions(
+    whisper: Any, kind: str, pooled: bool
+) -> None:
+    """Three rows whose prompts end at 3, 60 and 62, stepped together past the first 64
+    positions: each attention form gives the teacher-forced logits at each row's own position
+    (the "ragged" form, in Triton's interpreter, reads each row's positions only, across its
+    blocks of 64; pooled, the rows lie under slots and hear their windows through them)."""
+    if kind == "ragged":
+        _triton_interpreter()
+        assert selfattn.triton_works("cpu")
+    decoder = StaticDecoder(whisper, 4, use_graphs=False, pooled=pooled)
+    decoder.set_attention(kind)
+    hidden, tokens = _hidden(3, 30), _tokens(3, 68, 31)
+    expected, _ = decoder.teacher_forced(hidden, tokens, [])
+    rows = torch.arange(3)
+    if decoder.layout is None:
+        decoder.fill_cross(rows, hidden)
+        heard = rows
+    else:
+        decoder.grouped = "gathered"
+        top = decoder.layout.slots - 1
+        heard = torch.tensor([top, top - 2, top - 1])
+        decoder.fill_cross(heard, hidden)
+        table = window_table([[0], [1], [2]], decoder.rows, heard.tolist())
+        decoder.set_windows(*(torch.from_numpy(t) for t in table))
+    prompts = (3, 60, 62)
+    for row, length in enumerate(prompts):
+        slot = None if decoder.layout is None else heard[row : row + 1]
+        decoder.prefill(rows[row : row + 1], tokens[row : row + 1, :length], slots=slot)
+    for step in range(6):
+        positions = [p + step for p in prompts]
+        logits = _step(decoder, [int(tokens[r, p]) for r, p in enumerate(positions)], positions)
+        for row, position in enumerate(positions):
+            assert torch.allclose(logits[row], expected[row, position], atol=TOLERANCE), (
+                row, position,
+            )  # fmt: skip
+
+
 def test_prefill_at_positions_gives_only_those_logits(decoder: StaticDecoder) -> None:
     hidden, tokens = _hidden(2, 20), _tokens(2, 7, 21)
     expected, _ = decoder.teacher_forced(hidden, tokens, [])
@@ -201,6 +242,11 @@ def test_bmm_attention_equals_sdpa(decoder: StaticDecoder) -> None:
     assert torch.allclose(sdpa, bmm, atol=TOLERANCE)
     with pytest.raises(ValueError, match="unknown attention"):
         decoder.set_attention("flash")
+    with pytest.raises(ValueError, match="unknown attention"):
+        decoder.set_attention("auto", ("sdpa", "flash"))
+    decoder.set_attention("auto", ("sdpa", "kq"))
+    assert decoder._timed_kinds() == ("sdpa", "kq")
+    decoder.set_attention("sdpa")
 
 
 def test_copy_rows_moves_a_sequence(decoder: StaticDecoder) -> None:

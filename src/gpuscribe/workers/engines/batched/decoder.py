@@ -30,7 +30,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from gpuscribe.workers.engines.batched import crossattn
+from gpuscribe.workers.engines.batched import crossattn, selfattn
 from gpuscribe.workers.engines.batched.encoder import FusedEncoder
 from gpuscribe.workers.engines.batched.rowcopy import copy_layers, copy_moved
 from gpuscribe.workers.engines.batched.slots import PoolLayout
@@ -38,7 +38,7 @@ from gpuscribe.workers.engines.batched.slots import PoolLayout
 log = logging.getLogger(__name__)
 
 LENGTH_BUCKETS = (64, 128, 256, 448)
-ATTENTION_KINDS = ("sdpa", "bmm", "kq")
+ATTENTION_KINDS = ("sdpa", "bmm", "kq", "ragged")  # "ragged": `selfattn.py`, where Triton works
 TUNE_REPLAYS = 3
 FINE_BUCKETS_FROM = 64
 FINE_BUCKET_STEP = 32
@@ -66,6 +66,22 @@ def bucket_for(value: int, buckets: tuple[int, ...]) -> int:
         if value <= size:
             return size
     raise ValueError(f"{value} is above the largest bucket {buckets[-1]}")
+
+
+def spread_positions(rows: int, max_len: int) -> list[int]:
+    """Positions for rows at every stage of their windows, so that the first `n` rows of any
+    bucket are spread evenly over `0..max_len - 1` (van der Corput's sequence: 1/2, 1/4, 3/4,
+    1/8, ...; mean about half): what a continuous batch holds, for timing the attention forms
+    at load. Rows at position 0 would flatter the form that reads each row's own positions
+    only ("ragged"); rows at the end would hide what it saves."""
+    positions = []
+    for row in range(1, rows + 1):
+        fraction, scale = 0.0, 0.5
+        while row:
+            fraction += (row & 1) * scale
+            row, scale = row >> 1, scale / 2
+        positions.append(min(int(fraction * max_len), max_len - 1))
+    return positions
 
 
 def capture_graph(torch: Any, run: Callable[[], object], pool: Any, warm_ups: int = 2) -> Any:
@@ -209,6 +225,7 @@ class StaticDecoder:
         # "auto" on CUDA: each captured step shape keeps the fastest kind, timed at capture.
         self.attention = "auto" if self.use_graphs else "sdpa"
         self.chosen: dict[tuple[int, int], str] = {}
+        self._forms: tuple[str, ...] | None = None  # what "auto" times (None: all that work)
         self._kind = "sdpa"  # the kind a capture in progress uses (under "auto")
 
     @property
@@ -246,14 +263,17 @@ class StaticDecoder:
         vars(self).clear()
         vars(self).update(kept)
 
-    def set_attention(self, kind: str) -> None:
+    def set_attention(self, kind: str, forms: tuple[str, ...] | None = None) -> None:
         """How a step's self-attention (over the text so far, masked per row) attends to one
         query row: "sdpa" (PyTorch's fused kernels), "bmm" (q·Kᵀ and the weights·V as batched
-        products), "kq" (K·q, the keys as the big operand of a matrix-vector product), or
-        "auto". The cross-attention always uses the fused kernel. Captured graphs are dropped."""
-        if kind not in (*ATTENTION_KINDS, "auto"):
-            raise ValueError(f"unknown attention {kind!r}")
+        products), "kq" (K·q, the keys as the big operand of a matrix-vector product),
+        "ragged" (each row reads its own positions only, `selfattn.py`; needs Triton), or
+        "auto": the fastest of `forms` (by default every form that works here), timed at each
+        row bucket's capture. Captured graphs are dropped."""
+        if kind not in (*ATTENTION_KINDS, "auto") or not set(forms or ()) <= {*ATTENTION_KINDS}:
+            raise ValueError(f"unknown attention {kind!r} {forms or ''}")
         self.attention = kind
+        self._forms = forms
         self._graphs.clear()
         self.chosen.clear()
         self._pool = None  # a pool outlives its graphs only to be reused by new captures
@@ -420,11 +440,13 @@ class StaticDecoder:
         if self.grouped is None and crossattn.triton_works(str(self.device)):
             self.grouped = "kernel"
         variants = (False, True) if self.grouped else (False,)
+        self.positions.copy_(self._torch.tensor(spread_positions(self.rows, self.shape.max_len)))
         for grouped in (True,) if self.pooled else variants:
             for batch in self.batch_buckets:
                 for length in reversed(LENGTH_BUCKETS):
                     if (batch, length, grouped) not in self._graphs:
                         self._capture(batch, length, grouped)
+        self.positions.zero_()
 
     def _warm_beam_copy(self) -> None:
         """Compile the beams' row copy for this cache now (on CUDA, a Triton kernel is tried and
@@ -436,8 +458,8 @@ class StaticDecoder:
 
     def _capture(self, batch: int, length: int, grouped: bool) -> Any:
         """The graph of a step shape. Under "auto" the attention form is timed once per row
-        bucket (at the first length captured, the longest under `capture_all`) and kept for
-        its other lengths and for grouped steps."""
+        bucket (at the first length captured, the longest under `capture_all`, with the rows
+        spread over it) and kept for its other lengths and for grouped steps."""
         if self.attention != "auto":
             return self._capture_kind(batch, length, grouped, self.attention)
         known = next((k for (b, _), k in self.chosen.items() if b == batch), None)
@@ -445,7 +467,7 @@ class StaticDecoder:
             self.chosen[(batch, length)] = known
             return self._capture_kind(batch, length, grouped, known)
         timed = []
-        for kind in ATTENTION_KINDS:
+        for kind in self._timed_kinds():
             graph = self._capture_kind(batch, length, grouped, kind)
             timed.append((self._time(graph), kind, graph))
         _, kind, graph = min(timed, key=lambda t: t[0])
@@ -456,6 +478,13 @@ class StaticDecoder:
             ", ".join(f"{k} {t * 1000:.2f} ms" for t, k, _ in timed),
         )  # fmt: skip
         return graph
+
+    def _timed_kinds(self) -> tuple[str, ...]:
+        if self._forms is not None:
+            return self._forms
+        if selfattn.triton_works(str(self.device)):
+            return ATTENTION_KINDS
+        return tuple(kind for kind in ATTENTION_KINDS if kind != "ragged")
 
     def _time(self, graph: Any) -> float:
         torch = self._torch
@@ -489,15 +518,21 @@ class StaticDecoder:
             positions = self.positions[:batch]
             rows = self._rows_index[:batch]
             x = (F.embedding(tokens, self._embed) + self._positions[positions]).unsqueeze(1)
-            visible = (self._arange[:length][None, :] <= positions[:, None])[:, None, None, :]
+            kind = self._kind if self.attention == "auto" else self.attention
+            if kind != "ragged":
+                visible = (self._arange[:length][None, :] <= positions[:, None])[:, None, None, :]
             for index, layer in enumerate(self._layers):
                 h = layer.ln1(x)
                 q, k, v = self._split_heads(F.linear(h, layer.qkv_w, layer.qkv_b), batch, 1)
                 self.self_k[index, rows, :, positions] = k[:, :, 0]
                 self.self_v[index, rows, :, positions] = v[:, :, 0]
-                keys = self.self_k[index, :batch, :, :length]
-                values = self.self_v[index, :batch, :, :length]
-                a = self._attend(q, keys, values, visible)
+                if kind == "ragged":
+                    a = torch.empty_like(q, memory_format=torch.contiguous_format)
+                    selfattn.attend(q, self.self_k[index], self.self_v[index], positions, length, a)
+                else:
+                    keys = self.self_k[index, :batch, :, :length]
+                    values = self.self_v[index, :batch, :, :length]
+                    a = self._attend(q, keys, values, visible, kind)
                 x = x + F.linear(self._merge(a, batch, 1), layer.out_w, layer.out_b)
                 if grouped:
                     x = x + self._grouped_cross(layer, index, x, batch)
@@ -536,10 +571,9 @@ class StaticDecoder:
             a = crossattn.attend_gathered(torch, q, keys, values, *table)
         return F.linear(a.reshape(batch, 1, s.d_model), layer.xout_w, layer.xout_b)
 
-    def _attend(self, q: Any, keys: Any, values: Any, visible: Any) -> Any:
-        """Attention of one query row per sequence (`q` `[n, heads, 1, d]`)."""
+    def _attend(self, q: Any, keys: Any, values: Any, visible: Any, kind: str) -> Any:
+        """Attention of one query row per sequence (`q` `[n, heads, 1, d]`) through PyTorch."""
         F = self._torch.nn.functional
-        kind = self._kind if self.attention == "auto" else self.attention
         if kind == "sdpa":
             return F.scaled_dot_product_attention(q, keys, values, attn_mask=visible)
         scale = q.shape[-1] ** -0.5
