@@ -36,6 +36,7 @@ from gpuscribe.audio import SAMPLE_RATE, WINDOW_SECONDS
 from gpuscribe.domain import TranscriptionOptions
 from gpuscribe.telemetry.base import DeviceKind
 from gpuscribe.workers.engines.batched.batcher import LOOKAHEAD
+from gpuscribe.workers.engines.batched.decoder import ATTENTION_KINDS, PYTORCH_KINDS
 from gpuscribe.workers.engines.transformers_engine import TransformersEngine
 from gpuscribe.workers.messages import DeviceRef
 
@@ -55,17 +56,21 @@ def window_tokens(model: Any, lengths: list[float]) -> list[int]:
     return tokens
 
 
-def load(model_name: str, rows: int, on_cpu: bool = False, layout: str = "auto") -> Any:
+def load(
+    model_name: str, rows: int, on_cpu: bool = False, layout: str = "auto", small: bool = False
+) -> Any:
     """The engine's model with random weights; `on_cpu` for a smoke run of the engine part
     (float32, no graphs: occupancy and step counts mean the same, times do not); `layout`: the
-    cache's (GPUSCRIBE_BATCH_LAYOUT)."""
+    cache's (GPUSCRIBE_BATCH_LAYOUT); `small`: the tests' two-layer, 64-wide model in place of
+    `model_name`'s (steps a fraction of tiny's cost; the batch's rows and positions the same)."""
     if on_cpu:
         device = DeviceRef(DeviceKind.CPU, "cpu", 0, "cpu")
     else:
         device = DeviceRef(DeviceKind.CUDA, "GPU-bench", 0, "bench")
     engine = TransformersEngine(
-        benchmark_only=True, benchmark_tokens=0, batch_rows=rows, batch_layout=layout
-    )
+        benchmark_only=True, tiny_config_for_tests=small, benchmark_tokens=0, batch_rows=rows,
+        batch_layout=layout,
+    )  # fmt: skip
     return engine.load(model_name, device, "float32" if on_cpu else "float16")
 
 
@@ -73,7 +78,7 @@ def _set_attention(model: Any, attention: str) -> None:
     """The engine's self-attention (`--attention`), its graphs captured again as at load."""
     decoder = model.decoder
     if attention == "plain":
-        decoder.set_attention("auto", ("sdpa", "bmm", "kq"))
+        decoder.set_attention("auto", PYTORCH_KINDS)
     else:
         decoder.set_attention(attention)
     model.batcher.call(model.batcher.capture_graphs)
@@ -87,9 +92,7 @@ def part_ceiling(model: Any, mean_tokens: float) -> dict[str, Any]:
     from gpuscribe.workers.engines.batched import selfattn
 
     results = {}
-    kinds = ["sdpa", "bmm", "kq"]
-    if selfattn.triton_works(str(model.decoder.device)):
-        kinds.append("ragged")
+    kinds = ATTENTION_KINDS if selfattn.triton_works(str(model.decoder.device)) else PYTORCH_KINDS
     for kind in kinds:
         model.decoder.set_attention(kind)
         results[kind] = _ceiling(model, mean_tokens)

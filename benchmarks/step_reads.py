@@ -27,12 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from gpu_batching import part_engine, stream_lengths
+from gpu_batching import load, part_engine, stream_lengths
 
-from gpuscribe.telemetry.base import DeviceKind
 from gpuscribe.workers.engines.batched.decoder import LENGTH_BUCKETS, bucket_for
-from gpuscribe.workers.engines.transformers_engine import TransformersEngine
-from gpuscribe.workers.messages import DeviceRef
 
 # large-v3's decoder (`transformers_engine.ARCHITECTURES`), float16
 LAYERS, WIDTH, VOCAB, FRAMES, ELEMENT = 32, 1280, 51866, 1500, 2
@@ -78,18 +75,6 @@ def record_steps(decoder: Any, reads: Reads) -> None:
     decoder.step = recorded
 
 
-def load(model_name: str, rows: int, layout: str) -> Any:
-    """The engine on the CPU, random weights, tokens per window drawn as on the GPU; "test":
-    the tests' two-layer model (64 wide), whose steps cost a fraction of tiny's."""
-    test = model_name == "test"
-    engine = TransformersEngine(
-        benchmark_only=True, tiny_config_for_tests=test, benchmark_tokens=0, batch_rows=rows,
-        batch_layout=layout,
-    )  # fmt: skip
-    device = DeviceRef(DeviceKind.CPU, "cpu", 0, "cpu")
-    return engine.load("tiny" if test else model_name, device, "float32")
-
-
 def priced(reads: Reads) -> dict[str, Any]:
     steps = max(1, reads.steps)
     weights = WEIGHT_BYTES
@@ -125,7 +110,8 @@ def main() -> None:
                         "two-layer, 64-wide test model, the fastest; positions do not depend on "
                         "it)")  # fmt: skip
     args = parser.parse_args()
-    model = load(args.model, args.rows, args.layout)
+    test = args.model == "test"
+    model = load("tiny" if test else args.model, args.rows, True, args.layout, small=test)
     reads = Reads()
     record_steps(model.decoder, reads)
     lengths = stream_lengths(args.tasks, longest=args.longest)

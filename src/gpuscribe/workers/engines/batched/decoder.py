@@ -38,7 +38,8 @@ from gpuscribe.workers.engines.batched.slots import PoolLayout
 log = logging.getLogger(__name__)
 
 LENGTH_BUCKETS = (64, 128, 256, 448)
-ATTENTION_KINDS = ("sdpa", "bmm", "kq", "ragged")  # "ragged": `selfattn.py`, where Triton works
+PYTORCH_KINDS = ("sdpa", "bmm", "kq")
+ATTENTION_KINDS = (*PYTORCH_KINDS, "ragged")  # "ragged": `selfattn.py`, where Triton works
 TUNE_REPLAYS = 3
 FINE_BUCKETS_FROM = 64
 FINE_BUCKET_STEP = 32
@@ -482,9 +483,7 @@ class StaticDecoder:
     def _timed_kinds(self) -> tuple[str, ...]:
         if self._forms is not None:
             return self._forms
-        if selfattn.triton_works(str(self.device)):
-            return ATTENTION_KINDS
-        return tuple(kind for kind in ATTENTION_KINDS if kind != "ragged")
+        return ATTENTION_KINDS if selfattn.triton_works(str(self.device)) else PYTORCH_KINDS
 
     def _time(self, graph: Any) -> float:
         torch = self._torch
